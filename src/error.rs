@@ -1,0 +1,401 @@
+//! The crate's one error type.
+//!
+//! Every layer returns [`Error`], so a layer above can match on what went
+//! wrong below it: a retry policy on [`Error::is_retryable_io`], a cluster
+//! router on [`ServerError::redirect`], a timeout on [`Error::Timeout`].
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong with a Redis request or connection.
+///
+/// `Error` is cheap to clone (I/O errors are shared behind an `Arc`), so one
+/// failure can be handed to every request that was pending on a connection.
+///
+/// ```
+/// use redis_layers::{Error, ServerErrorKind};
+///
+/// fn should_redirect(err: &Error) -> bool {
+///     matches!(err, Error::Server(e) if e.kind() == &ServerErrorKind::Moved)
+/// }
+/// assert!(!should_redirect(&Error::Closed));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The socket failed: connect refused, reset, broken pipe, ...
+    Io(Arc<io::Error>),
+    /// The peer sent bytes that are not valid RESP, or a frame that breaks
+    /// the configured size or depth limits. The connection is closed.
+    Protocol(ProtocolError),
+    /// The server answered the command with an error reply.
+    Server(ServerError),
+    /// Authentication failed (wrong password, unknown user, or the server
+    /// requires a password and none was given).
+    Auth(ServerError),
+    /// The command did not complete within its deadline.
+    Timeout,
+    /// The connection is closed: the request was never written, or it was
+    /// written and the connection closed before its reply arrived.
+    Closed,
+    /// The request or configuration is invalid; nothing was sent.
+    Config(String),
+}
+
+impl Error {
+    /// A configuration or usage error with the given message.
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+
+    /// The server error reply, if this is [`Error::Server`] or [`Error::Auth`].
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match self {
+            Error::Server(e) | Error::Auth(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True for failures of the connection itself (I/O, closed, protocol),
+    /// after which the request may or may not have reached the server.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, Error::Io(_) | Error::Closed | Error::Protocol(_))
+    }
+
+    /// True for I/O errors that a reconnect may cure (refused, reset,
+    /// aborted, broken pipe, timed out, unexpected EOF).
+    pub fn is_retryable_io(&self) -> bool {
+        match self {
+            Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::NotConnected
+            ),
+            Error::Closed => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Protocol(e) => write!(f, "protocol error: {e}"),
+            Error::Server(e) => write!(f, "server error: {e}"),
+            Error::Auth(e) => write!(f, "authentication failed: {e}"),
+            Error::Timeout => f.pad("request timed out"),
+            Error::Closed => f.pad("connection closed"),
+            Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(&**e),
+            Error::Protocol(e) => Some(e),
+            Error::Server(e) | Error::Auth(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Error::Protocol(e)
+    }
+}
+
+impl From<ServerError> for Error {
+    fn from(e: ServerError) -> Self {
+        Error::Server(e)
+    }
+}
+
+/// Why the bytes from the peer could not be decoded.
+///
+/// ```
+/// use redis_layers::resp::Decoder;
+/// use bytes::BytesMut;
+///
+/// let mut buf = BytesMut::from(&b"?garbage\r\n"[..]);
+/// let err = Decoder::new().decode(&mut buf).unwrap_err();
+/// assert!(err.to_string().contains("unknown type byte"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    msg: Box<str>,
+}
+
+impl ProtocolError {
+    /// A protocol error with the given description.
+    pub fn new(msg: impl Into<String>) -> Self {
+        ProtocolError {
+            msg: msg.into().into_boxed_str(),
+        }
+    }
+
+    /// The description.
+    pub fn message(&self) -> &str {
+        &self.msg
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// The kind of a server error reply, from its first word.
+///
+/// ```
+/// use redis_layers::ServerErrorKind;
+/// assert_eq!(ServerErrorKind::from_code("TRYAGAIN"), ServerErrorKind::TryAgain);
+/// assert_eq!(ServerErrorKind::from_code("NOSUCHTHING"), ServerErrorKind::Other("NOSUCHTHING".into()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ServerErrorKind {
+    /// `ERR`: the generic error.
+    Err,
+    /// `WRONGTYPE`: operation against a key holding the wrong kind of value.
+    WrongType,
+    /// `MOVED slot host:port`: the slot is served by another node.
+    Moved,
+    /// `ASK slot host:port`: the slot is being migrated; ask the target once.
+    Ask,
+    /// `TRYAGAIN`: multi-key request during a slot migration.
+    TryAgain,
+    /// `LOADING`: the server is loading its data set.
+    Loading,
+    /// `READONLY`: a write sent to a replica.
+    ReadOnly,
+    /// `CLUSTERDOWN`: the cluster is not serving.
+    ClusterDown,
+    /// `MASTERDOWN`: the link to the primary is down.
+    MasterDown,
+    /// `CROSSSLOT`: keys of one request hash to different slots.
+    CrossSlot,
+    /// `NOSCRIPT`: unknown script SHA.
+    NoScript,
+    /// `BUSY`: a script or function is running.
+    Busy,
+    /// `BUSYKEY`: target key exists.
+    BusyKey,
+    /// `NOAUTH`: authentication required.
+    NoAuth,
+    /// `WRONGPASS`: invalid username/password pair.
+    WrongPass,
+    /// `NOPERM`: the ACL user lacks permission.
+    NoPerm,
+    /// `NOPROTO`: the requested protocol version is not supported.
+    NoProto,
+    /// `EXECABORT`: the transaction was discarded because of earlier errors.
+    ExecAbort,
+    /// `NOREPLICAS`: not enough good replicas to write.
+    NoReplicas,
+    /// `OOM`: the command was refused because of `maxmemory`.
+    Oom,
+    /// Any other code, as sent.
+    Other(Box<str>),
+}
+
+impl ServerErrorKind {
+    /// Classifies an error code (the first word of an error reply).
+    pub fn from_code(code: &str) -> Self {
+        match code {
+            "ERR" => Self::Err,
+            "WRONGTYPE" => Self::WrongType,
+            "MOVED" => Self::Moved,
+            "ASK" => Self::Ask,
+            "TRYAGAIN" => Self::TryAgain,
+            "LOADING" => Self::Loading,
+            "READONLY" => Self::ReadOnly,
+            "CLUSTERDOWN" => Self::ClusterDown,
+            "MASTERDOWN" => Self::MasterDown,
+            "CROSSSLOT" => Self::CrossSlot,
+            "NOSCRIPT" => Self::NoScript,
+            "BUSY" => Self::Busy,
+            "BUSYKEY" => Self::BusyKey,
+            "NOAUTH" => Self::NoAuth,
+            "WRONGPASS" => Self::WrongPass,
+            "NOPERM" => Self::NoPerm,
+            "NOPROTO" => Self::NoProto,
+            "EXECABORT" => Self::ExecAbort,
+            "NOREPLICAS" => Self::NoReplicas,
+            "OOM" => Self::Oom,
+            other => Self::Other(other.into()),
+        }
+    }
+}
+
+/// Which redirect a [`Redirect`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RedirectKind {
+    /// `MOVED`: the slot now lives on `addr`; update the slot map.
+    Moved,
+    /// `ASK`: send `ASKING` and the command to `addr`, once.
+    Ask,
+}
+
+/// A cluster redirect parsed from a `MOVED` or `ASK` error reply.
+///
+/// ```
+/// use redis_layers::{ServerError, RedirectKind};
+/// let e = ServerError::parse(b"MOVED 3999 127.0.0.1:6381");
+/// let r = e.redirect().unwrap();
+/// assert_eq!((r.kind, r.slot, r.addr.as_str()), (RedirectKind::Moved, 3999, "127.0.0.1:6381"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Redirect {
+    /// MOVED or ASK.
+    pub kind: RedirectKind,
+    /// The hash slot.
+    pub slot: u16,
+    /// The target as the server announced it (`host:port`, IPv6 unbracketed
+    /// as Redis sends it; an empty host means "the same host").
+    pub addr: String,
+}
+
+/// An error reply from the server (`-CODE message` or a blob error).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerError {
+    kind: ServerErrorKind,
+    line: Bytes,
+}
+
+impl ServerError {
+    /// Parses an error reply's text (without the leading `-`).
+    pub fn parse(line: impl Into<Bytes>) -> Self {
+        let line = line.into();
+        let code_end = memchr::memchr(b' ', &line).unwrap_or(line.len());
+        let kind = match std::str::from_utf8(&line[..code_end]) {
+            Ok(code) => ServerErrorKind::from_code(code),
+            Err(_) => ServerErrorKind::Other(String::from_utf8_lossy(&line[..code_end]).into()),
+        };
+        ServerError { kind, line }
+    }
+
+    /// The error's kind.
+    pub fn kind(&self) -> &ServerErrorKind {
+        &self.kind
+    }
+
+    /// The code: the first word of the reply (`ERR`, `MOVED`, ...).
+    pub fn code(&self) -> &str {
+        let end = memchr::memchr(b' ', &self.line).unwrap_or(self.line.len());
+        std::str::from_utf8(&self.line[..end]).unwrap_or("")
+    }
+
+    /// The text after the code.
+    pub fn detail(&self) -> String {
+        let start = memchr::memchr(b' ', &self.line).map_or(self.line.len(), |i| i + 1);
+        String::from_utf8_lossy(&self.line[start..]).into_owned()
+    }
+
+    /// The whole reply line, as sent.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// The redirect carried by a `MOVED` or `ASK` reply.
+    pub fn redirect(&self) -> Option<Redirect> {
+        let kind = match self.kind {
+            ServerErrorKind::Moved => RedirectKind::Moved,
+            ServerErrorKind::Ask => RedirectKind::Ask,
+            _ => return None,
+        };
+        let text = std::str::from_utf8(&self.line).ok()?;
+        let mut words = text.split(' ');
+        words.next()?;
+        let slot = words.next()?.parse().ok()?;
+        let addr = words.next()?.to_owned();
+        Some(Redirect { kind, slot, addr })
+    }
+
+    /// True for `NOAUTH`, `WRONGPASS`, and the pre-6.0 `ERR invalid password`.
+    pub fn is_auth_error(&self) -> bool {
+        match self.kind {
+            ServerErrorKind::NoAuth | ServerErrorKind::WrongPass => true,
+            ServerErrorKind::Err => {
+                let d = self.detail().to_ascii_lowercase();
+                d.contains("invalid password")
+                    || d.contains("no password is set")
+                    || d.contains("without any password configured")
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerError")
+            .field("kind", &self.kind)
+            .field("line", &String::from_utf8_lossy(&self.line))
+            .finish()
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.line))
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_codes_and_redirects() {
+        let e = ServerError::parse("ASK 12 10.0.0.1:7000");
+        assert_eq!(e.kind(), &ServerErrorKind::Ask);
+        assert_eq!(e.code(), "ASK");
+        let r = e.redirect().unwrap();
+        assert_eq!(r.kind, RedirectKind::Ask);
+        assert_eq!(r.slot, 12);
+        assert_eq!(r.addr, "10.0.0.1:7000");
+        assert!(ServerError::parse("MOVED x").redirect().is_none());
+        assert!(ServerError::parse("ERR x").redirect().is_none());
+        let e = ServerError::parse("WRONGPASS invalid username-password pair");
+        assert!(e.is_auth_error());
+        assert_eq!(e.detail(), "invalid username-password pair");
+        assert!(!ServerError::parse("ERR syntax error").is_auth_error());
+        assert_eq!(ServerError::parse("").code(), "");
+    }
+
+    #[test]
+    fn io_retryable() {
+        let e: Error = io::Error::from(io::ErrorKind::ConnectionReset).into();
+        assert!(e.is_retryable_io());
+        assert!(e.is_connection_error());
+        let e: Error = io::Error::from(io::ErrorKind::PermissionDenied).into();
+        assert!(!e.is_retryable_io());
+        assert!(!Error::Timeout.is_connection_error());
+    }
+}

@@ -1,0 +1,43 @@
+//! Redis behind [tower]: the RESP3 transport, relaxed timeouts, connection
+//! handoff, cluster routing and retry as separate `Layer`s composed into one
+//! `Service`.
+//!
+//! This release provides the foundation every layer stands on:
+//!
+//! - [`resp`]: RESP2/RESP3 values, an incremental zero-copy decoder with
+//!   limits, and the [`Cmd`] builder.
+//! - [`transport`]: the [`Connector`] (a connection maker,
+//!   `Service<Endpoint>`) and the multiplexed [`Connection`] (a command
+//!   service, `Service<Request>`), which many tasks share.
+//! - [`Error`]: one error type that every layer can match on.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use redis_layers::{cmd, Connector, Endpoint, Value};
+//!
+//! # async fn run() -> Result<(), redis_layers::Error> {
+//! let conn = Connector::new().connect(Endpoint::tcp("127.0.0.1", 6379)).await?;
+//! conn.send(cmd("SET").arg("greeting").arg("hello")).await?;
+//! let v = conn.send_cmd(cmd("GET").arg("greeting")).await?;
+//! assert_eq!(v, Value::BulkString("hello".into()));
+//! # Ok(()) }
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod error;
+mod request;
+pub mod resp;
+pub mod transport;
+
+pub use error::{
+    Error, ProtocolError, Redirect, RedirectKind, Result, ServerError, ServerErrorKind,
+};
+pub use request::{Body, Request, Response};
+pub use resp::{cmd, Cmd, Pipeline, Value};
+pub use transport::{Connection, Connector, Endpoint, Protocol, PushReceiver};

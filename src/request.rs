@@ -1,0 +1,113 @@
+//! The one request and response type every command service in the crate
+//! uses, so every layer composes with every other.
+
+use crate::error::{Error, ServerError};
+use crate::resp::{Cmd, Pipeline, Value};
+
+/// What a command service is asked to run: one command or a pipeline.
+///
+/// Later layers read more from a request (its keys, whether it is safe to
+/// retry); those live here too, so the type stays the same through the stack.
+///
+/// ```
+/// use redis_layers::{cmd, Pipeline, Request};
+/// let one: Request = cmd("GET").arg("k").into();
+/// let many: Request = Pipeline::new().cmd(cmd("PING")).into();
+/// assert!(!one.is_pipeline() && many.is_pipeline());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    body: Body,
+}
+
+/// The commands of a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// One command; its reply is [`Response::Value`].
+    Cmd(Cmd),
+    /// Several commands written together; the reply is [`Response::Pipeline`].
+    Pipeline(Pipeline),
+}
+
+impl Request {
+    /// A request for `body`.
+    pub fn new(body: Body) -> Self {
+        Request { body }
+    }
+
+    /// The commands.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// The commands, mutably (a layer may rewrite them).
+    pub fn body_mut(&mut self) -> &mut Body {
+        &mut self.body
+    }
+
+    /// The commands, by value.
+    pub fn into_body(self) -> Body {
+        self.body
+    }
+
+    /// True for a pipeline.
+    pub fn is_pipeline(&self) -> bool {
+        matches!(self.body, Body::Pipeline(_))
+    }
+
+    /// How many replies the request expects.
+    pub fn reply_count(&self) -> usize {
+        match &self.body {
+            Body::Cmd(_) => 1,
+            Body::Pipeline(p) => p.len(),
+        }
+    }
+}
+
+impl From<Cmd> for Request {
+    fn from(c: Cmd) -> Self {
+        Request::new(Body::Cmd(c))
+    }
+}
+
+impl From<Pipeline> for Request {
+    fn from(p: Pipeline) -> Self {
+        Request::new(Body::Pipeline(p))
+    }
+}
+
+/// The reply to a [`Request`].
+///
+/// A single command's error reply is not a `Response`: the service returns
+/// [`Error::Server`] for it. In a pipeline each command has its own result.
+///
+/// ```
+/// use redis_layers::{Response, Value};
+/// let r = Response::Value(Value::Integer(1));
+/// assert_eq!(r.into_value().unwrap(), Value::Integer(1));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// The reply to one command.
+    Value(Value),
+    /// One result per command of a pipeline, in order.
+    Pipeline(Vec<Result<Value, ServerError>>),
+}
+
+impl Response {
+    /// The value of a single-command reply; an error for a pipeline reply.
+    pub fn into_value(self) -> Result<Value, Error> {
+        match self {
+            Response::Value(v) => Ok(v),
+            Response::Pipeline(_) => Err(Error::config("expected a single reply, got a pipeline")),
+        }
+    }
+
+    /// The results of a pipeline reply; an error for a single reply.
+    pub fn into_pipeline(self) -> Result<Vec<Result<Value, ServerError>>, Error> {
+        match self {
+            Response::Pipeline(v) => Ok(v),
+            Response::Value(_) => Err(Error::config("expected a pipeline reply, got a single one")),
+        }
+    }
+}

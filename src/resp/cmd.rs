@@ -1,0 +1,333 @@
+use std::fmt;
+use std::io::Write as _;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Starts a command: `cmd("SET").arg("key").arg(42)`.
+///
+/// ```
+/// use redis_layers::cmd;
+/// let c = cmd("SET").arg("greeting").arg("hello").arg("EX").arg(60);
+/// assert_eq!(c.arg_count(), 5);
+/// assert_eq!(c.argv().nth(4), Some(&b"60"[..]));
+/// ```
+pub fn cmd(name: &str) -> Cmd {
+    Cmd::new().arg(name)
+}
+
+/// A command: its name and arguments, already RESP-encoded.
+///
+/// Arguments are encoded into one buffer as they are added, so sending a
+/// command costs one copy into the connection's write buffer, and the
+/// cluster layer can still read the keys back with [`Cmd::argv`].
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Cmd {
+    /// `$len\r\nbytes\r\n` for each argument, in order.
+    buf: Vec<u8>,
+    argc: usize,
+}
+
+impl Cmd {
+    /// An empty command; add the name with [`Cmd::arg`] first.
+    pub fn new() -> Self {
+        Cmd {
+            buf: Vec::with_capacity(64),
+            argc: 0,
+        }
+    }
+
+    /// Appends an argument.
+    pub fn arg(mut self, arg: impl ToArg) -> Self {
+        self.push_arg(arg);
+        self
+    }
+
+    /// Appends every argument of an iterator.
+    ///
+    /// ```
+    /// use redis_layers::cmd;
+    /// let c = cmd("DEL").args(["a", "b", "c"]);
+    /// assert_eq!(c.arg_count(), 4);
+    /// ```
+    pub fn args<I>(mut self, args: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        for a in args {
+            self.push_arg(a);
+        }
+        self
+    }
+
+    /// Appends an argument in place.
+    pub fn push_arg(&mut self, arg: impl ToArg) -> &mut Self {
+        arg.write_arg(&mut ArgWriter { cmd: self });
+        self
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        let mut len = itoa::Buffer::new();
+        let len = len.format(bytes.len()).as_bytes();
+        self.buf.reserve(len.len() + bytes.len() + 5);
+        self.buf.push(b'$');
+        self.buf.extend_from_slice(len);
+        self.buf.extend_from_slice(b"\r\n");
+        self.buf.extend_from_slice(bytes);
+        self.buf.extend_from_slice(b"\r\n");
+        self.argc += 1;
+    }
+
+    /// The number of arguments, the name included.
+    pub fn arg_count(&self) -> usize {
+        self.argc
+    }
+
+    /// The arguments, the name first.
+    pub fn argv(&self) -> Argv<'_> {
+        Argv { rest: &self.buf }
+    }
+
+    /// The command name as given (first argument).
+    pub fn name(&self) -> Option<&[u8]> {
+        self.argv().next()
+    }
+
+    /// True when the name equals `name`, ignoring ASCII case.
+    pub fn is(&self, name: &str) -> bool {
+        self.name()
+            .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// Bytes this command takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len() + 3 + itoa::Buffer::new().format(self.argc).len()
+    }
+
+    /// Appends the RESP encoding (`*N\r\n` and the arguments) to `out`.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        let mut n = itoa::Buffer::new();
+        let n = n.format(self.argc).as_bytes();
+        out.reserve(n.len() + 3 + self.buf.len());
+        out.put_u8(b'*');
+        out.put_slice(n);
+        out.put_slice(b"\r\n");
+        out.put_slice(&self.buf);
+    }
+
+    /// The RESP encoding of this command.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.write_to(&mut out);
+        out.freeze()
+    }
+}
+
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print values: they may be secrets (AUTH) or large.
+        let name = self.name().map(String::from_utf8_lossy).unwrap_or_default();
+        write!(f, "Cmd({name}, {} args)", self.argc)
+    }
+}
+
+/// Iterator over a command's arguments; see [`Cmd::argv`].
+#[derive(Debug, Clone)]
+pub struct Argv<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Argv<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        // The buffer only ever holds what `push_bytes` wrote.
+        let nl = memchr::memchr(b'\n', self.rest)?;
+        let len = crate::resp::decoder::parse_int(self.rest.get(1..nl.checked_sub(1)?)?)?;
+        let start = nl + 1;
+        let end = start + usize::try_from(len).ok()?;
+        let arg = self.rest.get(start..end)?;
+        self.rest = self.rest.get(end + 2..).unwrap_or_default();
+        Some(arg)
+    }
+}
+
+/// Writes one or more arguments into a [`Cmd`]; see [`ToArg`].
+#[derive(Debug)]
+pub struct ArgWriter<'a> {
+    cmd: &'a mut Cmd,
+}
+
+impl ArgWriter<'_> {
+    /// Appends one argument.
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.cmd.push_bytes(bytes);
+    }
+}
+
+/// A value that can be a command argument.
+///
+/// Implemented for strings, byte strings, [`Bytes`], integers, floats and
+/// references to them. Implement it for your own types to pass them to
+/// [`Cmd::arg`] directly.
+///
+/// ```
+/// use redis_layers::{cmd, resp::{ArgWriter, ToArg}};
+///
+/// struct UserId(u64);
+/// impl ToArg for UserId {
+///     fn write_arg(&self, out: &mut ArgWriter<'_>) {
+///         out.write(format!("user:{}", self.0).as_bytes());
+///     }
+/// }
+/// assert_eq!(cmd("GET").arg(UserId(7)).argv().nth(1), Some(&b"user:7"[..]));
+/// ```
+pub trait ToArg {
+    /// Writes the argument(s) with [`ArgWriter::write`].
+    fn write_arg(&self, out: &mut ArgWriter<'_>);
+}
+
+impl<T: ToArg + ?Sized> ToArg for &T {
+    fn write_arg(&self, out: &mut ArgWriter<'_>) {
+        (**self).write_arg(out)
+    }
+}
+
+macro_rules! bytes_arg {
+    ($($t:ty),*) => {$(
+        impl ToArg for $t {
+            fn write_arg(&self, out: &mut ArgWriter<'_>) {
+                out.write(AsRef::<[u8]>::as_ref(self))
+            }
+        }
+    )*};
+}
+bytes_arg!(str, String, [u8], Vec<u8>, Bytes, BytesMut);
+
+impl<const N: usize> ToArg for [u8; N] {
+    fn write_arg(&self, out: &mut ArgWriter<'_>) {
+        out.write(self)
+    }
+}
+
+macro_rules! int_arg {
+    ($($t:ty),*) => {$(
+        impl ToArg for $t {
+            fn write_arg(&self, out: &mut ArgWriter<'_>) {
+                out.write(itoa::Buffer::new().format(*self).as_bytes())
+            }
+        }
+    )*};
+}
+int_arg!(i8, i16, i32, i64, i128, isize, u16, u32, u64, u128, usize);
+
+macro_rules! float_arg {
+    ($($t:ty),*) => {$(
+        impl ToArg for $t {
+            fn write_arg(&self, out: &mut ArgWriter<'_>) {
+                let mut buf = [0u8; 64];
+                let mut cur = &mut buf[..];
+                let _ = if self.is_infinite() {
+                    cur.write_all(if *self > 0.0 { b"inf" } else { b"-inf" })
+                } else {
+                    write!(cur, "{:?}", self)
+                };
+                let len = 64 - cur.len();
+                out.write(&buf[..len])
+            }
+        }
+    )*};
+}
+float_arg!(f32, f64);
+
+/// Several commands sent in one write; their replies come back in order.
+///
+/// ```
+/// use redis_layers::{cmd, Pipeline};
+/// let p = Pipeline::new().cmd(cmd("INCR").arg("a")).cmd(cmd("GET").arg("a"));
+/// assert_eq!(p.len(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pipeline {
+    cmds: Vec<Cmd>,
+}
+
+impl Pipeline {
+    /// An empty pipeline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty pipeline with room for `n` commands.
+    pub fn with_capacity(n: usize) -> Self {
+        Pipeline {
+            cmds: Vec::with_capacity(n),
+        }
+    }
+
+    /// Appends a command.
+    pub fn cmd(mut self, cmd: Cmd) -> Self {
+        self.cmds.push(cmd);
+        self
+    }
+
+    /// Appends a command in place.
+    pub fn push(&mut self, cmd: Cmd) -> &mut Self {
+        self.cmds.push(cmd);
+        self
+    }
+
+    /// Number of commands.
+    pub fn len(&self) -> usize {
+        self.cmds.len()
+    }
+
+    /// True when there are no commands.
+    pub fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    /// The commands, in order.
+    pub fn cmds(&self) -> &[Cmd] {
+        &self.cmds
+    }
+
+    /// The commands, by value.
+    pub fn into_cmds(self) -> Vec<Cmd> {
+        self.cmds
+    }
+}
+
+impl FromIterator<Cmd> for Pipeline {
+    fn from_iter<I: IntoIterator<Item = Cmd>>(iter: I) -> Self {
+        Pipeline {
+            cmds: iter.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_and_reads_back() {
+        let c = cmd("SET")
+            .arg("k")
+            .arg(b"")
+            .arg(-12i64)
+            .arg(1.5f64)
+            .arg(f64::INFINITY);
+        assert_eq!(
+            c.to_bytes().as_ref(),
+            &b"*6\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n$3\r\n-12\r\n$3\r\n1.5\r\n$3\r\ninf\r\n"[..]
+        );
+        assert_eq!(c.encoded_len(), c.to_bytes().len());
+        let argv: Vec<&[u8]> = c.argv().collect();
+        assert_eq!(argv, vec![&b"SET"[..], b"k", b"", b"-12", b"1.5", b"inf"]);
+        assert!(c.is("set"));
+        assert_eq!(format!("{c:?}"), "Cmd(SET, 6 args)");
+        let bin = cmd("SET").arg([0u8, b'\r', b'\n', 255]);
+        assert_eq!(bin.argv().nth(1), Some(&[0u8, b'\r', b'\n', 255][..]));
+    }
+}

@@ -1,0 +1,316 @@
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::PollSender;
+use tower_service::Service;
+
+use super::driver::{self, Driver, DriverConfig, Message};
+use super::future::ResponseFuture;
+use super::{ConnectionInfo, Endpoint, Protocol};
+use crate::error::{Error, Result};
+use crate::request::{Body, Request, Response};
+use crate::resp::{Cmd, Value};
+
+/// State shared by a connection's handles and its driver.
+pub(crate) struct Shared {
+    pub(crate) closed: AtomicBool,
+    pub(crate) closed_notify: Notify,
+    protocol: AtomicU8,
+    pushes: Mutex<Option<PushReceiver>>,
+    info: OnceLock<ConnectionInfo>,
+    endpoint: Endpoint,
+}
+
+/// One multiplexed connection to a Redis server: a command service that many
+/// tasks share.
+///
+/// `Connection` is cheap to clone; every clone talks to the same socket,
+/// owned by a driver task. Requests from all clones are written in batches
+/// (one syscall for whatever is queued) and replies are matched back to
+/// their callers in order. `poll_ready` waits while the request queue is
+/// full: that is the backpressure.
+///
+/// Made by a [`Connector`](super::Connector). The driver task ends, and the
+/// socket closes, when every clone is dropped and every reply is in.
+///
+/// ```no_run
+/// use redis_layers::{cmd, Connector, Endpoint};
+/// use tower::ServiceExt;
+///
+/// # async fn run() -> Result<(), redis_layers::Error> {
+/// let conn = Connector::new().connect(Endpoint::tcp("127.0.0.1", 6379)).await?;
+/// conn.send(cmd("SET").arg("k").arg("v")).await?;
+/// // Or as a tower service:
+/// let reply = conn.clone().oneshot(cmd("GET").arg("k").into()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Connection {
+    sender: mpsc::Sender<Message>,
+    /// Made on first `poll_ready`: the tower path reserves a queue slot.
+    poll_sender: Option<PollSender<Message>>,
+    /// True between a successful `poll_ready` and the `call` that uses it.
+    reserved: bool,
+    shared: Arc<Shared>,
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        // A clone is not ready: its own `poll_ready` reserves its own slot.
+        Connection {
+            sender: self.sender.clone(),
+            poll_sender: None,
+            reserved: false,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("endpoint", &self.shared.endpoint)
+            .field("protocol", &self.protocol())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Starts a driver task on `io`, which must already be connected.
+    /// No handshake is run: the [`Connector`](super::Connector) does that.
+    pub(crate) fn spawn<T>(
+        io: T,
+        endpoint: Endpoint,
+        queue: usize,
+        config: DriverConfig,
+    ) -> Connection
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, rx) = mpsc::channel(queue.max(1));
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
+            protocol: AtomicU8::new(Protocol::Resp3 as u8),
+            pushes: Mutex::new(Some(PushReceiver { rx: push_rx })),
+            info: OnceLock::new(),
+            endpoint,
+        });
+        tokio::spawn(Driver::new(io, rx, push_tx, config, shared.clone()));
+        Connection {
+            sender,
+            poll_sender: None,
+            reserved: false,
+            shared,
+        }
+    }
+
+    /// Sends a request and waits for its reply, without the tower
+    /// `poll_ready` dance (it waits for queue space itself).
+    ///
+    /// A single command's error reply comes back as [`Error::Server`].
+    pub async fn send(&self, req: impl Into<Request>) -> Result<Response> {
+        let req = req.into();
+        let rx = match self.prepare(req) {
+            Ok(Prepared::Send(msg, rx)) => {
+                self.sender.send(msg).await.map_err(|_| Error::Closed)?;
+                rx
+            }
+            Ok(Prepared::Done(resp)) => return Ok(resp),
+            Err(e) => return Err(e),
+        };
+        ResponseFuture::waiting(rx).await
+    }
+
+    /// Sends one command and returns its reply value.
+    pub async fn send_cmd(&self, cmd: Cmd) -> Result<Value> {
+        self.send(cmd).await?.into_value()
+    }
+
+    fn prepare(&self, req: Request) -> Result<Prepared> {
+        let body = req.into_body();
+        let cmds: &[Cmd] = match &body {
+            Body::Cmd(c) => std::slice::from_ref(c),
+            Body::Pipeline(p) if p.is_empty() => {
+                return Ok(Prepared::Done(Response::Pipeline(vec![])))
+            }
+            Body::Pipeline(p) => p.cmds(),
+        };
+        for c in cmds {
+            self.check(c)?;
+        }
+        let (tx, rx) = oneshot::channel();
+        Ok(Prepared::Send(Message { body, tx }, rx))
+    }
+
+    /// Refuses commands that would desynchronise a shared connection.
+    fn check(&self, c: &Cmd) -> Result<()> {
+        if c.arg_count() == 0 {
+            return Err(Error::config("empty command"));
+        }
+        if c.is("CLIENT") {
+            let mut a = c.argv().skip(1);
+            if a.next().is_some_and(|s| s.eq_ignore_ascii_case(b"REPLY"))
+                && a.next().is_some_and(|s| !s.eq_ignore_ascii_case(b"ON"))
+            {
+                return Err(Error::config(
+                    "CLIENT REPLY OFF/SKIP would desynchronise a multiplexed connection",
+                ));
+            }
+        }
+        if c.is("MONITOR") {
+            return Err(Error::config(
+                "MONITOR needs a dedicated connection; it is refused on a multiplexed one",
+            ));
+        }
+        if self.protocol() == Protocol::Resp2 && driver::is_subscribe_family(c) {
+            return Err(Error::config(
+                "pub/sub on a shared connection needs RESP3; this connection runs RESP2",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The receiver of this connection's push frames (pub/sub messages,
+    /// invalidations, maintenance notifications, ...), in arrival order.
+    ///
+    /// The first call takes it; later calls return `None`. Pushes that
+    /// arrive before it is taken wait in it. Drop it to discard pushes.
+    pub fn take_pushes(&self) -> Option<PushReceiver> {
+        self.shared.pushes.lock().ok()?.take()
+    }
+
+    /// True once the driver has stopped: nothing more can be sent.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the connection has closed.
+    pub async fn closed(&self) {
+        let notified = self.shared.closed_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_closed() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// The endpoint this connection was made to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    /// The protocol negotiated by the handshake.
+    pub fn protocol(&self) -> Protocol {
+        if self.shared.protocol.load(Ordering::Relaxed) == Protocol::Resp2 as u8 {
+            Protocol::Resp2
+        } else {
+            Protocol::Resp3
+        }
+    }
+
+    /// What the handshake learned about the server; `None` before it ran.
+    pub fn info(&self) -> Option<&ConnectionInfo> {
+        self.shared.info.get()
+    }
+
+    pub(crate) fn set_protocol(&self, p: Protocol) {
+        self.shared.protocol.store(p as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_info(&self, info: ConnectionInfo) {
+        let _ = self.shared.info.set(info);
+    }
+}
+
+impl Connection {
+    /// Gives back a slot reserved by `poll_ready` when nothing is sent.
+    fn release(&mut self, reserved: bool) {
+        if let (true, Some(ps)) = (reserved, self.poll_sender.as_mut()) {
+            ps.abort_send();
+        }
+    }
+}
+
+enum Prepared {
+    Send(Message, oneshot::Receiver<Result<Response>>),
+    Done(Response),
+}
+
+impl Service<Request> for Connection {
+    type Response = Response;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let sender = self.sender.clone();
+        let ps = self
+            .poll_sender
+            .get_or_insert_with(|| PollSender::new(sender));
+        let r = ps.poll_reserve(cx).map_err(|_| Error::Closed);
+        self.reserved = matches!(r, Poll::Ready(Ok(())));
+        r
+    }
+
+    fn call(&mut self, req: Request) -> ResponseFuture {
+        let reserved = std::mem::take(&mut self.reserved);
+        let (msg, rx) = match self.prepare(req) {
+            Ok(Prepared::Send(msg, rx)) => (msg, rx),
+            Ok(Prepared::Done(resp)) => {
+                self.release(reserved);
+                return ResponseFuture::done(resp);
+            }
+            Err(e) => {
+                self.release(reserved);
+                return ResponseFuture::failed(e);
+            }
+        };
+        if let (true, Some(ps)) = (reserved, self.poll_sender.as_mut()) {
+            return match ps.send_item(msg) {
+                Ok(()) => ResponseFuture::waiting(rx),
+                Err(_) => ResponseFuture::failed(Error::Closed),
+            };
+        }
+        // A caller that skipped `poll_ready` still gets a free slot if there
+        // is one, and a typed error (not a panic) if there is not.
+        match self.sender.try_send(msg) {
+            Ok(()) => ResponseFuture::waiting(rx),
+            Err(mpsc::error::TrySendError::Closed(_)) => ResponseFuture::failed(Error::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => ResponseFuture::failed(Error::config(
+                "Connection::call without a successful poll_ready while the queue is full",
+            )),
+        }
+    }
+}
+
+/// Receives a connection's push frames; see [`Connection::take_pushes`].
+///
+/// `recv` returns `None` once the connection has closed and every push has
+/// been received.
+#[derive(Debug)]
+pub struct PushReceiver {
+    rx: mpsc::UnboundedReceiver<Value>,
+}
+
+impl PushReceiver {
+    /// The next push frame, or `None` after the connection closed.
+    pub async fn recv(&mut self) -> Option<Value> {
+        self.rx.recv().await
+    }
+
+    /// Polls for the next push frame.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Value>> {
+        self.rx.poll_recv(cx)
+    }
+
+    /// The next push frame if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Value> {
+        self.rx.try_recv().ok()
+    }
+}

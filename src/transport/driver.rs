@@ -1,0 +1,534 @@
+//! The task that owns a connection's socket.
+//!
+//! Callers hand requests over a bounded channel. The driver encodes whatever
+//! is queued into one write buffer (up to a byte bound) and writes it, so
+//! many callers share one syscall; it never waits for replies before writing
+//! the next batch, so several batches are on the wire at once. Every written
+//! request waits in the in-flight queue, in write order, with the sender of
+//! its reply. Replies are matched to the queue front; push frames never are
+//! (except the subscribe-family confirmations that an in-flight
+//! (UN)SUBSCRIBE is waiting for) and go to the push channel instead.
+//!
+//! Reads are polled on every turn, also while a write is blocked, so a full
+//! socket in one direction never deadlocks the other. When the socket fails,
+//! every written request fails with the I/O (or protocol) error and every
+//! queued one with [`Error::Closed`], at once.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+
+use super::connection::Shared;
+use crate::error::{Error, ProtocolError, Result, ServerError};
+use crate::request::{Body, Response};
+use crate::resp::{Cmd, Decoder, Limits, Value};
+
+pub(crate) type ReplyTx = oneshot::Sender<Result<Response>>;
+
+/// A request on its way from a caller to the driver.
+pub(crate) struct Message {
+    pub(crate) body: Body,
+    pub(crate) tx: ReplyTx,
+}
+
+/// Tuning of one connection's driver.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DriverConfig {
+    pub(crate) limits: Limits,
+    /// Stop taking requests into the write buffer past this many bytes.
+    pub(crate) max_write_buffer: usize,
+}
+
+/// How many replies a command takes, beyond "one ordinary reply".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Reply,
+    /// Subscribe-family confirmations (push frames of `kind`).
+    Confirm {
+        kind: SubKind,
+        left: Left,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    Count(usize),
+    /// `UNSUBSCRIBE` with no channel: until the confirmation whose count is 0.
+    UntilZero,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubKind {
+    Subscribe,
+    PSubscribe,
+    SSubscribe,
+    Unsubscribe,
+    PUnsubscribe,
+    SUnsubscribe,
+}
+
+impl SubKind {
+    const ALL: [(SubKind, &'static str); 6] = [
+        (SubKind::Subscribe, "subscribe"),
+        (SubKind::PSubscribe, "psubscribe"),
+        (SubKind::SSubscribe, "ssubscribe"),
+        (SubKind::Unsubscribe, "unsubscribe"),
+        (SubKind::PUnsubscribe, "punsubscribe"),
+        (SubKind::SUnsubscribe, "sunsubscribe"),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::ALL[self as usize].1
+    }
+
+    fn of(name: &[u8]) -> Option<SubKind> {
+        // Cheap filter first: this runs for every command.
+        if !(9..=12).contains(&name.len()) || !matches!(name[0] | 0x20, b's' | b'p' | b'u') {
+            return None;
+        }
+        Self::ALL
+            .iter()
+            .find(|(_, n)| name.eq_ignore_ascii_case(n.as_bytes()))
+            .map(|(k, _)| *k)
+    }
+}
+
+/// True for subscribe-family commands (pub/sub needs RESP3 on a shared
+/// connection).
+pub(crate) fn is_subscribe_family(cmd: &Cmd) -> bool {
+    cmd.name().and_then(SubKind::of).is_some()
+}
+
+fn expect_for(cmd: &Cmd) -> Expect {
+    let Some(kind) = cmd.name().and_then(SubKind::of) else {
+        return Expect::Reply;
+    };
+    let channels = cmd.arg_count() - 1;
+    let left = match kind {
+        SubKind::Unsubscribe | SubKind::PUnsubscribe | SubKind::SUnsubscribe if channels == 0 => {
+            Left::UntilZero
+        }
+        // `SUBSCRIBE` with no channel gets an ordinary error reply.
+        _ if channels == 0 => return Expect::Reply,
+        _ => Left::Count(channels),
+    };
+    Expect::Confirm { kind, left }
+}
+
+/// A written request waiting for its replies.
+struct InFlight {
+    tx: ReplyTx,
+    /// Stream offset of the request's first byte: whether it was written.
+    start: u64,
+    state: Pending,
+}
+
+enum Pending {
+    One {
+        expect: Expect,
+        confirms: Vec<Value>,
+        result: Option<Result<Value, ServerError>>,
+    },
+    Many {
+        results: Vec<Result<Value, ServerError>>,
+        total: usize,
+        /// Per-command expectations; empty when all are plain replies.
+        expects: Vec<Expect>,
+        confirms: Vec<Value>,
+    },
+}
+
+impl Pending {
+    fn current(&mut self) -> Option<(&mut Expect, &mut Vec<Value>)> {
+        match self {
+            Pending::One {
+                expect, confirms, ..
+            } => Some((expect, confirms)),
+            Pending::Many {
+                results,
+                expects,
+                confirms,
+                ..
+            } => {
+                let i = results.len();
+                expects.get_mut(i).map(|e| (e, confirms))
+            }
+        }
+    }
+
+    /// Offers a push frame; true if it was a confirmation this request
+    /// was waiting for, and now holds.
+    fn offer_push(&mut self, push: &Value) -> Option<bool> {
+        let (expect, confirms) = self.current()?;
+        let Expect::Confirm { kind, left } = expect else {
+            return None;
+        };
+        let items = match push {
+            Value::Push(items) => items,
+            _ => return None,
+        };
+        let matches = items
+            .first()
+            .and_then(Value::as_bytes)
+            .is_some_and(|k| k.eq_ignore_ascii_case(kind.name().as_bytes()));
+        if !matches {
+            return None;
+        }
+        confirms.push(push.clone());
+        let done = match left {
+            Left::Count(n) => {
+                *n -= 1;
+                *n == 0
+            }
+            Left::UntilZero => matches!(items.get(2), Some(Value::Integer(0))),
+        };
+        if done {
+            *expect = Expect::Reply;
+            let v = Value::Array(std::mem::take(confirms));
+            Some(self.finish_one(Ok(v)))
+        } else {
+            Some(false)
+        }
+    }
+
+    /// Records an ordinary reply; true when the request is complete.
+    fn reply(&mut self, v: Value) -> bool {
+        let r = match v {
+            Value::Error(b) | Value::BlobError(b) => Err(ServerError::parse(b)),
+            v => Ok(v),
+        };
+        // An ordinary reply to a subscribe is an error that ends it.
+        if let Some((expect, confirms)) = self.current() {
+            *expect = Expect::Reply;
+            confirms.clear();
+        }
+        self.finish_one(r)
+    }
+
+    fn finish_one(&mut self, r: Result<Value, ServerError>) -> bool {
+        match self {
+            Pending::One { result, .. } => {
+                *result = Some(r);
+                true
+            }
+            Pending::Many { results, total, .. } => {
+                results.push(r);
+                results.len() == *total
+            }
+        }
+    }
+
+    fn into_response(self) -> Result<Response> {
+        match self {
+            Pending::One { result, .. } => match result {
+                Some(Ok(v)) => Ok(Response::Value(v)),
+                Some(Err(e)) => Err(Error::Server(e)),
+                None => Err(Error::Closed),
+            },
+            Pending::Many { results, .. } => Ok(Response::Pipeline(results)),
+        }
+    }
+}
+
+pub(crate) struct Driver<T> {
+    io: T,
+    rx: mpsc::Receiver<Message>,
+    rx_open: bool,
+    write_buf: BytesMut,
+    needs_flush: bool,
+    /// Bytes ever encoded / written: which in-flight requests hit the wire.
+    encoded: u64,
+    written: u64,
+    read_buf: BytesMut,
+    decoder: Decoder,
+    in_flight: VecDeque<InFlight>,
+    pushes: mpsc::UnboundedSender<Value>,
+    config: DriverConfig,
+    shared: Arc<Shared>,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+const MIN_READ_SPACE: usize = 4 * 1024;
+/// Turns of the loop before yielding to other tasks.
+const MAX_TURNS: usize = 32;
+
+impl<T> Driver<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    pub(crate) fn new(
+        io: T,
+        rx: mpsc::Receiver<Message>,
+        pushes: mpsc::UnboundedSender<Value>,
+        config: DriverConfig,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Driver {
+            io,
+            rx,
+            rx_open: true,
+            write_buf: BytesMut::with_capacity(config.max_write_buffer.min(READ_CHUNK)),
+            needs_flush: false,
+            encoded: 0,
+            written: 0,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: Decoder::with_limits(config.limits),
+            in_flight: VecDeque::with_capacity(64),
+            pushes,
+            config,
+            shared,
+        }
+    }
+
+    fn enqueue(&mut self, msg: Message) {
+        // A caller that gave up before its request was written: skipping it
+        // is safe because no reply will come for it.
+        if msg.tx.is_closed() {
+            return;
+        }
+        let start = self.encoded;
+        let before = self.write_buf.len();
+        let state = match msg.body {
+            Body::Cmd(cmd) => {
+                cmd.write_to(&mut self.write_buf);
+                Pending::One {
+                    expect: expect_for(&cmd),
+                    confirms: Vec::new(),
+                    result: None,
+                }
+            }
+            Body::Pipeline(p) => {
+                let mut expects = Vec::new();
+                for (i, cmd) in p.cmds().iter().enumerate() {
+                    cmd.write_to(&mut self.write_buf);
+                    let e = expect_for(cmd);
+                    if e != Expect::Reply && expects.is_empty() {
+                        expects = vec![Expect::Reply; p.len()];
+                    }
+                    if !expects.is_empty() {
+                        expects[i] = e;
+                    }
+                }
+                Pending::Many {
+                    results: Vec::with_capacity(p.len()),
+                    total: p.len(),
+                    expects,
+                    confirms: Vec::new(),
+                }
+            }
+        };
+        self.encoded += (self.write_buf.len() - before) as u64;
+        self.in_flight.push_back(InFlight {
+            tx: msg.tx,
+            start,
+            state,
+        });
+    }
+
+    fn dispatch(&mut self, v: Value) -> Result<(), Error> {
+        if matches!(v, Value::Push(_)) {
+            if let Some(front) = self.in_flight.front_mut() {
+                match front.state.offer_push(&v) {
+                    Some(true) => self.complete_front(),
+                    Some(false) => {}
+                    None => self.deliver_push(v),
+                }
+            } else {
+                self.deliver_push(v);
+            }
+            return Ok(());
+        }
+        let Some(front) = self.in_flight.front_mut() else {
+            return Err(ProtocolError::new("reply received with no request in flight").into());
+        };
+        if front.start >= self.written {
+            return Err(ProtocolError::new("reply received before its request was written").into());
+        }
+        if front.state.reply(v) {
+            self.complete_front();
+        }
+        Ok(())
+    }
+
+    fn deliver_push(&mut self, v: Value) {
+        if self.pushes.send(v).is_err() {
+            tracing::trace!(target: "redis_layers::transport", "push dropped: no receiver");
+        }
+    }
+
+    fn complete_front(&mut self) {
+        if let Some(f) = self.in_flight.pop_front() {
+            let _ = f.tx.send(f.state.into_response());
+        }
+    }
+
+    /// Fails everything at once and ends the driver.
+    fn fail(&mut self, err: Error) -> Poll<()> {
+        tracing::debug!(
+            target: "redis_layers::transport",
+            error = %err,
+            in_flight = self.in_flight.len(),
+            "connection closed"
+        );
+        for f in self.in_flight.drain(..) {
+            let e = if f.start >= self.written {
+                Error::Closed
+            } else {
+                err.clone()
+            };
+            let _ = f.tx.send(Err(e));
+        }
+        self.rx.close();
+        while let Ok(msg) = self.rx.try_recv() {
+            let _ = msg.tx.send(Err(Error::Closed));
+        }
+        self.rx_open = false;
+        Poll::Ready(())
+    }
+
+    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Result<bool, Error> {
+        let mut progress = false;
+
+        // 1. Take queued requests until the queue is empty or the write
+        //    buffer is full: that is the coalescing.
+        while self.rx_open && self.write_buf.len() < self.config.max_write_buffer {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(msg)) => {
+                    self.enqueue(msg);
+                    progress = true;
+                }
+                Poll::Ready(None) => self.rx_open = false,
+                Poll::Pending => break,
+            }
+        }
+
+        // 2. Write what we have, without waiting for any reply.
+        while !self.write_buf.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.write_buf) {
+                Poll::Ready(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Poll::Ready(Ok(n)) => {
+                    self.write_buf.advance(n);
+                    self.written += n as u64;
+                    self.needs_flush = true;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e.into()),
+                Poll::Pending => break,
+            }
+        }
+        if self.write_buf.is_empty() {
+            // Let the next batch reuse the buffer from its start.
+            self.write_buf.clear();
+        }
+        if self.needs_flush {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Err(e.into()),
+                Poll::Pending => {}
+            }
+        }
+
+        // 3. Read and dispatch every complete frame.
+        let need = self.decoder.bytes_needed();
+        if need > self.read_buf.len() {
+            self.read_buf.reserve(need - self.read_buf.len());
+        }
+        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf) {
+            Poll::Ready(Ok(0)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the server",
+                )
+                .into())
+            }
+            Poll::Ready(Ok(_)) => {
+                progress = true;
+                while let Some(v) = self.decoder.decode(&mut self.read_buf)? {
+                    self.dispatch(v)?;
+                }
+            }
+            Poll::Ready(Err(e)) => return Err(e.into()),
+            Poll::Pending => {}
+        }
+        Ok(progress)
+    }
+}
+
+impl<T> Future for Driver<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..MAX_TURNS {
+            match this.poll_turn(cx) {
+                Err(e) => return this.fail(e),
+                Ok(progress) => {
+                    if !this.rx_open && this.in_flight.is_empty() && this.write_buf.is_empty() {
+                        // Every handle is gone and every reply is in.
+                        return Poll::Ready(());
+                    }
+                    if !progress {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Driver<T> {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.closed_notify.notify_waiters();
+        // Requests still here (the runtime shut down) get their error now.
+        for f in self.in_flight.drain(..) {
+            let _ = f.tx.send(Err(Error::Closed));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::cmd;
+
+    #[test]
+    fn expectations() {
+        assert_eq!(expect_for(&cmd("GET").arg("k")), Expect::Reply);
+        assert_eq!(
+            expect_for(&cmd("subscribe").arg("a").arg("b")),
+            Expect::Confirm {
+                kind: SubKind::Subscribe,
+                left: Left::Count(2)
+            }
+        );
+        assert_eq!(
+            expect_for(&cmd("PUNSUBSCRIBE")),
+            Expect::Confirm {
+                kind: SubKind::PUnsubscribe,
+                left: Left::UntilZero
+            }
+        );
+        assert_eq!(expect_for(&cmd("SUBSCRIBE")), Expect::Reply);
+        assert_eq!(expect_for(&cmd("SUNSUBSCRIBEX")), Expect::Reply);
+        for (k, n) in SubKind::ALL {
+            assert_eq!(k.name(), n);
+        }
+    }
+}

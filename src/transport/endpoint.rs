@@ -1,0 +1,96 @@
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// Where a Redis server listens: a TCP host and port, or a Unix socket.
+///
+/// Parses from `host:port`, `[v6addr]:port`, `unix:/path` or `/path`.
+///
+/// ```
+/// use redis_layers::Endpoint;
+/// let e: Endpoint = "127.0.0.1:6380".parse().unwrap();
+/// assert_eq!(e, Endpoint::tcp("127.0.0.1", 6380));
+/// let e: Endpoint = "[::1]:7000".parse().unwrap();
+/// assert_eq!(e.to_string(), "[::1]:7000");
+/// let e: Endpoint = "unix:/tmp/redis.sock".parse().unwrap();
+/// assert_eq!(e, Endpoint::unix("/tmp/redis.sock"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Endpoint {
+    /// A TCP address; `host` is a name or an IP literal (IPv6 unbracketed).
+    Tcp {
+        /// Host name or IP address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A Unix domain socket path.
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// A TCP endpoint.
+    pub fn tcp(host: impl Into<String>, port: u16) -> Self {
+        let host = host.into();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .map(str::to_owned)
+            .unwrap_or(host);
+        Endpoint::Tcp { host, port }
+    }
+
+    /// A Unix socket endpoint.
+    pub fn unix(path: impl Into<PathBuf>) -> Self {
+        Endpoint::Unix(path.into())
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Ok(Endpoint::unix(path.trim_start_matches("//")));
+        }
+        if s.starts_with('/') {
+            return Ok(Endpoint::unix(s));
+        }
+        let bad = || Error::config(format!("invalid endpoint {s:?}: expected host:port"));
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || (host.contains(':') && !host.starts_with('[')) {
+            return Err(bad());
+        }
+        Ok(Endpoint::tcp(host, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors() {
+        for bad in ["", "host", "host:", "host:99999", ":6379", "::1:6379"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "/var/run/r.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::unix("/var/run/r.sock")
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! The RESP3 transport: dial an [`Endpoint`], run the handshake, and share
+//! one socket between many callers through a [`Connection`].
+//!
+//! - [`Connector`] is a connection maker: `Service<Endpoint, Response =
+//!   Connection>`. Layers that need new connections (handoff, cluster) wrap it.
+//! - [`Connection`] is a command service: `Service<Request, Response =
+//!   Response>`, `Clone`, multiplexed.
+//!
+//! The connection driver is our own rather than a crate's: it is the hot
+//! path, and it must keep several write batches on the wire, route push
+//! frames away from the reply queue (see `spec/resp3-transport.md`), and
+//! fail every waiting caller at once when the socket dies.
+
+mod connection;
+mod connector;
+pub(crate) mod driver;
+mod endpoint;
+pub mod future;
+mod handshake;
+
+pub use connection::{Connection, PushReceiver};
+pub use connector::Connector;
+pub use endpoint::Endpoint;
+
+/// The RESP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// RESP2: no push frames, no maps; pub/sub is refused on a shared connection.
+    Resp2 = 2,
+    /// RESP3 (`HELLO 3`).
+    Resp3 = 3,
+}
+
+/// What the handshake learned about the server.
+///
+/// ```
+/// use redis_layers::transport::{ConnectionInfo, Protocol};
+/// let info = ConnectionInfo::default();
+/// assert_eq!(info.protocol, Protocol::Resp3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The negotiated protocol.
+    pub protocol: Protocol,
+    /// `server` from the `HELLO` reply (`redis`, `valkey`, ...).
+    pub server: Option<String>,
+    /// `version` from the `HELLO` reply.
+    pub version: Option<String>,
+    /// The server's id for this client (`CLIENT ID`), from `HELLO`.
+    pub client_id: Option<i64>,
+    /// `mode` from the `HELLO` reply: `standalone`, `cluster` or `sentinel`.
+    pub mode: Option<String>,
+    /// `role` from the `HELLO` reply: `master` or `replica`.
+    pub role: Option<String>,
+}
+
+impl Default for ConnectionInfo {
+    fn default() -> Self {
+        ConnectionInfo {
+            protocol: Protocol::Resp3,
+            server: None,
+            version: None,
+            client_id: None,
+            mode: None,
+            role: None,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Test support: real `redis-server` processes on free loopback ports.
+//!
+//! Each server gets its own port (never 6379) and its own temporary
+//! directory, persists nothing, and is killed when the handle drops. The
+//! benchmark and the quickstart example include this file too.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use redis_layers::Endpoint;
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerBuilder {
+    password: Option<String>,
+    acl_users: Vec<(String, String)>,
+    unix_socket: bool,
+    args: Vec<String>,
+}
+
+impl ServerBuilder {
+    /// `requirepass`.
+    pub fn password(mut self, p: &str) -> Self {
+        self.password = Some(p.into());
+        self
+    }
+
+    /// An ACL user with all permissions.
+    pub fn acl_user(mut self, user: &str, pass: &str) -> Self {
+        self.acl_users.push((user.into(), pass.into()));
+        self
+    }
+
+    /// Also listen on a Unix socket in the server's directory.
+    pub fn unix_socket(mut self) -> Self {
+        self.unix_socket = true;
+        self
+    }
+
+    /// Any other `redis-server` arguments, e.g. `["--maxclients", "10"]`.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Starts the server and waits until it answers; panics (failing the
+    /// test) if it cannot within the bound.
+    pub fn start(self) -> RedisServer {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            match self.try_start() {
+                Ok(s) => return s,
+                // Most likely another process took the port between our
+                // probe and the server's bind: try another one.
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start redis-server: {last_err}");
+    }
+
+    fn try_start(&self) -> Result<RedisServer, String> {
+        let port = free_port();
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "redis-layers-test-{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            port
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(redis_server_bin());
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--enable-debug-command", "local"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"));
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        for (user, pass) in &self.acl_users {
+            cmd.args(["--user", &format!("{user} on >{pass} ~* &* +@all")]);
+        }
+        let unix = self.unix_socket.then(|| dir.join("redis.sock"));
+        if let Some(path) = &unix {
+            cmd.arg("--unixsocket")
+                .arg(path)
+                .args(["--unixsocketperm", "700"]);
+        }
+        cmd.args(&self.args);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", redis_server_bin()))?;
+        let mut server = RedisServer {
+            child,
+            port,
+            dir,
+            unix,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+}
+
+/// A running `redis-server`, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    unix: Option<PathBuf>,
+}
+
+impl RedisServer {
+    /// A plain server.
+    pub fn start() -> Self {
+        Self::builder().start()
+    }
+
+    /// A server with options.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Its TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its TCP endpoint.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::tcp("127.0.0.1", self.port)
+    }
+
+    /// Its Unix socket endpoint, if started with one.
+    pub fn unix_endpoint(&self) -> Option<Endpoint> {
+        self.unix.as_ref().map(Endpoint::unix)
+    }
+
+    /// Runs a command through `redis-cli` (for setup and checks outside the
+    /// crate under test) and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "redis-server exited ({status}) on port {}: {}",
+                    self.port,
+                    std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+                ));
+            }
+            if ping(self.port) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis-server on port {} did not answer in 10 s",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// True when a server on `port` answers a PING (any reply, so a server that
+/// wants a password counts as up).
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if n > 0 && (buf[0] == b'+' || buf[0] == b'-'))
+}
+
+/// A loopback port that is free now (never 6379).
+pub fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}
+
+/// The `redis-server` binary: `$REDIS_SERVER` or the one on `PATH`.
+pub fn redis_server_bin() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
