@@ -1,1 +1,312 @@
-fn main() {}
+//! Throughput of one multiplexed connection, measured against references in
+//! the same run on the same spawned redis-server:
+//!
+//! - redis-rs `MultiplexedConnection` (same runtime, same workloads),
+//! - `redis-benchmark -c 1 -P 64 -t get` (the server's own pipelined ceiling).
+//!
+//! Workloads: GET of a 64-byte value with 1, 16 and 64 concurrent callers
+//! sharing one connection, and 1,000-command pipelines. Also counts heap
+//! allocations per GET for both clients.
+//!
+//! `cargo bench --bench throughput -- --quick` takes well under a minute.
+//! Rounds alternate which client goes first; each cell is the median round.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_layers::{cmd, Connection, Connector, Pipeline, Request, Response, Value};
+use tower::{Service, ServiceExt};
+
+// ===== allocation counting =====
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ===== the clients under test =====
+
+const KEY: &str = "key:__rand_int__"; // what `redis-benchmark -t get` reads
+const VALUE_LEN: usize = 64;
+const PIPELINE: usize = 1000;
+
+trait Client: Clone + Send + Sync + 'static {
+    fn get(&mut self) -> impl Future<Output = ()> + Send + '_;
+    fn pipeline(&mut self) -> impl Future<Output = ()> + Send + '_;
+}
+
+#[derive(Clone)]
+struct Ours(Connection);
+
+impl Client for Ours {
+    async fn get(&mut self) {
+        // The tower path, as every layer above the connection uses it.
+        let svc = self.0.ready().await.expect("ready");
+        match svc.call(Request::from(cmd("GET").arg(KEY))).await {
+            Ok(Response::Value(Value::BulkString(b))) => assert_eq!(b.len(), VALUE_LEN),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    async fn pipeline(&mut self) {
+        let p: Pipeline = (0..PIPELINE).map(|_| cmd("GET").arg(KEY)).collect();
+        let svc = self.0.ready().await.expect("ready");
+        match svc.call(p.into()).await {
+            Ok(Response::Pipeline(r)) => assert_eq!(r.len(), PIPELINE),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RedisRs(redis::aio::MultiplexedConnection);
+
+impl Client for RedisRs {
+    async fn get(&mut self) {
+        let v: Vec<u8> = redis::cmd("GET")
+            .arg(KEY)
+            .query_async(&mut self.0)
+            .await
+            .expect("GET");
+        assert_eq!(v.len(), VALUE_LEN);
+    }
+
+    async fn pipeline(&mut self) {
+        let mut p = redis::pipe();
+        for _ in 0..PIPELINE {
+            p.cmd("GET").arg(KEY);
+        }
+        let r: Vec<Vec<u8>> = p.query_async(&mut self.0).await.expect("pipeline");
+        assert_eq!(r.len(), PIPELINE);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Workload {
+    Get { callers: usize },
+    Pipeline,
+}
+
+impl Workload {
+    fn name(self) -> String {
+        match self {
+            Workload::Get { callers } => format!("GET, {callers} callers"),
+            Workload::Pipeline => format!("pipeline of {PIPELINE} GETs"),
+        }
+    }
+}
+
+/// Commands per second over `window`, after a short warm-up.
+async fn measure<C: Client>(client: &C, w: Workload, window: Duration) -> f64 {
+    let (tasks, per_op) = match w {
+        Workload::Get { callers } => (callers, 1),
+        Workload::Pipeline => (1, PIPELINE as u64),
+    };
+    let ops = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (mut c, ops, stop) = (client.clone(), ops.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match w {
+                        Workload::Get { .. } => c.get().await,
+                        Workload::Pipeline => c.pipeline().await,
+                    }
+                    ops.fetch_add(per_op, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(window / 5).await;
+    let (c0, t0) = (ops.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(window).await;
+    let (c1, t1) = (ops.load(Ordering::Relaxed), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.expect("bench task");
+    }
+    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+/// Heap allocations per GET with 64 callers.
+async fn allocs_per_get<C: Client>(client: &C) -> f64 {
+    const PER_TASK: usize = 500;
+    const TASKS: usize = 64;
+    let run = |count: bool| {
+        let client = client.clone();
+        async move {
+            COUNTING.store(count, Ordering::SeqCst);
+            let before = ALLOCS.load(Ordering::SeqCst);
+            let handles: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let mut c = client.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..PER_TASK {
+                            c.get().await;
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await.expect("alloc task");
+            }
+            COUNTING.store(false, Ordering::SeqCst);
+            ALLOCS.load(Ordering::SeqCst) - before
+        }
+    };
+    run(false).await; // warm buffers up
+    run(true).await as f64 / (TASKS * PER_TASK) as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `redis-benchmark -c 1 -P 64 -t get`, if installed.
+fn redis_benchmark(port: u16, requests: usize) -> Option<f64> {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", "1", "-P", "64", "-t", "get", "-d", "64", "--csv"])
+        .args(["-n", &requests.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("\"GET\""))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|rps| rps.trim_matches('"').parse().ok())
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, window) = if quick {
+        (2, Duration::from_millis(750))
+    } else {
+        (5, Duration::from_secs(2))
+    };
+    let workers: usize = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
+
+    let server = support::RedisServer::start();
+    let port = server.port();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let (ours, theirs) = rt.block_on(async {
+        let conn = Connector::new()
+            .connect(server.endpoint())
+            .await
+            .expect("connect");
+        conn.send(cmd("SET").arg(KEY).arg(vec![b'x'; VALUE_LEN]))
+            .await
+            .expect("SET");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(None);
+        let rr = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("redis-rs connect");
+        (Ours(conn), RedisRs(rr))
+    });
+
+    println!(
+        "redis-layers throughput ({}): redis-server on 127.0.0.1:{port}, \
+         tokio multi-thread with {workers} workers, {VALUE_LEN}-byte values, \
+         {rounds} rounds of {window:?}",
+        if quick { "quick" } else { "full" }
+    );
+
+    let bench_rps = redis_benchmark(port, if quick { 500_000 } else { 2_000_000 });
+
+    let workloads = [
+        Workload::Get { callers: 1 },
+        Workload::Get { callers: 16 },
+        Workload::Get { callers: 64 },
+        Workload::Pipeline,
+    ];
+    let mut rows = Vec::new();
+    for w in workloads {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            rt.block_on(async {
+                if r % 2 == 0 {
+                    a.push(measure(&ours, w, window).await);
+                    b.push(measure(&theirs, w, window).await);
+                } else {
+                    b.push(measure(&theirs, w, window).await);
+                    a.push(measure(&ours, w, window).await);
+                }
+            });
+        }
+        rows.push((w.name(), median(a), median(b)));
+    }
+
+    let (alloc_ours, alloc_theirs) =
+        rt.block_on(async { (allocs_per_get(&ours).await, allocs_per_get(&theirs).await) });
+
+    println!();
+    match bench_rps {
+        Some(rps) => {
+            println!("redis-benchmark -c 1 -P 64 -t get: {rps:.0} ops/s");
+            let ours64 = rows[2].1;
+            let pipe = rows[3].1;
+            println!(
+                "  ours, 64 callers: {:.2} of redis-benchmark; ours, pipeline: {:.2}",
+                ours64 / rps,
+                pipe / rps
+            );
+        }
+        None => println!("redis-benchmark: not installed, skipped"),
+    }
+    println!(
+        "heap allocations per GET (64 callers): ours {alloc_ours:.2}, redis-rs {alloc_theirs:.2}"
+    );
+    println!();
+    println!("workload | ours ops/s | redis-rs ops/s | ratio");
+    println!("---|---|---|---");
+    for (name, a, b) in rows {
+        println!("{name} | {a:.0} | {b:.0} | {:.2}", a / b);
+    }
+}
