@@ -244,6 +244,8 @@ pub(crate) struct Driver<T> {
     rx_open: bool,
     write_buf: BytesMut,
     needs_flush: bool,
+    /// This batch already yielded once to let more callers join it.
+    batch_yielded: bool,
     /// Bytes ever encoded / written: which in-flight requests hit the wire.
     encoded: u64,
     written: u64,
@@ -277,6 +279,7 @@ where
             rx_open: true,
             write_buf: BytesMut::with_capacity(config.max_write_buffer.min(READ_CHUNK)),
             needs_flush: false,
+            batch_yielded: false,
             encoded: 0,
             written: 0,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
@@ -394,11 +397,12 @@ where
         Poll::Ready(())
     }
 
-    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Result<bool, Error> {
+    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Result<Turn, Error> {
         let mut progress = false;
 
         // 1. Take queued requests until the queue is empty or the write
         //    buffer is full: that is the coalescing.
+        let batch_start = self.write_buf.is_empty();
         while self.rx_open && self.write_buf.len() < self.config.max_write_buffer {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(msg)) => {
@@ -409,6 +413,20 @@ where
                 Poll::Pending => break,
             }
         }
+        // The first caller of a batch wakes this task, and tokio runs a
+        // task woken by another right after it (the LIFO slot), before the
+        // other callers woken by the last replies had a chance to queue:
+        // writing now would send batches of one. Yielding once puts the
+        // driver behind them, so they share the write.
+        if batch_start
+            && progress
+            && !self.batch_yielded
+            && self.write_buf.len() < self.config.max_write_buffer
+        {
+            self.batch_yielded = true;
+            return Ok(Turn::Yield);
+        }
+        self.batch_yielded = false;
 
         // 2. Write what we have, without waiting for any reply.
         while !self.write_buf.is_empty() {
@@ -461,8 +479,16 @@ where
             Poll::Ready(Err(e)) => return Err(e.into()),
             Poll::Pending => {}
         }
-        Ok(progress)
+        Ok(if progress { Turn::Progress } else { Turn::Idle })
     }
+}
+
+/// What one turn of the driver loop achieved.
+enum Turn {
+    Progress,
+    Idle,
+    /// Let other tasks run, then come back.
+    Yield,
 }
 
 impl<T> Future for Driver<T>
@@ -476,13 +502,15 @@ where
         for _ in 0..MAX_TURNS {
             match this.poll_turn(cx) {
                 Err(e) => return this.fail(e),
-                Ok(progress) => {
+                Ok(turn) => {
                     if !this.rx_open && this.in_flight.is_empty() && this.write_buf.is_empty() {
                         // Every handle is gone and every reply is in.
                         return Poll::Ready(());
                     }
-                    if !progress {
-                        return Poll::Pending;
+                    match turn {
+                        Turn::Progress => {}
+                        Turn::Idle => return Poll::Pending,
+                        Turn::Yield => break,
                     }
                 }
             }
