@@ -98,6 +98,104 @@ impl Connector {
         Self::default()
     }
 
+    /// A connector and endpoint from a Redis URL:
+    /// `redis://[[username]:password@]host[:port][/db]` (port 6379 when
+    /// omitted), `unix:///path/to/redis.sock[?db=N]` or
+    /// `redis+unix:///path[?db=N]`. Credentials may be percent-encoded.
+    ///
+    /// `rediss://` (TLS) is refused with [`Error::Config`]: this crate does
+    /// not speak TLS yet, and silently connecting in plain text would be worse.
+    ///
+    /// ```
+    /// use redis_layers::{Connector, Endpoint};
+    ///
+    /// let (connector, endpoint) = Connector::from_url("redis://:s%40cret@cache.local:6380/2")?;
+    /// assert_eq!(endpoint, Endpoint::tcp("cache.local", 6380));
+    /// assert!(Connector::from_url("rediss://cache.local").is_err());
+    /// # Ok::<(), redis_layers::Error>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<(Connector, Endpoint)> {
+        let bad = |why: &str| Error::config(format!("invalid Redis URL: {why}"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let mut connector = Connector::new();
+        let (location, query) = match rest.split_once('?') {
+            Some((l, q)) => (l, Some(q)),
+            None => (rest, None),
+        };
+        let mut db = None;
+        let endpoint = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => {
+                let (auth, hostpart) = match location.rsplit_once('@') {
+                    Some((a, h)) => (Some(a), h),
+                    None => (None, location),
+                };
+                if let Some(auth) = auth {
+                    let (user, pass) = match auth.split_once(':') {
+                        Some((u, p)) => (u, Some(p)),
+                        None => (auth, None),
+                    };
+                    match (percent_decode(user)?, pass.map(percent_decode).transpose()?) {
+                        (u, Some(p)) => {
+                            if !u.is_empty() {
+                                connector = connector.username(u);
+                            }
+                            connector = connector.password(p);
+                        }
+                        // `redis://secret@host`: a lone field is a password.
+                        (u, None) if !u.is_empty() => connector = connector.password(u),
+                        _ => {}
+                    }
+                }
+                let (hostport, path) = match hostpart.split_once('/') {
+                    Some((h, p)) => (h, p),
+                    None => (hostpart, ""),
+                };
+                if !path.is_empty() {
+                    db = Some(path);
+                }
+                if hostport.is_empty() {
+                    return Err(bad("no host"));
+                }
+                let has_port = match hostport.rfind(':') {
+                    Some(i) => !hostport[i..].contains(']'),
+                    None => false,
+                };
+                if has_port {
+                    hostport.parse()?
+                } else {
+                    Endpoint::tcp(hostport, 6379)
+                }
+            }
+            "unix" | "redis+unix" => {
+                if location.is_empty() {
+                    return Err(bad("no socket path"));
+                }
+                Endpoint::unix(location)
+            }
+            "rediss" | "valkeys" => return Err(bad("TLS (rediss://) is not supported yet")),
+            other => return Err(bad(&format!("unknown scheme {other:?}"))),
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("db", v)) => db = Some(v),
+                Some(("protocol", "2" | "resp2")) => {
+                    connector = connector.protocol(Protocol::Resp2)
+                }
+                Some(("protocol", "3" | "resp3")) => {
+                    connector = connector.protocol(Protocol::Resp3)
+                }
+                _ => return Err(bad(&format!("unknown parameter {pair:?}"))),
+            }
+        }
+        if let Some(db) = db {
+            let n = db
+                .parse()
+                .map_err(|_| bad(&format!("database {db:?} is not a number")))?;
+            connector = connector.database(n);
+        }
+        Ok((connector, endpoint))
+    }
+
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
     }
@@ -231,3 +329,67 @@ impl Service<Endpoint> for Connector {
 }
 
 pub(crate) type BoxConnect = Pin<Box<dyn Future<Output = Result<Connection>> + Send>>;
+
+fn percent_decode(s: &str) -> Result<String> {
+    let bad = || Error::config(format!("invalid percent-encoding in Redis URL: {s:?}"));
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let (c, e) = Connector::from_url("redis://localhost").unwrap();
+        assert_eq!(e, Endpoint::tcp("localhost", 6379));
+        assert_eq!(c.config.database, 0);
+        assert!(c.config.password.is_none());
+
+        let (c, e) = Connector::from_url("redis://alice:p%3Ass@[::1]:7000/3?protocol=2").unwrap();
+        assert_eq!(e, Endpoint::tcp("::1", 7000));
+        assert_eq!(c.config.username.as_deref(), Some("alice"));
+        assert_eq!(c.config.password.as_deref(), Some("p:ss"));
+        assert_eq!(c.config.database, 3);
+        assert_eq!(c.config.protocol, Protocol::Resp2);
+
+        let (c, _) = Connector::from_url("redis://:secret@h:1").unwrap();
+        assert!(c.config.username.is_none());
+        assert_eq!(c.config.password.as_deref(), Some("secret"));
+
+        let (c, e) = Connector::from_url("unix:///run/redis.sock?db=5").unwrap();
+        assert_eq!(e, Endpoint::unix("/run/redis.sock"));
+        assert_eq!(c.config.database, 5);
+
+        for bad in [
+            "localhost:6379",
+            "rediss://h",
+            "http://h",
+            "redis://",
+            "redis://h/x",
+            "redis://h:99999",
+            "redis://h?foo=1",
+            "redis://a:%zz@h",
+            "unix://",
+        ] {
+            assert!(
+                matches!(Connector::from_url(bad), Err(Error::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+}
