@@ -60,7 +60,8 @@ impl Default for Limits {
 enum LevelKind {
     /// An aggregate that counts as one element of its parent.
     Counted,
-    /// Attributes: the value after them is the element.
+    /// Attributes and the value they annotate: one element of the parent.
+    /// A chain of attributes nests, so `max_depth` bounds it.
     Attr,
     /// A push inside an aggregate: not an element of its parent.
     NestedPush,
@@ -142,6 +143,7 @@ impl Decoder {
             buf: &frame,
             pos: 0,
             lifted: Vec::new(),
+            aggregates: 0,
         };
         let value = builder.value();
         match value {
@@ -182,6 +184,30 @@ impl Decoder {
                 self.need = p + 1;
                 return Ok(None);
             };
+            // Fail on a bad type byte now: a peer that is not speaking RESP
+            // may never send the CRLF that the line search would wait for.
+            if !matches!(
+                tag,
+                b'+' | b'-'
+                    | b':'
+                    | b','
+                    | b'#'
+                    | b'('
+                    | b'_'
+                    | b'$'
+                    | b'!'
+                    | b'='
+                    | b'*'
+                    | b'~'
+                    | b'>'
+                    | b'%'
+                    | b'|'
+            ) {
+                return Err(ProtocolError::new(format!(
+                    "unknown type byte {:?}",
+                    char::from(tag)
+                )));
+            }
             let Some(line_end) = find_line_end(buf, p + 1, self.limits.max_inline_len)? else {
                 self.need = p + 3;
                 return Ok(None);
@@ -232,10 +258,20 @@ impl Decoder {
                         }
                         let kind = match tag {
                             b'|' => LevelKind::Attr,
-                            b'>' if !self.stack.is_empty() => LevelKind::NestedPush,
+                            // Out of band only inside a real aggregate: a
+                            // top-level push (perhaps annotated) is the frame.
+                            b'>' if self.stack.iter().any(|l| l.kind != LevelKind::Attr) => {
+                                LevelKind::NestedPush
+                            }
                             _ => LevelKind::Counted,
                         };
-                        if n == 0 {
+                        // Attributes: their pairs, then the annotated value.
+                        let remaining = match tag {
+                            b'%' => n as u64 * 2,
+                            b'|' => n as u64 * 2 + 1,
+                            _ => n as u64,
+                        };
+                        if remaining == 0 {
                             kind == LevelKind::Counted
                         } else {
                             if self.stack.len() >= self.limits.max_depth {
@@ -244,21 +280,12 @@ impl Decoder {
                                     self.limits.max_depth
                                 )));
                             }
-                            let per = if matches!(tag, b'%' | b'|') { 2 } else { 1 };
-                            self.stack.push(Level {
-                                remaining: n as u64 * per,
-                                kind,
-                            });
+                            self.stack.push(Level { remaining, kind });
                             continue;
                         }
                     }
                 }
-                other => {
-                    return Err(ProtocolError::new(format!(
-                        "unknown type byte {:?}",
-                        char::from(other)
-                    )))
-                }
+                _ => unreachable!("type byte checked above"),
             };
             if self.element_done(counted) {
                 return Ok(Some(self.pos));
@@ -270,7 +297,6 @@ impl Decoder {
     fn element_done(&mut self, mut counted: bool) -> bool {
         loop {
             let Some(top) = self.stack.last_mut() else {
-                // A top-level attribute is followed by the value it annotates.
                 return counted;
             };
             if !counted {
@@ -280,7 +306,7 @@ impl Decoder {
             if top.remaining > 0 {
                 return false;
             }
-            counted = top.kind == LevelKind::Counted;
+            counted = top.kind != LevelKind::NestedPush;
             self.stack.pop();
         }
     }
@@ -296,7 +322,8 @@ fn bad_len(tag: u8, line: &[u8]) -> ProtocolError {
 
 /// Index of the `\r` that ends the line starting at `start`.
 fn find_line_end(buf: &[u8], start: usize, max: usize) -> Result<Option<usize>, ProtocolError> {
-    let window = &buf[start.min(buf.len())..buf.len().min(start.saturating_add(max + 2))];
+    let window =
+        &buf[start.min(buf.len())..buf.len().min(start.saturating_add(max).saturating_add(2))];
     match memchr::memchr(b'\r', window) {
         Some(i) if i > max => Err(ProtocolError::new(format!(
             "line longer than the limit of {max} bytes"
@@ -338,10 +365,15 @@ pub(crate) fn parse_int(s: &[u8]) -> Option<i64> {
 }
 
 /// Builds a value from a frame the scan has checked is complete.
+///
+/// It mirrors the scan: a push is lifted out only inside a real aggregate
+/// (`aggregates > 0`), and recursion is bounded by the scan's depth limit.
 struct Builder<'a> {
     buf: &'a Bytes,
     pos: usize,
     lifted: Vec<Value>,
+    /// Enclosing arrays, sets, maps and pushes (attributes not counted).
+    aggregates: usize,
 }
 
 impl Builder<'_> {
@@ -403,14 +435,21 @@ impl Builder<'_> {
                 if n < 0 {
                     return Ok(Value::Null);
                 }
+                self.aggregates += 1;
                 let items = self.elements(n as usize)?;
+                self.aggregates -= 1;
                 match tag {
                     b'*' => Value::Array(items),
                     b'~' => Value::Set(items),
                     _ => Value::Push(items),
                 }
             }
-            b'%' => Value::Map(self.pairs(parse_int(line).ok_or_else(truncated)? as usize)?),
+            b'%' => {
+                self.aggregates += 1;
+                let pairs = self.pairs(parse_int(line).ok_or_else(truncated)? as usize)?;
+                self.aggregates -= 1;
+                Value::Map(pairs)
+            }
             b'|' => {
                 let attributes = self.pairs(parse_int(line).ok_or_else(truncated)? as usize)?;
                 let value = Box::new(self.element()?);
@@ -420,22 +459,24 @@ impl Builder<'_> {
         })
     }
 
-    /// The next element of an aggregate, lifting out nested pushes.
+    /// The next element of an aggregate or attribute, lifting out pushes
+    /// nested in an aggregate.
     fn element(&mut self) -> Result<Value, ProtocolError> {
-        while self.buf.get(self.pos) == Some(&b'>') {
+        while self.aggregates > 0 && self.buf.get(self.pos) == Some(&b'>') {
             let push = self.value()?;
             self.lifted.push(push);
         }
         self.value()
     }
 
-    fn capacity(&self, n: usize) -> usize {
-        // Every element takes at least 3 bytes: never trust `n` alone.
-        n.min((self.buf.len() - self.pos) / 3)
+    /// Room for `n` items of at least `min_len` bytes each: never trust `n`
+    /// alone, the frame must hold them.
+    fn capacity(&self, n: usize, min_len: usize) -> usize {
+        n.min((self.buf.len() - self.pos) / min_len)
     }
 
     fn elements(&mut self, n: usize) -> Result<Vec<Value>, ProtocolError> {
-        let mut items = Vec::with_capacity(self.capacity(n));
+        let mut items = Vec::with_capacity(self.capacity(n, 3));
         for _ in 0..n {
             items.push(self.element()?);
         }
@@ -443,7 +484,7 @@ impl Builder<'_> {
     }
 
     fn pairs(&mut self, n: usize) -> Result<Vec<(Value, Value)>, ProtocolError> {
-        let mut pairs = Vec::with_capacity(self.capacity(n) / 2);
+        let mut pairs = Vec::with_capacity(self.capacity(n, 6));
         for _ in 0..n {
             let k = self.element()?;
             let v = self.element()?;
