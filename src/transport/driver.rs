@@ -14,7 +14,7 @@
 //! every written request fails with the I/O (or protocol) error and every
 //! queued one with [`Error::Closed`], at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
@@ -61,8 +61,11 @@ enum Expect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Left {
     Count(usize),
-    /// `UNSUBSCRIBE` with no channel: until the confirmation whose count is 0.
-    UntilZero,
+    /// `UNSUBSCRIBE` with no channel: one confirmation per channel of its
+    /// kind that is subscribed, or a single one with a null channel when
+    /// none is. The count in a confirmation does not tell when it is over:
+    /// Redis counts channels and patterns together.
+    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,19 @@ impl SubKind {
 
     fn name(self) -> &'static str {
         Self::ALL[self as usize].1
+    }
+
+    /// Which subscription set the command or confirmation acts on, and
+    /// whether it adds to it.
+    fn set(self) -> (usize, bool) {
+        match self {
+            SubKind::Subscribe => (0, true),
+            SubKind::PSubscribe => (1, true),
+            SubKind::SSubscribe => (2, true),
+            SubKind::Unsubscribe => (0, false),
+            SubKind::PUnsubscribe => (1, false),
+            SubKind::SUnsubscribe => (2, false),
+        }
     }
 
     fn of(name: &[u8]) -> Option<SubKind> {
@@ -114,13 +130,48 @@ fn expect_for(cmd: &Cmd) -> Expect {
     let channels = cmd.arg_count() - 1;
     let left = match kind {
         SubKind::Unsubscribe | SubKind::PUnsubscribe | SubKind::SUnsubscribe if channels == 0 => {
-            Left::UntilZero
+            Left::All
         }
         // `SUBSCRIBE` with no channel gets an ordinary error reply.
         _ if channels == 0 => return Expect::Reply,
         _ => Left::Count(channels),
     };
     Expect::Confirm { kind, left }
+}
+
+/// The channels, patterns and shard channels this connection is subscribed
+/// to, as the server's confirmations (and unsolicited `sunsubscribe`s) tell.
+/// A bare `UNSUBSCRIBE` is over when its kind's set is empty.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    sets: [HashSet<Bytes>; 3],
+}
+
+impl Subscriptions {
+    /// Applies a subscribe-family push, if it is one.
+    fn apply(&mut self, push: &Value) {
+        let Value::Push(items) = push else { return };
+        let Some(kind) = items
+            .first()
+            .and_then(Value::as_bytes)
+            .and_then(SubKind::of)
+        else {
+            return;
+        };
+        let Some(channel) = items.get(1).and_then(Value::as_bytes) else {
+            return;
+        };
+        let (set, add) = kind.set();
+        if add {
+            self.sets[set].insert(Bytes::copy_from_slice(channel));
+        } else {
+            self.sets[set].remove(channel);
+        }
+    }
+
+    fn is_empty(&self, kind: SubKind) -> bool {
+        self.sets[kind.set().0].is_empty()
+    }
 }
 
 /// A written request waiting for its replies.
@@ -164,9 +215,9 @@ impl Pending {
         }
     }
 
-    /// Offers a push frame; true if it was a confirmation this request
-    /// was waiting for, and now holds.
-    fn offer_push(&mut self, push: &Value) -> Option<bool> {
+    /// Offers a push frame (already applied to `subs`): `Some(done)` if it
+    /// was a confirmation this request was waiting for, and now holds.
+    fn offer_push(&mut self, push: &Value, subs: &Subscriptions) -> Option<bool> {
         let (expect, confirms) = self.current()?;
         let Expect::Confirm { kind, left } = expect else {
             return None;
@@ -188,7 +239,11 @@ impl Pending {
                 *n -= 1;
                 *n == 0
             }
-            Left::UntilZero => matches!(items.get(2), Some(Value::Integer(0))),
+            Left::All => {
+                matches!(items.get(1), Some(Value::Null))
+                    || matches!(items.get(2), Some(Value::Integer(0)))
+                    || subs.is_empty(*kind)
+            }
         };
         if done {
             *expect = Expect::Reply;
@@ -252,6 +307,7 @@ pub(crate) struct Driver<T> {
     read_buf: BytesMut,
     decoder: Decoder,
     in_flight: VecDeque<InFlight>,
+    subscriptions: Subscriptions,
     pushes: mpsc::UnboundedSender<Value>,
     config: DriverConfig,
     shared: Arc<Shared>,
@@ -285,6 +341,7 @@ where
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: Decoder::with_limits(config.limits),
             in_flight: VecDeque::with_capacity(64),
+            subscriptions: Subscriptions::default(),
             pushes,
             config,
             shared,
@@ -337,9 +394,15 @@ where
     }
 
     fn dispatch(&mut self, v: Value) -> Result<(), Error> {
+        // Attributes around a push are skipped: the push stays out of band.
+        let v = match v {
+            Value::Attribute { .. } if annotates_push(&v) => v.without_attributes(),
+            v => v,
+        };
         if matches!(v, Value::Push(_)) {
+            self.subscriptions.apply(&v);
             if let Some(front) = self.in_flight.front_mut() {
-                match front.state.offer_push(&v) {
+                match front.state.offer_push(&v, &self.subscriptions) {
                     Some(true) => self.complete_front(),
                     Some(false) => {}
                     None => self.deliver_push(v),
@@ -348,6 +411,10 @@ where
                 self.deliver_push(v);
             }
             return Ok(());
+        }
+        if matches!(&v, Value::SimpleString(s) if s.as_ref() == b"RESET") {
+            // RESET ended every subscription without confirmations.
+            self.subscriptions = Subscriptions::default();
         }
         let Some(front) = self.in_flight.front_mut() else {
             return Err(ProtocolError::new("reply received with no request in flight").into());
@@ -483,6 +550,13 @@ where
     }
 }
 
+fn annotates_push(v: &Value) -> bool {
+    match v {
+        Value::Attribute { value, .. } => annotates_push(value),
+        v => matches!(v, Value::Push(_)),
+    }
+}
+
 /// What one turn of the driver loop achieved.
 enum Turn {
     Progress,
@@ -550,7 +624,7 @@ mod tests {
             expect_for(&cmd("PUNSUBSCRIBE")),
             Expect::Confirm {
                 kind: SubKind::PUnsubscribe,
-                left: Left::UntilZero
+                left: Left::All
             }
         );
         assert_eq!(expect_for(&cmd("SUBSCRIBE")), Expect::Reply);
