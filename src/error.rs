@@ -264,7 +264,7 @@ pub enum RedirectKind {
 ///
 /// ```
 /// use redis_layers::{ServerError, RedirectKind};
-/// let e = ServerError::parse(b"MOVED 3999 127.0.0.1:6381");
+/// let e = ServerError::parse("MOVED 3999 127.0.0.1:6381");
 /// let r = e.redirect().unwrap();
 /// assert_eq!((r.kind, r.slot, r.addr.as_str()), (RedirectKind::Moved, 3999, "127.0.0.1:6381"));
 /// ```

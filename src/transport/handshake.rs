@@ -64,6 +64,12 @@ pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<Connection
         if let Some(name) = &config.client_name {
             pipeline.push(cmd("CLIENT").arg("SETNAME").arg(name));
         }
+        if config.password.is_none() {
+            // Under RESP3 a server that wants a password refuses HELLO; here
+            // nothing would ask until the user's first command. PING asks now,
+            // so the connect fails with `Error::Auth` either way.
+            pipeline.push(cmd("PING"));
+        }
     }
 
     if config.database != 0 {

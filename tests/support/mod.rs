@@ -86,7 +86,17 @@ impl ServerBuilder {
             cmd.args(["--requirepass", p]);
         }
         for (user, pass) in &self.acl_users {
-            cmd.args(["--user", &format!("{user} on >{pass} ~* &* +@all")]);
+            // One word per argument: redis-server would take a single
+            // argument with spaces for the user name.
+            cmd.args([
+                "--user",
+                user,
+                "on",
+                &format!(">{pass}"),
+                "~*",
+                "&*",
+                "+@all",
+            ]);
         }
         let unix = self.unix_socket.then(|| dir.join("redis.sock"));
         if let Some(path) = &unix {
