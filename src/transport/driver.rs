@@ -297,10 +297,15 @@ pub(crate) struct Driver<T> {
     io: T,
     rx: mpsc::Receiver<Message>,
     rx_open: bool,
+    /// Scratch space for taking requests off the queue.
+    batch: Vec<Message>,
     write_buf: BytesMut,
     needs_flush: bool,
     /// This batch already yielded once to let more callers join it.
     batch_yielded: bool,
+    /// Requests completed since the last batch was taken: how many callers
+    /// may be about to send again.
+    completed: usize,
     /// Bytes ever encoded / written: which in-flight requests hit the wire.
     encoded: u64,
     written: u64,
@@ -314,6 +319,8 @@ pub(crate) struct Driver<T> {
 }
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Requests taken off the queue at once.
+const RECV_BATCH: usize = 64;
 const MIN_READ_SPACE: usize = 4 * 1024;
 /// Turns of the loop before yielding to other tasks.
 const MAX_TURNS: usize = 32;
@@ -333,9 +340,11 @@ where
             io,
             rx,
             rx_open: true,
+            batch: Vec::with_capacity(RECV_BATCH),
             write_buf: BytesMut::with_capacity(config.max_write_buffer.min(READ_CHUNK)),
             needs_flush: false,
             batch_yielded: false,
+            completed: 0,
             encoded: 0,
             written: 0,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
@@ -436,6 +445,7 @@ where
 
     fn complete_front(&mut self) {
         if let Some(f) = self.in_flight.pop_front() {
+            self.completed += 1;
             let _ = f.tx.send(f.state.into_response());
         }
     }
@@ -471,12 +481,16 @@ where
         //    buffer is full: that is the coalescing.
         let batch_start = self.write_buf.is_empty();
         while self.rx_open && self.write_buf.len() < self.config.max_write_buffer {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(msg)) => {
-                    self.enqueue(msg);
-                    progress = true;
-                }
-                Poll::Ready(None) => self.rx_open = false,
+            // Many at once: the queue's permits go back in one operation.
+            let mut batch = std::mem::take(&mut self.batch);
+            let r = self.rx.poll_recv_many(cx, &mut batch, RECV_BATCH);
+            for msg in batch.drain(..) {
+                self.enqueue(msg);
+            }
+            self.batch = batch;
+            match r {
+                Poll::Ready(0) => self.rx_open = false,
+                Poll::Ready(_) => progress = true,
                 Poll::Pending => break,
             }
         }
@@ -484,14 +498,19 @@ where
         // task woken by another right after it (the LIFO slot), before the
         // other callers woken by the last replies had a chance to queue:
         // writing now would send batches of one. Yielding once puts the
-        // driver behind them, so they share the write.
+        // driver behind them, so they share the write. With one caller
+        // there is no one to wait for, and the yield would only add latency.
         if batch_start
             && progress
             && !self.batch_yielded
+            && self.completed > 1
             && self.write_buf.len() < self.config.max_write_buffer
         {
             self.batch_yielded = true;
             return Ok(Turn::Yield);
+        }
+        if progress {
+            self.completed = 0;
         }
         self.batch_yielded = false;
 
