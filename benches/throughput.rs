@@ -6,10 +6,15 @@
 //!
 //! Workloads: GET of a 64-byte value with 1, 16 and 64 concurrent callers
 //! sharing one connection, and 1,000-command pipelines. Also counts heap
-//! allocations per GET for both clients.
+//! allocations per GET and the client's CPU time per command (this
+//! process only: redis-server is a child process and not counted).
 //!
 //! `cargo bench --bench throughput -- --quick` takes well under a minute.
 //! Rounds alternate which client goes first; each cell is the median round.
+//!
+//! Environment: `BENCH_WORKERS` (tokio worker threads, default 2);
+//! `BENCH_PROFILE=<seconds>` runs only our client with 64 callers, for a
+//! profiler such as `perf record`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -124,8 +129,18 @@ impl Workload {
     }
 }
 
+/// One measurement window.
+#[derive(Clone, Copy)]
+struct Measured {
+    /// Commands per second.
+    ops: f64,
+    /// This process's CPU time per command, in microseconds (the client's
+    /// cost; redis-server is another process).
+    cpu_us: f64,
+}
+
 /// Commands per second over `window`, after a short warm-up.
-async fn measure<C: Client>(client: &C, w: Workload, window: Duration) -> f64 {
+async fn measure<C: Client>(client: &C, w: Workload, window: Duration) -> Measured {
     let (tasks, per_op) = match w {
         Workload::Get { callers } => (callers, 1),
         Workload::Pipeline => (1, PIPELINE as u64),
@@ -147,14 +162,18 @@ async fn measure<C: Client>(client: &C, w: Workload, window: Duration) -> f64 {
         })
         .collect();
     tokio::time::sleep(window / 5).await;
-    let (c0, t0) = (ops.load(Ordering::Relaxed), Instant::now());
+    let (c0, t0, cpu0) = (ops.load(Ordering::Relaxed), Instant::now(), cpu_ticks());
     tokio::time::sleep(window).await;
-    let (c1, t1) = (ops.load(Ordering::Relaxed), Instant::now());
+    let (c1, t1, cpu1) = (ops.load(Ordering::Relaxed), Instant::now(), cpu_ticks());
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.await.expect("bench task");
     }
-    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+    let n = (c1 - c0).max(1) as f64;
+    Measured {
+        ops: n / (t1 - t0).as_secs_f64(),
+        cpu_us: (cpu1 - cpu0) as f64 * 10_000.0 / n,
+    }
 }
 
 /// Heap allocations per GET with 64 callers.
@@ -185,6 +204,19 @@ async fn allocs_per_get<C: Client>(client: &C) -> f64 {
     };
     run(false).await; // warm buffers up
     run(true).await as f64 / (TASKS * PER_TASK) as f64
+}
+
+/// This process's user + system CPU time in clock ticks (1/100 s), not
+/// counting redis-server (a child).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Fields 14 and 15 of stat; after the name, minus the state letter.
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -258,6 +290,22 @@ fn main() {
         if quick { "quick" } else { "full" }
     );
 
+    // For profilers (`perf record`): only our client, 64 callers, this long.
+    if let Some(secs) = std::env::var("BENCH_PROFILE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        let m = rt.block_on(measure(
+            &ours,
+            Workload::Get { callers: 64 },
+            Duration::from_secs(secs),
+        ));
+        println!(
+            "ours, 64 callers: {:.0} ops/s, {:.2} us CPU/op",
+            m.ops, m.cpu_us
+        );
+        return;
+    }
     let bench_rps = redis_benchmark(port, if quick { 500_000 } else { 2_000_000 });
 
     let workloads = [
@@ -280,7 +328,9 @@ fn main() {
                 }
             });
         }
-        rows.push((w.name(), median(a), median(b)));
+        let ops = |v: &[Measured]| median(v.iter().map(|m| m.ops).collect());
+        let cpu = |v: &[Measured]| median(v.iter().map(|m| m.cpu_us).collect());
+        rows.push((w.name(), ops(&a), ops(&b), cpu(&a), cpu(&b)));
     }
 
     let (alloc_ours, alloc_theirs) =
@@ -303,10 +353,14 @@ fn main() {
     println!(
         "heap allocations per GET (64 callers): ours {alloc_ours:.2}, redis-rs {alloc_theirs:.2}"
     );
+    println!("client CPU per command (this process, us): ours / redis-rs");
+    for (name, _, _, ca, cb) in &rows {
+        println!("  {name}: {ca:.2} / {cb:.2}");
+    }
     println!();
     println!("workload | ours ops/s | redis-rs ops/s | ratio");
     println!("---|---|---|---");
-    for (name, a, b) in rows {
+    for (name, a, b, _, _) in rows {
         println!("{name} | {a:.0} | {b:.0} | {:.2}", a / b);
     }
 }
