@@ -210,13 +210,16 @@ async fn allocs_per_get<C: Client>(client: &C) -> f64 {
 /// counting redis-server (a child).
 fn cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<u64> = after
+    // After "pid (comm) ": state ppid pgrp session tty_nr tpgid flags minflt
+    // cminflt majflt cmajflt utime stime ...
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
         .split_whitespace()
-        .filter_map(|x| x.parse().ok())
         .collect();
-    // Fields 14 and 15 of stat; after the name, minus the state letter.
-    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -247,9 +250,9 @@ fn redis_benchmark(port: u16, requests: usize) -> Option<f64> {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, window) = if quick {
-        (2, Duration::from_millis(750))
+        (5, Duration::from_millis(300))
     } else {
-        (5, Duration::from_secs(2))
+        (9, Duration::from_secs(1))
     };
     let workers: usize = std::env::var("BENCH_WORKERS")
         .ok()

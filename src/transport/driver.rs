@@ -9,6 +9,20 @@
 //! (except the subscribe-family confirmations that an in-flight
 //! (UN)SUBSCRIBE is waiting for) and go to the push channel instead.
 //!
+//! Two scheduling rules keep batches large and the server busy:
+//!
+//! - When the first request of a new batch arrives and more than one caller
+//!   was just answered, the driver yields once before writing: the other
+//!   answered callers, queued behind it on the runtime, join the batch
+//!   (without this, tokio's LIFO slot runs the driver after every single
+//!   caller, and each request costs a syscall).
+//! - It completes at most `DISPATCH_PER_TURN` requests per turn, then yields:
+//!   the callers answered so far send again, and their requests are written
+//!   while the rest of the replies are dispatched. The server works on one
+//!   part of the requests while the client turns the other part around,
+//!   instead of the two taking turns. (64 callers, one worker thread: from
+//!   about 470k to 600k-730k GET/s on the 2-core bench machine.)
+//!
 //! Reads are polled on every turn, also while a write is blocked, so a full
 //! socket in one direction never deadlocks the other. When the socket fails,
 //! every written request fails with the I/O (or protocol) error and every
@@ -319,6 +333,8 @@ pub(crate) struct Driver<T> {
 }
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Requests completed per turn before the driver yields to their callers.
+const DISPATCH_PER_TURN: usize = 32;
 /// Requests taken off the queue at once.
 const RECV_BATCH: usize = 64;
 const MIN_READ_SPACE: usize = 4 * 1024;
@@ -474,6 +490,18 @@ where
         Poll::Ready(())
     }
 
+    /// Dispatches complete frames in the read buffer; true when it stopped
+    /// because this turn completed `DISPATCH_PER_TURN` requests.
+    fn dispatch_buffered(&mut self, completed_before: usize) -> Result<bool, Error> {
+        while self.completed - completed_before < DISPATCH_PER_TURN {
+            match self.decoder.decode(&mut self.read_buf)? {
+                Some(v) => self.dispatch(v)?,
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     fn poll_turn(&mut self, cx: &mut Context<'_>) -> Result<Turn, Error> {
         let mut progress = false;
 
@@ -540,7 +568,18 @@ where
             }
         }
 
-        // 3. Read and dispatch every complete frame.
+        // 3. Dispatch the replies already buffered, then read and dispatch.
+        //    At most DISPATCH_PER_TURN requests complete per turn: then the
+        //    driver yields, the callers answered so far send their next
+        //    requests, and the driver writes them while the rest of the
+        //    replies are dispatched. The server works on one part of the
+        //    callers' requests while the client turns the other around,
+        //    instead of the two taking turns.
+        let completed_before = self.completed;
+        if self.dispatch_buffered(completed_before)? {
+            self.batch_yielded = true;
+            return Ok(Turn::Yield);
+        }
         let need = self.decoder.bytes_needed();
         if need > self.read_buf.len() {
             self.read_buf.reserve(need - self.read_buf.len());
@@ -558,8 +597,9 @@ where
             }
             Poll::Ready(Ok(_)) => {
                 progress = true;
-                while let Some(v) = self.decoder.decode(&mut self.read_buf)? {
-                    self.dispatch(v)?;
+                if self.dispatch_buffered(completed_before)? {
+                    self.batch_yielded = true;
+                    return Ok(Turn::Yield);
                 }
             }
             Poll::Ready(Err(e)) => return Err(e.into()),
