@@ -219,6 +219,55 @@ async fn hello_refused_falls_back_to_resp2() {
     .await
 }
 
+/// Spec, rule "`HELLO 3` against a server without RESP3 answers
+/// `-NOPROTO`": redis-server 7 always speaks RESP3, so a scripted server
+/// plays a RESP2-only one (the one reply 7.0 cannot produce). The connector
+/// falls back to RESP2, checks the server with PING, and commands work.
+#[tokio::test]
+async fn noproto_falls_back_to_resp2() {
+    use bytes::BytesMut;
+    use redis_layers::resp::Decoder;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    bounded(20, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Endpoint::tcp("127.0.0.1", listener.local_addr().unwrap().port());
+        let script = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let (mut buf, mut dec, mut seen) = (BytesMut::new(), Decoder::new(), Vec::new());
+            while seen.len() < 3 {
+                let Some(frame) = dec.decode(&mut buf).unwrap() else {
+                    if sock.read_buf(&mut buf).await.unwrap() == 0 {
+                        break;
+                    }
+                    continue;
+                };
+                let Value::Array(args) = frame else {
+                    panic!("not a command: {frame:?}")
+                };
+                let name = String::from_utf8_lossy(args[0].as_bytes().unwrap()).to_uppercase();
+                let reply: &[u8] = match name.as_str() {
+                    "HELLO" => b"-NOPROTO sorry, this protocol version is not supported\r\n",
+                    "PING" => b"+PONG\r\n",
+                    "GET" => b"$5\r\nvalue\r\n",
+                    _ => b"-ERR unexpected\r\n",
+                };
+                sock.write_all(reply).await.unwrap();
+                seen.push(name);
+            }
+            seen
+        });
+        let conn = try_connect(&Connector::new(), endpoint)
+            .await
+            .expect("connect to a RESP2-only server");
+        assert_eq!(conn.protocol(), Protocol::Resp2);
+        assert_eq!(send(&conn, cmd("GET").arg("k")).await, bulk("value"));
+        let seen = within(STEP, "script", script).await.unwrap();
+        assert_eq!(seen, ["HELLO", "PING", "GET"]);
+    })
+    .await
+}
+
 /// Acceptance: the RESP2 fallback still authenticates, names and selects:
 /// with HELLO refused, password + client name + database go out as AUTH,
 /// CLIENT SETNAME and SELECT; a wrong password there is `Error::Auth` too

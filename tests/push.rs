@@ -1,10 +1,10 @@
 mod support;
 
 // Push frames on a real redis-server 7.0: one test (or more) per rule of
-// `spec/resp3-transport.md` that the server can produce. Rules it cannot
-// produce (unsolicited `sunsubscribe` needs a cluster losing a slot; NOPROTO
-// needs a server without RESP3) are not covered here; the HELLO fallback is in
-// tests/auth.rs.
+// `spec/resp3-transport.md` that the server can produce. The unsolicited
+// `sunsubscribe` comes from a one-node cluster that gives up a slot; NOPROTO
+// needs a server without RESP3, so tests/auth.rs scripts that one reply; the
+// HELLO fallback on a real server is there too.
 //
 // How the connection treats subscribe-family confirmations
 // (src/transport/driver.rs): an in-flight (UN)SUBSCRIBE takes the
@@ -885,6 +885,73 @@ async fn push_order_is_preserved() {
         {
             assert_eq!(pushes.try_recv(), Some(want), "push {n}");
         }
+        assert_eq!(pushes.try_recv(), None);
+    })
+    .await
+}
+
+/// Spec, rule "Servers also send **unsolicited** `sunsubscribe` pushes (a
+/// node lost a slot); those must not be taken for the next command's reply":
+/// a one-node cluster serves every slot, we SSUBSCRIBE, then the node gives
+/// up the channel's slot (`CLUSTER DELSLOTS`), which makes redis-server 7.0
+/// send `>3 sunsubscribe ch :0` on its own. The push reaches the push
+/// channel; the next commands get their own replies; and a bare SUNSUBSCRIBE
+/// afterwards (nothing left to unsubscribe) completes.
+#[tokio::test]
+async fn unsolicited_sunsubscribe_is_a_push() {
+    bounded(30, async {
+        let server = RedisServer::builder()
+            .arg("--cluster-enabled")
+            .arg("yes")
+            .arg("--cluster-config-file")
+            .arg("nodes.conf")
+            .start();
+        assert_eq!(
+            server.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]),
+            "OK"
+        );
+        // The cluster state is not announced to clients: poll it, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !server
+            .cli(&["CLUSTER", "INFO"])
+            .contains("cluster_state:ok")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cluster never became ok"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let conn = connect(&server).await;
+        let mut pushes = conn.take_pushes().unwrap();
+        let slot = send(&conn, cmd("CLUSTER").arg("KEYSLOT").arg("ch"))
+            .await
+            .as_int()
+            .unwrap();
+        assert_eq!(
+            send(&conn, cmd("SSUBSCRIBE").arg("ch")).await,
+            Value::Array(vec![push(vec![bulk("ssubscribe"), bulk("ch"), int(1)])])
+        );
+
+        assert_eq!(
+            server.cli(&["CLUSTER", "DELSLOTS", &slot.to_string()]),
+            "OK"
+        );
+        assert_eq!(
+            next_push(&mut pushes, "unsolicited sunsubscribe").await,
+            push(vec![bulk("sunsubscribe"), bulk("ch"), int(0)])
+        );
+        assert_eq!(send(&conn, cmd("ECHO").arg("after")).await, bulk("after"));
+        let v = send(&conn, cmd("SUNSUBSCRIBE")).await;
+        let Value::Array(confirms) = v else {
+            panic!("SUNSUBSCRIBE: {v:?}")
+        };
+        assert_eq!(confirms.len(), 1, "{confirms:?}");
+        assert_eq!(confirms[0].push_kind(), Some(&b"sunsubscribe"[..]));
+        assert_eq!(
+            send(&conn, cmd("PING")).await,
+            Value::SimpleString("PONG".into())
+        );
         assert_eq!(pushes.try_recv(), None);
     })
     .await
