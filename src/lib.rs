@@ -33,6 +33,9 @@
 pub mod error;
 mod request;
 pub mod resp;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub mod sim;
 pub mod transport;
 
 pub use error::{

@@ -1,0 +1,2 @@
+//! `redis-maint-sim`: the maintenance simulator as a standalone proxy.
+fn main() {}

@@ -1,0 +1,759 @@
+//! The maintenance simulator (feature `sim`): a RESP proxy in front of real
+//! `redis-server` processes that plays a managed Redis under maintenance.
+//!
+//! Open-source Redis sends no maintenance notifications. The simulator
+//! forwards every client connection to a real server (real data, real
+//! replies), answers the `CLIENT MAINT_NOTIFICATIONS` handshake itself, and
+//! injects notifications and faults:
+//!
+//! - any [`Notification`] (exact wire forms of
+//!   `spec/maintenance-notifications.md`) or raw bytes, to one connection,
+//!   every connection of an endpoint, or all of them ([`Target`]);
+//!   notifications go only to connections that opted in, as on the real
+//!   server;
+//! - reply delays per connection or per endpoint, refused connections,
+//!   closed connections;
+//! - whole scenarios with increasing sequence numbers:
+//!   [`Simulator::moving`] (a second endpoint to the same server, `MOVING`,
+//!   and the old endpoint's connections closed at the deadline),
+//!   [`Simulator::migrate`] and [`Simulator::failover`] (slow replies
+//!   between `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER`).
+//!
+//! Each proxy port is an *endpoint*; every client connection gets its own
+//! connection to the backend server. The proxy cuts both byte streams at
+//! frame boundaries and forwards bytes untouched, so injected frames land
+//! between whole replies.
+//!
+//! The simulator stops (listeners closed, every proxied connection closed)
+//! when the last [`Simulator`] handle is dropped, or on
+//! [`Simulator::shutdown`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redis_layers::sim::{Moving, Simulator};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let sim = Simulator::start("127.0.0.1:6379".parse().unwrap()).await?;
+//! println!("clients connect to {}", sim.endpoint());
+//! // ... clients connect and opt in ...
+//! let moved = sim.moving(Moving::new(Duration::from_secs(2))).await?;
+//! println!("MOVING seq {} to {}", moved.seq, moved.to);
+//! # Ok(()) }
+//! ```
+
+mod notification;
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub use notification::{EndpointType, Notification, SlotMove};
+
+/// A proxied client connection, as the simulator's registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The simulator's id for the connection (not Redis's `CLIENT ID`).
+    pub id: u64,
+    /// The proxy endpoint it connected to.
+    pub endpoint: SocketAddr,
+    /// The client's own address.
+    pub peer: SocketAddr,
+    /// The name it gave with `HELLO ... SETNAME` or `CLIENT SETNAME`.
+    pub name: Option<String>,
+    /// It sent `HELLO 3`.
+    pub resp3: bool,
+    /// It opted in to maintenance notifications, with this address type.
+    pub maint: Option<EndpointType>,
+}
+
+/// Which connections an injection reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One connection, by [`ClientInfo::id`].
+    Client(u64),
+    /// Every connection that came in on this endpoint.
+    Endpoint(SocketAddr),
+    /// Every connection.
+    All,
+}
+
+/// The `MOVING` scenario; see [`Simulator::moving`].
+#[derive(Debug, Clone)]
+pub struct Moving {
+    /// The endpoint that goes away (default: the first one).
+    pub from: Option<SocketAddr>,
+    /// How long until it closes its connections, in whole seconds as the
+    /// `time` field says (a fraction rounds up to the next second).
+    pub time: Duration,
+    /// Where clients should go (default: a new endpoint to the same server,
+    /// so data survives the move).
+    pub to: Option<SocketAddr>,
+}
+
+impl Moving {
+    /// A move of the first endpoint to a new one, closing in `time`.
+    pub fn new(time: Duration) -> Self {
+        Moving {
+            from: None,
+            time,
+            to: None,
+        }
+    }
+}
+
+/// What a [`Simulator::moving`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The `MOVING` sequence number.
+    pub seq: i64,
+    /// The endpoint that went away.
+    pub from: SocketAddr,
+    /// The endpoint clients were sent to.
+    pub to: SocketAddr,
+    /// Connections that received `MOVING` when it started (later arrivals
+    /// on the old endpoint received it too, when they opted in).
+    pub notified: usize,
+    /// Connections still on the old endpoint at the deadline, closed then.
+    pub closed: usize,
+}
+
+/// A `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER` window; see
+/// [`Simulator::migrate`].
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// The endpoint under maintenance (default: the first one).
+    pub endpoint: Option<SocketAddr>,
+    /// How long the window lasts.
+    pub duration: Duration,
+    /// The `time` field of the opening notification (seconds until the
+    /// maintenance starts). Default 0.
+    pub starts_within: u64,
+    /// Every reply on the endpoint is held this long during the window.
+    /// Default 50 ms.
+    pub reply_delay: Duration,
+    /// Shard ids sent with both notifications, if any. Default `Some("1")`.
+    pub shard_ids: Option<String>,
+}
+
+impl Window {
+    /// A window of `duration` on the first endpoint.
+    pub fn new(duration: Duration) -> Self {
+        Window {
+            endpoint: None,
+            duration,
+            starts_within: 0,
+            reply_delay: Duration::from_millis(50),
+            shard_ids: Some("1".into()),
+        }
+    }
+}
+
+/// The sequence numbers of a [`Window`] scenario's two notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSeqs {
+    /// `MIGRATING` / `FAILING_OVER`.
+    pub start: i64,
+    /// `MIGRATED` / `FAILED_OVER`.
+    pub end: i64,
+    /// Connections notified at the start.
+    pub notified: usize,
+}
+
+/// The proxy: a handle to a running simulator. Cheap to clone; the last
+/// handle dropped stops it.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+    _stop_on_drop: Arc<DropGuard>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("endpoints", &self.endpoints())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    /// Prefix of the markers that stand in for the maintenance handshake.
+    token: String,
+    seq: AtomicI64,
+    fqdn_host: String,
+    stop: CancellationToken,
+    changed: Notify,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    endpoints: Vec<EndpointState>,
+    clients: BTreeMap<u64, ClientState>,
+    next_client: u64,
+    handshake_error: Option<String>,
+}
+
+struct EndpointState {
+    addr: SocketAddr,
+    backend: SocketAddr,
+    stop: CancellationToken,
+    refuse: bool,
+    delay: Arc<AtomicU64>,
+    /// A `MOVING` under way: late arrivals get it when they opt in.
+    moving: Option<MovingWindow>,
+}
+
+#[derive(Clone, Copy)]
+struct MovingWindow {
+    seq: i64,
+    deadline: Instant,
+    to: SocketAddr,
+}
+
+struct ClientState {
+    info: ClientInfo,
+    inject: mpsc::UnboundedSender<Bytes>,
+    close: CancellationToken,
+    delay: Arc<AtomicU64>,
+}
+
+impl Simulator {
+    /// Starts a simulator with one endpoint on a free loopback port,
+    /// forwarding to `backend`.
+    pub async fn start(backend: SocketAddr) -> io::Result<Simulator> {
+        Self::builder(backend).start().await
+    }
+
+    /// A simulator with options.
+    pub fn builder(backend: SocketAddr) -> Builder {
+        Builder {
+            backend,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            fqdn_host: "localhost".into(),
+        }
+    }
+
+    /// The first endpoint's address: where clients connect.
+    pub fn endpoint(&self) -> SocketAddr {
+        self.inner.lock().endpoints[0].addr
+    }
+
+    /// Every endpoint opened so far (also those that went away).
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.inner.lock().endpoints.iter().map(|e| e.addr).collect()
+    }
+
+    /// Opens another endpoint (a new loopback port) to the same backend as
+    /// the first one.
+    pub async fn open_endpoint(&self) -> io::Result<SocketAddr> {
+        let backend = self.inner.lock().endpoints[0].backend;
+        self.inner
+            .clone()
+            .listen(SocketAddr::from(([127, 0, 0, 1], 0)), backend)
+            .await
+    }
+
+    /// The connections now proxied.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        self.inner
+            .lock()
+            .clients
+            .values()
+            .map(|c| c.info.clone())
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the connections; there is no polling:
+    /// it re-checks on every registry change.
+    pub async fn wait_for(&self, mut pred: impl FnMut(&[ClientInfo]) -> bool) {
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if pred(&self.clients()) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// The next sequence number (they only increase).
+    pub fn next_seq(&self) -> i64 {
+        self.inner.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends `n` to every opted-in connection of `target`; returns how many
+    /// received it.
+    pub fn notify(&self, target: Target, n: &Notification) -> usize {
+        tracing::info!(target: "redis_layers::sim", event = "sim.notify", kind = n.name(), seq = n.seq(), ?target, "injecting notification");
+        let bytes = n.to_bytes();
+        self.inner.send_where(target, true, |_| Some(bytes.clone()))
+    }
+
+    /// Sends raw bytes (anything, malformed frames included) to every
+    /// connection of `target`, opted in or not, between whole frames.
+    pub fn inject_raw(&self, target: Target, bytes: impl Into<Bytes>) -> usize {
+        let bytes = bytes.into();
+        tracing::info!(target: "redis_layers::sim", event = "sim.inject_raw", len = bytes.len(), ?target, "injecting raw bytes");
+        self.inner
+            .send_where(target, false, |_| Some(bytes.clone()))
+    }
+
+    /// Holds every reply to the connections of `target` for `delay`
+    /// (`Duration::ZERO`: no delay). For an endpoint, this also applies to
+    /// connections made later; a connection's own delay overrides its
+    /// endpoint's.
+    pub fn set_delay(&self, target: Target, delay: Duration) {
+        tracing::info!(target: "redis_layers::sim", event = "sim.delay", ?delay, ?target, "reply delay");
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX - 1);
+        let st = self.inner.lock();
+        match target {
+            Target::Client(id) => {
+                if let Some(c) = st.clients.get(&id) {
+                    c.delay.store(nanos, Ordering::Relaxed);
+                }
+            }
+            Target::Endpoint(addr) => {
+                if let Some(e) = st.endpoints.iter().find(|e| e.addr == addr) {
+                    e.delay.store(nanos, Ordering::Relaxed);
+                }
+            }
+            Target::All => {
+                for e in &st.endpoints {
+                    e.delay.store(nanos, Ordering::Relaxed);
+                }
+                for c in st.clients.values() {
+                    c.delay.store(proxy::NO_DELAY_SET, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// While `refuse` is true, new connections to `endpoint` are accepted
+    /// and closed at once, before any byte is exchanged.
+    pub fn refuse_connections(&self, endpoint: SocketAddr, refuse: bool) {
+        tracing::info!(target: "redis_layers::sim", event = "sim.refuse", %endpoint, refuse, "refusing connections");
+        if let Some(e) = self
+            .inner
+            .lock()
+            .endpoints
+            .iter_mut()
+            .find(|e| e.addr == endpoint)
+        {
+            e.refuse = refuse;
+        }
+    }
+
+    /// Closes the connections of `target` (client and server side); returns
+    /// how many.
+    pub fn close(&self, target: Target) -> usize {
+        tracing::info!(target: "redis_layers::sim", event = "sim.close", ?target, "closing connections");
+        self.inner.close_where(target)
+    }
+
+    /// Closes `endpoint` for good: its listener stops (new connections are
+    /// refused by the OS) and its connections are closed.
+    pub fn close_endpoint(&self, endpoint: SocketAddr) -> usize {
+        tracing::info!(target: "redis_layers::sim", event = "sim.close_endpoint", %endpoint, "endpoint goes away");
+        if let Some(e) = self
+            .inner
+            .lock()
+            .endpoints
+            .iter()
+            .find(|e| e.addr == endpoint)
+        {
+            e.stop.cancel();
+        }
+        self.inner.close_where(Target::Endpoint(endpoint))
+    }
+
+    /// Makes the maintenance handshake fail with this error reply (e.g.
+    /// `"ERR unknown subcommand 'MAINT_NOTIFICATIONS'. Try CLIENT HELP."`,
+    /// as open-source Redis answers), or succeed again with `None`.
+    pub fn set_handshake_error(&self, error: Option<String>) {
+        self.inner.lock().handshake_error = error;
+    }
+
+    /// Plays a `MOVING`: opens the target endpoint (unless given), sends
+    /// `MOVING seq time host:port` to every opted-in connection of the old
+    /// endpoint (the address in the form each connection asked for; `none`
+    /// gets null), sends it also to connections that opt in there during
+    /// the window, and at the deadline closes the old endpoint: every
+    /// connection still on it, and its listener. Returns after the deadline.
+    pub async fn moving(&self, m: Moving) -> io::Result<Moved> {
+        let from = m.from.unwrap_or_else(|| self.endpoint());
+        let to = match m.to {
+            Some(to) => to,
+            None => self.open_endpoint().await?,
+        };
+        let seq = self.next_seq();
+        // The wire speaks whole seconds; the deadline keeps to what it says.
+        let time = whole_secs(m.time);
+        let deadline = Instant::now() + Duration::from_secs(time);
+        {
+            let mut st = self.inner.lock();
+            let e = st
+                .endpoints
+                .iter_mut()
+                .find(|e| e.addr == from)
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("no endpoint {from}"))
+                })?;
+            e.moving = Some(MovingWindow { seq, deadline, to });
+        }
+        tracing::info!(target: "redis_layers::sim", event = "sim.moving", seq, time, %from, %to, "MOVING");
+        let notified = self.inner.send_where(Target::Endpoint(from), true, |c| {
+            Some(self.inner.moving_for(c, seq, time, to).to_bytes())
+        });
+        tokio::time::sleep_until(deadline).await;
+        let closed = self.close_endpoint(from);
+        tracing::info!(target: "redis_layers::sim", event = "sim.moving_deadline", seq, %from, closed, "old endpoint closed");
+        Ok(Moved {
+            seq,
+            from,
+            to,
+            notified,
+            closed,
+        })
+    }
+
+    /// Plays a migration: `MIGRATING seq time [shards]`, replies on the
+    /// endpoint held for `reply_delay` during the window, then
+    /// `MIGRATED seq [shards]`. Returns after the window.
+    pub async fn migrate(&self, w: Window) -> WindowSeqs {
+        self.window(w, true).await
+    }
+
+    /// Plays a failover: `FAILING_OVER`, slow replies, `FAILED_OVER`.
+    pub async fn failover(&self, w: Window) -> WindowSeqs {
+        self.window(w, false).await
+    }
+
+    async fn window(&self, w: Window, migrate: bool) -> WindowSeqs {
+        let endpoint = w.endpoint.unwrap_or_else(|| self.endpoint());
+        let target = Target::Endpoint(endpoint);
+        let seq = self.next_seq();
+        let open = if migrate {
+            Notification::Migrating {
+                seq,
+                time: w.starts_within,
+                shard_ids: w.shard_ids.clone(),
+            }
+        } else {
+            Notification::FailingOver {
+                seq,
+                time: w.starts_within,
+                shard_ids: w.shard_ids.clone(),
+            }
+        };
+        let notified = self.notify(target, &open);
+        let before = self
+            .inner
+            .lock()
+            .endpoints
+            .iter()
+            .find(|e| e.addr == endpoint)
+            .map(|e| e.delay.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        self.set_delay(target, w.reply_delay);
+        tokio::time::sleep(w.duration).await;
+        self.set_delay(target, Duration::from_nanos(before));
+        let end = self.next_seq();
+        let close = if migrate {
+            Notification::Migrated {
+                seq: end,
+                shard_ids: w.shard_ids,
+            }
+        } else {
+            Notification::FailedOver {
+                seq: end,
+                shard_ids: w.shard_ids,
+            }
+        };
+        self.notify(target, &close);
+        WindowSeqs {
+            start: seq,
+            end,
+            notified,
+        }
+    }
+
+    /// Stops the simulator: listeners and every proxied connection close.
+    pub fn shutdown(&self) {
+        self.inner.stop.cancel();
+    }
+}
+
+/// Options of a [`Simulator`]; see [`Simulator::builder`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    backend: SocketAddr,
+    listen: SocketAddr,
+    fqdn_host: String,
+}
+
+impl Builder {
+    /// Where the first endpoint listens (default `127.0.0.1:0`, a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// The host name `MOVING` gives to connections that asked for an
+    /// `*-fqdn` address (default `localhost`).
+    pub fn fqdn_host(mut self, host: impl Into<String>) -> Self {
+        self.fqdn_host = host.into();
+        self
+    }
+
+    /// Binds the first endpoint and starts accepting.
+    pub async fn start(self) -> io::Result<Simulator> {
+        let stop = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            token: format!("__redis_maint_sim_{:016x}_", rand_u64()),
+            seq: AtomicI64::new(1),
+            fqdn_host: self.fqdn_host,
+            stop: stop.clone(),
+            changed: Notify::new(),
+            state: Mutex::new(State::default()),
+        });
+        inner.clone().listen(self.listen, self.backend).await?;
+        Ok(Simulator {
+            inner,
+            _stop_on_drop: Arc::new(stop.drop_guard()),
+        })
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not wedge the simulator.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn listen(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        backend: SocketAddr,
+    ) -> io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stop = self.stop.child_token();
+        self.lock().endpoints.push(EndpointState {
+            addr,
+            backend,
+            stop: stop.clone(),
+            refuse: false,
+            delay: Arc::new(AtomicU64::new(0)),
+            moving: None,
+        });
+        tracing::info!(target: "redis_layers::sim", event = "sim.endpoint", %addr, %backend, "endpoint open");
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = listener.accept() => r,
+                };
+                match accepted {
+                    Ok((sock, peer)) => {
+                        let refused = self
+                            .lock()
+                            .endpoints
+                            .iter()
+                            .any(|e| e.addr == addr && e.refuse);
+                        if refused {
+                            drop(sock);
+                            continue;
+                        }
+                        tokio::spawn(proxy::serve(self.clone(), sock, peer, addr));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: do not spin.
+                        tracing::warn!(target: "redis_layers::sim", %addr, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        });
+        Ok(addr)
+    }
+
+    fn backend_of(&self, endpoint: SocketAddr) -> Option<SocketAddr> {
+        self.lock()
+            .endpoints
+            .iter()
+            .find(|e| e.addr == endpoint)
+            .map(|e| e.backend)
+    }
+
+    fn register(&self, peer: SocketAddr, endpoint: SocketAddr) -> Option<proxy::Handles> {
+        let mut st = self.lock();
+        let ep = st.endpoints.iter().find(|e| e.addr == endpoint)?;
+        if ep.stop.is_cancelled() {
+            return None;
+        }
+        let close = ep.stop.child_token();
+        let endpoint_delay = ep.delay.clone();
+        st.next_client += 1;
+        let id = st.next_client;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn_delay = Arc::new(AtomicU64::new(proxy::NO_DELAY_SET));
+        st.clients.insert(
+            id,
+            ClientState {
+                info: ClientInfo {
+                    id,
+                    endpoint,
+                    peer,
+                    name: None,
+                    resp3: false,
+                    maint: None,
+                },
+                inject: tx,
+                close: close.clone(),
+                delay: conn_delay.clone(),
+            },
+        );
+        drop(st);
+        self.changed.notify_waiters();
+        Some(proxy::Handles {
+            id,
+            inject: rx,
+            close,
+            conn_delay,
+            endpoint_delay,
+        })
+    }
+
+    fn unregister(&self, id: u64) {
+        self.lock().clients.remove(&id);
+        self.changed.notify_waiters();
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut ClientInfo)) {
+        if let Some(c) = self.lock().clients.get_mut(&id) {
+            f(&mut c.info);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn note_protocol(&self, id: u64, resp3: bool) {
+        self.update(id, |c| c.resp3 = resp3);
+    }
+
+    fn note_name(&self, id: u64, name: Option<String>) {
+        self.update(id, |c| c.name = name);
+    }
+
+    fn is_resp3(&self, id: u64) -> bool {
+        self.lock().clients.get(&id).is_some_and(|c| c.info.resp3)
+    }
+
+    fn handshake_error(&self) -> Option<String> {
+        self.lock().handshake_error.clone()
+    }
+
+    /// Records an opt-in (or out) and returns the notifications of events
+    /// under way that the connection should get now.
+    fn set_maint(&self, id: u64, t: Option<EndpointType>) -> Vec<Bytes> {
+        let mut late = Vec::new();
+        {
+            let mut st = self.lock();
+            let Some(c) = st.clients.get_mut(&id) else {
+                return late;
+            };
+            c.info.maint = t;
+            let info = c.info.clone();
+            if info.maint.is_some() {
+                let window = st
+                    .endpoints
+                    .iter()
+                    .find(|e| e.addr == info.endpoint)
+                    .and_then(|e| e.moving);
+                if let Some(w) = window {
+                    // Rounded down: a late arrival is told to leave early
+                    // rather than after the close.
+                    let left = w.deadline.saturating_duration_since(Instant::now());
+                    late.push(
+                        self.moving_for(&info, w.seq, left.as_secs(), w.to)
+                            .to_bytes(),
+                    );
+                }
+            }
+        }
+        self.changed.notify_waiters();
+        late
+    }
+
+    /// `MOVING` addressed the way this connection asked.
+    fn moving_for(&self, c: &ClientInfo, seq: i64, time: u64, to: SocketAddr) -> Notification {
+        let endpoint = match c.maint {
+            Some(EndpointType::None) => None,
+            Some(t) if t.is_fqdn() => Some(format!("{}:{}", self.fqdn_host, to.port())),
+            _ => Some(to.to_string()),
+        };
+        Notification::Moving {
+            seq,
+            time,
+            endpoint,
+        }
+    }
+
+    fn matches(target: Target, c: &ClientInfo) -> bool {
+        match target {
+            Target::Client(id) => c.id == id,
+            Target::Endpoint(e) => c.endpoint == e,
+            Target::All => true,
+        }
+    }
+
+    /// Queues `bytes_for(client)` on each connection of `target` (only the
+    /// opted-in ones when `opted_in`); returns how many got something.
+    fn send_where(
+        &self,
+        target: Target,
+        opted_in: bool,
+        mut bytes_for: impl FnMut(&ClientInfo) -> Option<Bytes>,
+    ) -> usize {
+        let st = self.lock();
+        st.clients
+            .values()
+            .filter(|c| Self::matches(target, &c.info) && (!opted_in || c.info.maint.is_some()))
+            .filter_map(|c| bytes_for(&c.info).map(|b| c.inject.send(b).is_ok()))
+            .filter(|sent| *sent)
+            .count()
+    }
+
+    fn close_where(&self, target: Target) -> usize {
+        let st = self.lock();
+        st.clients
+            .values()
+            .filter(|c| Self::matches(target, &c.info))
+            .map(|c| c.close.cancel())
+            .count()
+    }
+}
+
+/// Whole seconds, rounded up: a `time` field cannot say less than a second.
+fn whole_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A random number for the marker token, from the standard library's
+/// randomly seeded hasher: no extra dependency for one value.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}

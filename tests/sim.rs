@@ -1,0 +1,689 @@
+//! The maintenance simulator in front of a real redis-server: handshake,
+//! injection, delays, faults and the standalone scenarios, observed through
+//! raw RESP3 connections (our transport, no client layer) and raw sockets.
+//!
+//! Every test is bounded with `tokio::time::timeout`; servers and simulators
+//! stop when the test ends.
+#![cfg(feature = "sim")]
+
+mod support;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis_layers::sim::{EndpointType, Moving, Notification, Simulator, SlotMove, Target, Window};
+use redis_layers::{cmd, Connection, Connector, Endpoint, Error, Pipeline, PushReceiver, Value};
+use support::RedisServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// ===== helpers =====
+
+async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
+}
+
+async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
+}
+
+const STEP: Duration = Duration::from_secs(5);
+
+/// A real server with the simulator in front of it.
+async fn sim() -> (RedisServer, Simulator) {
+    let server = RedisServer::start();
+    let backend: SocketAddr = format!("127.0.0.1:{}", server.port()).parse().unwrap();
+    let sim = Simulator::start(backend).await.expect("simulator");
+    (server, sim)
+}
+
+fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint::tcp(addr.ip().to_string(), addr.port())
+}
+
+async fn connect(addr: SocketAddr, name: &str) -> Connection {
+    within(
+        STEP,
+        "connect",
+        Connector::new().client_name(name).connect(endpoint(addr)),
+    )
+    .await
+    .expect("connect through the simulator")
+}
+
+async fn send(conn: &Connection, c: redis_layers::Cmd) -> Value {
+    let what = format!("{c:?}");
+    within(STEP, &what, conn.send_cmd(c))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+fn opt_in(t: EndpointType) -> redis_layers::Cmd {
+    cmd("CLIENT")
+        .arg("MAINT_NOTIFICATIONS")
+        .arg("ON")
+        .arg("moving-endpoint-type")
+        .arg(t.as_str())
+}
+
+/// Connects, names the connection and opts in; returns it with its pushes
+/// and the simulator's id for it.
+async fn opted_in(
+    sim: &Simulator,
+    addr: SocketAddr,
+    name: &str,
+    t: EndpointType,
+) -> (Connection, PushReceiver, u64) {
+    let conn = connect(addr, name).await;
+    let pushes = conn.take_pushes().unwrap();
+    assert_eq!(send(&conn, opt_in(t)).await, ok());
+    let id = client_id(sim, name).await;
+    (conn, pushes, id)
+}
+
+/// The simulator's id of the connection named `name`, once it has opted in
+/// (the registry changes are events: no polling).
+async fn client_id(sim: &Simulator, name: &str) -> u64 {
+    let mut id = None;
+    within(
+        STEP,
+        "registry",
+        sim.wait_for(|cs| {
+            id = cs
+                .iter()
+                .find(|c| c.name.as_deref() == Some(name))
+                .map(|c| c.id);
+            id.is_some()
+        }),
+    )
+    .await;
+    id.unwrap()
+}
+
+async fn next_push(p: &mut PushReceiver, what: &str) -> Value {
+    within(STEP, what, p.recv())
+        .await
+        .unwrap_or_else(|| panic!("{what}: push channel closed"))
+}
+
+/// After a round trip on `conn`, no push is waiting: an injection queued
+/// before the PING would have been written before its reply.
+async fn assert_no_push(conn: &Connection, p: &mut PushReceiver, what: &str) {
+    assert_eq!(
+        send(conn, cmd("PING")).await,
+        Value::SimpleString("PONG".into())
+    );
+    assert_eq!(p.try_recv(), None, "{what}");
+}
+
+fn ok() -> Value {
+    Value::SimpleString(Bytes::from_static(b"OK"))
+}
+
+fn bulk(s: &str) -> Value {
+    Value::BulkString(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+/// A raw socket: bytes exactly as the simulator sends them.
+struct Raw {
+    sock: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    /// Connects and does `HELLO 3` (and opts in, if asked).
+    async fn connect(addr: SocketAddr, opt: bool) -> Raw {
+        let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut r = Raw {
+            sock,
+            buf: bytes::BytesMut::new(),
+        };
+        r.write(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n").await;
+        r.frame().await;
+        if opt {
+            r.write(&opt_in(EndpointType::InternalIp).to_bytes()).await;
+            assert_eq!(r.frame().await, b"+OK\r\n");
+        }
+        r
+    }
+
+    async fn write(&mut self, b: &[u8]) {
+        self.sock.write_all(b).await.unwrap();
+    }
+
+    /// The next `n` bytes.
+    async fn bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            self.fill().await;
+        }
+        self.buf.split_to(n).to_vec()
+    }
+
+    /// The next whole frame, as sent.
+    async fn frame(&mut self) -> Vec<u8> {
+        let mut dec = redis_layers::resp::Decoder::new();
+        loop {
+            if let Some(n) = dec.frame_len(&self.buf).unwrap() {
+                return self.buf.split_to(n).to_vec();
+            }
+            self.fill().await;
+        }
+    }
+
+    async fn fill(&mut self) {
+        let n = within(STEP, "raw read", self.sock.read_buf(&mut self.buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed");
+    }
+}
+
+fn all_kinds(seq: i64) -> Vec<Notification> {
+    vec![
+        Notification::Moving {
+            seq,
+            time: 30,
+            endpoint: Some("10.0.0.2:12000".into()),
+        },
+        Notification::Moving {
+            seq: seq + 1,
+            time: 30,
+            endpoint: None,
+        },
+        Notification::Migrating {
+            seq: seq + 2,
+            time: 5,
+            shard_ids: Some("1,2".into()),
+        },
+        Notification::Migrated {
+            seq: seq + 3,
+            shard_ids: Some("1,2".into()),
+        },
+        Notification::FailingOver {
+            seq: seq + 4,
+            time: 2,
+            shard_ids: None,
+        },
+        Notification::FailedOver {
+            seq: seq + 5,
+            shard_ids: None,
+        },
+        Notification::SMigrating {
+            seq: seq + 6,
+            slots: vec!["0-100,200".into(), "300".into()],
+        },
+        Notification::SMigrated {
+            seq: seq + 7,
+            moves: vec![SlotMove {
+                src: "127.0.0.1:7001".into(),
+                dst: "127.0.0.1:7002".into(),
+                slots: "0-100,200".into(),
+            }],
+        },
+        Notification::SMigratedFlat {
+            seq: seq + 8,
+            src: "127.0.0.1:7001".into(),
+            dst: "127.0.0.1:7002".into(),
+            slots: vec!["5".into()],
+        },
+        Notification::SMigratedLegacy {
+            seq: seq + 9,
+            dst: "127.0.0.1:7002".into(),
+            slots: vec!["5-6".into()],
+        },
+    ]
+}
+
+// ===== handshake and registry =====
+
+/// Issue 3, handshake emulation: `CLIENT MAINT_NOTIFICATIONS` is answered
+/// `+OK` in its place among pipelined replies (spec rule: both the bare `ON`
+/// and the `ON moving-endpoint-type T` forms, any case), and the registry
+/// records the name, RESP3 and the endpoint type; `OFF` opts out.
+#[tokio::test]
+async fn handshake_is_answered_in_order_and_registered() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let conn = connect(sim.endpoint(), "app-1").await;
+        let p: Pipeline = [
+            cmd("SET").arg("k").arg("v"),
+            cmd("client")
+                .arg("maint_notifications")
+                .arg("on")
+                .arg("MOVING-ENDPOINT-TYPE")
+                .arg("External-FQDN"),
+            cmd("GET").arg("k"),
+        ]
+        .into_iter()
+        .collect();
+        let replies = within(STEP, "pipeline", conn.send(p))
+            .await
+            .unwrap()
+            .into_pipeline()
+            .unwrap();
+        assert_eq!(replies, vec![Ok(ok()), Ok(ok()), Ok(bulk("v"))]);
+        let id = client_id(&sim, "app-1").await;
+        let info = sim.clients().into_iter().find(|c| c.id == id).unwrap();
+        assert!(info.resp3);
+        assert_eq!(info.endpoint, sim.endpoint());
+        assert_eq!(info.maint, Some(EndpointType::ExternalFqdn));
+
+        assert_eq!(
+            send(&conn, cmd("CLIENT").arg("MAINT_NOTIFICATIONS").arg("OFF")).await,
+            ok()
+        );
+        sim.wait_for(|cs| cs.iter().any(|c| c.id == id && c.maint.is_none()))
+            .await;
+        assert_eq!(
+            send(&conn, cmd("CLIENT").arg("MAINT_NOTIFICATIONS").arg("ON")).await,
+            ok()
+        );
+        sim.wait_for(|cs| {
+            cs.iter()
+                .any(|c| c.id == id && c.maint == Some(EndpointType::InternalIp))
+        })
+        .await;
+
+        // Bad forms get error replies, and nothing changes.
+        for bad in [
+            cmd("CLIENT").arg("MAINT_NOTIFICATIONS").arg("MAYBE"),
+            opt_in(EndpointType::None).arg("extra"),
+            cmd("CLIENT")
+                .arg("MAINT_NOTIFICATIONS")
+                .arg("ON")
+                .arg("moving-endpoint-type")
+                .arg("auto"),
+        ] {
+            let e = within(STEP, "bad", conn.send_cmd(bad)).await.unwrap_err();
+            assert!(matches!(e, Error::Server(_)), "{e:?}");
+        }
+        assert_eq!(send(&conn, cmd("GET").arg("k")).await, bulk("v"));
+    })
+    .await
+}
+
+/// Issue 3: "answers ... with an error when configured to (to test
+/// Auto/Enabled modes)", word for word as open-source Redis would; and a
+/// RESP2 connection cannot opt in (pushes need RESP3).
+#[tokio::test]
+async fn handshake_errors() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let oss = "ERR unknown subcommand 'MAINT_NOTIFICATIONS'. Try CLIENT HELP.";
+        sim.set_handshake_error(Some(oss.into()));
+        let conn = connect(sim.endpoint(), "a").await;
+        let e = within(
+            STEP,
+            "opt in",
+            conn.send_cmd(opt_in(EndpointType::InternalIp)),
+        )
+        .await
+        .unwrap_err();
+        match e {
+            Error::Server(s) => assert_eq!(s.as_bytes(), oss.as_bytes()),
+            other => panic!("{other:?}"),
+        }
+        sim.set_handshake_error(None);
+        assert_eq!(send(&conn, opt_in(EndpointType::InternalIp)).await, ok());
+
+        let resp2 = within(
+            STEP,
+            "connect resp2",
+            Connector::new()
+                .protocol(redis_layers::Protocol::Resp2)
+                .connect(endpoint(sim.endpoint())),
+        )
+        .await
+        .unwrap();
+        let e = within(
+            STEP,
+            "resp2 opt in",
+            resp2.send_cmd(opt_in(EndpointType::InternalIp)),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, Error::Server(_)), "{e:?}");
+    })
+    .await
+}
+
+// ===== injection =====
+
+/// Issue 3, injection API: every notification kind reaches an opted-in
+/// connection as exactly the spec's frame (checked as bytes on a raw
+/// socket and as values through our transport), in order, and never a
+/// connection that did not opt in.
+#[tokio::test]
+async fn every_kind_reaches_only_opted_in_connections() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let (conn, mut pushes, id) =
+            opted_in(&sim, sim.endpoint(), "in", EndpointType::InternalIp).await;
+        let quiet = connect(sim.endpoint(), "out").await;
+        let mut quiet_pushes = quiet.take_pushes().unwrap();
+        let mut raw_in = Raw::connect(sim.endpoint(), true).await;
+        let mut raw_out = Raw::connect(sim.endpoint(), false).await;
+        sim.wait_for(|cs| cs.len() == 4 && cs.iter().filter(|c| c.maint.is_some()).count() == 2)
+            .await;
+
+        let kinds = all_kinds(sim.next_seq());
+        for n in &kinds {
+            assert_eq!(sim.notify(Target::All, n), 2, "{n:?}");
+        }
+        for n in &kinds {
+            assert_eq!(next_push(&mut pushes, n.name()).await, n.to_value());
+            assert_eq!(raw_in.frame().await, n.to_bytes().to_vec(), "{n:?}");
+        }
+        assert_no_push(&conn, &mut pushes, "nothing else").await;
+        assert_no_push(&quiet, &mut quiet_pushes, "not opted in").await;
+        raw_out.write(b"*1\r\n$4\r\nPING\r\n").await;
+        assert_eq!(raw_out.frame().await, b"+PONG\r\n");
+
+        // One connection, by id.
+        let n = Notification::Migrated {
+            seq: sim.next_seq(),
+            shard_ids: None,
+        };
+        assert_eq!(sim.notify(Target::Client(id), &n), 1);
+        assert_eq!(next_push(&mut pushes, "targeted").await, n.to_value());
+    })
+    .await
+}
+
+/// Issue 3: "injections of malformed frames reach the client as sent",
+/// between whole replies.
+#[tokio::test]
+async fn raw_injection_arrives_as_sent() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let mut s = Raw::connect(sim.endpoint(), false).await;
+        sim.wait_for(|cs| cs.len() == 1 && cs[0].resp3).await;
+        let garbage: &[u8] = b">3\r\n$6\r\nMOVING\r\n:x\r\n";
+        assert_eq!(sim.inject_raw(Target::All, Bytes::from_static(garbage)), 1);
+        assert_eq!(s.bytes(garbage.len()).await, garbage);
+        // A big reply is never cut by an injection.
+        let big = "x".repeat(1 << 20);
+        s.write(&cmd("SET").arg("big").arg(big.as_str()).to_bytes())
+            .await;
+        assert_eq!(s.frame().await, b"+OK\r\n");
+        s.write(&cmd("GET").arg("big").to_bytes()).await;
+        sim.inject_raw(Target::All, Bytes::from_static(b"+INJECTED\r\n"));
+        let first = s.frame().await;
+        let second = s.frame().await;
+        let frames = [first, second];
+        assert!(frames.contains(&b"+INJECTED\r\n".to_vec()));
+        let whole = format!("${}\r\n{big}\r\n", big.len()).into_bytes();
+        assert!(frames.contains(&whole), "the reply stayed whole");
+    })
+    .await
+}
+
+// ===== delays and faults =====
+
+/// Issue 3: "reply delays are real (measured)": per connection and per
+/// endpoint; other connections keep their speed.
+#[tokio::test]
+async fn reply_delays_are_real() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let slow = connect(sim.endpoint(), "slow").await;
+        let fast = connect(sim.endpoint(), "fast").await;
+        let id = client_id(&sim, "slow").await;
+        let delay = Duration::from_millis(200);
+        sim.set_delay(Target::Client(id), delay);
+        let t = Instant::now();
+        send(&slow, cmd("PING")).await;
+        let slow_took = t.elapsed();
+        let t = Instant::now();
+        send(&fast, cmd("PING")).await;
+        let fast_took = t.elapsed();
+        assert!(slow_took >= delay, "{slow_took:?}");
+        assert!(fast_took < delay / 2, "{fast_took:?}");
+
+        // A pipeline waits once, not once per reply.
+        let p: Pipeline = (0..20).map(|_| cmd("PING")).collect();
+        let t = Instant::now();
+        within(STEP, "pipeline", slow.send(p)).await.unwrap();
+        let took = t.elapsed();
+        assert!(took >= delay && took < delay * 3, "{took:?}");
+
+        sim.set_delay(Target::Client(id), Duration::ZERO);
+        sim.set_delay(Target::Endpoint(sim.endpoint()), delay);
+        let t = Instant::now();
+        send(&fast, cmd("PING")).await;
+        assert!(t.elapsed() >= delay);
+        sim.set_delay(Target::Endpoint(sim.endpoint()), Duration::ZERO);
+        let t = Instant::now();
+        send(&fast, cmd("PING")).await;
+        assert!(t.elapsed() < delay / 2);
+    })
+    .await
+}
+
+/// Issue 3: refuse new connections, close connections.
+#[tokio::test]
+async fn refuse_and_close() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let conn = connect(sim.endpoint(), "victim").await;
+        let id = client_id(&sim, "victim").await;
+        sim.refuse_connections(sim.endpoint(), true);
+        let r = within(
+            STEP,
+            "refused connect",
+            Connector::new().connect(endpoint(sim.endpoint())),
+        )
+        .await;
+        assert!(r.is_err(), "connected while refusing");
+        sim.refuse_connections(sim.endpoint(), false);
+        connect(sim.endpoint(), "welcome").await;
+
+        assert_eq!(sim.close(Target::Client(id)), 1);
+        within(STEP, "closed", conn.closed()).await;
+        let e = within(STEP, "after close", conn.send_cmd(cmd("PING")))
+            .await
+            .unwrap_err();
+        assert!(e.is_connection_error(), "{e:?}");
+    })
+    .await
+}
+
+// ===== scenarios =====
+
+/// Issue 3, `moving(time, target)`: MOVING with increasing seq to the
+/// opted-in connections of the old endpoint only, addressed in each
+/// connection's moving-endpoint-type (`none` -> null); data written before
+/// is readable through the new endpoint; a connection that opts in on the
+/// old endpoint during the window gets MOVING too; at the deadline (within
+/// 100 ms) every old-endpoint connection is closed and the endpoint refuses
+/// new ones.
+#[tokio::test]
+async fn moving_scenario() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let old = sim.endpoint();
+        let (ip, mut ip_pushes, _) = opted_in(&sim, old, "ip", EndpointType::InternalIp).await;
+        let (fqdn, mut fqdn_pushes, _) =
+            opted_in(&sim, old, "fqdn", EndpointType::ExternalFqdn).await;
+        let (none, mut none_pushes, _) = opted_in(&sim, old, "none", EndpointType::None).await;
+        let quiet = connect(old, "quiet").await;
+        let mut quiet_pushes = quiet.take_pushes().unwrap();
+        assert_eq!(send(&ip, cmd("SET").arg("survives").arg("yes")).await, ok());
+        let before = sim.next_seq();
+
+        let started = Instant::now();
+        let scenario = tokio::spawn({
+            let sim = sim.clone();
+            async move { sim.moving(Moving::new(Duration::from_secs(1))).await }
+        });
+        let deadline = started + Duration::from_secs(1);
+
+        let m = next_push(&mut ip_pushes, "MOVING ip").await;
+        let Value::Push(items) = &m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(items[0], bulk("MOVING"));
+        let seq = items[1].as_int().unwrap();
+        assert!(seq > before, "seq {seq} after {before}");
+        assert_eq!(items[2], Value::Integer(1));
+        let to = String::from_utf8(items[3].as_bytes().unwrap().to_vec()).unwrap();
+        let to: SocketAddr = to.parse().expect("internal-ip gives ip:port");
+        assert_ne!(to, old);
+        assert_eq!(
+            next_push(&mut fqdn_pushes, "MOVING fqdn").await,
+            Notification::Moving {
+                seq,
+                time: 1,
+                endpoint: Some(format!("localhost:{}", to.port()))
+            }
+            .to_value()
+        );
+        assert_eq!(
+            next_push(&mut none_pushes, "MOVING none").await,
+            Notification::Moving {
+                seq,
+                time: 1,
+                endpoint: None
+            }
+            .to_value()
+        );
+        assert_no_push(&quiet, &mut quiet_pushes, "not opted in").await;
+
+        // The new endpoint serves the same data.
+        let fresh = connect(to, "fresh").await;
+        assert_eq!(send(&fresh, cmd("GET").arg("survives")).await, bulk("yes"));
+
+        // A late arrival on the old endpoint is told too.
+        let (late, mut late_pushes, _) =
+            opted_in(&sim, old, "late", EndpointType::InternalIp).await;
+        assert_eq!(
+            next_push(&mut late_pushes, "late MOVING").await,
+            Notification::Moving {
+                seq,
+                time: 0,
+                endpoint: Some(to.to_string())
+            }
+            .to_value()
+        );
+
+        // The deadline closes every old-endpoint connection.
+        for (name, c) in [
+            ("ip", &ip),
+            ("fqdn", &fqdn),
+            ("none", &none),
+            ("quiet", &quiet),
+            ("late", &late),
+        ] {
+            within(Duration::from_secs(3), name, c.closed()).await;
+            let t = Instant::now();
+            assert!(
+                t >= deadline - Duration::from_millis(5),
+                "{name} closed early: {:?} before",
+                deadline - t
+            );
+            assert!(
+                t < deadline + Duration::from_millis(100),
+                "{name} closed late: {:?}",
+                t - deadline
+            );
+        }
+        let moved = within(STEP, "scenario", scenario).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                moved.seq,
+                moved.from,
+                moved.to,
+                moved.notified,
+                moved.closed
+            ),
+            (seq, old, to, 3, 5)
+        );
+        assert!(!fresh.is_closed());
+        assert_eq!(
+            send(&fresh, cmd("PING")).await,
+            Value::SimpleString("PONG".into())
+        );
+        let r = within(
+            STEP,
+            "old endpoint",
+            Connector::new().connect(endpoint(old)),
+        )
+        .await;
+        assert!(matches!(r, Err(Error::Io(_))), "{r:?}");
+    })
+    .await
+}
+
+/// Issue 3, `migrate(duration)` and `failover(duration)`: the opening and
+/// closing notifications in order with increasing seq, replies measurably
+/// slowed inside the window only.
+#[tokio::test]
+async fn migrate_and_failover_windows() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let (conn, mut pushes, _) =
+            opted_in(&sim, sim.endpoint(), "c", EndpointType::InternalIp).await;
+        for migrate in [true, false] {
+            let mut w = Window::new(Duration::from_millis(600));
+            w.reply_delay = Duration::from_millis(150);
+            let run = {
+                let sim = sim.clone();
+                let w = w.clone();
+                tokio::spawn(async move {
+                    if migrate {
+                        sim.migrate(w).await
+                    } else {
+                        sim.failover(w).await
+                    }
+                })
+            };
+            let open = next_push(&mut pushes, "opening").await;
+            let t = Instant::now();
+            send(&conn, cmd("PING")).await;
+            let slowed = t.elapsed();
+            let seqs = within(STEP, "window", run).await.unwrap();
+            let close = next_push(&mut pushes, "closing").await;
+            let t = Instant::now();
+            send(&conn, cmd("PING")).await;
+            let after = t.elapsed();
+
+            let (o, c) = if migrate {
+                (
+                    Notification::Migrating {
+                        seq: seqs.start,
+                        time: 0,
+                        shard_ids: Some("1".into()),
+                    },
+                    Notification::Migrated {
+                        seq: seqs.end,
+                        shard_ids: Some("1".into()),
+                    },
+                )
+            } else {
+                (
+                    Notification::FailingOver {
+                        seq: seqs.start,
+                        time: 0,
+                        shard_ids: Some("1".into()),
+                    },
+                    Notification::FailedOver {
+                        seq: seqs.end,
+                        shard_ids: Some("1".into()),
+                    },
+                )
+            };
+            assert_eq!(open, o.to_value());
+            assert_eq!(close, c.to_value());
+            assert!(seqs.end > seqs.start);
+            assert_eq!(seqs.notified, 1);
+            assert!(slowed >= w.reply_delay, "inside the window: {slowed:?}");
+            assert!(after < w.reply_delay / 2, "after the window: {after:?}");
+        }
+    })
+    .await
+}
