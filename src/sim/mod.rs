@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 mod notification;
 mod proxy;
 

@@ -1,0 +1,1 @@
+//! The admin interface: a RESP port that drives a [`Simulator`](super::Simulator).
