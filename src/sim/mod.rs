@@ -17,7 +17,11 @@
 //!   [`Simulator::moving`] (a second endpoint to the same server, `MOVING`,
 //!   and the old endpoint's connections closed at the deadline),
 //!   [`Simulator::migrate`] and [`Simulator::failover`] (slow replies
-//!   between `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER`).
+//!   between `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER`);
+//! - in front of a Redis Cluster ([`Builder::start_cluster`]): one endpoint
+//!   per node, node addresses in `MOVED`/`ASK` and `CLUSTER SLOTS|SHARDS|NODES`
+//!   replies rewritten to endpoints, and [`Simulator::slot_migrate`], a real
+//!   slot migration bracketed by `SMIGRATING`/`SMIGRATED`.
 //!
 //! Each proxy port is an *endpoint*; every client connection gets its own
 //! connection to the backend server. The proxy cuts both byte streams at
@@ -42,6 +46,7 @@
 //! ```
 
 pub mod admin;
+mod cluster;
 mod notification;
 mod proxy;
 
@@ -170,6 +175,19 @@ pub struct WindowSeqs {
     pub notified: usize,
 }
 
+/// What a [`Simulator::slot_migrate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotMigration {
+    /// Sequence number of the `SMIGRATING`.
+    pub smigrating: i64,
+    /// Sequence number of the `SMIGRATED`.
+    pub smigrated: i64,
+    /// Keys moved.
+    pub keys: usize,
+    /// Connections that got the `SMIGRATING` when it started.
+    pub notified: usize,
+}
+
 /// The proxy: a handle to a running simulator. Cheap to clone; the last
 /// handle dropped stops it.
 #[derive(Clone)]
@@ -189,6 +207,8 @@ impl std::fmt::Debug for Simulator {
 pub(crate) struct Inner {
     /// Prefix of the markers that stand in for the maintenance handshake.
     token: String,
+    /// In front of a Redis Cluster: node addresses in replies are rewritten.
+    cluster: bool,
     seq: AtomicI64,
     fqdn_host: String,
     stop: CancellationToken,
@@ -212,6 +232,9 @@ struct EndpointState {
     delay: Arc<AtomicU64>,
     /// A `MOVING` under way: late arrivals get it when they opt in.
     moving: Option<MovingWindow>,
+    /// Other notifications of an event under way (`SMIGRATING`), for late
+    /// arrivals too.
+    active: Vec<Notification>,
 }
 
 #[derive(Clone, Copy)]
@@ -489,6 +512,187 @@ impl Simulator {
         }
     }
 
+    /// The endpoint that stands for `server` (a backend node), if open.
+    pub fn endpoint_for(&self, server: SocketAddr) -> Option<SocketAddr> {
+        cluster::AddrMap::proxy_for(&*self.inner, server)
+    }
+
+    /// The backend server behind `endpoint`.
+    pub fn backend_of(&self, endpoint: SocketAddr) -> Option<SocketAddr> {
+        self.inner.backend_of(endpoint)
+    }
+
+    /// Moves `slots` from the node behind endpoint `src` to the node behind
+    /// endpoint `dst`, for real: `CLUSTER SETSLOT IMPORTING` on the target,
+    /// `MIGRATING` on the source, `MIGRATE` of every key, then `SETSLOT
+    /// NODE` on every node. Bracketed by `SMIGRATING seq slots` to the
+    /// source's opted-in connections (also to those that opt in during the
+    /// migration) and `SMIGRATED seq [[src dst slots]]` (endpoint addresses)
+    /// after it. Returns after the `SMIGRATED`.
+    pub async fn slot_migrate(
+        &self,
+        slots: &[u16],
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> io::Result<SlotMigration> {
+        let other = |e: String| io::Error::other(e);
+        let (src_node, dst_node) = match (self.backend_of(src), self.backend_of(dst)) {
+            (Some(s), Some(d)) => (s, d),
+            _ => return Err(other(format!("no endpoint {src} or {dst}"))),
+        };
+        let ranges = slot_ranges(slots);
+        let start = Notification::SMigrating {
+            seq: self.next_seq(),
+            slots: vec![ranges.clone()],
+        };
+        if let Some(e) = self
+            .inner
+            .lock()
+            .endpoints
+            .iter_mut()
+            .find(|e| e.addr == src)
+        {
+            e.active.push(start.clone());
+        }
+        let notified = self.notify(Target::Endpoint(src), &start);
+        let moved = self.migrate_keys(slots, src_node, dst_node).await;
+        if let Some(e) = self
+            .inner
+            .lock()
+            .endpoints
+            .iter_mut()
+            .find(|e| e.addr == src)
+        {
+            e.active.retain(|n| n != &start);
+        }
+        let keys = moved?;
+        let end = Notification::SMigrated {
+            seq: self.next_seq(),
+            moves: vec![SlotMove {
+                src: src.to_string(),
+                dst: dst.to_string(),
+                slots: ranges,
+            }],
+        };
+        self.notify(Target::Endpoint(src), &end);
+        Ok(SlotMigration {
+            smigrating: start.seq(),
+            smigrated: end.seq(),
+            keys,
+            notified,
+        })
+    }
+
+    /// The real migration; returns how many keys moved.
+    async fn migrate_keys(
+        &self,
+        slots: &[u16],
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> io::Result<usize> {
+        use crate::{cmd, Value};
+        let err =
+            |what: &str, e: crate::Error| io::Error::other(format!("slot migration: {what}: {e}"));
+        let s = admin_conn(src).await?;
+        let d = admin_conn(dst).await?;
+        let id = |v: Value| String::from_utf8_lossy(v.as_bytes().unwrap_or_default()).into_owned();
+        let src_id = id(s
+            .send_cmd(cmd("CLUSTER").arg("MYID"))
+            .await
+            .map_err(|e| err("MYID", e))?);
+        let dst_id = id(d
+            .send_cmd(cmd("CLUSTER").arg("MYID"))
+            .await
+            .map_err(|e| err("MYID", e))?);
+        let mut others = Vec::new();
+        for node in self.backends() {
+            if node != src && node != dst {
+                others.push(admin_conn(node).await?);
+            }
+        }
+        let mut keys = 0;
+        for &slot in slots {
+            d.send_cmd(
+                cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("IMPORTING")
+                    .arg(&src_id),
+            )
+            .await
+            .map_err(|e| err("SETSLOT IMPORTING", e))?;
+            s.send_cmd(
+                cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("MIGRATING")
+                    .arg(&dst_id),
+            )
+            .await
+            .map_err(|e| err("SETSLOT MIGRATING", e))?;
+            loop {
+                let batch = s
+                    .send_cmd(cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(100))
+                    .await
+                    .map_err(|e| err("GETKEYSINSLOT", e))?;
+                let names: Vec<Bytes> = match batch {
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(|k| k.as_bytes().map(Bytes::copy_from_slice))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if names.is_empty() {
+                    break;
+                }
+                keys += names.len();
+                let migrate = cmd("MIGRATE")
+                    .arg(dst.ip().to_string())
+                    .arg(dst.port())
+                    .arg("")
+                    .arg(0)
+                    .arg(5000)
+                    .arg("KEYS")
+                    .args(names.iter().map(|k| &k[..]));
+                s.send_cmd(migrate).await.map_err(|e| err("MIGRATE", e))?;
+            }
+            // The new owner first, then the old, then everyone else.
+            for (conn, must) in [(&d, true), (&s, true)]
+                .into_iter()
+                .chain(others.iter().map(|o| (o, false)))
+            {
+                let r = conn
+                    .send_cmd(
+                        cmd("CLUSTER")
+                            .arg("SETSLOT")
+                            .arg(slot)
+                            .arg("NODE")
+                            .arg(&dst_id),
+                    )
+                    .await;
+                if let (true, Err(e)) = (must, r) {
+                    return Err(err("SETSLOT NODE", e));
+                }
+            }
+        }
+        tracing::info!(target: "redis_layers::sim", event = "sim.slot_migrate", %src, %dst, slots = slots.len(), keys, "slots migrated");
+        Ok(keys)
+    }
+
+    /// Every distinct backend server.
+    fn backends(&self) -> Vec<SocketAddr> {
+        let mut b: Vec<SocketAddr> = self
+            .inner
+            .lock()
+            .endpoints
+            .iter()
+            .map(|e| e.backend)
+            .collect();
+        b.sort();
+        b.dedup();
+        b
+    }
+
     /// Stops the simulator: listeners and every proxied connection close.
     pub fn shutdown(&self) {
         self.inner.stop.cancel();
@@ -519,20 +723,63 @@ impl Builder {
 
     /// Binds the first endpoint and starts accepting.
     pub async fn start(self) -> io::Result<Simulator> {
+        let sim = self.build(false);
+        sim.inner.clone().listen(self.listen, self.backend).await?;
+        Ok(sim)
+    }
+
+    /// Starts in front of the Redis Cluster that `backend` (any node) is part
+    /// of: one endpoint per node (the `listen` address's port is ignored:
+    /// each gets a free port), node addresses rewritten in `MOVED`/`ASK`
+    /// and in `CLUSTER SLOTS|SHARDS|NODES` replies.
+    pub async fn start_cluster(self) -> io::Result<Simulator> {
+        let sim = self.build(true);
+        let seed = admin_conn(self.backend).await?;
+        let text = seed
+            .send_cmd(crate::cmd("CLUSTER").arg("NODES"))
+            .await
+            .map_err(io::Error::other)?;
+        let text = String::from_utf8_lossy(text.as_bytes().unwrap_or_default()).into_owned();
+        let mut nodes: Vec<SocketAddr> = text
+            .lines()
+            .filter(|l| !l.contains("fail") && !l.contains("noaddr"))
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter_map(|a| a.split('@').next())
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        if nodes.is_empty() {
+            return Err(io::Error::other(format!(
+                "{}: CLUSTER NODES lists no node",
+                self.backend
+            )));
+        }
+        let ip = self.listen.ip();
+        for node in nodes {
+            sim.inner
+                .clone()
+                .listen(SocketAddr::new(ip, 0), node)
+                .await?;
+        }
+        Ok(sim)
+    }
+
+    fn build(&self, cluster: bool) -> Simulator {
         let stop = CancellationToken::new();
         let inner = Arc::new(Inner {
             token: format!("__redis_maint_sim_{:016x}_", rand_u64()),
+            cluster,
             seq: AtomicI64::new(1),
-            fqdn_host: self.fqdn_host,
             stop: stop.clone(),
             changed: Notify::new(),
+            fqdn_host: self.fqdn_host.clone(),
             state: Mutex::new(State::default()),
         });
-        inner.clone().listen(self.listen, self.backend).await?;
-        Ok(Simulator {
+        Simulator {
             inner,
             _stop_on_drop: Arc::new(stop.drop_guard()),
-        })
+        }
     }
 }
 
@@ -557,6 +804,7 @@ impl Inner {
             refuse: false,
             delay: Arc::new(AtomicU64::new(0)),
             moving: None,
+            active: Vec::new(),
         });
         tracing::info!(target: "redis_layers::sim", event = "sim.endpoint", %addr, %backend, "endpoint open");
         tokio::spawn(async move {
@@ -681,6 +929,18 @@ impl Inner {
                     .iter()
                     .find(|e| e.addr == info.endpoint)
                     .and_then(|e| e.moving);
+                let active = st
+                    .endpoints
+                    .iter()
+                    .find(|e| e.addr == info.endpoint)
+                    .map(|e| {
+                        e.active
+                            .iter()
+                            .map(Notification::to_bytes)
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                late.extend(active);
                 if let Some(w) = window {
                     // Rounded down: a late arrival is told to leave early
                     // rather than after the close.
@@ -745,6 +1005,49 @@ impl Inner {
     }
 }
 
+impl cluster::AddrMap for Inner {
+    fn proxy_for(&self, server: SocketAddr) -> Option<SocketAddr> {
+        self.lock()
+            .endpoints
+            .iter()
+            .find(|e| e.backend == server && !e.stop.is_cancelled())
+            .map(|e| e.addr)
+    }
+}
+
+/// A direct connection to a server, for the simulator's own work.
+async fn admin_conn(server: SocketAddr) -> io::Result<crate::Connection> {
+    crate::Connector::new()
+        .client_name("redis-maint-sim")
+        .connect(crate::Endpoint::tcp(server.ip().to_string(), server.port()))
+        .await
+        .map_err(io::Error::other)
+}
+
+/// Slots as `"0-100,200"`.
+fn slot_ranges(slots: &[u16]) -> String {
+    let mut sorted = slots.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
 /// Whole seconds, rounded up: a `time` field cannot say less than a second.
 fn whole_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -757,4 +1060,16 @@ fn rand_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slot_ranges() {
+        assert_eq!(
+            super::slot_ranges(&[200, 0, 1, 2, 100, 3, 201]),
+            "0-3,100,200-201"
+        );
+        assert_eq!(super::slot_ranges(&[5]), "5");
+    }
 }

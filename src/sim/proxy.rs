@@ -25,16 +25,18 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{self, Topology};
 use super::{EndpointType, Inner};
 use crate::resp::{Decoder, Value};
 
 /// "No per-connection delay set" in a delay cell.
 pub(super) const NO_DELAY_SET: u64 = u64::MAX;
 
-/// A reply the proxy gives itself, in place of the marker's echo.
+/// A reply the proxy gives itself, in place of the marker's echo (`None`:
+/// the echo is dropped, the marker only marks the next reply).
 pub(super) struct Local {
     marker: u64,
-    reply: Bytes,
+    reply: Option<Bytes>,
     effect: Option<Effect>,
 }
 
@@ -43,6 +45,8 @@ pub(super) struct Local {
 pub(super) enum Effect {
     /// Opted in with this endpoint type, or out (`None`).
     Maint(Option<EndpointType>),
+    /// The next reply is this topology: rewrite its addresses.
+    Rewrite(Topology),
 }
 
 /// The per-connection handles that the registry keeps.
@@ -108,6 +112,8 @@ async fn upstream(
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut dec = Decoder::new();
     let mut markers = 0u64;
+    // Inside MULTI the server queues commands: no marker tricks there.
+    let mut in_multi = false;
     'outer: loop {
         loop {
             if buf.is_empty() {
@@ -124,22 +130,27 @@ async fn upstream(
             match dec.frame_len(&buf) {
                 Ok(Some(len)) => {
                     let frame = buf.split_to(len).freeze();
-                    match inspect(inner, id, &frame) {
-                        Inspected::Forward => out.extend_from_slice(&frame),
-                        Inspected::Answer { reply, effect } => {
-                            markers += 1;
-                            let marker = format!("{}{markers}", inner.token);
-                            out.extend_from_slice(
-                                format!("*2\r\n$4\r\nECHO\r\n${}\r\n{marker}\r\n", marker.len())
-                                    .as_bytes(),
-                            );
-                            let _ = local_tx.send(Local {
-                                marker: markers,
-                                reply,
-                                effect,
-                            });
+                    let (reply, effect, forward) = match inspect(inner, id, &frame, &mut in_multi) {
+                        Inspected::Forward => {
+                            out.extend_from_slice(&frame);
+                            continue;
                         }
+                        Inspected::Answer { reply, effect } => (Some(reply), effect, false),
+                        Inspected::Rewrite(t) => (None, Some(Effect::Rewrite(t)), true),
+                    };
+                    markers += 1;
+                    let marker = format!("{}{markers}", inner.token);
+                    out.extend_from_slice(
+                        format!("*2\r\n$4\r\nECHO\r\n${}\r\n{marker}\r\n", marker.len()).as_bytes(),
+                    );
+                    if forward {
+                        out.extend_from_slice(&frame);
                     }
+                    let _ = local_tx.send(Local {
+                        marker: markers,
+                        reply,
+                        effect,
+                    });
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -171,11 +182,13 @@ enum Inspected {
         reply: Bytes,
         effect: Option<Effect>,
     },
+    /// Forward, and rewrite the addresses in its reply.
+    Rewrite(Topology),
 }
 
 /// Looks at a client command: the maintenance handshake is answered here;
 /// `HELLO` and `CLIENT SETNAME` are noted for the registry.
-fn inspect(inner: &Inner, id: u64, frame: &Bytes) -> Inspected {
+fn inspect(inner: &Inner, id: u64, frame: &Bytes, in_multi: &mut bool) -> Inspected {
     let Ok(Some(Value::Array(args))) = Decoder::new().decode(&mut BytesMut::from(&frame[..]))
     else {
         return Inspected::Forward;
@@ -206,6 +219,19 @@ fn inspect(inner: &Inner, id: u64, frame: &Bytes) -> Inspected {
     if is(0, "CLIENT") && is(1, "SETNAME") {
         inner.note_name(id, arg(2));
         return Inspected::Forward;
+    }
+    if is(0, "MULTI") {
+        *in_multi = true;
+    } else if is(0, "EXEC") || is(0, "DISCARD") {
+        *in_multi = false;
+    }
+    if *in_multi {
+        return Inspected::Forward;
+    }
+    if inner.cluster {
+        if let Some(t) = Topology::of(&arg(0).unwrap_or_default(), &arg(1).unwrap_or_default()) {
+            return Inspected::Rewrite(t);
+        }
     }
     if !(is(0, "CLIENT") && is(1, "MAINT_NOTIFICATIONS")) {
         return Inspected::Forward;
@@ -261,6 +287,7 @@ async fn downstream(
     let mut dec = Decoder::new();
     // Frames read, waiting for their release time.
     let mut pending: VecDeque<(Instant, Bytes, Option<Effect>)> = VecDeque::new();
+    let mut rewrite_next = None;
     let delay = || {
         let d = conn_delay.load(Ordering::Relaxed);
         let d = if d == NO_DELAY_SET {
@@ -277,13 +304,32 @@ async fn downstream(
                     let frame = buf.split_to(len).freeze();
                     let (frame, effect) = match marker_of(&frame, &inner.token) {
                         Some(n) => match local_rx.recv().await {
-                            Some(l) if l.marker == n => (l.reply, l.effect),
+                            Some(Local {
+                                marker,
+                                reply,
+                                effect,
+                            }) if marker == n => match (reply, effect) {
+                                (Some(reply), effect) => (reply, effect),
+                                (None, Some(Effect::Rewrite(t))) => {
+                                    rewrite_next = Some(t);
+                                    continue;
+                                }
+                                (None, _) => continue,
+                            },
                             _ => {
                                 tracing::warn!(target: "redis_layers::sim", client = id, "marker reply out of order; closing");
                                 break 'outer;
                             }
                         },
                         None => (frame, None),
+                    };
+                    let frame = if inner.cluster && frame.first() != Some(&b'>') {
+                        match rewrite_next.take() {
+                            Some(t) => rewrite(t, frame, inner),
+                            None => cluster::rewrite_redirect(&frame, inner).unwrap_or(frame),
+                        }
+                    } else {
+                        frame
                     };
                     pending.push_back((Instant::now() + delay(), frame, effect));
                 }
@@ -329,6 +375,13 @@ async fn downstream(
         }
     }
     close.cancel();
+}
+
+fn rewrite(t: Topology, frame: Bytes, inner: &Inner) -> Bytes {
+    match Decoder::new().decode(&mut BytesMut::from(&frame[..])) {
+        Ok(Some(v)) => cluster::rewrite_topology(t, v, inner).to_bytes(),
+        _ => frame,
+    }
 }
 
 /// The marker number if `frame` is the echo of one of our markers.
