@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use redis_layers::Endpoint;
+pub mod cluster;
+pub mod sim;
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]

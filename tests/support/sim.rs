@@ -1,0 +1,80 @@
+//! The maintenance simulator in front of real servers, for scenario tests
+//! in a few lines:
+//!
+//! ```ignore
+//! let env = SimStandalone::start().await;
+//! let conn = Connector::new().connect(env.endpoint()).await?;
+//! env.sim.moving(Moving::new(Duration::from_secs(1))).await?;
+//! ```
+#![cfg(feature = "sim")]
+
+use std::net::SocketAddr;
+
+use redis_layers::sim::Simulator;
+use redis_layers::Endpoint;
+
+use super::cluster::RedisCluster;
+use super::RedisServer;
+
+/// A `SocketAddr` as an [`Endpoint`].
+pub fn endpoint(addr: SocketAddr) -> Endpoint {
+    Endpoint::tcp(addr.ip().to_string(), addr.port())
+}
+
+/// One real redis-server with the simulator in front of it. Dropping it
+/// stops both.
+pub struct SimStandalone {
+    /// The simulator: clients connect to its endpoints.
+    pub sim: Simulator,
+    /// The server behind it (for direct checks).
+    pub server: RedisServer,
+}
+
+impl SimStandalone {
+    /// Starts a server and a simulator with one endpoint.
+    pub async fn start() -> Self {
+        let server = RedisServer::start();
+        let backend = SocketAddr::from(([127, 0, 0, 1], server.port()));
+        let sim = Simulator::start(backend)
+            .await
+            .expect("start the simulator");
+        SimStandalone { sim, server }
+    }
+
+    /// The simulator's first endpoint, where clients connect.
+    pub fn endpoint(&self) -> Endpoint {
+        endpoint(self.sim.endpoint())
+    }
+}
+
+/// A real 3-primary Redis Cluster with the simulator in front of it (one
+/// endpoint per node). Dropping it stops all.
+pub struct SimCluster {
+    /// The simulator.
+    pub sim: Simulator,
+    /// The cluster behind it.
+    pub cluster: RedisCluster,
+}
+
+impl SimCluster {
+    /// Starts a 3-primary cluster and a simulator in front of it.
+    pub async fn start() -> Self {
+        Self::with(RedisCluster::start()).await
+    }
+
+    /// A simulator in front of an already started cluster.
+    pub async fn with(cluster: RedisCluster) -> Self {
+        let seed = SocketAddr::from(([127, 0, 0, 1], cluster.ports()[0]));
+        let sim = Simulator::builder(seed)
+            .start_cluster()
+            .await
+            .expect("start the cluster simulator");
+        SimCluster { sim, cluster }
+    }
+
+    /// The endpoint that stands for node `i` of the cluster.
+    pub fn endpoint(&self, i: usize) -> SocketAddr {
+        let node = SocketAddr::from(([127, 0, 0, 1], self.cluster.ports()[i]));
+        self.sim.endpoint_for(node).expect("an endpoint per node")
+    }
+}
