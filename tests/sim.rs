@@ -272,6 +272,7 @@ async fn handshake_is_answered_in_order_and_registered() {
         assert!(info.resp3);
         assert_eq!(info.endpoint, sim.endpoint());
         assert_eq!(info.maint, Some(EndpointType::ExternalFqdn));
+        assert_eq!(info.maint_requests, 1);
 
         assert_eq!(
             send(&conn, cmd("CLIENT").arg("MAINT_NOTIFICATIONS").arg("OFF")).await,

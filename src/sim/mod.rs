@@ -80,6 +80,9 @@ pub struct ClientInfo {
     pub resp3: bool,
     /// It opted in to maintenance notifications, with this address type.
     pub maint: Option<EndpointType>,
+    /// How many `CLIENT MAINT_NOTIFICATIONS` commands it sent (answered or
+    /// refused): tells "never asked" from "asked and refused".
+    pub maint_requests: u32,
 }
 
 /// Which connections an injection reaches.
@@ -867,6 +870,7 @@ impl Inner {
                     name: None,
                     resp3: false,
                     maint: None,
+                    maint_requests: 0,
                 },
                 inject: tx,
                 close: close.clone(),
@@ -902,6 +906,10 @@ impl Inner {
 
     fn note_name(&self, id: u64, name: Option<String>) {
         self.update(id, |c| c.name = name);
+    }
+
+    fn note_maint_request(&self, id: u64) {
+        self.update(id, |c| c.maint_requests += 1);
     }
 
     fn is_resp3(&self, id: u64) -> bool {

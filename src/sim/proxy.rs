@@ -236,6 +236,7 @@ fn inspect(inner: &Inner, id: u64, frame: &Bytes, in_multi: &mut bool) -> Inspec
     if !(is(0, "CLIENT") && is(1, "MAINT_NOTIFICATIONS")) {
         return Inspected::Forward;
     }
+    inner.note_maint_request(id);
     let err = |msg: &str| Inspected::Answer {
         reply: Bytes::from(format!("-{msg}\r\n")),
         effect: None,
