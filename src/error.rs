@@ -44,7 +44,9 @@ pub enum Error {
     /// The connection is closed: the request was never written, or it was
     /// written and the connection closed before its reply arrived.
     Closed,
-    /// The request or configuration is invalid; nothing was sent.
+    /// The request or configuration is invalid (nothing was sent), or the
+    /// server cannot do what the configuration requires (e.g. maintenance
+    /// notifications in mode `Enabled`); the message names the cause.
     Config(String),
 }
 

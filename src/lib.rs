@@ -31,6 +31,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod error;
+pub mod maint;
+pub mod relax;
 mod request;
 pub mod resp;
 #[cfg(feature = "sim")]
@@ -41,6 +43,6 @@ pub mod transport;
 pub use error::{
     Error, ProtocolError, Redirect, RedirectKind, Result, ServerError, ServerErrorKind,
 };
-pub use request::{Body, Request, Response};
+pub use request::{Body, CommandTimeout, Request, Response};
 pub use resp::{cmd, Cmd, Pipeline, Value};
 pub use transport::{Connection, Connector, Endpoint, Protocol, PushReceiver};

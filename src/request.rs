@@ -18,6 +18,27 @@ use crate::resp::{Cmd, Pipeline, Value};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     body: Body,
+    timeout: CommandTimeout,
+}
+
+/// How long a request may take, for layers that enforce timeouts
+/// ([`RelaxTimeout`](crate::relax::RelaxTimeout)).
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_layers::{cmd, CommandTimeout, Request};
+/// let r = Request::from(cmd("GET").arg("k")).with_timeout(Duration::from_millis(50));
+/// assert_eq!(r.timeout(), CommandTimeout::After(Duration::from_millis(50)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommandTimeout {
+    /// The layer's default (none for blocking commands such as `BLPOP`).
+    #[default]
+    Default,
+    /// No timeout at all.
+    Never,
+    /// This long.
+    After(std::time::Duration),
 }
 
 /// The commands of a [`Request`].
@@ -32,7 +53,36 @@ pub enum Body {
 impl Request {
     /// A request for `body`.
     pub fn new(body: Body) -> Self {
-        Request { body }
+        Request {
+            body,
+            timeout: CommandTimeout::Default,
+        }
+    }
+
+    /// This request may take `d`, whatever the layer's default.
+    pub fn with_timeout(mut self, d: std::time::Duration) -> Self {
+        self.timeout = CommandTimeout::After(d);
+        self
+    }
+
+    /// This request has no timeout (a long `BLPOP`, a big `KEYS`).
+    pub fn without_timeout(mut self) -> Self {
+        self.timeout = CommandTimeout::Never;
+        self
+    }
+
+    /// The timeout asked for.
+    pub fn timeout(&self) -> CommandTimeout {
+        self.timeout
+    }
+
+    /// True when a command blocks on the server by design (`BLPOP`,
+    /// `XREAD ... BLOCK`, `WAIT`, ...): such requests get no default timeout.
+    pub fn is_blocking(&self) -> bool {
+        match &self.body {
+            Body::Cmd(c) => c.is_blocking(),
+            Body::Pipeline(p) => p.cmds().iter().any(Cmd::is_blocking),
+        }
     }
 
     /// The commands.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis_layers::sim::{EndpointType, Moving, Notification, Simulator, SlotMove, Target, Window};
-use redis_layers::{cmd, Connection, Connector, Endpoint, Error, Pipeline, PushReceiver, Value};
+use redis_layers::{cmd, Connection, Endpoint, Error, Pipeline, PushReceiver, Value};
 use support::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -50,7 +50,9 @@ async fn connect(addr: SocketAddr, name: &str) -> Connection {
     within(
         STEP,
         "connect",
-        Connector::new().client_name(name).connect(endpoint(addr)),
+        support::sim::raw_connector()
+            .client_name(name)
+            .connect(endpoint(addr)),
     )
     .await
     .expect("connect through the simulator")
@@ -335,7 +337,7 @@ async fn handshake_errors() {
         let resp2 = within(
             STEP,
             "connect resp2",
-            Connector::new()
+            support::sim::raw_connector()
                 .protocol(redis_layers::Protocol::Resp2)
                 .connect(endpoint(sim.endpoint())),
         )
@@ -477,7 +479,7 @@ async fn refuse_and_close() {
         let r = within(
             STEP,
             "refused connect",
-            Connector::new().connect(endpoint(sim.endpoint())),
+            support::sim::raw_connector().connect(endpoint(sim.endpoint())),
         )
         .await;
         assert!(r.is_err(), "connected while refusing");
@@ -612,7 +614,7 @@ async fn moving_scenario() {
         let r = within(
             STEP,
             "old endpoint",
-            Connector::new().connect(endpoint(old)),
+            support::sim::raw_connector().connect(endpoint(old)),
         )
         .await;
         assert!(matches!(r, Err(Error::Io(_))), "{r:?}");

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis_layers::sim::{EndpointType, Notification, Simulator, SlotMove};
-use redis_layers::{
-    cmd, Connection, Connector, Endpoint, Error, PushReceiver, RedirectKind, Value,
-};
+use redis_layers::{cmd, Connection, Endpoint, Error, PushReceiver, RedirectKind, Value};
 use support::cluster::RedisCluster;
 
 async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
@@ -38,7 +36,7 @@ async fn connect(a: SocketAddr) -> Connection {
     within(
         STEP,
         "connect",
-        Connector::new().connect(Endpoint::tcp("127.0.0.1", a.port())),
+        support::sim::raw_connector().connect(Endpoint::tcp("127.0.0.1", a.port())),
     )
     .await
     .expect("connect")

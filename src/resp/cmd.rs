@@ -99,6 +99,50 @@ impl Cmd {
             .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
     }
 
+    /// True for commands that block on the server by design: `BLPOP` and
+    /// the other `B*` list and sorted-set pops, `XREAD`/`XREADGROUP` with
+    /// `BLOCK`, `WAIT` and `WAITAOF`.
+    ///
+    /// ```
+    /// use redis_layers::cmd;
+    /// assert!(cmd("blpop").arg("k").arg(0).is_blocking());
+    /// assert!(cmd("XREAD").arg("BLOCK").arg(0).arg("STREAMS").arg("s").arg("$").is_blocking());
+    /// assert!(!cmd("XREAD").arg("STREAMS").arg("s").arg("0").is_blocking());
+    /// assert!(!cmd("GET").arg("k").is_blocking());
+    /// ```
+    pub fn is_blocking(&self) -> bool {
+        const BLOCKING: [&str; 10] = [
+            "BLPOP",
+            "BRPOP",
+            "BRPOPLPUSH",
+            "BLMOVE",
+            "BLMPOP",
+            "BZPOPMIN",
+            "BZPOPMAX",
+            "BZMPOP",
+            "WAIT",
+            "WAITAOF",
+        ];
+        let Some(name) = self.name() else {
+            return false;
+        };
+        // Cheap filter: every blocking name starts with B, W or X.
+        if !matches!(name.first().map(|b| b | 0x20), Some(b'b' | b'w' | b'x')) {
+            return false;
+        }
+        if BLOCKING
+            .iter()
+            .any(|b| name.eq_ignore_ascii_case(b.as_bytes()))
+        {
+            return true;
+        }
+        (name.eq_ignore_ascii_case(b"XREAD") || name.eq_ignore_ascii_case(b"XREADGROUP"))
+            && self
+                .argv()
+                .skip(1)
+                .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+    }
+
     /// Bytes this command takes on the wire.
     pub fn encoded_len(&self) -> usize {
         self.buf.len() + 3 + itoa::Buffer::new().format(self.argc).len()

@@ -12,6 +12,7 @@ use super::driver::{self, Driver, DriverConfig, Message};
 use super::future::ResponseFuture;
 use super::{ConnectionInfo, Endpoint, Protocol};
 use crate::error::{Error, Result};
+use crate::maint::{Maintained, MaintenanceState};
 use crate::request::{Body, Request, Response};
 use crate::resp::{Cmd, Value};
 
@@ -23,6 +24,7 @@ pub(crate) struct Shared {
     pushes: Mutex<Option<PushReceiver>>,
     info: OnceLock<ConnectionInfo>,
     endpoint: Endpoint,
+    pub(crate) maint: Arc<MaintenanceState>,
 }
 
 /// One multiplexed connection to a Redis server: a command service that many
@@ -87,6 +89,7 @@ impl Connection {
         endpoint: Endpoint,
         queue: usize,
         config: DriverConfig,
+        maint: Arc<MaintenanceState>,
     ) -> Connection
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -100,6 +103,7 @@ impl Connection {
             pushes: Mutex::new(Some(PushReceiver { rx: push_rx })),
             info: OnceLock::new(),
             endpoint,
+            maint,
         });
         tokio::spawn(Driver::new(io, rx, push_tx, config, shared.clone()));
         Connection {
@@ -286,6 +290,12 @@ impl Service<Request> for Connection {
                 "Connection::call without a successful poll_ready while the queue is full",
             )),
         }
+    }
+}
+
+impl Maintained for Connection {
+    fn maintenance(&self) -> &Arc<MaintenanceState> {
+        &self.shared.maint
     }
 }
 

@@ -12,7 +12,10 @@ use tower_service::Service;
 use super::driver::DriverConfig;
 use super::{handshake, Connection, Endpoint, Protocol};
 use crate::error::{Error, Result};
+use crate::maint::{MaintenanceConfig, MaintenanceState, Resolved};
 use crate::resp::{Cmd, Limits};
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
 
 /// Makes [`Connection`]s: dials an [`Endpoint`] (TCP or Unix socket) within
 /// a connect timeout and runs the handshake (`HELLO 3` with `AUTH` and
@@ -39,6 +42,9 @@ use crate::resp::{Cmd, Limits};
 #[derive(Clone)]
 pub struct Connector {
     pub(crate) config: Arc<Config>,
+    /// One maintenance state per endpoint, shared by every connection this
+    /// connector (and its clones) makes there.
+    states: Arc<Mutex<HashMap<Endpoint, Weak<MaintenanceState>>>>,
 }
 
 #[derive(Clone)]
@@ -53,6 +59,7 @@ pub(crate) struct Config {
     pub(crate) queue_size: usize,
     pub(crate) max_write_buffer: usize,
     pub(crate) on_connect: Vec<Cmd>,
+    pub(crate) maint: Resolved,
 }
 
 impl Default for Connector {
@@ -69,7 +76,9 @@ impl Default for Connector {
                 queue_size: 1024,
                 max_write_buffer: 64 * 1024,
                 on_connect: Vec::new(),
+                maint: Resolved::default(),
             }),
+            states: Arc::default(),
         }
     }
 }
@@ -196,6 +205,37 @@ impl Connector {
         Ok((connector, endpoint))
     }
 
+    /// Maintenance notifications: the opt-in handshake's mode and endpoint
+    /// type, and the relaxation settings of the endpoints' states
+    /// (default: mode `Auto`). Checked now: an invalid value is an
+    /// [`Error::Config`] naming the field.
+    ///
+    /// ```
+    /// use redis_layers::maint::{MaintenanceConfig, Mode};
+    /// use redis_layers::Connector;
+    ///
+    /// let c = Connector::new().maintenance(MaintenanceConfig::default().mode(Mode::Enabled))?;
+    /// assert!(Connector::new().maintenance(MaintenanceConfig::default().max_handoff_retries(0)).is_err());
+    /// # Ok::<(), redis_layers::Error>(())
+    /// ```
+    pub fn maintenance(mut self, config: MaintenanceConfig) -> Result<Self> {
+        self.config_mut().maint = config.validate()?;
+        Ok(self)
+    }
+
+    /// The maintenance state of `endpoint`, shared by every connection this
+    /// connector makes there (made on first use).
+    pub fn maintenance_state(&self, endpoint: &Endpoint) -> Arc<MaintenanceState> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = states.get(endpoint).and_then(Weak::upgrade) {
+            return s;
+        }
+        states.retain(|_, w| w.strong_count() > 0);
+        let s = Arc::new(MaintenanceState::from_config(&self.config.maint));
+        states.insert(endpoint.clone(), Arc::downgrade(&s));
+        s
+    }
+
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
     }
@@ -274,7 +314,8 @@ impl Connector {
         let config = self.config.clone();
         let timeout = config.connect_timeout;
         let what = endpoint.to_string();
-        match tokio::time::timeout(timeout, connect(config, endpoint)).await {
+        let maint = self.maintenance_state(&endpoint);
+        match tokio::time::timeout(timeout, connect(config, endpoint, maint)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -285,25 +326,30 @@ impl Connector {
     }
 }
 
-async fn connect(config: Arc<Config>, endpoint: Endpoint) -> Result<Connection> {
+async fn connect(
+    config: Arc<Config>,
+    endpoint: Endpoint,
+    maint: Arc<MaintenanceState>,
+) -> Result<Connection> {
     if config.username.is_some() && config.password.is_none() {
         return Err(Error::config("a username needs a password"));
     }
     let driver = DriverConfig {
         limits: config.limits,
         max_write_buffer: config.max_write_buffer,
+        maint_routing: config.maint.mode() != crate::maint::Mode::Disabled,
     };
     let conn = match &endpoint {
         Endpoint::Tcp { host, port } => {
             let stream = TcpStream::connect((host.as_str(), *port)).await?;
             // Batches are coalesced by the driver; Nagle would only add latency.
             stream.set_nodelay(true)?;
-            Connection::spawn(stream, endpoint.clone(), config.queue_size, driver)
+            Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint)
         }
         #[cfg(unix)]
         Endpoint::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path).await?;
-            Connection::spawn(stream, endpoint.clone(), config.queue_size, driver)
+            Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint)
         }
         #[cfg(not(unix))]
         Endpoint::Unix(_) => return Err(Error::config("Unix sockets need a Unix platform")),

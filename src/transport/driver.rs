@@ -59,6 +59,9 @@ pub(crate) struct DriverConfig {
     pub(crate) limits: Limits,
     /// Stop taking requests into the write buffer past this many bytes.
     pub(crate) max_write_buffer: usize,
+    /// Maintenance notifications go to the endpoint's state (mode not
+    /// `Disabled`); otherwise they are pushes like any other.
+    pub(crate) maint_routing: bool,
 }
 
 /// How many replies a command takes, beyond "one ordinary reply".
@@ -425,6 +428,24 @@ where
             v => v,
         };
         if matches!(v, Value::Push(_)) {
+            // Maintenance notifications go to the endpoint's state, never
+            // to the user's push channel nor to a pending request.
+            let parsed = if self.config.maint_routing {
+                crate::maint::Notification::parse(&v)
+            } else {
+                None
+            };
+            match parsed {
+                Some(Ok(n)) => {
+                    self.shared.maint.on_notification(n);
+                    return Ok(());
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(target: "redis_layers::maint", event = "maint.malformed", error = %e, "malformed maintenance notification dropped");
+                    return Ok(());
+                }
+                None => {}
+            }
             self.subscriptions.apply(&v);
             if let Some(front) = self.in_flight.front_mut() {
                 match front.state.offer_push(&v, &self.subscriptions) {

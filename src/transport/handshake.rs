@@ -13,8 +13,9 @@
 //! Steps 2 to 4 go out as one pipeline: one round trip whatever their number.
 
 use super::connector::Config;
-use super::{Connection, ConnectionInfo, Protocol};
+use super::{Connection, ConnectionInfo, Endpoint, MaintSupport, Protocol};
 use crate::error::{Error, Result};
+use crate::maint::Mode;
 use crate::resp::{cmd, Pipeline, Value};
 
 pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<ConnectionInfo> {
@@ -76,7 +77,33 @@ pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<Connection
         pipeline.push(cmd("SELECT").arg(config.database));
     }
 
-    // Step 3, the maintenance opt-in, goes here (RESP3 connections only).
+    // Step 3, the maintenance opt-in (RESP3 connections only: notifications
+    // are push frames).
+    let mode = config.maint.mode();
+    let mut maint_at = None;
+    if resp2 && mode.requires_support() {
+        return Err(Error::config(format!(
+            "maintenance notifications are Enabled, but {} refused HELLO 3 and they need RESP3",
+            conn.endpoint()
+        )));
+    }
+    if !resp2 {
+        let host = match conn.endpoint() {
+            Endpoint::Tcp { host, .. } => host.as_str(),
+            // A local socket: the server is on this machine.
+            Endpoint::Unix(_) => "127.0.0.1",
+        };
+        if let Some(t) = config.maint.endpoint_type_for(host, false).await {
+            maint_at = Some((pipeline.len(), t));
+            pipeline.push(
+                cmd("CLIENT")
+                    .arg("MAINT_NOTIFICATIONS")
+                    .arg("ON")
+                    .arg("moving-endpoint-type")
+                    .arg(t.as_str()),
+            );
+        }
+    }
 
     for c in &config.on_connect {
         pipeline.push(c.clone());
@@ -86,6 +113,30 @@ pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<Connection
     }
     let results = conn.send(pipeline).await?.into_pipeline()?;
     for (i, r) in results.into_iter().enumerate() {
+        if let Some((_, t)) = maint_at.filter(|(at, _)| *at == i) {
+            info.maintenance = match r {
+                Ok(_) => MaintSupport::Enabled(t),
+                Err(e) if mode == Mode::Auto => {
+                    // Expected on servers without the feature: quiet.
+                    tracing::debug!(
+                        target: "redis_layers::handshake",
+                        event = "handshake.maint_unsupported",
+                        endpoint = %conn.endpoint(),
+                        reason = %e,
+                        "server does not send maintenance notifications; carrying on without"
+                    );
+                    MaintSupport::Unsupported(String::from_utf8_lossy(e.as_bytes()).into_owned())
+                }
+                Err(e) => {
+                    return Err(Error::config(format!(
+                        "maintenance notifications are Enabled, but {} refused \
+                         CLIENT MAINT_NOTIFICATIONS ON moving-endpoint-type {t}: {e}",
+                        conn.endpoint()
+                    )))
+                }
+            };
+            continue;
+        }
         if let Err(e) = r {
             if auth_at == Some(i) || e.is_auth_error() {
                 return Err(Error::Auth(e));

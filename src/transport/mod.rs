@@ -53,6 +53,34 @@ pub struct ConnectionInfo {
     pub mode: Option<String>,
     /// `role` from the `HELLO` reply: `master` or `replica`.
     pub role: Option<String>,
+    /// Whether this connection receives maintenance notifications.
+    pub maintenance: MaintSupport,
+}
+
+/// Whether a connection receives maintenance notifications: the observed
+/// support, kept apart from the configured [`Mode`](crate::maint::Mode).
+///
+/// ```
+/// use redis_layers::transport::MaintSupport;
+/// assert!(!MaintSupport::Disabled.is_enabled());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MaintSupport {
+    /// Not asked for (mode `Disabled`, or a RESP2 connection).
+    #[default]
+    Disabled,
+    /// Opted in with this endpoint type.
+    Enabled(crate::maint::ResolvedEndpointType),
+    /// Asked for in mode `Auto`; the server refused (its error text).
+    Unsupported(String),
+}
+
+impl MaintSupport {
+    /// True when notifications are on.
+    pub fn is_enabled(&self) -> bool {
+        matches!(self, MaintSupport::Enabled(_))
+    }
 }
 
 impl Default for ConnectionInfo {
@@ -64,6 +92,7 @@ impl Default for ConnectionInfo {
             client_id: None,
             mode: None,
             role: None,
+            maintenance: MaintSupport::Disabled,
         }
     }
 }

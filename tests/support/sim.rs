@@ -10,8 +10,9 @@
 
 use std::net::SocketAddr;
 
+use redis_layers::maint::{MaintenanceConfig, Mode};
 use redis_layers::sim::Simulator;
-use redis_layers::Endpoint;
+use redis_layers::{Connector, Endpoint};
 
 use super::cluster::RedisCluster;
 use super::RedisServer;
@@ -19,6 +20,15 @@ use super::RedisServer;
 /// A `SocketAddr` as an [`Endpoint`].
 pub fn endpoint(addr: SocketAddr) -> Endpoint {
     Endpoint::tcp(addr.ip().to_string(), addr.port())
+}
+
+/// A connector with maintenance handling off (mode `Disabled`): it never
+/// opts in by itself, and notifications reach the push channel as sent.
+/// For tests that look at the simulator's frames through the bare transport.
+pub fn raw_connector() -> Connector {
+    Connector::new()
+        .maintenance(MaintenanceConfig::default().mode(Mode::Disabled))
+        .expect("a valid config")
 }
 
 /// One real redis-server with the simulator in front of it. Dropping it

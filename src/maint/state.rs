@@ -1,0 +1,278 @@
+//! The maintenance signal seam: one [`MaintenanceState`] per endpoint.
+//!
+//! The transport parses maintenance pushes and hands them to the state of
+//! the endpoint the connection goes to (every connection a
+//! [`Connector`](crate::Connector) makes to the same endpoint shares it).
+//! Layers read it: [`RelaxTimeout`](crate::relax::RelaxTimeout) with one
+//! atomic load per command, the handoff layer by subscribing to events.
+//! Services that carry a state implement [`Maintained`], and layers that need
+//! signals require it, so a stack that cannot deliver them does not compile.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{Dedup, Kind, Notification};
+
+/// What the [hook](MaintenanceState::set_hook) decides for a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handle it as usual (relax, hand off, ...).
+    Default,
+    /// Observe only: skip the default handling. Subscribers still see it.
+    Veto,
+}
+
+/// A maintenance event, as subscribers see it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum MaintEvent {
+    /// A notification arrived (after dedup); `vetoed` when the hook skipped
+    /// its default handling.
+    Notification {
+        /// The notification.
+        notification: Notification,
+        /// The hook vetoed the default handling.
+        vetoed: bool,
+    },
+    /// Timeouts are relaxed now.
+    Relaxed {
+        /// Why: the notification kind, or `"post-handoff"`.
+        reason: &'static str,
+    },
+    /// Timeouts are back to normal.
+    Unrelaxed {
+        /// How: `"notification"`, `"deadline"` or `"backstop"`.
+        by: &'static str,
+    },
+}
+
+type Hook = Arc<dyn Fn(&Notification) -> Verdict + Send + Sync>;
+
+/// The maintenance state of one endpoint: whether timeouts are relaxed, and
+/// a stream of [`MaintEvent`]s.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use redis_layers::maint::MaintenanceState;
+///
+/// let state = Arc::new(MaintenanceState::new(Duration::from_secs(10), Duration::from_secs(30)));
+/// assert_eq!(state.relaxed_timeout(), None);
+/// state.relax_for("post-handoff", Duration::from_secs(20));
+/// assert_eq!(state.relaxed_timeout(), Some(Duration::from_secs(10)));
+/// ```
+pub struct MaintenanceState {
+    base: Instant,
+    /// Milliseconds since `base` until which timeouts are relaxed; 0: not
+    /// relaxed. The one value the hot path reads.
+    relaxed_until: AtomicU64,
+    relaxed_timeout: Duration,
+    window_max: Duration,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<MaintEvent>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Relaxed by a start notification until (backstop), if open.
+    window_until: Option<Instant>,
+    /// Relaxed after a handoff until.
+    post_until: Option<Instant>,
+    dedup: Dedup<()>,
+    hook: Option<Hook>,
+    backstop_generation: u64,
+}
+
+impl fmt::Debug for MaintenanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MaintenanceState")
+            .field("relaxed", &self.relaxed_timeout().is_some())
+            .field("relaxed_timeout", &self.relaxed_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Services that carry the [`MaintenanceState`] of the endpoint they talk to.
+/// Layers that act on maintenance signals require it.
+pub trait Maintained {
+    /// The state.
+    fn maintenance(&self) -> &Arc<MaintenanceState>;
+}
+
+impl MaintenanceState {
+    /// A state whose relaxations use `relaxed_timeout` and end at the latest
+    /// after `window_max` (the backstop) when their end never comes.
+    pub fn new(relaxed_timeout: Duration, window_max: Duration) -> Self {
+        MaintenanceState {
+            base: Instant::now(),
+            relaxed_until: AtomicU64::new(0),
+            relaxed_timeout,
+            window_max,
+            inner: Mutex::new(Inner::default()),
+            events: broadcast::channel(256).0,
+        }
+    }
+
+    /// The relaxed timeout while relaxed, else `None`. One atomic load when
+    /// not relaxed.
+    #[inline]
+    pub fn relaxed_timeout(&self) -> Option<Duration> {
+        let until = self.relaxed_until.load(Ordering::Acquire);
+        if until == 0 || self.now_ms() >= until {
+            return None;
+        }
+        Some(self.relaxed_timeout)
+    }
+
+    /// A state for an endpoint under `config`: its relaxed timeout, backstop
+    /// and dedup memory.
+    pub fn from_config(config: &super::Resolved) -> Self {
+        let state = Self::new(config.relaxed_timeout(), config.relaxed_window_max());
+        state.lock().dedup = Dedup::new(config.dedup_ttl());
+        state
+    }
+
+    /// Subscribes to this endpoint's maintenance events (a lagging
+    /// subscriber loses the oldest, it never blocks the connection).
+    pub fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
+        self.events.subscribe()
+    }
+
+    /// Installs a hook that sees every notification first and may veto its
+    /// default handling.
+    pub fn set_hook(&self, hook: impl Fn(&Notification) -> Verdict + Send + Sync + 'static) {
+        self.lock().hook = Some(Arc::new(hook));
+    }
+
+    /// Relaxes timeouts for `d` (the post-handoff window; the handoff layer
+    /// calls it). Never shortens a relaxation already under way.
+    pub fn relax_for(self: &Arc<Self>, reason: &'static str, d: Duration) {
+        let until = Instant::now() + d;
+        let mut inner = self.lock();
+        inner.post_until = Some(inner.post_until.map_or(until, |u| u.max(until)));
+        self.publish(&inner);
+        drop(inner);
+        self.event(MaintEvent::Relaxed { reason });
+        tracing::debug!(target: "redis_layers::maint", event = "maint.relaxed", reason, for_ms = d.as_millis() as u64, "timeouts relaxed");
+        self.schedule_end(until, "deadline");
+    }
+
+    /// Handles a parsed notification from a connection: dedup (MOVING and
+    /// SMIGRATED by sequence number), the hook, the event, and the default
+    /// relax/unrelax.
+    pub fn on_notification(self: &Arc<Self>, n: Notification) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if matches!(n.kind(), Kind::Moving | Kind::SMigrated)
+            && !inner.dedup.first_time((), n.seq(), now.into_std())
+        {
+            tracing::debug!(target: "redis_layers::maint", event = "maint.duplicate", kind = n.kind().as_str(), seq = n.seq(), "duplicate notification ignored");
+            return;
+        }
+        let hook = inner.hook.clone();
+        drop(inner);
+        let vetoed = hook.is_some_and(|h| h(&n) == Verdict::Veto);
+        tracing::info!(target: "redis_layers::maint", event = "maint.notification", kind = n.kind().as_str(), seq = n.seq(), vetoed, "maintenance notification");
+        let kind = n.kind();
+        self.event(MaintEvent::Notification {
+            notification: n,
+            vetoed,
+        });
+        if vetoed {
+            return;
+        }
+        if kind.is_start() {
+            let until = now + self.window_max;
+            let mut inner = self.lock();
+            inner.window_until = Some(until);
+            inner.backstop_generation += 1;
+            self.publish(&inner);
+            drop(inner);
+            self.event(MaintEvent::Relaxed {
+                reason: kind.as_str(),
+            });
+            tracing::info!(target: "redis_layers::maint", event = "maint.relaxed", reason = kind.as_str(), "timeouts relaxed");
+            self.schedule_end(until, "backstop");
+        } else if kind.is_end() {
+            let mut inner = self.lock();
+            if inner.window_until.take().is_some() {
+                self.publish(&inner);
+                drop(inner);
+                self.unrelaxed("notification");
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.ms(Instant::now())
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        // +1 so that 0 always means "not relaxed".
+        t.saturating_duration_since(self.base).as_millis() as u64 + 1
+    }
+
+    /// Stores the later of the two relaxations for the hot path.
+    fn publish(&self, inner: &Inner) {
+        let now = Instant::now();
+        let until = [inner.window_until, inner.post_until]
+            .into_iter()
+            .flatten()
+            .filter(|u| *u > now)
+            .max();
+        self.relaxed_until
+            .store(until.map_or(0, |u| self.ms(u)), Ordering::Release);
+    }
+
+    /// At `until`, drop whatever relaxation has expired by then and say so.
+    fn schedule_end(self: &Arc<Self>, until: Instant, by: &'static str) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // No runtime: the hot path still stops relaxing at `until`.
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        handle.spawn(async move {
+            tokio::time::sleep_until(until).await;
+            let Some(state) = weak.upgrade() else { return };
+            let now = Instant::now();
+            let mut inner = state.lock();
+            let mut ended = false;
+            if inner.window_until.is_some_and(|u| u <= now) {
+                inner.window_until = None;
+                ended = true;
+            }
+            if inner.post_until.is_some_and(|u| u <= now) {
+                inner.post_until = None;
+                ended = true;
+            }
+            state.publish(&inner);
+            let still = inner.window_until.is_some() || inner.post_until.is_some();
+            drop(inner);
+            if ended && !still {
+                if by == "backstop" {
+                    tracing::warn!(target: "redis_layers::maint", event = "maint.unrelaxed", by, "no end notification came; relaxation ended by the backstop");
+                }
+                state.unrelaxed(by);
+            }
+        });
+    }
+
+    fn unrelaxed(&self, by: &'static str) {
+        tracing::info!(target: "redis_layers::maint", event = "maint.unrelaxed", by, "timeouts back to normal");
+        self.event(MaintEvent::Unrelaxed { by });
+    }
+
+    fn event(&self, e: MaintEvent) {
+        // No subscriber is fine.
+        let _ = self.events.send(e);
+    }
+}
