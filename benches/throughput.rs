@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use redis_layers::relax::RelaxTimeoutLayer;
 use redis_layers::{cmd, Connection, Connector, Pipeline, Request, Response, Value};
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 // ===== allocation counting =====
 
@@ -68,10 +69,19 @@ trait Client: Clone + Send + Sync + 'static {
     fn pipeline(&mut self) -> impl Future<Output = ()> + Send + '_;
 }
 
+/// Our stack: the bare `Connection`, or a layer over it.
 #[derive(Clone)]
-struct Ours(Connection);
+struct Ours<S = Connection>(S);
 
-impl Client for Ours {
+impl<S> Client for Ours<S>
+where
+    S: Service<Request, Response = Response, Error = redis_layers::Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
     async fn get(&mut self) {
         // The tower path, as every layer above the connection uses it.
         let svc = self.0.ready().await.expect("ready");
@@ -222,6 +232,38 @@ fn cpu_ticks() -> u64 {
     field(11) + field(12)
 }
 
+fn ops(v: &[Measured]) -> f64 {
+    median(v.iter().map(|m| m.ops).collect())
+}
+
+fn cpu(v: &[Measured]) -> f64 {
+    median(v.iter().map(|m| m.cpu_us).collect())
+}
+
+/// `rounds` measurements of each client, alternating which goes first.
+fn compare<A: Client, B: Client>(
+    rt: &tokio::runtime::Runtime,
+    a: &A,
+    b: &B,
+    w: Workload,
+    rounds: usize,
+    window: Duration,
+) -> (Vec<Measured>, Vec<Measured>) {
+    let (mut ma, mut mb) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        rt.block_on(async {
+            if r % 2 == 0 {
+                ma.push(measure(a, w, window).await);
+                mb.push(measure(b, w, window).await);
+            } else {
+                mb.push(measure(b, w, window).await);
+                ma.push(measure(a, w, window).await);
+            }
+        });
+    }
+    (ma, mb)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
@@ -315,6 +357,17 @@ fn main() {
         .collect();
     let bench_rps = (!bench_runs.is_empty()).then(|| median(bench_runs));
 
+    // The RelaxTimeout layer's cost: the same connection with and without it.
+    let relaxed = Ours(RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(ours.0.clone()));
+    let (bare, layered) = compare(
+        &rt,
+        &ours,
+        &relaxed,
+        Workload::Get { callers: 64 },
+        rounds,
+        window,
+    );
+
     let workloads = [
         Workload::Get { callers: 1 },
         Workload::Get { callers: 16 },
@@ -323,20 +376,7 @@ fn main() {
     ];
     let mut rows = Vec::new();
     for w in workloads {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for r in 0..rounds {
-            rt.block_on(async {
-                if r % 2 == 0 {
-                    a.push(measure(&ours, w, window).await);
-                    b.push(measure(&theirs, w, window).await);
-                } else {
-                    b.push(measure(&theirs, w, window).await);
-                    a.push(measure(&ours, w, window).await);
-                }
-            });
-        }
-        let ops = |v: &[Measured]| median(v.iter().map(|m| m.ops).collect());
-        let cpu = |v: &[Measured]| median(v.iter().map(|m| m.cpu_us).collect());
+        let (a, b) = compare(&rt, &ours, &theirs, w, rounds, window);
         rows.push((w.name(), ops(&a), ops(&b), cpu(&a), cpu(&b)));
     }
 
@@ -359,6 +399,12 @@ fn main() {
     }
     println!(
         "heap allocations per GET (64 callers): ours {alloc_ours:.2}, redis-rs {alloc_theirs:.2}"
+    );
+    println!(
+        "RelaxTimeout layer, GET with 64 callers: {:.0} ops/s vs bare Connection {:.0}: {:.3} of it",
+        ops(&layered),
+        ops(&bare),
+        ops(&layered) / ops(&bare)
     );
     println!("client CPU per command (this process, us): ours / redis-rs");
     for (name, _, _, ca, cb) in &rows {

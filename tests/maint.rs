@@ -449,4 +449,53 @@ async fn backstop_longer_timeouts_and_blocking_commands() {
     .await
 }
 
+/// Spec 3: a relaxation that starts while a request is in flight extends
+/// that request too (it left with the 200 ms default; its reply takes
+/// 600 ms; MIGRATING arrives meanwhile): it completes, no timeout.
+#[tokio::test]
+async fn relaxation_extends_requests_in_flight() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let conn = connect(
+            &relaxing(Duration::from_secs(2), Duration::from_secs(6)),
+            &env,
+        )
+        .await;
+        let mut events = conn.maintenance().subscribe();
+        env.sim
+            .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
+            .await;
+        let svc = RelaxTimeoutLayer::new(Duration::from_millis(200)).layer(conn.clone());
+        env.sim.set_delay(Target::All, Duration::from_millis(600));
+        let in_flight = tokio::spawn({
+            let mut s = svc.clone();
+            async move { timed(&mut s, cmd("PING").into()).await }
+        });
+        // While it waits for its reply (the delay holds it), relax.
+        tokio::task::yield_now().await;
+        env.sim.notify(
+            Target::All,
+            &Notification::Migrating {
+                seq: env.sim.next_seq(),
+                time: 0,
+                shard_ids: None,
+            },
+        );
+        loop {
+            if let MaintEvent::Relaxed { .. } =
+                within(STEP, "relaxed", events.recv()).await.unwrap()
+            {
+                break;
+            }
+        }
+        let (r, took) = within(STEP, "in flight", in_flight).await.unwrap();
+        assert!(
+            r.is_ok(),
+            "extended by the relaxation: {r:?} after {took:?}"
+        );
+        assert!(took >= Duration::from_millis(550), "{took:?}");
+    })
+    .await
+}
+
 use tracing_subscriber::layer::SubscriberExt;

@@ -27,7 +27,9 @@
 
 mod future;
 mod layer;
+mod timer;
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,17 +43,30 @@ use crate::{CommandTimeout, Error, Request, Response};
 
 /// A command service with per-command timeouts relaxed during maintenance;
 /// see the [module docs](self).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RelaxTimeout<S> {
     inner: S,
-    default: Option<Duration>,
+    /// The default timeout's shared deadline queue.
+    deadlines: Option<Arc<timer::Deadlines>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for RelaxTimeout<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelaxTimeout")
+            .field("inner", &self.inner)
+            .field("default", &self.deadlines.as_ref().map(|d| d.timeout()))
+            .finish()
+    }
 }
 
 impl<S> RelaxTimeout<S> {
     /// Wraps `inner`; requests without their own timeout get `default`
     /// (`None`: no timeout unless a request asks for one).
     pub fn new(inner: S, default: Option<Duration>) -> Self {
-        RelaxTimeout { inner, default }
+        RelaxTimeout {
+            inner,
+            deadlines: default.map(timer::Deadlines::new),
+        }
     }
 
     /// The wrapped service.
@@ -84,13 +99,32 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let configured = match req.timeout() {
+        let own = match req.timeout() {
             CommandTimeout::After(d) => Some(d),
-            CommandTimeout::Never => None,
-            CommandTimeout::Default if req.is_blocking() => None,
-            CommandTimeout::Default => self.default,
+            CommandTimeout::Never => return ResponseFuture::unbounded(self.inner.call(req)),
+            CommandTimeout::Default if req.is_blocking() => {
+                return ResponseFuture::unbounded(self.inner.call(req))
+            }
+            CommandTimeout::Default => None,
         };
-        let state = configured.map(|_| self.inner.maintenance().clone());
-        ResponseFuture::new(self.inner.call(req), configured, state)
+        let start = tokio::time::Instant::now();
+        let state = self.inner.maintenance();
+        match (own, &self.deadlines) {
+            // The common case: the default timeout, not relaxed.
+            (None, Some(d)) if state.relaxed_timeout().is_none() => {
+                let slot = d.push(state, start);
+                let configured = d.timeout();
+                ResponseFuture::queued(self.inner.call(req), slot, start, configured)
+            }
+            (None, Some(d)) => {
+                let (configured, state) = (d.timeout(), state.clone());
+                ResponseFuture::timed(self.inner.call(req), start, configured, state)
+            }
+            (Some(t), _) => {
+                let state = state.clone();
+                ResponseFuture::timed(self.inner.call(req), start, t, state)
+            }
+            (None, None) => ResponseFuture::unbounded(self.inner.call(req)),
+        }
     }
 }
