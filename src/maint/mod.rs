@@ -25,4 +25,4 @@ pub use config::{
 pub use notification::{
     Dedup, Kind, MovingEndpoint, Notification, ParseError, SlotMove, SlotSet, SLOT_COUNT,
 };
-pub use state::{MaintEvent, Maintained, MaintenanceState, Verdict};
+pub use state::{MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED};

@@ -53,6 +53,12 @@ pub enum MaintEvent {
 
 type Hook = Arc<dyn Fn(&Notification) -> Verdict + Send + Sync>;
 
+/// Counter (feature `metrics`): maintenance notifications received, by
+/// `kind` (after dedup).
+pub const NOTIFICATIONS: &str = "redis.client.maintenance.notifications";
+/// Counter (feature `metrics`): relaxations started, by `reason`.
+pub const RELAXED: &str = "redis.client.connection.relaxed_timeout";
+
 /// The maintenance state of one endpoint: whether timeouts are relaxed, and
 /// a stream of [`MaintEvent`]s.
 ///
@@ -157,7 +163,7 @@ impl MaintenanceState {
         inner.post_until = Some(inner.post_until.map_or(until, |u| u.max(until)));
         self.publish(&inner);
         drop(inner);
-        self.event(MaintEvent::Relaxed { reason });
+        self.relaxed(reason);
         tracing::debug!(target: "redis_layers::maint", event = "maint.relaxed", reason, for_ms = d.as_millis() as u64, "timeouts relaxed");
         self.schedule_end(until, "deadline");
     }
@@ -178,6 +184,8 @@ impl MaintenanceState {
         drop(inner);
         let vetoed = hook.is_some_and(|h| h(&n) == Verdict::Veto);
         tracing::info!(target: "redis_layers::maint", event = "maint.notification", kind = n.kind().as_str(), seq = n.seq(), vetoed, "maintenance notification");
+        #[cfg(feature = "metrics")]
+        metrics::counter!(NOTIFICATIONS, "kind" => n.kind().as_str()).increment(1);
         let kind = n.kind();
         self.event(MaintEvent::Notification {
             notification: n,
@@ -193,9 +201,7 @@ impl MaintenanceState {
             inner.backstop_generation += 1;
             self.publish(&inner);
             drop(inner);
-            self.event(MaintEvent::Relaxed {
-                reason: kind.as_str(),
-            });
+            self.relaxed(kind.as_str());
             tracing::info!(target: "redis_layers::maint", event = "maint.relaxed", reason = kind.as_str(), "timeouts relaxed");
             self.schedule_end(until, "backstop");
         } else if kind.is_end() {
@@ -264,6 +270,12 @@ impl MaintenanceState {
                 state.unrelaxed(by);
             }
         });
+    }
+
+    fn relaxed(&self, reason: &'static str) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(RELAXED, "reason" => reason).increment(1);
+        self.event(MaintEvent::Relaxed { reason });
     }
 
     fn unrelaxed(&self, by: &'static str) {

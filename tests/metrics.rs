@@ -1,0 +1,91 @@
+//! Spec 5: counters behind the `metrics` feature, with the spec's names.
+#![cfg(all(feature = "sim", feature = "metrics"))]
+
+mod support;
+
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use redis_layers::maint::{
+    MaintEvent, Maintained, MaintenanceConfig, Mode, NOTIFICATIONS, RELAXED,
+};
+use redis_layers::sim::{Notification, Target};
+use redis_layers::Connector;
+use support::sim::SimStandalone;
+
+/// A MIGRATING notification counts once under
+/// `redis.client.maintenance.notifications{kind=MIGRATING}` and starts one
+/// relaxation under `redis.client.connection.relaxed_timeout`.
+#[test]
+fn notifications_and_relaxations_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                let env = SimStandalone::start().await;
+                let conn = Connector::new()
+                    .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
+                    .unwrap()
+                    .connect(env.endpoint())
+                    .await
+                    .unwrap();
+                let mut events = conn.maintenance().subscribe();
+                env.sim
+                    .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
+                    .await;
+                let n = Notification::Migrating {
+                    seq: env.sim.next_seq(),
+                    time: 1,
+                    shard_ids: None,
+                };
+                env.sim.notify(Target::All, &n);
+                loop {
+                    if let MaintEvent::Relaxed { .. } = events.recv().await.unwrap() {
+                        break;
+                    }
+                }
+            })
+            .await
+            .expect("bounded");
+        });
+    });
+    let counters: Vec<(String, Vec<(String, String)>, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(c) => {
+                let k = key.key();
+                let labels = k
+                    .labels()
+                    .map(|l| (l.key().to_string(), l.value().to_string()))
+                    .collect();
+                Some((k.name().to_string(), labels, c))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        counters.contains(&(
+            NOTIFICATIONS.into(),
+            vec![("kind".into(), "MIGRATING".into())],
+            1
+        )),
+        "{counters:?}"
+    );
+    assert!(
+        counters.contains(&(
+            RELAXED.into(),
+            vec![("reason".into(), "MIGRATING".into())],
+            1
+        )),
+        "{counters:?}"
+    );
+    assert_eq!(NOTIFICATIONS, "redis.client.maintenance.notifications");
+    assert_eq!(RELAXED, "redis.client.connection.relaxed_timeout");
+}
