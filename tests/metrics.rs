@@ -54,7 +54,8 @@ fn notifications_and_relaxations_are_counted() {
             .expect("bounded");
         });
     });
-    let counters: Vec<(String, Vec<(String, String)>, u64)> = snapshotter
+    type Counter = (String, Vec<(String, String)>, u64);
+    let counters: Vec<Counter> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
