@@ -690,3 +690,162 @@ async fn migrate_and_failover_windows() {
     })
     .await
 }
+
+/// `open_endpoint_at` binds the address asked for (another loopback IP,
+/// a chosen port) to the same server; `endpoints_info` / `is_open` tell open
+/// endpoints from closed ones.
+#[tokio::test]
+async fn endpoint_at_a_chosen_address() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let first = sim.endpoint();
+        let port = support::free_port();
+        let at = SocketAddr::from(([127, 0, 0, 2], port));
+        assert_eq!(sim.open_endpoint_at(at).await.unwrap(), at);
+        // Taken now.
+        assert!(sim.open_endpoint_at(at).await.is_err());
+        let a = connect(first, "a").await;
+        assert_eq!(send(&a, cmd("SET").arg("k").arg("there")).await, ok());
+        let b = connect(at, "b").await;
+        assert_eq!(send(&b, cmd("GET").arg("k")).await, bulk("there"));
+        let info = sim.endpoints_info();
+        assert_eq!(info.len(), 2);
+        assert_eq!(info[1].addr, at);
+        assert_eq!(info[1].backend, info[0].backend);
+        assert!(info[1].open && info[0].open);
+        assert_eq!((info[0].clients, info[1].clients), (1, 1));
+        assert!(sim.is_open(at));
+        assert_eq!(sim.close_endpoint(at), 1);
+        within(STEP, "closed", b.closed()).await;
+        assert!(!sim.is_open(at));
+        assert!(!sim.endpoints_info()[1].open);
+        assert!(!sim.is_open("127.0.0.1:1".parse().unwrap()));
+    })
+    .await
+}
+
+/// `start_moving` returns at once with the seq and the target (here an
+/// address that was no endpoint, on another loopback IP, opened by the
+/// move) before the deadline; `finished()` returns after it. Bad moves fail
+/// at once. `start_migrate` likewise returns with the opening seq.
+#[tokio::test]
+async fn scenario_starters_return_at_once() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let old = sim.endpoint();
+        let (c, mut pushes, _) = opted_in(&sim, old, "c", EndpointType::InternalIp).await;
+        let (_f, mut fqdn_pushes, _) = opted_in(&sim, old, "f", EndpointType::InternalFqdn).await;
+        assert_eq!(send(&c, cmd("SET").arg("k").arg("v")).await, ok());
+
+        // A window: the handle has the opening seq before the window ends.
+        let t = Instant::now();
+        let w = sim.start_migrate(Window::new(Duration::from_millis(300)));
+        assert!(t.elapsed() < Duration::from_millis(100));
+        assert_eq!((w.endpoint, w.notified), (old, 2));
+        assert_eq!(
+            next_push(&mut pushes, "MIGRATING").await,
+            Notification::Migrating {
+                seq: w.start,
+                time: 0,
+                shard_ids: Some("1".into())
+            }
+            .to_value()
+        );
+        next_push(&mut fqdn_pushes, "MIGRATING fqdn").await;
+        let start = w.start;
+        let seqs = within(STEP, "window", w.finished()).await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert_eq!(seqs.start, start);
+        assert_eq!(
+            next_push(&mut pushes, "MIGRATED").await,
+            Notification::Migrated {
+                seq: seqs.end,
+                shard_ids: Some("1".into())
+            }
+            .to_value()
+        );
+        next_push(&mut fqdn_pushes, "MIGRATED fqdn").await;
+
+        // Bad moves fail at once.
+        let mut m = Moving::new(Duration::from_secs(1));
+        m.to = Some(old);
+        assert!(sim.start_moving(m).is_err(), "to itself");
+        let mut m = Moving::new(Duration::from_secs(1));
+        m.from = Some("127.0.0.1:1".parse().unwrap());
+        assert!(sim.start_moving(m).is_err(), "no such endpoint");
+
+        // A move to an address that is no endpoint yet: opened by the move.
+        let port = support::free_port();
+        let at = SocketAddr::from(([127, 0, 0, 3], port));
+        let mut m = Moving::new(Duration::from_secs(1));
+        m.to = Some(at);
+        let t = Instant::now();
+        let h = sim.start_moving(m).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(100));
+        assert_eq!((h.from, h.to, h.notified), (old, at, 2));
+        assert!(h.deadline > tokio::time::Instant::now());
+        assert!(sim.is_open(at) && sim.is_open(old));
+        let seq = h.seq;
+        assert_eq!(
+            next_push(&mut pushes, "MOVING").await,
+            Notification::Moving {
+                seq,
+                time: 1,
+                endpoint: Some(at.to_string())
+            }
+            .to_value()
+        );
+        // An fqdn client is given the IP: the host name stands for 127.0.0.1.
+        assert_eq!(
+            next_push(&mut fqdn_pushes, "MOVING fqdn").await,
+            Notification::Moving {
+                seq,
+                time: 1,
+                endpoint: Some(at.to_string())
+            }
+            .to_value()
+        );
+        let there = connect(at, "there").await;
+        assert_eq!(send(&there, cmd("GET").arg("k")).await, bulk("v"));
+        let moved = within(STEP, "finished", h.finished()).await.unwrap();
+        assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!((moved.seq, moved.from, moved.to), (seq, old, at));
+        assert_eq!((moved.notified, moved.closed), (2, 2));
+        assert!(!sim.is_open(old));
+        assert!(sim.is_open(at));
+        // A closed endpoint cannot move again.
+        let mut m = Moving::new(Duration::from_secs(1));
+        m.from = Some(old);
+        assert!(sim.start_moving(m).is_err(), "closed");
+    })
+    .await
+}
+
+/// A weak handle does not keep the simulator running: once the last
+/// `Simulator` is dropped, it stops and `upgrade` gives `None`.
+#[tokio::test]
+async fn weak_handle() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let ep = sim.endpoint();
+        let weak = sim.downgrade();
+        let again = weak.upgrade().expect("running");
+        assert_eq!(again.endpoint(), ep);
+        drop(again);
+        let c = connect(ep, "c").await;
+        drop(sim);
+        assert!(weak.upgrade().is_none());
+        within(STEP, "closed", c.closed()).await;
+        // The listener goes away with its task.
+        let mut refused = false;
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(ep).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "still listening");
+    })
+    .await
+}

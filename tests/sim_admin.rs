@@ -21,6 +21,7 @@ use bytes::Bytes;
 use redis_layers::sim::admin::Admin;
 use redis_layers::sim::{EndpointType, Notification, Simulator, SlotMove};
 use redis_layers::{cmd, Cmd, Connection, Connector, Endpoint, Error, Protocol, Value};
+use support::cluster::RedisCluster;
 use support::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -601,15 +602,22 @@ async fn moving_replies_at_once_and_plays_out() {
 }
 
 /// `SAME-PORT` and `TO` an address that is not an endpoint yet open an
-/// endpoint there (a relay): clients reach the same data through it,
-/// `SIM.CLIENTS` shows the relay address and the client's own address, and
-/// delays, closes and `CLOSE-ENDPOINT` work on it as on any endpoint.
+/// endpoint there (a simulator endpoint, no relay): clients reach the same
+/// data through it, `SIM.CLIENTS` shows that endpoint and the client's own
+/// address, an `*-fqdn` client is told the new endpoint's IP (the host name
+/// stands for the old one), and delays, closes and `CLOSE-ENDPOINT` work on
+/// it as on any endpoint.
 #[tokio::test]
 async fn moving_to_a_chosen_address() {
     bounded(30, async {
         let r = rig().await;
         let first = r.sim.endpoint();
         let (mut c, _) = opted_in(&r.sim, first, "a").await;
+        let mut f = Raw::connect(first, "fqdn").await;
+        assert_eq!(
+            f.request(&opt_in(EndpointType::ExternalFqdn)).await,
+            b"+OK\r\n"
+        );
         c.request(&cmd("SET").arg("k").arg("same")).await;
         let (seq, to) = seq_and_addr(&r.run(&["SIM.MOVING", "5", "SAME-PORT"]).await);
         assert_eq!(to.port(), first.port());
@@ -617,6 +625,15 @@ async fn moving_to_a_chosen_address() {
         assert!(to.ip().is_loopback());
         assert_eq!(
             c.push().await,
+            Notification::Moving {
+                seq,
+                time: 5,
+                endpoint: Some(to.to_string())
+            }
+            .to_bytes()
+        );
+        assert_eq!(
+            f.push().await,
             Notification::Moving {
                 seq,
                 time: 5,
@@ -643,10 +660,13 @@ async fn moving_to_a_chosen_address() {
             .iter()
             .find(|e| text(field(e, "endpoint")) == to.to_string())
             .unwrap();
-        assert!(field(ep, "via").as_bytes().is_some(), "{ep:?}");
+        assert_eq!(
+            text(field(ep, "backend")),
+            r.sim.backend_of(first).unwrap().to_string()
+        );
         assert_eq!(field(ep, "current"), &Value::Boolean(true));
 
-        // Injection and delays reach relayed connections.
+        // Injection and delays reach connections there.
         r.run(&["SIM.INJECT", "CLIENT", &id, "+RELAYED\\r\\n"])
             .await;
         assert_eq!(raw.frame().await, b"+RELAYED\r\n");
@@ -666,15 +686,15 @@ async fn moving_to_a_chosen_address() {
         let mut c3 = Raw::connect(to3, "c3").await;
         assert_eq!(c3.request(&cmd("GET").arg("k")).await, b"$4\r\nsame\r\n");
 
-        // CLOSE-ENDPOINT on a relay: its connections close, it stops listening.
+        // CLOSE-ENDPOINT there: its connections close, it stops listening.
         assert_eq!(
             int(&r.run(&["SIM.CLOSE-ENDPOINT", &to3.to_string()]).await),
             1
         );
         c3.closed().await;
         let refused = within(STEP, "refused", tokio::net::TcpStream::connect(to3)).await;
-        assert!(refused.is_err(), "relay still listening");
-        // SIM.CLOSE on a relayed connection closes the client's socket.
+        assert!(refused.is_err(), "still listening");
+        // SIM.CLOSE on a connection there closes the client's socket.
         assert_eq!(int(&r.run(&["SIM.CLOSE", "CLIENT", &id]).await), 1);
         raw.closed().await;
     })
@@ -1299,7 +1319,11 @@ async fn binary_arguments() {
             (&["--listen"], "--listen needs a value"),
             (&["--listen", "somewhere"], "not an IP:PORT"),
             (&["--backend", "6379"], "not HOST:PORT"),
-            (&["--cluster-seed", "127.0.0.1:7000"], "not supported yet"),
+            (&["--cluster-seed", "7000"], "not HOST:PORT"),
+            (
+                &["--backend", "127.0.0.1:1", "--cluster-seed", "127.0.0.1:2"],
+                "exclude each other",
+            ),
         ] {
             let (code, _, err) = run(args).await;
             assert_eq!(code, Some(2), "{args:?}: {err}");
@@ -1310,6 +1334,327 @@ async fn binary_arguments() {
         let (code, _, err) = run(&["--listen", &taken, "--admin", "127.0.0.1:0"]).await;
         assert_eq!(code, Some(1), "{err}");
         assert!(err.contains("--listen"), "{err}");
+        // A seed that is not a cluster node (nothing listens there).
+        let free = support::free_port().to_string();
+        let (code, _, err) = run(&["--cluster-seed", &format!("127.0.0.1:{free}")]).await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("--cluster-seed"), "{err}");
+    })
+    .await
+}
+
+// ===== cluster =====
+
+/// A slot and a key in it, on primary `p` of `cluster`.
+fn slot_and_key(cluster: &RedisCluster, p: usize, offset: u16) -> (u16, String) {
+    let slot = *cluster.initial_range(p).start() + offset;
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| cluster.slot_of(k) == slot)
+        .unwrap();
+    (slot, key)
+}
+
+/// The seq of a push frame (`>n\r\n$len\r\nNAME\r\n:seq...`), decoded.
+fn push_seq(f: &[u8]) -> i64 {
+    let v = redis_layers::resp::Decoder::new()
+        .decode(&mut bytes::BytesMut::from(f))
+        .unwrap()
+        .unwrap();
+    let Value::Push(items) = v else {
+        panic!("{v:?}")
+    };
+    items[1].as_int().unwrap()
+}
+
+/// `SIM.SLOT-MIGRATE` in front of a real cluster: the reply comes at once
+/// with the `SMIGRATING` seq; an opted-in raw client on the source endpoint
+/// gets `SMIGRATING` and then `SMIGRATED` (exact frames, endpoint addresses);
+/// afterwards the destination node serves the slot and the key reads there.
+/// Slot lists (`a-b,c`) and bad input.
+#[tokio::test]
+async fn slot_migrate_through_the_admin_port() {
+    bounded(90, async {
+        let cluster = RedisCluster::start();
+        let ports = cluster.ports();
+        let node = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        let sim = Simulator::builder(node(0)).start_cluster().await.unwrap();
+        let admin_srv = Admin::bind(sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let ctl = connect(admin_srv.local_addr(), "ctl").await;
+        let eps: Vec<SocketAddr> = (0..3).map(|i| sim.endpoint_for(node(i)).unwrap()).collect();
+        let (src, dst) = (eps[0].to_string(), eps[1].to_string());
+
+        let (slot, key) = slot_and_key(&cluster, 0, 3);
+        let mut w = Raw::connect(eps[0], "writer").await;
+        assert_eq!(w.request(&cmd("SET").arg(&key).arg("v")).await, b"+OK\r\n");
+        let (mut c, _) = opted_in(&sim, eps[0], "watcher").await;
+        let (mut other, _) = opted_in(&sim, eps[1], "other").await;
+
+        for (args, says) in [
+            (
+                vec!["SIM.SLOT-MIGRATE", "16384", &src, &dst],
+                "invalid slots",
+            ),
+            (vec!["SIM.SLOT-MIGRATE", "9-3", &src, &dst], "invalid slots"),
+            (vec!["SIM.SLOT-MIGRATE", "1,x", &src, &dst], "invalid slots"),
+            (vec!["SIM.SLOT-MIGRATE", "1", &src, &src], "same"),
+            (
+                vec!["SIM.SLOT-MIGRATE", "1", &src, "127.0.0.1:1"],
+                "no such endpoint",
+            ),
+            (vec!["SIM.SLOT-MIGRATE", "1", &src], "wrong number"),
+        ] {
+            let e = admin_err(&ctl, &args).await;
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+
+        let t = Instant::now();
+        let reply = admin(&ctl, &["sim.slot-migrate", &slot.to_string(), &src, &dst]).await;
+        assert!(t.elapsed() < Duration::from_millis(500), "reply waited");
+        let Value::Array(items) = &reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(items.len(), 1, "{reply:?}");
+        let seq = int(&items[0]);
+        assert_eq!(
+            c.push().await,
+            Notification::SMigrating {
+                seq,
+                slots: vec![slot.to_string()]
+            }
+            .to_bytes()
+        );
+        let done = c.push().await;
+        let end = push_seq(&done);
+        assert!(end > seq);
+        assert_eq!(
+            done,
+            Notification::SMigrated {
+                seq: end,
+                moves: vec![SlotMove {
+                    src: src.clone(),
+                    dst: dst.clone(),
+                    slots: slot.to_string()
+                }],
+            }
+            .to_bytes()
+        );
+        other
+            .assert_no_push("the destination's clients are not told")
+            .await;
+        cluster.wait_consistent();
+        assert_eq!(cluster.node_for_slot(slot), 1);
+        let mut r = Raw::connect(eps[1], "reader").await;
+        assert_eq!(r.request(&cmd("GET").arg(&key)).await, b"$1\r\nv\r\n");
+
+        // A slot list, from node 0 to node 2.
+        let base = slot + 10;
+        let list = format!("{}-{},{}", base, base + 1, base + 5);
+        let reply = admin(
+            &ctl,
+            &["SIM.SLOT-MIGRATE", &list, &src, &eps[2].to_string()],
+        )
+        .await;
+        let Value::Array(items) = &reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            c.push().await,
+            Notification::SMigrating {
+                seq: int(&items[0]),
+                slots: vec![list.clone()]
+            }
+            .to_bytes()
+        );
+        let done = c.push().await;
+        assert_eq!(
+            done,
+            Notification::SMigrated {
+                seq: push_seq(&done),
+                moves: vec![SlotMove {
+                    src: src.clone(),
+                    dst: eps[2].to_string(),
+                    slots: list
+                }],
+            }
+            .to_bytes()
+        );
+        cluster.wait_consistent();
+        for s in [base, base + 1, base + 5] {
+            assert_eq!(cluster.node_for_slot(s), 2, "slot {s}");
+        }
+        assert_eq!(cluster.node_for_slot(base + 2), 0);
+    })
+    .await
+}
+
+/// `redis-maint-sim --cluster-seed`: one `node <server> -> <endpoint>` line
+/// per node, data through each endpoint, `SIM.SLOT-MIGRATE` from redis-cli
+/// with the frames on an opted-in client; SIGTERM stops it.
+#[tokio::test]
+async fn binary_cluster_mode() {
+    bounded(90, async {
+        let cluster = RedisCluster::start();
+        let ports = cluster.ports();
+        let mut child = Command::new(sim_bin())
+            .args(["--cluster-seed", &format!("localhost:{}", ports[0])])
+            .args(["--listen", "127.0.0.1:0", "--admin=127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn redis-maint-sim");
+        let stdout = child.stdout.take().unwrap();
+        let mut proc = SimProcess(child);
+        let lines = within(
+            STEP,
+            "startup lines",
+            tokio::task::spawn_blocking(move || {
+                use std::io::BufRead;
+                let mut lines = Vec::new();
+                let mut rd = std::io::BufReader::new(stdout);
+                loop {
+                    let mut l = String::new();
+                    if rd.read_line(&mut l).unwrap() == 0 {
+                        break;
+                    }
+                    let l = l.trim().to_string();
+                    let last = l.starts_with("cluster-seed ");
+                    lines.push(l);
+                    if last {
+                        break;
+                    }
+                }
+                lines
+            }),
+        )
+        .await
+        .unwrap();
+        // node <server> -> <endpoint>, in any order.
+        let nodes: Vec<(SocketAddr, SocketAddr)> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("node "))
+            .map(|l| {
+                let (s, e) = l.split_once(" -> ").unwrap();
+                (s.parse().unwrap(), e.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(nodes.len(), ports.len(), "{lines:?}");
+        let ep = |port: u16| -> SocketAddr {
+            nodes
+                .iter()
+                .find(|(s, _)| s.port() == port)
+                .unwrap_or_else(|| panic!("no node line for {port}: {lines:?}"))
+                .1
+        };
+        let admin_addr: SocketAddr = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("admin "))
+            .unwrap_or_else(|| panic!("no admin line: {lines:?}"))
+            .parse()
+            .unwrap();
+        for p in &ports {
+            let (ok_, out) = redis_cli(ep(*p).port(), &["PING"]).await;
+            assert!(ok_ && out == "PONG", "{out}");
+        }
+
+        let (slot, key) = slot_and_key(&cluster, 0, 5);
+        let (src, dst) = (ep(ports[0]), ep(ports[1]));
+        let (_, out) = redis_cli(src.port(), &["SET", &key, "bin"]).await;
+        assert_eq!(out, "OK");
+        let mut c = Raw::connect(src, "bin-watcher").await;
+        assert_eq!(
+            c.request(&opt_in(EndpointType::InternalIp)).await,
+            b"+OK\r\n"
+        );
+        let (ok_, out) = redis_cli(
+            admin_addr.port(),
+            &[
+                "SIM.SLOT-MIGRATE",
+                &slot.to_string(),
+                &src.to_string(),
+                &dst.to_string(),
+            ],
+        )
+        .await;
+        assert!(ok_, "{out}");
+        let seq: i64 = out.parse().unwrap_or_else(|_| panic!("{out}"));
+        assert_eq!(
+            c.push().await,
+            Notification::SMigrating {
+                seq,
+                slots: vec![slot.to_string()]
+            }
+            .to_bytes()
+        );
+        let done = c.push().await;
+        assert_eq!(
+            done,
+            Notification::SMigrated {
+                seq: push_seq(&done),
+                moves: vec![SlotMove {
+                    src: src.to_string(),
+                    dst: dst.to_string(),
+                    slots: slot.to_string()
+                }],
+            }
+            .to_bytes()
+        );
+        cluster.wait_consistent();
+        assert_eq!(cluster.node_for_slot(slot), 1);
+        let (_, out) = redis_cli(dst.port(), &["GET", &key]).await;
+        assert_eq!(out, "bin");
+
+        let pid = proc.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = within(STEP, "exit", async {
+            loop {
+                if let Some(s) = proc.0.try_wait().unwrap() {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(status.success(), "{status:?}");
+    })
+    .await
+}
+
+/// `Admin::bind_weak` does not keep the simulator running: dropping the
+/// last `Simulator` stops it, and the admin port closes with it.
+#[tokio::test]
+async fn weak_admin_stops_with_the_simulator() {
+    bounded(30, async {
+        let server = RedisServer::start();
+        let backend: SocketAddr = format!("127.0.0.1:{}", server.port()).parse().unwrap();
+        let sim = Simulator::start(backend).await.expect("simulator");
+        let admin_srv = Admin::bind_weak(&sim, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let ctl = connect(admin_srv.local_addr(), "ctl").await;
+        assert!(int(&admin(&ctl, &["SIM.SEQ"]).await) > 0);
+        drop(sim);
+        within(STEP, "admin connection closed", ctl.closed()).await;
+        let mut refused = false;
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(admin_srv.local_addr())
+                .await
+                .is_err()
+            {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "admin still listening");
     })
     .await
 }

@@ -8,6 +8,9 @@
 //! redis-maint-sim --backend 127.0.0.1:6379 --listen 127.0.0.1:16379 --admin 127.0.0.1:16380
 //! redis-cli -p 16380 SIM.MOVING 15
 //! ```
+//!
+//! With `--cluster-seed HOST:PORT` instead of `--backend` it fronts the
+//! whole Redis Cluster that node belongs to: one endpoint per node.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -30,23 +33,32 @@ OPTIONS:
                               on loopback)               [default: 127.0.0.1:16380]
     --fqdn-host NAME          host name MOVING gives to clients that asked for
                               an *-fqdn endpoint type    [default: localhost]
-    --cluster-seed HOST:PORT  a cluster to front (not supported yet)
+    --cluster-seed HOST:PORT  front the Redis Cluster this node belongs to
+                              instead of one server: one endpoint per node, on
+                              free ports of the --listen IP (its port is
+                              ignored); SIM.SLOT-MIGRATE moves slots
     -h, --help                this text
     -V, --version             the version
 
 Port 0 picks a free port; the addresses in use are printed on startup as
-`listen IP:PORT` and `admin IP:PORT` lines on stdout. Logs go to stderr
+`listen IP:PORT` and `admin IP:PORT` lines on stdout (with --cluster-seed:
+one `node SERVER -> ENDPOINT` line per node, then `admin IP:PORT`). Logs go to stderr
 (RUST_LOG sets the filter; default info). Ctrl-C or SIGTERM stops it.
 
 EXAMPLE:
     redis-maint-sim --backend 127.0.0.1:6379 --listen 127.0.0.1:16379 --admin 127.0.0.1:16380
     redis-cli -p 16380 HELP
     redis-cli -p 16380 SIM.MOVING 15
+    redis-maint-sim --cluster-seed 127.0.0.1:7000 --listen 127.0.0.1:0 --admin 127.0.0.1:16380
+    redis-cli -p 16380 SIM.SLOT-MIGRATE 0-99 127.0.0.1:41001 127.0.0.1:41002
 ";
 
 #[derive(Debug)]
 struct Options {
     backend: String,
+    /// Set when `--backend` was given (it excludes `--cluster-seed`).
+    backend_given: bool,
+    cluster_seed: Option<String>,
     listen: SocketAddr,
     admin: SocketAddr,
     fqdn_host: String,
@@ -61,6 +73,8 @@ enum Parsed {
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut o = Options {
         backend: "127.0.0.1:6379".into(),
+        backend_given: false,
+        cluster_seed: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 16379)),
         admin: SocketAddr::from(([127, 0, 0, 1], 16380)),
         fqdn_host: "localhost".into(),
@@ -92,26 +106,29 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 return Ok(Parsed::Exit(ExitCode::SUCCESS));
             }
             "--backend" => {
-                let v = value("--backend")?;
-                match v.rsplit_once(':') {
-                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-                    _ => return Err(format!("--backend: '{v}' is not HOST:PORT")),
-                }
-                o.backend = v;
+                o.backend = host_port("--backend", value("--backend")?)?;
+                o.backend_given = true;
             }
             "--listen" => o.listen = addr("--listen", value("--listen")?)?,
             "--admin" => o.admin = addr("--admin", value("--admin")?)?,
             "--fqdn-host" => o.fqdn_host = value("--fqdn-host")?,
             "--cluster-seed" => {
-                let v = value("--cluster-seed")?;
-                return Err(format!(
-                    "--cluster-seed {v}: cluster mode is not supported yet (front one server with --backend)"
-                ));
+                o.cluster_seed = Some(host_port("--cluster-seed", value("--cluster-seed")?)?);
             }
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
+    if o.backend_given && o.cluster_seed.is_some() {
+        return Err("--backend and --cluster-seed exclude each other".into());
+    }
     Ok(Parsed::Run(o))
+}
+
+fn host_port(name: &str, v: String) -> Result<String, String> {
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(v),
+        _ => Err(format!("{name}: '{v}' is not HOST:PORT")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -148,30 +165,58 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(o: Options) -> Result<(), String> {
-    let backend = tokio::net::lookup_host(&o.backend)
+async fn resolve(name: &str, v: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(v)
         .await
-        .map_err(|e| format!("--backend {}: {e}", o.backend))?
+        .map_err(|e| format!("{name} {v}: {e}"))?
         .next()
-        .ok_or_else(|| format!("--backend {}: no address", o.backend))?;
-    // Not fatal: the backend may come up later; each client connection dials
-    // it anew.
-    if let Err(e) = tokio::net::TcpStream::connect(backend).await {
-        tracing::warn!(%backend, error = %e, "backend not reachable now; clients will be closed until it is");
-    }
-    let sim = Simulator::builder(backend)
-        .listen(o.listen)
-        .fqdn_host(o.fqdn_host)
-        .start()
-        .await
-        .map_err(|e| format!("--listen {}: {e}", o.listen))?;
-    let admin = Admin::bind(sim.clone(), o.admin)
-        .await
-        .map_err(|e| format!("--admin {}: {e}", o.admin))?;
-    println!("listen {}", sim.endpoint());
-    println!("admin {}", admin.local_addr());
-    println!("backend {backend}");
-    tracing::info!(listen = %sim.endpoint(), admin = %admin.local_addr(), %backend, "redis-maint-sim running; Ctrl-C stops it");
+        .ok_or_else(|| format!("{name} {v}: no address"))
+}
+
+async fn run(o: Options) -> Result<(), String> {
+    let (sim, admin) = match &o.cluster_seed {
+        Some(seed) => {
+            let seed_addr = resolve("--cluster-seed", seed).await?;
+            let sim = Simulator::builder(seed_addr)
+                .listen(o.listen)
+                .fqdn_host(o.fqdn_host)
+                .start_cluster()
+                .await
+                .map_err(|e| format!("--cluster-seed {seed}: {e}"))?;
+            let admin = Admin::bind(sim.clone(), o.admin)
+                .await
+                .map_err(|e| format!("--admin {}: {e}", o.admin))?;
+            for e in sim.endpoints_info() {
+                println!("node {} -> {}", e.backend, e.addr);
+            }
+            println!("admin {}", admin.local_addr());
+            println!("cluster-seed {seed_addr}");
+            tracing::info!(endpoints = ?sim.endpoints(), admin = %admin.local_addr(), seed = %seed_addr, "redis-maint-sim running in front of a cluster; Ctrl-C stops it");
+            (sim, admin)
+        }
+        None => {
+            let backend = resolve("--backend", &o.backend).await?;
+            // Not fatal: the backend may come up later; each client
+            // connection dials it anew.
+            if let Err(e) = tokio::net::TcpStream::connect(backend).await {
+                tracing::warn!(%backend, error = %e, "backend not reachable now; clients will be closed until it is");
+            }
+            let sim = Simulator::builder(backend)
+                .listen(o.listen)
+                .fqdn_host(o.fqdn_host)
+                .start()
+                .await
+                .map_err(|e| format!("--listen {}: {e}", o.listen))?;
+            let admin = Admin::bind(sim.clone(), o.admin)
+                .await
+                .map_err(|e| format!("--admin {}: {e}", o.admin))?;
+            println!("listen {}", sim.endpoint());
+            println!("admin {}", admin.local_addr());
+            println!("backend {backend}");
+            tracing::info!(listen = %sim.endpoint(), admin = %admin.local_addr(), %backend, "redis-maint-sim running; Ctrl-C stops it");
+            (sim, admin)
+        }
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
@@ -211,8 +256,13 @@ mod tests {
         assert!(parse(&["--listen", "nowhere"]).is_err());
         assert!(parse(&["--backend", "6379"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
-        assert!(parse(&["--cluster-seed", "127.0.0.1:7000"])
+        let Ok(Parsed::Run(o)) = parse(&["--cluster-seed", "localhost:7000"]) else {
+            panic!()
+        };
+        assert_eq!(o.cluster_seed.as_deref(), Some("localhost:7000"));
+        assert!(parse(&["--cluster-seed", "7000"]).is_err());
+        assert!(parse(&["--backend", "a:1", "--cluster-seed", "b:2"])
             .unwrap_err()
-            .contains("not supported yet"));
+            .contains("exclude"));
     }
 }

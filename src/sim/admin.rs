@@ -25,11 +25,12 @@
 //! that is not an endpoint yet opens one there, and `SAME-PORT` opens one on
 //! the next loopback IP (`127.0.0.2`, ...) with the old endpoint's port.
 //! Clients that keep their port and only take the host from `MOVING`
-//! (redis-py does) need that. The simulator itself opens endpoints on free
-//! `127.0.0.1` ports only, so such an endpoint is a transparent TCP relay in
-//! this module in front of a fresh simulator endpoint; `SIM.CLIENTS` and
-//! `SIM.ENDPOINTS` show the relay's address and the client's own address,
-//! and every command that takes an endpoint accepts it.
+//! (redis-py does) need that. Both are plain simulator endpoints
+//! ([`Simulator::open_endpoint_at`]).
+//!
+//! In front of a Redis Cluster ([`super::Builder::start_cluster`]),
+//! `SIM.SLOT-MIGRATE <slots> <src> <dst>` moves slots for real between the
+//! nodes behind two endpoints, bracketed by `SMIGRATING` / `SMIGRATED`.
 //!
 //! The admin port has no authentication: bind it to loopback.
 //!
@@ -44,14 +45,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -59,8 +56,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientInfo, Simulator};
-use super::{Moved, Moving, Notification, SlotMove, Target, Window, WindowSeqs};
+use super::Simulator;
+use super::{Moving, Notification, SlotMove, Target, Window};
 use crate::resp::{Decoder, Limits, Value};
 
 const LOG: &str = "redis_layers::sim::admin";
@@ -73,11 +70,12 @@ const MAX_DELAY_MS: u64 = 3_600_000;
 const MAX_INLINE: usize = 64 * 1024;
 
 /// A running admin server; see the [module docs](self). It stops (listener
-/// and admin connections closed, scenarios it started cancelled) on
-/// [`Admin::shutdown`] or when dropped.
+/// and admin connections closed) on [`Admin::shutdown`], when dropped, or
+/// when the simulator stops. Scenarios it started run on in the simulator
+/// until they end.
 ///
-/// It holds a [`Simulator`] handle, so the simulator runs at least as long
-/// as the admin does.
+/// [`Admin::bind`] holds a [`Simulator`] handle, so the simulator runs at
+/// least as long as the admin does; [`Admin::bind_weak`] does not.
 #[derive(Debug)]
 pub struct Admin {
     addr: SocketAddr,
@@ -88,10 +86,25 @@ impl Admin {
     /// Binds `addr` (port 0: a free port) and serves `sim` there in the
     /// background.
     pub async fn bind(sim: Simulator, addr: SocketAddr) -> io::Result<Admin> {
+        Self::bind_inner(&sim, Some(sim.clone()), addr).await
+    }
+
+    /// Like [`Admin::bind`], but the admin does not keep the simulator
+    /// running: once every other [`Simulator`] handle is dropped (or on
+    /// [`Simulator::shutdown`]) the simulator stops, and the admin with it.
+    pub async fn bind_weak(sim: &Simulator, addr: SocketAddr) -> io::Result<Admin> {
+        Self::bind_inner(sim, None, addr).await
+    }
+
+    async fn bind_inner(
+        sim: &Simulator,
+        keep: Option<Simulator>,
+        addr: SocketAddr,
+    ) -> io::Result<Admin> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let shared = Shared::new(sim, stop.clone());
+        let shared = Shared::new(sim, keep, stop.clone());
         tokio::spawn(accept_loop(shared, listener));
         tracing::info!(target: LOG, event = "sim.admin.listen", %addr, "admin listening");
         Ok(Admin { addr, stop })
@@ -115,12 +128,12 @@ impl Drop for Admin {
 }
 
 /// Serves the admin protocol for `sim` on `listener` until this future is
-/// dropped (which closes the admin connections and cancels the scenarios it
-/// started). [`Admin::bind`] runs the same in the background.
+/// dropped (which closes the admin connections) or the simulator stops.
+/// [`Admin::bind`] runs the same in the background.
 pub async fn serve(sim: Simulator, listener: TcpListener) {
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
-    accept_loop(Shared::new(sim, stop), listener).await
+    accept_loop(Shared::new(&sim, Some(sim.clone()), stop), listener).await
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
@@ -145,180 +158,58 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 // ===== shared state =====
 
 struct Shared {
+    /// A handle that does not keep the simulator running.
     sim: Simulator,
+    /// One that does, unless bound weak.
+    _keep: Option<Simulator>,
     stop: CancellationToken,
-    /// Held around every sequence number the admin takes, so that the
-    /// number a scenario took can be told (see `start_scenario`).
-    seq_lock: Mutex<()>,
     next_session: AtomicU64,
-    state: Mutex<State>,
-}
-
-struct State {
     /// The endpoint `SIM.MOVING`, `SIM.MIGRATE` and `SIM.FAILOVER` act on by
     /// default: the first one, then wherever the last `MOVING` sent clients.
-    current: SocketAddr,
-    /// Endpoints the admin closed, or whose `MOVING` deadline passed (as
-    /// clients see them: relay addresses for relays).
-    closed: HashSet<SocketAddr>,
-    relays: Vec<Relay>,
-    /// Relay's local address towards the simulator -> the client's address.
-    peers: HashMap<SocketAddr, SocketAddr>,
-}
-
-/// An endpoint at a chosen address: a TCP relay to a simulator endpoint.
-struct Relay {
-    addr: SocketAddr,
-    inner: SocketAddr,
-    stop: CancellationToken,
+    current: Mutex<SocketAddr>,
 }
 
 impl Shared {
-    fn new(sim: Simulator, stop: CancellationToken) -> Arc<Shared> {
-        let current = sim.endpoint();
+    fn new(sim: &Simulator, keep: Option<Simulator>, stop: CancellationToken) -> Arc<Shared> {
+        // The admin stops with the simulator.
+        let sim_stop = sim.inner.stop.clone();
+        let admin_stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sim_stop.cancelled() => admin_stop.cancel(),
+                _ = admin_stop.cancelled() => {}
+            }
+        });
         Arc::new(Shared {
-            sim,
+            current: Mutex::new(sim.endpoint()),
+            sim: sim.detached(),
+            _keep: keep,
             stop,
-            seq_lock: Mutex::new(()),
             next_session: AtomicU64::new(1),
-            state: Mutex::new(State {
-                current,
-                closed: HashSet::new(),
-                relays: Vec::new(),
-                peers: HashMap::new(),
-            }),
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn current(&self) -> MutexGuard<'_, SocketAddr> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn seq_guard(&self) -> MutexGuard<'_, ()> {
-        self.seq_lock.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The simulator endpoint behind an address clients use.
-    fn resolve(&self, addr: SocketAddr) -> Option<SocketAddr> {
-        if let Some(r) = self.state().relays.iter().find(|r| r.addr == addr) {
-            return Some(r.inner);
-        }
-        self.sim.endpoints().contains(&addr).then_some(addr)
-    }
-
-    /// The address clients use for a simulator endpoint.
-    fn present(&self, inner: SocketAddr) -> SocketAddr {
-        self.state()
-            .relays
-            .iter()
-            .find(|r| r.inner == inner)
-            .map_or(inner, |r| r.addr)
-    }
-
+    /// `addr` if it is an endpoint (open or closed).
     fn endpoint(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
-        self.resolve(addr)
-            .ok_or_else(|| format!("ERR no such endpoint {addr} (see SIM.ENDPOINTS)"))
-    }
-
-    fn mark_closed(&self, facing: SocketAddr) {
-        let mut st = self.state();
-        st.closed.insert(facing);
-        if let Some(r) = st.relays.iter().find(|r| r.addr == facing) {
-            r.stop.cancel();
+        if self.sim.endpoints().contains(&addr) {
+            Ok(addr)
+        } else {
+            Err(format!("ERR no such endpoint {addr} (see SIM.ENDPOINTS)"))
         }
     }
 
-    /// Opens an endpoint at `at`: a relay there to a new simulator endpoint.
-    async fn open_relay(self: &Arc<Self>, at: SocketAddr) -> io::Result<SocketAddr> {
-        let listener = TcpListener::bind(at).await?;
-        let addr = listener.local_addr()?;
-        let inner = self.sim.open_endpoint().await?;
-        let stop = self.stop.child_token();
-        self.state().relays.push(Relay {
-            addr,
-            inner,
-            stop: stop.clone(),
-        });
-        tracing::info!(target: LOG, event = "sim.admin.relay", %addr, %inner, "endpoint open (relay)");
-        tokio::spawn(relay_accept(self.clone(), listener, inner, stop));
-        Ok(addr)
-    }
-
-    /// Client infos as clients see them: relay addresses and own peers.
-    fn clients(&self) -> Vec<ClientInfo> {
-        let mut cs = self.sim.clients();
-        let st = self.state();
-        for c in &mut cs {
-            if let Some(r) = st.relays.iter().find(|r| r.inner == c.endpoint) {
-                c.endpoint = r.addr;
-                if let Some(p) = st.peers.get(&c.peer) {
-                    c.peer = *p;
-                }
-            }
+    /// `addr` if it is an open endpoint.
+    fn open_endpoint(&self, addr: SocketAddr) -> Result<SocketAddr, String> {
+        let addr = self.endpoint(addr)?;
+        if self.sim.is_open(addr) {
+            Ok(addr)
+        } else {
+            Err(format!("ERR endpoint {addr} is closed"))
         }
-        cs
-    }
-}
-
-async fn relay_accept(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    inner: SocketAddr,
-    stop: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                tokio::spawn(relay(shared.clone(), sock, peer, inner, stop.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(target: LOG, error = %e, "relay accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-/// Copies bytes both ways until the simulator side closes (then the client
-/// side closes too), the client goes away, or the relay stops.
-async fn relay(
-    shared: Arc<Shared>,
-    client: TcpStream,
-    peer: SocketAddr,
-    inner: SocketAddr,
-    stop: CancellationToken,
-) {
-    let Ok(up) = TcpStream::connect(inner).await else {
-        return;
-    };
-    let local = up.local_addr().ok();
-    if let Some(l) = local {
-        shared.state().peers.insert(l, peer);
-    }
-    let _ = client.set_nodelay(true);
-    let _ = up.set_nodelay(true);
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = up.into_split();
-    let to_sim = async {
-        let _ = tokio::io::copy(&mut cr, &mut uw).await;
-        // The client is done writing; replies may still come.
-        let _ = uw.shutdown().await;
-        std::future::pending::<()>().await
-    };
-    let to_client = async {
-        let _ = tokio::io::copy(&mut ur, &mut cw).await;
-    };
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = to_sim => {}
-        _ = to_client => {}
-    }
-    if let Some(l) = local {
-        shared.state().peers.remove(&l);
     }
 }
 
@@ -716,9 +607,10 @@ async fn execute(shared: &Arc<Shared>, session: &mut Session, argv: Vec<Bytes>) 
         "SELECT" => args.u64("db").and_then(|_| args.end()).and_then(|_| ok()),
         // redis-cli asks for command docs when it starts interactively.
         "COMMAND" => Ok(Value::Array(Vec::new())),
-        "SIM.MOVING" => moving(shared, &mut args).await,
+        "SIM.MOVING" => moving(shared, &mut args),
         "SIM.MIGRATE" => window(shared, &mut args, true),
         "SIM.FAILOVER" => window(shared, &mut args, false),
+        "SIM.SLOT-MIGRATE" => slot_migrate(shared, &mut args),
         "SIM.NOTIFY" => notify(shared, &mut args),
         "SIM.INJECT" => inject(shared, &mut args),
         "SIM.DELAY" => delay(shared, &mut args),
@@ -728,10 +620,7 @@ async fn execute(shared: &Arc<Shared>, session: &mut Session, argv: Vec<Bytes>) 
         "SIM.HANDSHAKE-ERROR" => handshake_error(shared, &mut args),
         "SIM.CLIENTS" => args.end().map(|_| clients(shared)),
         "SIM.ENDPOINTS" => args.end().map(|_| endpoints(shared)),
-        "SIM.SEQ" => args.end().map(|_| {
-            let _g = shared.seq_guard();
-            Value::Integer(shared.sim.next_seq())
-        }),
+        "SIM.SEQ" => args.end().map(|_| Value::Integer(shared.sim.next_seq())),
         _ => Err(format!(
             "ERR unknown command '{}', with args beginning with: {}(try SIM.HELP)",
             lossy(&argv[0]),
@@ -758,6 +647,8 @@ const HELP: &[&str] = &[
     "    MIGRATING, replies held DELAY ms (default 50) for the duration, then MIGRATED. Runs in the background.",
     "SIM.FAILOVER <duration-ms> [DELAY ms] [ENDPOINT ip:port] [STARTS secs] [SHARDS ids|NONE] -> [seq, \"ip:port\"]",
     "    The same with FAILING_OVER / FAILED_OVER.",
+    "SIM.SLOT-MIGRATE <slots> <src ip:port> <dst ip:port> -> [seq]   (cluster; slots: 100 | 100-200 | 0-5,9)",
+    "    SMIGRATING to src's opted-in connections, a real migration to dst's node, then SMIGRATED. Background.",
     "SIM.NOTIFY <target> <kind> <seq|*> args... -> [seq, connections]",
     "    MOVING seq time [ip:port|NULL] | MIGRATING seq time [shards] | MIGRATED seq [shards]",
     "    FAILING_OVER seq time [shards] | FAILED_OVER seq [shards] | SMIGRATING seq slots...",
@@ -770,7 +661,7 @@ const HELP: &[&str] = &[
     "SIM.CLOSE-ENDPOINT <ip:port> -> connections closed; the endpoint stops listening.",
     "SIM.HANDSHAKE-ERROR <error text...>|OFF -> OK. How CLIENT MAINT_NOTIFICATIONS is answered.",
     "SIM.CLIENTS -> one entry per proxied connection: id endpoint peer name resp3 maint maint-requests",
-    "SIM.ENDPOINTS -> one entry per endpoint: endpoint via clients state current",
+    "SIM.ENDPOINTS -> one entry per endpoint: endpoint backend clients state current",
     "SIM.SEQ -> the next sequence number (taken: later ones are higher).",
     "PING [msg] | ECHO msg | HELP (SIM.HELP from redis-cli, which keeps HELP for itself) | HELLO [2|3] | QUIT",
 ];
@@ -845,49 +736,7 @@ fn target(shared: &Shared, args: &mut Args<'_>) -> Result<Target, String> {
     }
 }
 
-type Scenario<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// Starts a scenario whose first step takes one sequence number, without
-/// waiting for it to finish: the scenario is polled once here (its start is
-/// synchronous: it takes its number, notifies, and then sleeps), then runs
-/// on in a task. Returns the number it took, or its result when it finished
-/// in that first poll.
-///
-/// The simulator's scenarios report their sequence numbers only when they
-/// end, so the number is read between two numbers the admin takes itself,
-/// under the admin's sequence lock: exact unless something outside the
-/// admin takes a number at that very moment, which is logged.
-fn start_scenario<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    mut fut: Scenario<T>,
-    done: impl FnOnce(&Shared, Option<T>) + Send + 'static,
-) -> Result<i64, T> {
-    let mut cx = Context::from_waker(Waker::noop());
-    let (before, first, after) = {
-        let _g = shared.seq_guard();
-        let before = shared.sim.next_seq();
-        let first = fut.as_mut().poll(&mut cx);
-        (before, first, shared.sim.next_seq())
-    };
-    if let Poll::Ready(t) = first {
-        return Err(t);
-    }
-    if after != before + 2 {
-        tracing::warn!(target: LOG, before, after, "sequence numbers taken outside the admin; the reported seq may be off");
-    }
-    let stop = shared.stop.clone();
-    let shared2 = shared.clone();
-    tokio::spawn(async move {
-        let r = tokio::select! {
-            _ = stop.cancelled() => None,
-            t = fut => Some(t),
-        };
-        done(&shared2, r);
-    });
-    Ok(before + 1)
-}
-
-async fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
+fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     let time = args.secs("time")?;
     let (mut from, mut to, mut same_port) = (None, None, false);
     while args.remaining() > 0 {
@@ -901,54 +750,40 @@ async fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     if same_port && to.is_some() {
         return Err("ERR TO and SAME-PORT exclude each other".into());
     }
-    let from = from.unwrap_or_else(|| shared.state().current);
-    let from_inner = shared.endpoint(from)?;
-    let is_closed = |a: &SocketAddr| shared.state().closed.contains(a);
-    if is_closed(&from) {
-        return Err(format!("ERR endpoint {from} is closed already"));
-    }
+    let from = from.unwrap_or_else(|| *shared.current());
+    let from = shared
+        .open_endpoint(from)
+        .map_err(|e| e.replace("is closed", "is closed already"))?;
     let to = match to {
         Some(t) if t == from => return Err("ERR TO is the endpoint that moves".into()),
-        Some(t) if is_closed(&t) => return Err(format!("ERR endpoint {t} is closed")),
-        Some(t) if shared.resolve(t).is_some() => t,
-        Some(t) => shared
-            .open_relay(t)
-            .await
-            .map_err(|e| format!("ERR cannot open an endpoint at {t}: {e}"))?,
-        None if same_port => same_port_relay(shared, from).await?,
-        None => shared
-            .sim
-            .open_endpoint()
-            .await
-            .map_err(|e| format!("ERR cannot open an endpoint: {e}"))?,
+        Some(t) if shared.sim.endpoints().contains(&t) => Some(shared.open_endpoint(t)?),
+        // Not an endpoint yet: the simulator opens one there.
+        Some(t) => Some(t),
+        None if same_port => Some(same_port_endpoint(shared, from)?),
+        None => None,
     };
     let m = Moving {
-        from: Some(from_inner),
+        from: Some(from),
         time,
-        to: Some(to),
+        to,
     };
-    let sim = shared.sim.clone();
-    let fut: Scenario<io::Result<Moved>> = Box::pin(async move { sim.moving(m).await });
-    let done = move |shared: &Shared, r: Option<io::Result<Moved>>| match r {
-        Some(Ok(m)) => {
-            shared.mark_closed(from);
-            tracing::info!(target: LOG, event = "sim.admin.moving_done", seq = m.seq, %from, %to, notified = m.notified, closed = m.closed, "MOVING done");
+    let h = shared.sim.start_moving(m).map_err(|e| match to {
+        Some(t) => format!("ERR cannot open an endpoint at {t}: {e}"),
+        None => format!("ERR {e}"),
+    })?;
+    let (seq, to) = (h.seq, h.to);
+    tokio::spawn(async move {
+        match h.finished().await {
+            Ok(m) => {
+                tracing::info!(target: LOG, event = "sim.admin.moving_done", seq = m.seq, %from, %to, notified = m.notified, closed = m.closed, "MOVING done")
+            }
+            Err(e) => tracing::warn!(target: LOG, %from, error = %e, "MOVING failed"),
         }
-        Some(Err(e)) => tracing::warn!(target: LOG, %from, error = %e, "MOVING failed"),
-        None => {}
-    };
-    let seq = match start_scenario(shared, fut, done) {
-        Ok(seq) => seq,
-        Err(Ok(m)) => {
-            shared.mark_closed(from);
-            m.seq
-        }
-        Err(Err(e)) => return Err(format!("ERR {e}")),
-    };
+    });
     {
-        let mut st = shared.state();
-        if st.current == from {
-            st.current = to;
+        let mut current = shared.current();
+        if *current == from {
+            *current = to;
         }
     }
     Ok(Value::Array(vec![
@@ -957,15 +792,23 @@ async fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     ]))
 }
 
-/// A relay on the next loopback IP that has `from`'s port free.
-async fn same_port_relay(shared: &Arc<Shared>, from: SocketAddr) -> Result<SocketAddr, String> {
+/// An endpoint on the next loopback IP that has `from`'s port free.
+fn same_port_endpoint(shared: &Shared, from: SocketAddr) -> Result<SocketAddr, String> {
+    let backend = shared
+        .sim
+        .backend_of(from)
+        .ok_or_else(|| format!("ERR no such endpoint {from}"))?;
     let mut last = None;
     for last_octet in 2..=254u8 {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last_octet));
         if ip == from.ip() {
             continue;
         }
-        match shared.open_relay(SocketAddr::new(ip, from.port())).await {
+        match shared
+            .sim
+            .inner
+            .listen_now(SocketAddr::new(ip, from.port()), backend)
+        {
             Ok(a) => return Ok(a),
             Err(e) => last = Some(e),
         }
@@ -992,32 +835,76 @@ fn window(shared: &Arc<Shared>, args: &mut Args<'_>, migrate: bool) -> Reply {
             other => return Err(format!("ERR unknown option '{other}'")),
         }
     }
-    let facing = endpoint.unwrap_or_else(|| shared.state().current);
-    w.endpoint = Some(shared.endpoint(facing)?);
-    if shared.state().closed.contains(&facing) {
-        return Err(format!("ERR endpoint {facing} is closed"));
-    }
-    let sim = shared.sim.clone();
-    let fut: Scenario<WindowSeqs> = Box::pin(async move {
-        if migrate {
-            sim.migrate(w).await
-        } else {
-            sim.failover(w).await
+    let endpoint = shared.open_endpoint(endpoint.unwrap_or_else(|| *shared.current()))?;
+    w.endpoint = Some(endpoint);
+    let h = if migrate {
+        shared.sim.start_migrate(w)
+    } else {
+        shared.sim.start_failover(w)
+    };
+    let seq = h.start;
+    tokio::spawn(async move {
+        if let Ok(s) = h.finished().await {
+            tracing::info!(target: LOG, event = "sim.admin.window_done", migrate, start = s.start, end = s.end, notified = s.notified, %endpoint, "maintenance window done");
         }
     });
-    let done = move |_: &Shared, r: Option<WindowSeqs>| {
-        if let Some(s) = r {
-            tracing::info!(target: LOG, event = "sim.admin.window_done", migrate, start = s.start, end = s.end, notified = s.notified, endpoint = %facing, "maintenance window done");
-        }
-    };
-    let seq = match start_scenario(shared, fut, done) {
-        Ok(seq) => seq,
-        Err(s) => s.start,
-    };
     Ok(Value::Array(vec![
         Value::Integer(seq),
-        bulk(facing.to_string()),
+        bulk(endpoint.to_string()),
     ]))
+}
+
+fn slot_migrate(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
+    let slots = parse_slots(&args.text()?)?;
+    let src = shared.open_endpoint(args.addr()?)?;
+    let dst = shared.open_endpoint(args.addr()?)?;
+    args.end()?;
+    if src == dst {
+        return Err("ERR source and destination are the same endpoint".into());
+    }
+    let h = shared
+        .sim
+        .start_slot_migrate(&slots, src, dst)
+        .map_err(|e| format!("ERR {e}"))?;
+    let seq = h.smigrating;
+    tokio::spawn(async move {
+        match h.finished().await {
+            Ok(m) => {
+                tracing::info!(target: LOG, event = "sim.admin.slot_migrate_done", smigrating = m.smigrating, smigrated = m.smigrated, keys = m.keys, notified = m.notified, %src, %dst, "slot migration done")
+            }
+            Err(e) => tracing::warn!(target: LOG, %src, %dst, error = %e, "slot migration failed"),
+        }
+    });
+    Ok(Value::Array(vec![Value::Integer(seq)]))
+}
+
+/// Slots as `100`, `100-200` or `0-5,9` (each 0 to 16383).
+fn parse_slots(s: &str) -> Result<Vec<u16>, String> {
+    let bad =
+        || format!("ERR invalid slots '{s}' (want e.g. 100, 100-200 or 0-5,9; each 0 to 16383)");
+    let slot = |t: &str| {
+        t.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n < 16384)
+            .ok_or_else(bad)
+    };
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (slot(a)?, slot(b)?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(slot(part)?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 fn notify(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
@@ -1026,7 +913,6 @@ fn notify(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     let seq = {
         let s = args.text()?;
         if s == "*" {
-            let _g = shared.seq_guard();
             shared.sim.next_seq()
         } else {
             s.parse::<i64>()
@@ -1177,10 +1063,8 @@ fn close(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
 }
 
 fn close_endpoint(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
-    let facing = args.addr()?;
-    let e = shared.endpoint(facing)?;
+    let e = shared.endpoint(args.addr()?)?;
     args.end()?;
-    shared.mark_closed(facing);
     Ok(Value::Integer(shared.sim.close_endpoint(e) as i64))
 }
 
@@ -1210,6 +1094,7 @@ fn entry(pairs: Vec<(&str, Value)>) -> Value {
 fn clients(shared: &Shared) -> Value {
     Value::Array(
         shared
+            .sim
             .clients()
             .into_iter()
             .map(|c| {
@@ -1231,35 +1116,19 @@ fn clients(shared: &Shared) -> Value {
 }
 
 fn endpoints(shared: &Shared) -> Value {
-    let clients = shared.sim.clients();
-    let (current, closed) = {
-        let st = shared.state();
-        (st.current, st.closed.clone())
-    };
+    let current = *shared.current();
     Value::Array(
         shared
             .sim
-            .endpoints()
+            .endpoints_info()
             .into_iter()
-            .map(|inner| {
-                let facing = shared.present(inner);
-                let n = clients.iter().filter(|c| c.endpoint == inner).count();
+            .map(|e| {
                 entry(vec![
-                    ("endpoint", bulk(facing.to_string())),
-                    (
-                        "via",
-                        opt_bulk((facing != inner).then(|| inner.to_string())),
-                    ),
-                    ("clients", Value::Integer(n as i64)),
-                    (
-                        "state",
-                        bulk(if closed.contains(&facing) {
-                            "closed"
-                        } else {
-                            "open"
-                        }),
-                    ),
-                    ("current", Value::Boolean(facing == current)),
+                    ("endpoint", bulk(e.addr.to_string())),
+                    ("backend", bulk(e.backend.to_string())),
+                    ("clients", Value::Integer(e.clients as i64)),
+                    ("state", bulk(if e.open { "open" } else { "closed" })),
+                    ("current", Value::Boolean(e.addr == current)),
                 ])
             })
             .collect(),

@@ -17,7 +17,12 @@
 //!   [`Simulator::moving`] (a second endpoint to the same server, `MOVING`,
 //!   and the old endpoint's connections closed at the deadline),
 //!   [`Simulator::migrate`] and [`Simulator::failover`] (slow replies
-//!   between `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER`);
+//!   between `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER`); each
+//!   has a starter ([`Simulator::start_moving`], ...) that returns its
+//!   sequence number at once and plays the rest in a task;
+//! - endpoints at chosen addresses ([`Simulator::open_endpoint_at`], or
+//!   [`Moving::to`]), e.g. the same port on `127.0.0.2` for clients that
+//!   take only the host from `MOVING`;
 //! - in front of a Redis Cluster ([`Builder::start_cluster`]): one endpoint
 //!   per node, node addresses in `MOVED`/`ASK` and `CLUSTER SLOTS|SHARDS|NODES`
 //!   replies rewritten to endpoints, and [`Simulator::slot_migrate`], a real
@@ -29,8 +34,9 @@
 //! between whole replies.
 //!
 //! The simulator stops (listeners closed, every proxied connection closed)
-//! when the last [`Simulator`] handle is dropped, or on
-//! [`Simulator::shutdown`].
+//! when the last [`Simulator`] handle is dropped (a [`WeakSimulator`] and
+//! the simulator's own scenario tasks do not count; a scenario under way
+//! then ends at once), or on [`Simulator::shutdown`].
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -52,7 +58,7 @@ mod proxy;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -60,6 +66,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -104,8 +111,13 @@ pub struct Moving {
     /// How long until it closes its connections, in whole seconds as the
     /// `time` field says (a fraction rounds up to the next second).
     pub time: Duration,
-    /// Where clients should go (default: a new endpoint to the same server,
-    /// so data survives the move).
+    /// Where clients should go: an open endpoint, or an address that is not
+    /// an endpoint yet, where one is opened (to the same server as `from`;
+    /// port 0 picks a free port on that IP, e.g. `127.0.0.2:0`; the same
+    /// port on another loopback IP, e.g. `127.0.0.2:<from's port>`, serves
+    /// clients that keep their port and take only the host from `MOVING`).
+    /// Default: a new endpoint on a free `127.0.0.1` port to the same server,
+    /// so data survives the move.
     pub to: Option<SocketAddr>,
 }
 
@@ -191,12 +203,132 @@ pub struct SlotMigration {
     pub notified: usize,
 }
 
+/// An endpoint, as [`Simulator::endpoints_info`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The server it forwards to.
+    pub backend: SocketAddr,
+    /// Still listening: not closed by [`Simulator::close_endpoint`], a
+    /// `MOVING` deadline or [`Simulator::shutdown`].
+    pub open: bool,
+    /// Connections now proxied through it.
+    pub clients: usize,
+}
+
+/// A `MOVING` under way; see [`Simulator::start_moving`]. Dropping it does
+/// not stop the scenario.
+#[derive(Debug)]
+pub struct MovingHandle {
+    /// The `MOVING` sequence number.
+    pub seq: i64,
+    /// The endpoint that goes away.
+    pub from: SocketAddr,
+    /// The endpoint clients are sent to (open already).
+    pub to: SocketAddr,
+    /// Connections that received `MOVING` at the start.
+    pub notified: usize,
+    /// When `from` closes.
+    pub deadline: Instant,
+    task: JoinHandle<Moved>,
+}
+
+impl MovingHandle {
+    /// Waits for the deadline (the old endpoint closed): what
+    /// [`Simulator::moving`] returns.
+    pub async fn finished(self) -> io::Result<Moved> {
+        join(self.task).await
+    }
+}
+
+/// A `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER` window under
+/// way; see [`Simulator::start_migrate`]. Dropping it does not stop the
+/// scenario.
+#[derive(Debug)]
+pub struct WindowHandle {
+    /// Sequence number of the opening notification, sent already.
+    pub start: i64,
+    /// The endpoint under maintenance.
+    pub endpoint: SocketAddr,
+    /// Connections notified at the start.
+    pub notified: usize,
+    task: JoinHandle<WindowSeqs>,
+}
+
+impl WindowHandle {
+    /// Waits for the end of the window (closing notification sent).
+    pub async fn finished(self) -> io::Result<WindowSeqs> {
+        join(self.task).await
+    }
+}
+
+/// A slot migration under way; see [`Simulator::start_slot_migrate`].
+/// Dropping it does not stop the migration.
+#[derive(Debug)]
+pub struct SlotMigrationHandle {
+    /// Sequence number of the `SMIGRATING`, sent already.
+    pub smigrating: i64,
+    /// Connections that got the `SMIGRATING`.
+    pub notified: usize,
+    task: JoinHandle<io::Result<SlotMigration>>,
+}
+
+impl SlotMigrationHandle {
+    /// Waits for the migration to end (`SMIGRATED` sent, or an error).
+    pub async fn finished(self) -> io::Result<SlotMigration> {
+        join(self.task).await?
+    }
+}
+
+/// A scenario task's result; a panic in it goes on in the caller.
+async fn join<T>(task: JoinHandle<T>) -> io::Result<T> {
+    match task.await {
+        Ok(t) => Ok(t),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(io::Error::other(format!("scenario task: {e}"))),
+    }
+}
+
+/// A handle that does not keep the simulator running; see
+/// [`Simulator::downgrade`].
+#[derive(Clone)]
+pub struct WeakSimulator {
+    inner: Arc<Inner>,
+    guard: std::sync::Weak<DropGuard>,
+}
+
+impl std::fmt::Debug for WeakSimulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakSimulator")
+            .field("running", &!self.inner.stop.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WeakSimulator {
+    /// A full handle, unless every [`Simulator`] handle was dropped or it
+    /// was shut down.
+    pub fn upgrade(&self) -> Option<Simulator> {
+        let guard = self.guard.upgrade()?;
+        if self.inner.stop.is_cancelled() {
+            return None;
+        }
+        Some(Simulator {
+            inner: self.inner.clone(),
+            _stop_on_drop: Some(guard),
+        })
+    }
+}
+
 /// The proxy: a handle to a running simulator. Cheap to clone; the last
 /// handle dropped stops it.
 #[derive(Clone)]
 pub struct Simulator {
     inner: Arc<Inner>,
-    _stop_on_drop: Arc<DropGuard>,
+    /// `None` for the simulator's own scenario tasks, which must not keep
+    /// it running.
+    _stop_on_drop: Option<Arc<DropGuard>>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -214,6 +346,9 @@ pub(crate) struct Inner {
     cluster: bool,
     seq: AtomicI64,
     fqdn_host: String,
+    /// The builder's listen IP: `fqdn_host` stands for it (and for
+    /// `127.0.0.1`, where the simulator opens endpoints by itself).
+    listen_ip: IpAddr,
     stop: CancellationToken,
     changed: Notify,
     state: Mutex<State>,
@@ -283,11 +418,66 @@ impl Simulator {
     /// Opens another endpoint (a new loopback port) to the same backend as
     /// the first one.
     pub async fn open_endpoint(&self) -> io::Result<SocketAddr> {
-        let backend = self.inner.lock().endpoints[0].backend;
-        self.inner
-            .clone()
-            .listen(SocketAddr::from(([127, 0, 0, 1], 0)), backend)
+        self.open_endpoint_at(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
+    }
+
+    /// Opens another endpoint at `addr` (port 0: a free port on that IP), to
+    /// the same backend as the first one. On Linux every `127.x.y.z` is
+    /// loopback, so `127.0.0.2:<an endpoint's port>` gives an endpoint with
+    /// the same port on another host address, for clients that keep their
+    /// port and take only the host from `MOVING` (redis-py does).
+    pub async fn open_endpoint_at(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let backend = self.inner.lock().endpoints[0].backend;
+        self.inner.listen_now(addr, backend)
+    }
+
+    /// Every endpoint opened so far, with its backend, whether it is still
+    /// open, and how many connections it has.
+    pub fn endpoints_info(&self) -> Vec<EndpointInfo> {
+        let st = self.inner.lock();
+        st.endpoints
+            .iter()
+            .map(|e| EndpointInfo {
+                addr: e.addr,
+                backend: e.backend,
+                open: !e.stop.is_cancelled(),
+                clients: st
+                    .clients
+                    .values()
+                    .filter(|c| c.info.endpoint == e.addr)
+                    .count(),
+            })
+            .collect()
+    }
+
+    /// Whether `addr` is an endpoint that still listens.
+    pub fn is_open(&self, addr: SocketAddr) -> bool {
+        self.inner
+            .lock()
+            .endpoints
+            .iter()
+            .any(|e| e.addr == addr && !e.stop.is_cancelled())
+    }
+
+    /// A handle that does not keep the simulator running (for an admin
+    /// interface or a watcher that should stop with it).
+    pub fn downgrade(&self) -> WeakSimulator {
+        WeakSimulator {
+            inner: self.inner.clone(),
+            guard: self
+                ._stop_on_drop
+                .as_ref()
+                .map_or_else(std::sync::Weak::new, Arc::downgrade),
+        }
+    }
+
+    /// A handle for the simulator's own tasks: it does not keep it running.
+    fn detached(&self) -> Simulator {
+        Simulator {
+            inner: self.inner.clone(),
+            _stop_on_drop: None,
+        }
     }
 
     /// The connections now proxied.
@@ -416,12 +606,42 @@ impl Simulator {
     /// endpoint (the address in the form each connection asked for; `none`
     /// gets null), sends it also to connections that opt in there during
     /// the window, and at the deadline closes the old endpoint: every
-    /// connection still on it, and its listener. Returns after the deadline.
+    /// connection still on it, and its listener. Returns after the deadline;
+    /// [`Simulator::start_moving`] returns at once.
     pub async fn moving(&self, m: Moving) -> io::Result<Moved> {
+        self.start_moving(m)?.finished().await
+    }
+
+    /// Starts a [`Simulator::moving`] and returns once `MOVING` is sent, with
+    /// its sequence number and target; the deadline plays out in a task
+    /// ([`MovingHandle::finished`] waits for it). Fails when `from` is not
+    /// an open endpoint, `to` is `from` or a closed endpoint, or `to` cannot
+    /// be bound. Must be called within a Tokio runtime.
+    pub fn start_moving(&self, m: Moving) -> io::Result<MovingHandle> {
         let from = m.from.unwrap_or_else(|| self.endpoint());
+        let not_found = |a: SocketAddr, what: &str| {
+            io::Error::new(io::ErrorKind::NotFound, format!("endpoint {a} {what}"))
+        };
+        let backend = match self.endpoints_info().into_iter().find(|e| e.addr == from) {
+            Some(e) if e.open => e.backend,
+            Some(_) => return Err(not_found(from, "is closed")),
+            None => return Err(not_found(from, "does not exist")),
+        };
         let to = match m.to {
-            Some(to) => to,
-            None => self.open_endpoint().await?,
+            Some(to) if to == from => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("MOVING from {from} to itself"),
+                ))
+            }
+            Some(to) => match self.endpoints_info().into_iter().find(|e| e.addr == to) {
+                Some(e) if e.open => to,
+                Some(_) => return Err(not_found(to, "is closed")),
+                None => self.inner.listen_now(to, backend)?,
+            },
+            None => self
+                .inner
+                .listen_now(SocketAddr::from(([127, 0, 0, 1], 0)), backend)?,
         };
         let seq = self.next_seq();
         // The wire speaks whole seconds; the deadline keeps to what it says.
@@ -429,44 +649,72 @@ impl Simulator {
         let deadline = Instant::now() + Duration::from_secs(time);
         {
             let mut st = self.inner.lock();
-            let e = st
-                .endpoints
-                .iter_mut()
-                .find(|e| e.addr == from)
-                .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("no endpoint {from}"))
-                })?;
-            e.moving = Some(MovingWindow { seq, deadline, to });
+            if let Some(e) = st.endpoints.iter_mut().find(|e| e.addr == from) {
+                e.moving = Some(MovingWindow { seq, deadline, to });
+            }
         }
         tracing::info!(target: "redis_layers::sim", event = "sim.moving", seq, time, %from, %to, "MOVING");
         let notified = self.inner.send_where(Target::Endpoint(from), true, |c| {
             Some(self.inner.moving_for(c, seq, time, to).to_bytes())
         });
-        tokio::time::sleep_until(deadline).await;
-        let closed = self.close_endpoint(from);
-        tracing::info!(target: "redis_layers::sim", event = "sim.moving_deadline", seq, %from, closed, "old endpoint closed");
-        Ok(Moved {
+        let sim = self.detached();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = sim.inner.stop.cancelled() => {}
+            }
+            let closed = sim.close_endpoint(from);
+            tracing::info!(target: "redis_layers::sim", event = "sim.moving_deadline", seq, %from, closed, "old endpoint closed");
+            Moved {
+                seq,
+                from,
+                to,
+                notified,
+                closed,
+            }
+        });
+        Ok(MovingHandle {
             seq,
             from,
             to,
             notified,
-            closed,
+            deadline,
+            task,
         })
     }
 
     /// Plays a migration: `MIGRATING seq time [shards]`, replies on the
     /// endpoint held for `reply_delay` during the window, then
-    /// `MIGRATED seq [shards]`. Returns after the window.
+    /// `MIGRATED seq [shards]`. Returns after the window;
+    /// [`Simulator::start_migrate`] returns at once.
     pub async fn migrate(&self, w: Window) -> WindowSeqs {
-        self.window(w, true).await
+        Self::window_result(self.start_migrate(w).finished().await)
     }
 
     /// Plays a failover: `FAILING_OVER`, slow replies, `FAILED_OVER`.
     pub async fn failover(&self, w: Window) -> WindowSeqs {
-        self.window(w, false).await
+        Self::window_result(self.start_failover(w).finished().await)
     }
 
-    async fn window(&self, w: Window, migrate: bool) -> WindowSeqs {
+    fn window_result(r: io::Result<WindowSeqs>) -> WindowSeqs {
+        // Only a runtime shutting down cancels the task, and then nothing
+        // waits for this any more.
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a [`Simulator::migrate`]: returns once `MIGRATING` is sent; the
+    /// window plays out in a task. Must be called within a Tokio runtime.
+    pub fn start_migrate(&self, w: Window) -> WindowHandle {
+        self.start_window(w, true)
+    }
+
+    /// Starts a [`Simulator::failover`]: returns once `FAILING_OVER` is
+    /// sent. Must be called within a Tokio runtime.
+    pub fn start_failover(&self, w: Window) -> WindowHandle {
+        self.start_window(w, false)
+    }
+
+    fn start_window(&self, w: Window, migrate: bool) -> WindowHandle {
         let endpoint = w.endpoint.unwrap_or_else(|| self.endpoint());
         let target = Target::Endpoint(endpoint);
         let seq = self.next_seq();
@@ -493,25 +741,37 @@ impl Simulator {
             .map(|e| e.delay.load(Ordering::Relaxed))
             .unwrap_or(0);
         self.set_delay(target, w.reply_delay);
-        tokio::time::sleep(w.duration).await;
-        self.set_delay(target, Duration::from_nanos(before));
-        let end = self.next_seq();
-        let close = if migrate {
-            Notification::Migrated {
-                seq: end,
-                shard_ids: w.shard_ids,
+        let sim = self.detached();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(w.duration) => {}
+                _ = sim.inner.stop.cancelled() => {}
             }
-        } else {
-            Notification::FailedOver {
-                seq: end,
-                shard_ids: w.shard_ids,
+            sim.set_delay(target, Duration::from_nanos(before));
+            let end = sim.next_seq();
+            let close = if migrate {
+                Notification::Migrated {
+                    seq: end,
+                    shard_ids: w.shard_ids,
+                }
+            } else {
+                Notification::FailedOver {
+                    seq: end,
+                    shard_ids: w.shard_ids,
+                }
+            };
+            sim.notify(target, &close);
+            WindowSeqs {
+                start: seq,
+                end,
+                notified,
             }
-        };
-        self.notify(target, &close);
-        WindowSeqs {
+        });
+        WindowHandle {
             start: seq,
-            end,
+            endpoint,
             notified,
+            task,
         }
     }
 
@@ -538,11 +798,35 @@ impl Simulator {
         src: SocketAddr,
         dst: SocketAddr,
     ) -> io::Result<SlotMigration> {
-        let other = |e: String| io::Error::other(e);
+        self.start_slot_migrate(slots, src, dst)?.finished().await
+    }
+
+    /// Starts a [`Simulator::slot_migrate`]: returns once `SMIGRATING` is
+    /// sent; the migration goes on in a task. Fails at once when `src` or
+    /// `dst` is not an endpoint, they are the same, or `slots` is empty or
+    /// out of range. Must be called within a Tokio runtime.
+    pub fn start_slot_migrate(
+        &self,
+        slots: &[u16],
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> io::Result<SlotMigrationHandle> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
         let (src_node, dst_node) = match (self.backend_of(src), self.backend_of(dst)) {
             (Some(s), Some(d)) => (s, d),
-            _ => return Err(other(format!("no endpoint {src} or {dst}"))),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no endpoint {src} or {dst}"),
+                ))
+            }
         };
+        if src_node == dst_node {
+            return Err(invalid(format!("{src} and {dst} are the same node")));
+        }
+        if slots.is_empty() || slots.iter().any(|&s| s >= 16384) {
+            return Err(invalid("slots must be 0 to 16383, at least one".into()));
+        }
         let ranges = slot_ranges(slots);
         let start = Notification::SMigrating {
             seq: self.next_seq(),
@@ -558,31 +842,41 @@ impl Simulator {
             e.active.push(start.clone());
         }
         let notified = self.notify(Target::Endpoint(src), &start);
-        let moved = self.migrate_keys(slots, src_node, dst_node).await;
-        if let Some(e) = self
-            .inner
-            .lock()
-            .endpoints
-            .iter_mut()
-            .find(|e| e.addr == src)
-        {
-            e.active.retain(|n| n != &start);
-        }
-        let keys = moved?;
-        let end = Notification::SMigrated {
-            seq: self.next_seq(),
-            moves: vec![SlotMove {
-                src: src.to_string(),
-                dst: dst.to_string(),
-                slots: ranges,
-            }],
-        };
-        self.notify(Target::Endpoint(src), &end);
-        Ok(SlotMigration {
-            smigrating: start.seq(),
-            smigrated: end.seq(),
-            keys,
+        let smigrating = start.seq();
+        let sim = self.detached();
+        let slots = slots.to_vec();
+        let task = tokio::spawn(async move {
+            let moved = sim.migrate_keys(&slots, src_node, dst_node).await;
+            if let Some(e) = sim
+                .inner
+                .lock()
+                .endpoints
+                .iter_mut()
+                .find(|e| e.addr == src)
+            {
+                e.active.retain(|n| n != &start);
+            }
+            let keys = moved?;
+            let end = Notification::SMigrated {
+                seq: sim.next_seq(),
+                moves: vec![SlotMove {
+                    src: src.to_string(),
+                    dst: dst.to_string(),
+                    slots: ranges,
+                }],
+            };
+            sim.notify(Target::Endpoint(src), &end);
+            Ok(SlotMigration {
+                smigrating,
+                smigrated: end.seq(),
+                keys,
+                notified,
+            })
+        });
+        Ok(SlotMigrationHandle {
+            smigrating,
             notified,
+            task,
         })
     }
 
@@ -718,7 +1012,9 @@ impl Builder {
     }
 
     /// The host name `MOVING` gives to connections that asked for an
-    /// `*-fqdn` address (default `localhost`).
+    /// `*-fqdn` address (default `localhost`), for endpoints on the `listen`
+    /// IP or `127.0.0.1`; an endpoint opened at another IP
+    /// ([`Simulator::open_endpoint_at`]) is named by its IP.
     pub fn fqdn_host(mut self, host: impl Into<String>) -> Self {
         self.fqdn_host = host.into();
         self
@@ -727,7 +1023,7 @@ impl Builder {
     /// Binds the first endpoint and starts accepting.
     pub async fn start(self) -> io::Result<Simulator> {
         let sim = self.build(false);
-        sim.inner.clone().listen(self.listen, self.backend).await?;
+        sim.inner.listen_now(self.listen, self.backend)?;
         Ok(sim)
     }
 
@@ -760,10 +1056,7 @@ impl Builder {
         }
         let ip = self.listen.ip();
         for node in nodes {
-            sim.inner
-                .clone()
-                .listen(SocketAddr::new(ip, 0), node)
-                .await?;
+            sim.inner.listen_now(SocketAddr::new(ip, 0), node)?;
         }
         Ok(sim)
     }
@@ -777,11 +1070,12 @@ impl Builder {
             stop: stop.clone(),
             changed: Notify::new(),
             fqdn_host: self.fqdn_host.clone(),
+            listen_ip: self.listen.ip(),
             state: Mutex::new(State::default()),
         });
         Simulator {
             inner,
-            _stop_on_drop: Arc::new(stop.drop_guard()),
+            _stop_on_drop: Some(Arc::new(stop.drop_guard())),
         }
     }
 }
@@ -792,12 +1086,16 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn listen(
-        self: Arc<Self>,
+    /// Binds `addr` at once (no `.await`: scenario starters are
+    /// synchronous) and accepts there in a task.
+    fn listen_now(
+        self: &Arc<Self>,
         addr: SocketAddr,
         backend: SocketAddr,
     ) -> io::Result<SocketAddr> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let stop = self.stop.child_token();
         self.lock().endpoints.push(EndpointState {
@@ -809,6 +1107,7 @@ impl Inner {
             moving: None,
             active: Vec::new(),
         });
+        let this = self.clone();
         tracing::info!(target: "redis_layers::sim", event = "sim.endpoint", %addr, %backend, "endpoint open");
         tokio::spawn(async move {
             loop {
@@ -818,7 +1117,7 @@ impl Inner {
                 };
                 match accepted {
                     Ok((sock, peer)) => {
-                        let refused = self
+                        let refused = this
                             .lock()
                             .endpoints
                             .iter()
@@ -827,7 +1126,7 @@ impl Inner {
                             drop(sock);
                             continue;
                         }
-                        tokio::spawn(proxy::serve(self.clone(), sock, peer, addr));
+                        tokio::spawn(proxy::serve(this.clone(), sock, peer, addr));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: do not spin.
@@ -968,7 +1267,20 @@ impl Inner {
     fn moving_for(&self, c: &ClientInfo, seq: i64, time: u64, to: SocketAddr) -> Notification {
         let endpoint = match c.maint {
             Some(EndpointType::None) => None,
-            Some(t) if t.is_fqdn() => Some(format!("{}:{}", self.fqdn_host, to.port())),
+            Some(t) if t.is_fqdn() => {
+                // An endpoint at a chosen address (another loopback IP,
+                // e.g. `SAME-PORT`) is not what the host name stands for:
+                // its IP is the only name that reaches it.
+                let ip = to.ip();
+                let named = ip == self.listen_ip
+                    || ip.is_unspecified()
+                    || ip == IpAddr::V4(Ipv4Addr::LOCALHOST);
+                Some(if named {
+                    format!("{}:{}", self.fqdn_host, to.port())
+                } else {
+                    to.to_string()
+                })
+            }
             _ => Some(to.to_string()),
         };
         Notification::Moving {
