@@ -401,10 +401,13 @@ fn main() {
         "heap allocations per GET (64 callers): ours {alloc_ours:.2}, redis-rs {alloc_theirs:.2}"
     );
     println!(
-        "RelaxTimeout layer, GET with 64 callers: {:.0} ops/s vs bare Connection {:.0}: {:.3} of it",
+        "RelaxTimeout layer, GET with 64 callers: {:.0} ops/s vs bare Connection {:.0}: {:.3} of it; \
+         client CPU {:.2} vs {:.2} us/command",
         ops(&layered),
         ops(&bare),
-        ops(&layered) / ops(&bare)
+        ops(&layered) / ops(&bare),
+        cpu(&layered),
+        cpu(&bare)
     );
     println!("client CPU per command (this process, us): ours / redis-rs");
     for (name, _, _, ca, cb) in &rows {
