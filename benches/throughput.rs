@@ -14,7 +14,8 @@
 //!
 //! Environment: `BENCH_WORKERS` (tokio worker threads, default 2);
 //! `BENCH_PROFILE=<seconds>` runs only our client with 64 callers, for a
-//! profiler such as `perf record`.
+//! profiler such as `perf record` (with `BENCH_PROFILE_RELAX=1`, through the
+//! RelaxTimeout layer).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -340,11 +341,15 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
     {
-        let m = rt.block_on(measure(
-            &ours,
-            Workload::Get { callers: 64 },
-            Duration::from_secs(secs),
-        ));
+        let w = Workload::Get { callers: 64 };
+        // BENCH_PROFILE_RELAX: the same through the RelaxTimeout layer.
+        let m = if std::env::var_os("BENCH_PROFILE_RELAX").is_some() {
+            let relaxed =
+                Ours(RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(ours.0.clone()));
+            rt.block_on(measure(&relaxed, w, Duration::from_secs(secs)))
+        } else {
+            rt.block_on(measure(&ours, w, Duration::from_secs(secs)))
+        };
         println!(
             "ours, 64 callers: {:.0} ops/s, {:.2} us CPU/op",
             m.ops, m.cpu_us

@@ -943,3 +943,44 @@ async fn backpressure_small_queue_all_callers_complete() {
     })
     .await
 }
+
+/// A request's own timeout (`Request::with_timeout`) is enforced by the
+/// connection: the late request fails with `Error::Timeout` on time, its
+/// reply is read and dropped, and the next request still gets its own
+/// reply. A shorter timeout queued behind a longer one fires first.
+#[tokio::test]
+async fn request_timeouts_are_enforced_by_the_connection() {
+    bounded(20, async {
+        let server = RedisServer::start();
+        let conn = connect(&server).await;
+        let slow = Request::from(cmd("DEBUG").arg("SLEEP").arg("0.4"))
+            .with_timeout(Duration::from_secs(5));
+        let short = Request::from(cmd("ECHO").arg("late")).with_timeout(Duration::from_millis(100));
+        let t = Instant::now();
+        let (slow, short, next) = tokio::join!(
+            conn.send(slow),
+            async {
+                let r = conn.send(short).await;
+                (r, t.elapsed())
+            },
+            async {
+                // Queued after both: answered after the sleep, with its own reply.
+                tokio::task::yield_now().await;
+                conn.send_cmd(cmd("ECHO").arg("mine")).await
+            }
+        );
+        let (short, took) = short;
+        assert!(matches!(short, Err(Error::Timeout)), "{short:?}");
+        assert!(
+            took >= Duration::from_millis(95) && took < Duration::from_millis(350),
+            "the 100 ms timeout fired at {took:?}, not after the 5 s one ahead of it"
+        );
+        assert!(slow.is_ok(), "{slow:?}");
+        assert_eq!(next.unwrap(), Value::BulkString("mine".into()));
+        assert_eq!(
+            conn.send_cmd(cmd("PING")).await.unwrap(),
+            Value::SimpleString("PONG".into())
+        );
+    })
+    .await
+}

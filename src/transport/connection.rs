@@ -137,6 +137,12 @@ impl Connection {
     }
 
     fn prepare(&self, req: Request) -> Result<Prepared> {
+        // The connection enforces a request's own timeout (the RelaxTimeout
+        // layer sets it); `Default` and `Never` mean none here.
+        let timeout = match req.timeout() {
+            crate::CommandTimeout::After(d) => Some(d),
+            _ => None,
+        };
         let body = req.into_body();
         let cmds: &[Cmd] = match &body {
             Body::Cmd(c) => std::slice::from_ref(c),
@@ -149,7 +155,7 @@ impl Connection {
             self.check(c)?;
         }
         let (tx, rx) = oneshot::channel();
-        Ok(Prepared::Send(Message { body, tx }, rx))
+        Ok(Prepared::Send(Message { body, tx, timeout }, rx))
     }
 
     /// Refuses commands that would desynchronise a shared connection.

@@ -28,17 +28,20 @@
 //! every written request fails with the I/O (or protocol) error and every
 //! queued one with [`Error::Closed`], at once.
 
-use std::collections::{HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 
 use super::connection::Shared;
 use crate::error::{Error, ProtocolError, Result, ServerError};
@@ -51,6 +54,9 @@ pub(crate) type ReplyTx = oneshot::Sender<Result<Response>>;
 pub(crate) struct Message {
     pub(crate) body: Body,
     pub(crate) tx: ReplyTx,
+    /// Fail with [`Error::Timeout`] if no reply came this long after the
+    /// request was taken for writing.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// Tuning of one connection's driver.
@@ -193,10 +199,14 @@ impl Subscriptions {
 
 /// A written request waiting for its replies.
 struct InFlight {
-    tx: ReplyTx,
+    /// `None` once the request timed out: its reply is still read, and
+    /// dropped.
+    tx: Option<ReplyTx>,
     /// Stream offset of the request's first byte: whether it was written.
     start: u64,
     state: Pending,
+    /// When it was taken for writing, and its timeout, if it has one.
+    timed: Option<(Instant, Duration)>,
 }
 
 enum Pending {
@@ -329,6 +339,19 @@ pub(crate) struct Driver<T> {
     read_buf: BytesMut,
     decoder: Decoder,
     in_flight: VecDeque<InFlight>,
+    /// Sequence number of `in_flight[0]`.
+    front_seq: u64,
+    /// Deadlines of timed requests, in request order: the common case,
+    /// where every request has the same timeout.
+    deadlines: VecDeque<(Instant, u64)>,
+    /// Deadlines earlier than the last one queued (mixed timeouts, or a
+    /// deadline extended by a relaxation).
+    odd_deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// One timer for the earliest deadline, made on first use.
+    timer: Option<Pin<Box<Sleep>>>,
+    timer_at: Option<Instant>,
+    /// The clock, read once per turn when a timed request is taken.
+    turn_now: Option<Instant>,
     subscriptions: Subscriptions,
     pushes: mpsc::UnboundedSender<Value>,
     config: DriverConfig,
@@ -369,6 +392,12 @@ where
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: Decoder::with_limits(config.limits),
             in_flight: VecDeque::with_capacity(64),
+            front_seq: 0,
+            deadlines: VecDeque::new(),
+            odd_deadlines: BinaryHeap::new(),
+            timer: None,
+            timer_at: None,
+            turn_now: None,
             subscriptions: Subscriptions::default(),
             pushes,
             config,
@@ -414,11 +443,106 @@ where
             }
         };
         self.encoded += (self.write_buf.len() - before) as u64;
+        let timed = msg
+            .timeout
+            .map(|d| (*self.turn_now.get_or_insert_with(Instant::now), d));
+        if let Some((t0, d)) = timed {
+            let seq = self.front_seq + self.in_flight.len() as u64;
+            let at = t0 + d;
+            if self.deadlines.back().is_none_or(|b| b.0 <= at) {
+                self.deadlines.push_back((at, seq));
+            } else {
+                self.odd_deadlines.push(Reverse((at, seq)));
+            }
+        }
         self.in_flight.push_back(InFlight {
-            tx: msg.tx,
+            tx: Some(msg.tx),
             start,
             state,
+            timed,
         });
+    }
+
+    /// Fails timed requests whose deadline passed (their replies are still
+    /// read and dropped), extends those of a relaxed endpoint, and arms the
+    /// timer for the next deadline.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) {
+        if self.deadlines.is_empty() && self.odd_deadlines.is_empty() {
+            return;
+        }
+        loop {
+            let now = Instant::now();
+            // Requests answered already have nothing to time out.
+            while self.deadlines.front().is_some_and(|d| d.1 < self.front_seq) {
+                self.deadlines.pop_front();
+            }
+            while self
+                .odd_deadlines
+                .peek()
+                .is_some_and(|d| d.0 .1 < self.front_seq)
+            {
+                self.odd_deadlines.pop();
+            }
+            let next = loop {
+                let fifo = self.deadlines.front().copied();
+                let odd = self.odd_deadlines.peek().map(|d| d.0);
+                let (at, seq, from_fifo) = match (fifo, odd) {
+                    (Some(f), Some(o)) if o.0 < f.0 => (o.0, o.1, false),
+                    (Some(f), _) => (f.0, f.1, true),
+                    (None, Some(o)) => (o.0, o.1, false),
+                    (None, None) => break None,
+                };
+                if at > now {
+                    break Some(at);
+                }
+                if from_fifo {
+                    self.deadlines.pop_front();
+                } else {
+                    self.odd_deadlines.pop();
+                }
+                self.expire(seq, now);
+            };
+            let Some(at) = next else {
+                return;
+            };
+            // A timer armed earlier than needed may stay: it fires, and is
+            // armed again for the deadline then due.
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if self.timer_at.is_none_or(|t| t > at) {
+                timer.as_mut().reset(at);
+                self.timer_at = Some(at);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => self.timer_at = None,
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    fn expire(&mut self, seq: u64, now: Instant) {
+        let Some(idx) = seq.checked_sub(self.front_seq) else {
+            return;
+        };
+        let relaxed = self.shared.maint.relaxed_timeout();
+        let Some(f) = self.in_flight.get_mut(idx as usize) else {
+            return;
+        };
+        let (Some((t0, d)), true) = (f.timed, f.tx.is_some()) else {
+            return;
+        };
+        // A relaxation that began after the request left extends it.
+        if let Some(r) = relaxed {
+            let later = t0 + d.max(r);
+            if later > now {
+                self.odd_deadlines.push(Reverse((later, seq)));
+                return;
+            }
+        }
+        if let Some(tx) = f.tx.take() {
+            let _ = tx.send(Err(Error::Timeout));
+        }
     }
 
     fn dispatch(&mut self, v: Value) -> Result<(), Error> {
@@ -483,7 +607,10 @@ where
     fn complete_front(&mut self) {
         if let Some(f) = self.in_flight.pop_front() {
             self.completed += 1;
-            let _ = f.tx.send(f.state.into_response());
+            self.front_seq += 1;
+            if let Some(tx) = f.tx {
+                let _ = tx.send(f.state.into_response());
+            }
         }
     }
 
@@ -501,7 +628,9 @@ where
             } else {
                 err.clone()
             };
-            let _ = f.tx.send(Err(e));
+            if let Some(tx) = f.tx {
+                let _ = tx.send(Err(e));
+            }
         }
         self.rx.close();
         while let Ok(msg) = self.rx.try_recv() {
@@ -653,6 +782,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        this.turn_now = None;
+        let mut idle = false;
         for _ in 0..MAX_TURNS {
             match this.poll_turn(cx) {
                 Err(e) => return this.fail(e),
@@ -663,13 +794,19 @@ where
                     }
                     match turn {
                         Turn::Progress => {}
-                        Turn::Idle => return Poll::Pending,
+                        Turn::Idle => {
+                            idle = true;
+                            break;
+                        }
                         Turn::Yield => break,
                     }
                 }
             }
         }
-        cx.waker().wake_by_ref();
+        this.poll_deadlines(cx);
+        if !idle {
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 }
@@ -680,7 +817,9 @@ impl<T> Drop for Driver<T> {
         self.shared.closed_notify.notify_waiters();
         // Requests still here (the runtime shut down) get their error now.
         for f in self.in_flight.drain(..) {
-            let _ = f.tx.send(Err(Error::Closed));
+            if let Some(tx) = f.tx {
+                let _ = tx.send(Err(Error::Closed));
+            }
         }
     }
 }
