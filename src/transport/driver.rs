@@ -506,14 +506,19 @@ where
                 return;
             };
             // A timer armed earlier than needed may stay: it fires, and is
-            // armed again for the deadline then due.
+            // armed again for the deadline then due. It is polled only when
+            // armed: a registered timer wakes this task by itself, and every
+            // poll of a tokio timer spends the task's cooperative budget
+            // (an exhausted budget means an extra wake-up of the driver).
+            let armed = self.timer_at.filter(|t| *t > now);
+            if armed.is_some_and(|t| t <= at) {
+                return;
+            }
             let timer = self
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-            if self.timer_at.is_none_or(|t| t > at) {
-                timer.as_mut().reset(at);
-                self.timer_at = Some(at);
-            }
+            timer.as_mut().reset(at);
+            self.timer_at = Some(at);
             match timer.as_mut().poll(cx) {
                 Poll::Ready(()) => self.timer_at = None,
                 Poll::Pending => return,
