@@ -14,7 +14,7 @@
 //! [`Connection`](crate::Connection) enforces it: its driver keeps the
 //! deadlines in request order with one timer for the earliest, reads the
 //! clock once per batch, and fails a late request with
-//! [`Error::Timeout`](crate::Error::Timeout) (its reply is still read, and
+//! [`Error::Timeout`] (its reply is still read, and
 //! dropped). A relaxation that starts while a request is in flight extends
 //! it too: when its deadline passes, the driver checks the endpoint's state
 //! again. The layer's own cost is one atomic load per request; a timer per
