@@ -123,13 +123,16 @@ impl Cmd {
             "WAIT",
             "WAITAOF",
         ];
+        // Cheap filter, on the hot path of every timed request: every
+        // blocking name starts with B, W or X, and the name's first byte
+        // follows the first `\n` (`$3\r\nGET...`).
+        let first = memchr::memchr(b'\n', &self.buf).and_then(|i| self.buf.get(i + 1));
+        if !matches!(first.map(|b| b | 0x20), Some(b'b' | b'w' | b'x')) {
+            return false;
+        }
         let Some(name) = self.name() else {
             return false;
         };
-        // Cheap filter: every blocking name starts with B, W or X.
-        if !matches!(name.first().map(|b| b | 0x20), Some(b'b' | b'w' | b'x')) {
-            return false;
-        }
         if BLOCKING
             .iter()
             .any(|b| name.eq_ignore_ascii_case(b.as_bytes()))
