@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,20 +17,8 @@ use redis_layers::relax::RelaxTimeoutLayer;
 use redis_layers::sim::{EndpointType, Notification, Target, Window};
 use redis_layers::{cmd, Connection, Connector, Error, Request, Value};
 use support::sim::SimStandalone;
-use support::RedisServer;
+use support::{bounded, within, RedisServer};
 use tower::{Layer, Service, ServiceExt};
-
-async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
-}
 
 const STEP: Duration = Duration::from_secs(5);
 

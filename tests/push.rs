@@ -13,27 +13,14 @@ mod support;
 //
 // Every test is bounded with `tokio::time::timeout`; a hang fails the test.
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis_layers::{cmd, Connection, Connector, Pipeline, PushReceiver, Value};
-use support::RedisServer;
+use support::{bounded, within, RedisServer};
 use tower::{Service, ServiceExt};
 
 // ===== helpers =====
-
-async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {limit:?}"))
-}
 
 const STEP: Duration = Duration::from_secs(3);
 

@@ -8,29 +8,16 @@
 
 mod support;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis_layers::sim::{EndpointType, Moving, Notification, Simulator, SlotMove, Target, Window};
 use redis_layers::{cmd, Connection, Endpoint, Error, Pipeline, PushReceiver, Value};
-use support::RedisServer;
+use support::{bounded, within, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ===== helpers =====
-
-async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
-}
 
 const STEP: Duration = Duration::from_secs(5);
 

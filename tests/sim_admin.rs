@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,22 +21,10 @@ use redis_layers::sim::admin::Admin;
 use redis_layers::sim::{EndpointType, Notification, Simulator, SlotMove};
 use redis_layers::{cmd, Cmd, Connection, Connector, Endpoint, Error, Protocol, Value};
 use support::cluster::RedisCluster;
-use support::RedisServer;
+use support::{bounded, within, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ===== helpers =====
-
-async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
-}
 
 const STEP: Duration = Duration::from_secs(5);
 

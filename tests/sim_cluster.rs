@@ -5,7 +5,8 @@
 
 mod support;
 
-use std::future::Future;
+use support::{bounded, within};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,18 +14,6 @@ use bytes::Bytes;
 use redis_layers::sim::{EndpointType, Notification, Simulator, SlotMove};
 use redis_layers::{cmd, Connection, Endpoint, Error, PushReceiver, RedirectKind, Value};
 use support::cluster::RedisCluster;
-
-async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
-}
-
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
-}
 
 const STEP: Duration = Duration::from_secs(10);
 

@@ -7,31 +7,16 @@ mod support;
 //
 // Every test is bounded with `tokio::time::timeout`; a hang fails the test.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis_layers::{
     cmd, Connection, Connector, Error, Pipeline, Request, Response, ServerErrorKind, Value,
 };
-use support::RedisServer;
+use support::{bounded, within, RedisServer};
 use tower::{Service, ServiceExt};
 
 // ===== helpers =====
-
-/// Runs a whole test body within `secs` seconds.
-async fn bounded<F: Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
-}
-
-/// Awaits one step within `limit`, naming it in the failure.
-async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {limit:?}"))
-}
 
 async fn connect(server: &RedisServer) -> Connection {
     within(

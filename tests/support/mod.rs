@@ -231,3 +231,19 @@ pub fn free_port() -> u16 {
 pub fn redis_server_bin() -> String {
     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
+
+/// Runs a test body, failing the test if it takes longer than `secs`
+/// seconds: every test is bounded in time.
+pub async fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
+}
+
+/// Awaits one step of a test, failing with `what` if it takes longer than
+/// `limit`.
+pub async fn within<F: std::future::Future>(limit: Duration, what: &str, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
+}
