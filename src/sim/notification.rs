@@ -1,80 +1,19 @@
 //! The maintenance notifications a managed Redis sends, as wire frames.
 
-use std::fmt;
-
 use bytes::Bytes;
 
 use crate::resp::Value;
 
 /// The address form a client asked for with `CLIENT MAINT_NOTIFICATIONS ON
 /// moving-endpoint-type <type>`: it decides how `MOVING` names the new
-/// endpoint.
+/// endpoint. The same type the client side resolves to.
 ///
 /// ```
 /// use redis_layers::sim::EndpointType;
 /// assert_eq!("external-fqdn".parse::<EndpointType>().unwrap(), EndpointType::ExternalFqdn);
 /// assert_eq!(EndpointType::None.as_str(), "none");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EndpointType {
-    /// `internal-ip`: the new endpoint as an IP address.
-    InternalIp,
-    /// `internal-fqdn`: as a host name.
-    InternalFqdn,
-    /// `external-ip`: as an IP address.
-    ExternalIp,
-    /// `external-fqdn`: as a host name.
-    ExternalFqdn,
-    /// `none`: no address; the client reconnects to the address it knows.
-    None,
-}
-
-impl EndpointType {
-    /// Every type, in wire order.
-    pub const ALL: [EndpointType; 5] = [
-        EndpointType::InternalIp,
-        EndpointType::InternalFqdn,
-        EndpointType::ExternalIp,
-        EndpointType::ExternalFqdn,
-        EndpointType::None,
-    ];
-
-    /// The wire name (`internal-ip`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndpointType::InternalIp => "internal-ip",
-            EndpointType::InternalFqdn => "internal-fqdn",
-            EndpointType::ExternalIp => "external-ip",
-            EndpointType::ExternalFqdn => "external-fqdn",
-            EndpointType::None => "none",
-        }
-    }
-
-    /// True for the `*-fqdn` forms.
-    pub fn is_fqdn(self) -> bool {
-        matches!(
-            self,
-            EndpointType::InternalFqdn | EndpointType::ExternalFqdn
-        )
-    }
-}
-
-impl fmt::Display for EndpointType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for EndpointType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        EndpointType::ALL
-            .into_iter()
-            .find(|t| t.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown moving-endpoint-type {s:?}"))
-    }
-}
+pub use crate::maint::ResolvedEndpointType as EndpointType;
 
 /// One slot move inside `SMIGRATED`: slots `slots` went from `src` to `dst`.
 #[derive(Debug, Clone, PartialEq, Eq)]
