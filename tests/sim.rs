@@ -170,6 +170,20 @@ impl Raw {
             .unwrap();
         assert!(n > 0, "closed");
     }
+
+    /// Waits for EOF (or a reset) on the socket, skipping bytes that come
+    /// first; panics if it does not come within `limit`.
+    async fn eof(&mut self, limit: Duration) {
+        within(limit, "raw EOF", async {
+            loop {
+                match self.sock.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => self.buf.clear(),
+                }
+            }
+        })
+        .await
+    }
 }
 
 fn all_kinds(seq: i64) -> Vec<Notification> {
@@ -229,6 +243,23 @@ fn all_kinds(seq: i64) -> Vec<Notification> {
 }
 
 // ===== handshake and registry =====
+
+/// Waits for `c` to close and checks that it closed at `deadline` (not
+/// before, and within 100 ms after).
+async fn closes_at(name: &str, c: &Connection, deadline: Instant) {
+    within(Duration::from_secs(3), name, c.closed()).await;
+    let t = Instant::now();
+    assert!(
+        t >= deadline - Duration::from_millis(5),
+        "{name} closed early: {:?} before",
+        deadline - t
+    );
+    assert!(
+        t < deadline + Duration::from_millis(100),
+        "{name} closed late: {:?}",
+        t - deadline
+    );
+}
 
 /// Issue 3, handshake emulation: `CLIENT MAINT_NOTIFICATIONS` is answered
 /// `+OK` in its place among pipelined replies (spec rule: both the bare `ON`
@@ -569,18 +600,7 @@ async fn moving_scenario() {
             ("quiet", &quiet),
             ("late", &late),
         ] {
-            within(Duration::from_secs(3), name, c.closed()).await;
-            let t = Instant::now();
-            assert!(
-                t >= deadline - Duration::from_millis(5),
-                "{name} closed early: {:?} before",
-                deadline - t
-            );
-            assert!(
-                t < deadline + Duration::from_millis(100),
-                "{name} closed late: {:?}",
-                t - deadline
-            );
+            closes_at(name, c, deadline).await;
         }
         let moved = within(STEP, "scenario", scenario).await.unwrap().unwrap();
         assert_eq!(
@@ -605,6 +625,116 @@ async fn moving_scenario() {
         )
         .await;
         assert!(matches!(r, Err(Error::Io(_))), "{r:?}");
+    })
+    .await
+}
+
+/// `Moving::stay_open` (the address stays valid, as behind a load balancer:
+/// the null-endpoint case): the connections on the old endpoint when
+/// `MOVING` goes out are told (a not-yet-opted-in one when it opts in) and
+/// closed at the deadline, their sockets seeing EOF; a connection made on
+/// the old endpoint after `MOVING` is never told, survives the deadline and
+/// keeps serving the same data; the old endpoint keeps accepting
+/// connections after the deadline; `to` is still opened.
+#[tokio::test]
+async fn moving_stay_open_keeps_the_address() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let old = sim.endpoint();
+        assert!(!Moving::new(Duration::from_secs(1)).stay_open, "default");
+        let (none, mut none_pushes, _) = opted_in(&sim, old, "none", EndpointType::None).await;
+        let (ip, mut ip_pushes, _) = opted_in(&sim, old, "ip", EndpointType::InternalIp).await;
+        let quiet = connect(old, "quiet").await;
+        let mut quiet_pushes = quiet.take_pushes().unwrap();
+        let mut raw = Raw::connect(old, true).await;
+        sim.wait_for(|cs| cs.len() == 4 && cs.iter().filter(|c| c.maint.is_some()).count() == 3)
+            .await;
+        assert_eq!(send(&none, cmd("SET").arg("k").arg("kept")).await, ok());
+
+        let mut m = Moving::new(Duration::from_secs(1));
+        m.stay_open = true;
+        let h = sim.start_moving(m).unwrap();
+        let (seq, to, deadline) = (h.seq, h.to, h.deadline.into_std());
+        assert_eq!((h.from, h.notified), (old, 3));
+        assert_ne!(to, old);
+        assert!(sim.is_open(to) && sim.is_open(old));
+        assert_eq!(
+            next_push(&mut none_pushes, "MOVING none").await,
+            Notification::Moving {
+                seq,
+                time: 1,
+                endpoint: None
+            }
+            .to_value()
+        );
+        assert_eq!(
+            next_push(&mut ip_pushes, "MOVING ip").await,
+            Notification::Moving {
+                seq,
+                time: 1,
+                endpoint: Some(to.to_string())
+            }
+            .to_value()
+        );
+        let told = Notification::Moving {
+            seq,
+            time: 1,
+            endpoint: Some(to.to_string()),
+        };
+        assert_eq!(raw.frame().await, told.to_bytes().to_vec(), "raw");
+        // `to` serves clients that asked for an address.
+        let there = connect(to, "there").await;
+        assert_eq!(send(&there, cmd("GET").arg("k")).await, bulk("kept"));
+
+        // A connection made on the old address after the MOVING reaches the
+        // new node: not told, same data.
+        let (after, mut after_pushes, after_id) =
+            opted_in(&sim, old, "after", EndpointType::None).await;
+        assert_eq!(send(&after, cmd("GET").arg("k")).await, bulk("kept"));
+        assert_no_push(&after, &mut after_pushes, "after the MOVING").await;
+        // An old connection that opts in during the window is told.
+        assert_eq!(send(&quiet, opt_in(EndpointType::InternalIp)).await, ok());
+        assert_eq!(
+            next_push(&mut quiet_pushes, "late opt-in").await,
+            Notification::Moving {
+                seq,
+                time: 0,
+                endpoint: Some(to.to_string())
+            }
+            .to_value()
+        );
+
+        // The deadline closes the old connections, and only those.
+        raw.eof(Duration::from_secs(3)).await;
+        for (name, c) in [("none", &none), ("ip", &ip), ("quiet", &quiet)] {
+            closes_at(name, c, deadline).await;
+        }
+        let moved = within(STEP, "finished", h.finished()).await.unwrap();
+        assert_eq!(
+            (
+                moved.seq,
+                moved.from,
+                moved.to,
+                moved.notified,
+                moved.closed
+            ),
+            (seq, old, to, 3, 4)
+        );
+        assert!(!after.is_closed());
+        assert!(sim.clients().iter().any(|c| c.id == after_id));
+        assert_eq!(send(&after, cmd("SET").arg("k").arg("later")).await, ok());
+        assert_eq!(send(&after, cmd("GET").arg("k")).await, bulk("later"));
+        assert_no_push(&after, &mut after_pushes, "after the deadline").await;
+
+        // The old address still takes new connections, to the same server.
+        assert!(sim.is_open(old));
+        let next = connect(old, "next").await;
+        assert_eq!(send(&next, cmd("GET").arg("k")).await, bulk("later"));
+        let info = sim.endpoints_info();
+        let old_info = info.iter().find(|e| e.addr == old).unwrap();
+        assert!(old_info.open);
+        assert_eq!(old_info.clients, 2);
+        assert!(!there.is_closed());
     })
     .await
 }

@@ -588,6 +588,49 @@ async fn moving_replies_at_once_and_plays_out() {
     .await
 }
 
+/// `SIM.MOVING ... STAY-OPEN`: the client from before the `MOVING` is told
+/// and closed at the deadline; one that connects to the old endpoint after
+/// it is not told and keeps working past the deadline; the old endpoint
+/// stays open (`SIM.ENDPOINTS`) and takes new connections.
+#[tokio::test]
+async fn moving_stay_open() {
+    bounded(30, async {
+        let r = rig().await;
+        let old = r.sim.endpoint();
+        let (mut c, _) = opted_in(&r.sim, old, "before").await;
+        assert_eq!(c.request(&cmd("SET").arg("k").arg("v")).await, b"+OK\r\n");
+
+        let (seq, to) = seq_and_addr(&r.run(&["SIM.MOVING", "1", "stay-open"]).await);
+        assert_eq!(
+            c.push().await,
+            Notification::Moving {
+                seq,
+                time: 1,
+                endpoint: Some(to.to_string())
+            }
+            .to_bytes()
+        );
+        let (mut after, _) = opted_in(&r.sim, old, "after").await;
+        assert_eq!(after.request(&cmd("GET").arg("k")).await, b"$1\r\nv\r\n");
+        after.assert_no_push("after the MOVING").await;
+
+        // The deadline closes `before` only.
+        c.closed().await;
+        assert_eq!(
+            after.request(&cmd("SET").arg("k").arg("w")).await,
+            b"+OK\r\n"
+        );
+        after.assert_no_push("after the deadline").await;
+        let eps = entries(&r.run(&["SIM.ENDPOINTS"]).await);
+        assert_eq!(text(field(&eps[0], "endpoint")), old.to_string());
+        assert_eq!(text(field(&eps[0], "state")), "open");
+        assert_eq!(field(&eps[0], "clients"), &Value::Integer(1));
+        let mut next = Raw::connect(old, "next").await;
+        assert_eq!(next.request(&cmd("GET").arg("k")).await, b"$1\r\nw\r\n");
+    })
+    .await
+}
+
 /// `SAME-PORT` and `TO` an address that is not an endpoint yet open an
 /// endpoint there (a simulator endpoint, no relay): clients reach the same
 /// data through it, `SIM.CLIENTS` shows that endpoint and the client's own

@@ -28,6 +28,12 @@
 //! (redis-py does) need that. Both are plain simulator endpoints
 //! ([`Simulator::open_endpoint_at`]).
 //!
+//! `SIM.MOVING ... STAY-OPEN` keeps the old endpoint listening, as an
+//! address behind a load balancer that now leads to the new node (for
+//! clients told `MOVING` with a null endpoint, which reconnect there): only
+//! its connections from before the `MOVING` are closed at the deadline
+//! ([`super::Moving::stay_open`]).
+//!
 //! In front of a Redis Cluster ([`super::Builder::start_cluster`]),
 //! `SIM.SLOT-MIGRATE <slots> <src> <dst>` moves slots for real between the
 //! nodes behind two endpoints, bracketed by `SMIGRATING` / `SMIGRATED`.
@@ -639,10 +645,11 @@ async fn execute(shared: &Arc<Shared>, session: &mut Session, argv: Vec<Bytes>) 
 
 const HELP: &[&str] = &[
     "redis-maint-sim admin commands (case-insensitive; <target> is ALL | ENDPOINT ip:port | CLIENT id):",
-    "SIM.MOVING <secs> [FROM ip:port] [TO ip:port | SAME-PORT] -> [seq, \"ip:port\"]",
+    "SIM.MOVING <secs> [FROM ip:port] [TO ip:port | SAME-PORT] [STAY-OPEN] -> [seq, \"ip:port\"]",
     "    MOVING to the opted-in connections of FROM (default: the current endpoint), which closes after <secs>.",
     "    TO: an endpoint, or a new one opened at that address; SAME-PORT: a new one on the next loopback IP,",
-    "    same port; default: a new endpoint on a free port. Runs in the background.",
+    "    same port; default: a new endpoint on a free port. STAY-OPEN: FROM keeps listening (a load balancer",
+    "    address); only its connections from before the MOVING are told and closed. Runs in the background.",
     "SIM.MIGRATE <duration-ms> [DELAY ms] [ENDPOINT ip:port] [STARTS secs] [SHARDS ids|NONE] -> [seq, \"ip:port\"]",
     "    MIGRATING, replies held DELAY ms (default 50) for the duration, then MIGRATED. Runs in the background.",
     "SIM.FAILOVER <duration-ms> [DELAY ms] [ENDPOINT ip:port] [STARTS secs] [SHARDS ids|NONE] -> [seq, \"ip:port\"]",
@@ -738,12 +745,13 @@ fn target(shared: &Shared, args: &mut Args<'_>) -> Result<Target, String> {
 
 fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     let time = args.secs("time")?;
-    let (mut from, mut to, mut same_port) = (None, None, false);
+    let (mut from, mut to, mut same_port, mut stay_open) = (None, None, false, false);
     while args.remaining() > 0 {
         match args.word()?.as_str() {
             "FROM" => from = Some(args.addr()?),
             "TO" => to = Some(args.addr()?),
             "SAME-PORT" => same_port = true,
+            "STAY-OPEN" => stay_open = true,
             other => return Err(format!("ERR unknown SIM.MOVING option '{other}'")),
         }
     }
@@ -766,6 +774,7 @@ fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
         from: Some(from),
         time,
         to,
+        stay_open,
     };
     let h = shared.sim.start_moving(m).map_err(|e| match to {
         Some(t) => format!("ERR cannot open an endpoint at {t}: {e}"),
@@ -775,7 +784,7 @@ fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     tokio::spawn(async move {
         match h.finished().await {
             Ok(m) => {
-                tracing::info!(target: LOG, event = "sim.admin.moving_done", seq = m.seq, %from, %to, notified = m.notified, closed = m.closed, "MOVING done")
+                tracing::info!(target: LOG, event = "sim.admin.moving_done", seq = m.seq, %from, %to, stay_open, notified = m.notified, closed = m.closed, "MOVING done")
             }
             Err(e) => tracing::warn!(target: LOG, %from, error = %e, "MOVING failed"),
         }

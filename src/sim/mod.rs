@@ -15,7 +15,9 @@
 //!   closed connections;
 //! - whole scenarios with increasing sequence numbers:
 //!   [`Simulator::moving`] (a second endpoint to the same server, `MOVING`,
-//!   and the old endpoint's connections closed at the deadline),
+//!   and the old endpoint closed at the deadline; or, with
+//!   [`Moving::stay_open`], only the connections it had when `MOVING` went
+//!   out, the address staying valid as behind a load balancer),
 //!   [`Simulator::migrate`] and [`Simulator::failover`] (slow replies
 //!   between `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER`); each
 //!   has a starter ([`Simulator::start_moving`], ...) that returns its
@@ -106,7 +108,8 @@ pub enum Target {
 /// The `MOVING` scenario; see [`Simulator::moving`].
 #[derive(Debug, Clone)]
 pub struct Moving {
-    /// The endpoint that goes away (default: the first one).
+    /// The endpoint that moves (default: the first one): it goes away at
+    /// the deadline, unless [`Moving::stay_open`].
     pub from: Option<SocketAddr>,
     /// How long until it closes its connections, in whole seconds as the
     /// `time` field says (a fraction rounds up to the next second).
@@ -119,6 +122,27 @@ pub struct Moving {
     /// Default: a new endpoint on a free `127.0.0.1` port to the same server,
     /// so data survives the move.
     pub to: Option<SocketAddr>,
+    /// Whether `from`'s address stays valid after the move, as a load
+    /// balancer or DNS name that now leads to the new node does: the case
+    /// of a `MOVING` with a null endpoint (`moving-endpoint-type none`),
+    /// where clients reconnect to the address they were configured with.
+    ///
+    /// `false` (the default): the node goes away. Connections that opt in
+    /// on `from` during the window get `MOVING` too, and at the deadline
+    /// every connection still on `from` is closed and its listener stops.
+    ///
+    /// `true`: the old node goes away, the address stays. The connections
+    /// registered on `from` when `MOVING` goes out are the old node's: they
+    /// get `MOVING` (those opted in at once, the others if they opt in
+    /// during the window), and those still open at the deadline are closed
+    /// then (both sides: the client sees EOF), which [`Moved::closed`]
+    /// counts. `from` keeps listening, to the same server (data survives),
+    /// after the deadline too; connections made there after `MOVING` went
+    /// out stand for connections that reach the new node through the same
+    /// address: they are never sent this `MOVING` and are not closed at
+    /// the deadline. `to` is opened as usual, for clients that asked for an
+    /// address.
+    pub stay_open: bool,
 }
 
 impl Moving {
@@ -128,6 +152,7 @@ impl Moving {
             from: None,
             time,
             to: None,
+            stay_open: false,
         }
     }
 }
@@ -137,14 +162,18 @@ impl Moving {
 pub struct Moved {
     /// The `MOVING` sequence number.
     pub seq: i64,
-    /// The endpoint that went away.
+    /// The endpoint that went away (with [`Moving::stay_open`]: whose old
+    /// connections went away; it still listens).
     pub from: SocketAddr,
     /// The endpoint clients were sent to.
     pub to: SocketAddr,
-    /// Connections that received `MOVING` when it started (later arrivals
-    /// on the old endpoint received it too, when they opted in).
+    /// Connections that received `MOVING` when it started (connections
+    /// that opted in on the old endpoint later received it too; with
+    /// [`Moving::stay_open`], only those made before it started).
     pub notified: usize,
-    /// Connections still on the old endpoint at the deadline, closed then.
+    /// Connections closed at the deadline: every one still on the old
+    /// endpoint; with [`Moving::stay_open`], those still open of the ones
+    /// it had when `MOVING` went out.
     pub closed: usize,
 }
 
@@ -211,7 +240,8 @@ pub struct EndpointInfo {
     /// The server it forwards to.
     pub backend: SocketAddr,
     /// Still listening: not closed by [`Simulator::close_endpoint`], a
-    /// `MOVING` deadline or [`Simulator::shutdown`].
+    /// `MOVING` deadline (unless [`Moving::stay_open`]) or
+    /// [`Simulator::shutdown`].
     pub open: bool,
     /// Connections now proxied through it.
     pub clients: usize,
@@ -223,19 +253,22 @@ pub struct EndpointInfo {
 pub struct MovingHandle {
     /// The `MOVING` sequence number.
     pub seq: i64,
-    /// The endpoint that goes away.
+    /// The endpoint that goes away (with [`Moving::stay_open`]: whose
+    /// connections go away).
     pub from: SocketAddr,
     /// The endpoint clients are sent to (open already).
     pub to: SocketAddr,
     /// Connections that received `MOVING` at the start.
     pub notified: usize,
-    /// When `from` closes.
+    /// When `from` closes (with [`Moving::stay_open`]: when its connections
+    /// from before the `MOVING` close).
     pub deadline: Instant,
     task: JoinHandle<Moved>,
 }
 
 impl MovingHandle {
-    /// Waits for the deadline (the old endpoint closed): what
+    /// Waits for the deadline (the old endpoint closed, or with
+    /// [`Moving::stay_open`] its old connections): what
     /// [`Simulator::moving`] returns.
     pub async fn finished(self) -> io::Result<Moved> {
         join(self.task).await
@@ -380,6 +413,20 @@ struct MovingWindow {
     seq: i64,
     deadline: Instant,
     to: SocketAddr,
+    /// [`Moving::stay_open`]: only connections up to `last_old` are the
+    /// old node's.
+    stay_open: bool,
+    /// The highest connection id registered when `MOVING` went out (ids
+    /// only increase).
+    last_old: u64,
+}
+
+impl MovingWindow {
+    /// Whether connection `id` on the old endpoint is subject to this
+    /// `MOVING` (told, and closed at the deadline).
+    fn covers(&self, id: u64) -> bool {
+        !self.stay_open || id <= self.last_old
+    }
 }
 
 struct ClientState {
@@ -606,8 +653,11 @@ impl Simulator {
     /// endpoint (the address in the form each connection asked for; `none`
     /// gets null), sends it also to connections that opt in there during
     /// the window, and at the deadline closes the old endpoint: every
-    /// connection still on it, and its listener. Returns after the deadline;
-    /// [`Simulator::start_moving`] returns at once.
+    /// connection still on it, and its listener. With
+    /// [`Moving::stay_open`] the old endpoint keeps listening, and only the
+    /// connections it had when `MOVING` went out are told and closed (see
+    /// there). Returns after the deadline; [`Simulator::start_moving`]
+    /// returns at once.
     pub async fn moving(&self, m: Moving) -> io::Result<Moved> {
         self.start_moving(m)?.finished().await
     }
@@ -647,15 +697,26 @@ impl Simulator {
         // The wire speaks whole seconds; the deadline keeps to what it says.
         let time = whole_secs(m.time);
         let deadline = Instant::now() + Duration::from_secs(time);
-        {
+        let window = {
             let mut st = self.inner.lock();
+            let window = MovingWindow {
+                seq,
+                deadline,
+                to,
+                stay_open: m.stay_open,
+                last_old: st.next_client,
+            };
             if let Some(e) = st.endpoints.iter_mut().find(|e| e.addr == from) {
-                e.moving = Some(MovingWindow { seq, deadline, to });
+                e.moving = Some(window);
             }
-        }
-        tracing::info!(target: "redis_layers::sim", event = "sim.moving", seq, time, %from, %to, "MOVING");
+            window
+        };
+        let stay_open = m.stay_open;
+        tracing::info!(target: "redis_layers::sim", event = "sim.moving", seq, time, %from, %to, stay_open, "MOVING");
         let notified = self.inner.send_where(Target::Endpoint(from), true, |c| {
-            Some(self.inner.moving_for(c, seq, time, to).to_bytes())
+            window
+                .covers(c.id)
+                .then(|| self.inner.moving_for(c, seq, time, to).to_bytes())
         });
         let sim = self.detached();
         let task = tokio::spawn(async move {
@@ -663,8 +724,15 @@ impl Simulator {
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = sim.inner.stop.cancelled() => {}
             }
-            let closed = sim.close_endpoint(from);
-            tracing::info!(target: "redis_layers::sim", event = "sim.moving_deadline", seq, %from, closed, "old endpoint closed");
+            let closed = if stay_open {
+                let closed = sim.inner.close_moved(from, window);
+                tracing::info!(target: "redis_layers::sim", event = "sim.moving_deadline", seq, %from, closed, stay_open, "old connections closed; the endpoint stays open");
+                closed
+            } else {
+                let closed = sim.close_endpoint(from);
+                tracing::info!(target: "redis_layers::sim", event = "sim.moving_deadline", seq, %from, closed, stay_open, "old endpoint closed");
+                closed
+            };
             Moved {
                 seq,
                 from,
@@ -1235,7 +1303,8 @@ impl Inner {
                     .endpoints
                     .iter()
                     .find(|e| e.addr == info.endpoint)
-                    .and_then(|e| e.moving);
+                    .and_then(|e| e.moving)
+                    .filter(|w| w.covers(info.id));
                 let active = st
                     .endpoints
                     .iter()
@@ -1312,6 +1381,23 @@ impl Inner {
             .filter(|c| Self::matches(target, &c.info) && (!opted_in || c.info.maint.is_some()))
             .filter_map(|c| bytes_for(&c.info).map(|b| c.inject.send(b).is_ok()))
             .filter(|sent| *sent)
+            .count()
+    }
+
+    /// A [`Moving::stay_open`] deadline: closes the connections on `from`
+    /// that `w` covers (the old node's) and ends the window, unless a later
+    /// `MOVING` replaced it; `from` keeps listening.
+    fn close_moved(&self, from: SocketAddr, w: MovingWindow) -> usize {
+        let mut st = self.lock();
+        if let Some(e) = st.endpoints.iter_mut().find(|e| e.addr == from) {
+            if e.moving.is_some_and(|m| m.seq == w.seq) {
+                e.moving = None;
+            }
+        }
+        st.clients
+            .values()
+            .filter(|c| c.info.endpoint == from && w.covers(c.info.id))
+            .map(|c| c.close.cancel())
             .count()
     }
 
