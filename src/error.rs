@@ -41,8 +41,9 @@ pub enum Error {
     Auth(ServerError),
     /// The command did not complete within its deadline.
     Timeout,
-    /// The connection is closed: the request was never written, or it was
-    /// written and the connection closed before its reply arrived.
+    /// The connection is closed and the request was never written to it:
+    /// sending it again cannot apply it twice. (A request that was written
+    /// and then lost its connection fails with [`Error::Io`] instead.)
     Closed,
     /// The request or configuration is invalid (nothing was sent), or the
     /// server cannot do what the configuration requires (e.g. maintenance

@@ -31,6 +31,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod error;
+pub mod handoff;
 pub mod maint;
 pub mod relax;
 mod request;

@@ -314,7 +314,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: &'static str, message: String) -> Self {
+    pub(crate) fn new(field: &'static str, message: String) -> Self {
         ConfigError { field, message }
     }
 

@@ -25,4 +25,6 @@ pub use config::{
 pub use notification::{
     Dedup, Kind, MovingEndpoint, Notification, ParseError, SlotMove, SlotSet, SLOT_COUNT,
 };
-pub use state::{MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED};
+pub use state::{
+    BreakerState, MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED,
+};

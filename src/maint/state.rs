@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{Dedup, Kind, Notification};
+use crate::transport::Endpoint;
 
 /// What the [hook](MaintenanceState::set_hook) decides for a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,84 @@ pub enum MaintEvent {
         /// How: `"notification"`, `"deadline"` or `"backstop"`.
         by: &'static str,
     },
+    /// The handoff layer started moving one connection (attempt 1), or
+    /// tries again after a failed dial (`attempt` > 1).
+    HandoffStarted {
+        /// The `MOVING` sequence number.
+        seq: i64,
+        /// The endpoint left.
+        from: Endpoint,
+        /// The endpoint dialled.
+        to: Endpoint,
+        /// 1 for the first dial.
+        attempt: u32,
+    },
+    /// A dial for a handoff failed and will be tried again.
+    HandoffRetried {
+        /// The `MOVING` sequence number.
+        seq: i64,
+        /// The endpoint dialled.
+        to: Endpoint,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why it failed.
+        error: String,
+    },
+    /// A connection was handed off: new commands go to `to` now.
+    HandoffSucceeded {
+        /// The `MOVING` sequence number.
+        seq: i64,
+        /// The endpoint left.
+        from: Endpoint,
+        /// The new endpoint.
+        to: Endpoint,
+    },
+    /// A handoff gave up: the old connection serves until it closes, then
+    /// the next command reconnects to the configured address.
+    HandoffFailed {
+        /// The `MOVING` sequence number.
+        seq: i64,
+        /// The endpoint it tried to reach.
+        to: Endpoint,
+        /// Why it gave up.
+        reason: String,
+    },
+    /// An endpoint's handoff circuit breaker changed state.
+    Breaker {
+        /// The handoff target the breaker guards.
+        endpoint: Endpoint,
+        /// The new state.
+        state: BreakerState,
+    },
+}
+
+/// The state of a handoff circuit breaker (spec section 3): `Closed` dials
+/// freely, `Open` refuses to dial until `circuit_breaker_reset_timeout` has
+/// passed, `HalfOpen` lets `circuit_breaker_max_requests` trial dials
+/// through and closes again when they succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Dials go through.
+    Closed,
+    /// Dials are refused.
+    Open,
+    /// A few trial dials go through.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half-open`.
+    ///
+    /// ```
+    /// assert_eq!(redis_layers::maint::BreakerState::HalfOpen.as_str(), "half-open");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
 }
 
 type Hook = Arc<dyn Fn(&Notification) -> Verdict + Send + Sync>;
@@ -91,6 +170,8 @@ struct Inner {
     post_until: Option<Instant>,
     dedup: Dedup<()>,
     hook: Option<Hook>,
+    /// The last `MOVING` handled by default, and its deadline.
+    moving: Option<(Notification, Instant)>,
     backstop_generation: u64,
 }
 
@@ -168,6 +249,18 @@ impl MaintenanceState {
         self.schedule_end(until, "deadline");
     }
 
+    /// The `MOVING` under way (received, not vetoed, deadline not passed)
+    /// and its deadline. A connection made to this endpoint after the
+    /// `MOVING` went out may have missed it: its owner checks here after
+    /// subscribing.
+    pub fn active_moving(&self) -> Option<(Notification, Instant)> {
+        let inner = self.lock();
+        inner
+            .moving
+            .clone()
+            .filter(|(_, deadline)| *deadline > Instant::now())
+    }
+
     /// Handles a parsed notification from a connection: dedup (MOVING and
     /// SMIGRATED by sequence number), the hook, the event, and the default
     /// relax/unrelax.
@@ -187,6 +280,9 @@ impl MaintenanceState {
         #[cfg(feature = "metrics")]
         metrics::counter!(NOTIFICATIONS, "kind" => n.kind().as_str()).increment(1);
         let kind = n.kind();
+        if let (false, Some(time)) = (vetoed, n.time().filter(|_| kind == Kind::Moving)) {
+            self.lock().moving = Some((n.clone(), now + time));
+        }
         self.event(MaintEvent::Notification {
             notification: n,
             vetoed,

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     info: OnceLock<ConnectionInfo>,
     endpoint: Endpoint,
     pub(crate) maint: Arc<MaintenanceState>,
+    /// Stops the driver task: [`Connection::close`].
+    abort: OnceLock<tokio::task::AbortHandle>,
 }
 
 /// One multiplexed connection to a Redis server: a command service that many
@@ -104,8 +106,10 @@ impl Connection {
             info: OnceLock::new(),
             endpoint,
             maint,
+            abort: OnceLock::new(),
         });
-        tokio::spawn(Driver::new(io, rx, push_tx, config, shared.clone()));
+        let task = tokio::spawn(Driver::new(io, rx, push_tx, config, shared.clone()));
+        let _ = shared.abort.set(task.abort_handle());
         Connection {
             sender,
             poll_sender: None,
@@ -200,15 +204,31 @@ impl Connection {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Resolves when the connection has closed.
-    pub async fn closed(&self) {
-        let notified = self.shared.closed_notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.is_closed() {
-            return;
+    /// Resolves when the connection has closed. The future owns what it
+    /// needs, so it can wait in another task without keeping the
+    /// connection open.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let notified = shared.closed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
         }
-        notified.await;
+    }
+
+    /// Closes the connection now, for every clone: requests not yet
+    /// written fail with [`Error::Closed`], written ones still waiting for
+    /// their reply with [`Error::Io`] (`ConnectionAborted`), and the socket
+    /// closes. To close gracefully, stop sending and wait for the replies
+    /// first (the handoff layer does).
+    pub fn close(&self) {
+        if let Some(abort) = self.shared.abort.get() {
+            abort.abort();
+        }
     }
 
     /// The endpoint this connection was made to.
@@ -302,6 +322,20 @@ impl Service<Request> for Connection {
 impl Maintained for Connection {
     fn maintenance(&self) -> &Arc<MaintenanceState> {
         &self.shared.maint
+    }
+}
+
+impl super::Lifecycle for Connection {
+    fn is_closed(&self) -> bool {
+        Connection::is_closed(self)
+    }
+
+    fn close(&self) {
+        Connection::close(self)
+    }
+
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        Connection::closed(self)
     }
 }
 

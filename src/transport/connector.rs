@@ -312,9 +312,17 @@ impl Connector {
     /// command refused), [`Error::Config`] (e.g. a username without a password).
     pub async fn connect(&self, endpoint: Endpoint) -> Result<Connection> {
         let config = self.config.clone();
-        let timeout = config.connect_timeout;
-        let what = endpoint.to_string();
         let maint = self.maintenance_state(&endpoint);
+        // A handshake runs relaxed after a handoff and while the endpoint
+        // is under maintenance: servers answer slowly then.
+        let relaxed = DIAL_RELAXED
+            .try_with(|d| *d)
+            .ok()
+            .into_iter()
+            .chain(maint.relaxed_timeout())
+            .max();
+        let timeout = relaxed.map_or(config.connect_timeout, |r| r.max(config.connect_timeout));
+        let what = endpoint.to_string();
         match tokio::time::timeout(timeout, connect(config, endpoint, maint)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
@@ -324,6 +332,18 @@ impl Connector {
             .into()),
         }
     }
+}
+
+tokio::task_local! {
+    /// Set by the handoff layer around a dial: the relaxed timeout the
+    /// handshake may take (the new endpoint's own state is not relaxed yet).
+    static DIAL_RELAXED: Duration;
+}
+
+/// Runs `fut` (a dial through a [`Connector`]) with its connect and
+/// handshake timeout raised to at least `relaxed`.
+pub(crate) async fn dial_relaxed<F: std::future::Future>(relaxed: Duration, fut: F) -> F::Output {
+    DIAL_RELAXED.scope(relaxed, fut).await
 }
 
 async fn connect(

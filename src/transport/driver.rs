@@ -627,21 +627,7 @@ where
             in_flight = self.in_flight.len(),
             "connection closed"
         );
-        for f in self.in_flight.drain(..) {
-            let e = if f.start >= self.written {
-                Error::Closed
-            } else {
-                err.clone()
-            };
-            if let Some(tx) = f.tx {
-                let _ = tx.send(Err(e));
-            }
-        }
-        self.rx.close();
-        while let Ok(msg) = self.rx.try_recv() {
-            let _ = msg.tx.send(Err(Error::Closed));
-        }
-        self.rx_open = false;
+        self.fail_pending(err);
         Poll::Ready(())
     }
 
@@ -816,15 +802,41 @@ where
     }
 }
 
+impl<T> Driver<T> {
+    /// Answers every request: written ones with `err`, the rest (never
+    /// written, so safe to send again) with [`Error::Closed`].
+    fn fail_pending(&mut self, err: Error) {
+        for f in self.in_flight.drain(..) {
+            let e = if f.start >= self.written {
+                Error::Closed
+            } else {
+                err.clone()
+            };
+            if let Some(tx) = f.tx {
+                let _ = tx.send(Err(e));
+            }
+        }
+        self.rx.close();
+        while let Ok(msg) = self.rx.try_recv() {
+            let _ = msg.tx.send(Err(Error::Closed));
+        }
+        self.rx_open = false;
+    }
+}
+
 impl<T> Drop for Driver<T> {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.closed_notify.notify_waiters();
-        // Requests still here (the runtime shut down) get their error now.
-        for f in self.in_flight.drain(..) {
-            if let Some(tx) = f.tx {
-                let _ = tx.send(Err(Error::Closed));
-            }
+        // Requests still here ([`Connection::close`](super::Connection::close)
+        // or the runtime shut down) get their error now: `Closed` only when
+        // never written, so a caller may safely send it again.
+        if !self.in_flight.is_empty() || self.rx_open {
+            let err = Error::from(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed by the client",
+            ));
+            self.fail_pending(err);
         }
     }
 }

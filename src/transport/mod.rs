@@ -19,8 +19,32 @@ pub mod future;
 mod handshake;
 
 pub use connection::{Connection, PushReceiver};
+pub(crate) use connector::dial_relaxed;
 pub use connector::Connector;
 pub use endpoint::Endpoint;
+
+/// The life of a connection, as the layers that own connections see it
+/// (the [handoff](crate::handoff) layer closes a connection it has moved
+/// away from, and watches for connections that die).
+///
+/// ```
+/// use redis_layers::transport::Lifecycle;
+///
+/// fn retire(conn: &impl Lifecycle) {
+///     if !conn.is_closed() {
+///         conn.close();
+///     }
+/// }
+/// ```
+pub trait Lifecycle {
+    /// True once the connection has stopped: nothing more can be sent.
+    fn is_closed(&self) -> bool;
+    /// Closes it now: requests not yet written fail with
+    /// [`Error::Closed`](crate::Error::Closed), written ones with an I/O error.
+    fn close(&self);
+    /// Resolves when the connection has closed, for whatever reason.
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static;
+}
 
 /// The RESP version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

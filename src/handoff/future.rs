@@ -1,0 +1,66 @@
+//! Future types
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+
+use super::pool::Lease;
+use crate::error::Error;
+use crate::request::Response;
+
+pin_project! {
+    /// The reply to a request sent through a [`Handoff`](super::Handoff).
+    ///
+    /// It holds the connection's lease until the reply is in, so a
+    /// connection being moved away from closes only after its last reply.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+        lease: Option<Lease>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F> {
+        Waiting { #[pin] inner: F },
+        Failed { error: Option<Error> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, lease: Option<Lease>) -> Self {
+        ResponseFuture {
+            kind: Kind::Waiting { inner },
+            lease,
+        }
+    }
+
+    pub(crate) fn failed(error: Error) -> Self {
+        ResponseFuture {
+            kind: Kind::Failed { error: Some(error) },
+            lease: None,
+        }
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, Error>>,
+{
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = match this.kind.project() {
+            KindProj::Waiting { inner } => ready!(inner.poll(cx)),
+            KindProj::Failed { error } => Err(error.take().unwrap_or(Error::Closed)),
+        };
+        this.lease.take();
+        Poll::Ready(out)
+    }
+}

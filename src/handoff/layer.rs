@@ -1,0 +1,108 @@
+use tower_layer::Layer;
+
+use super::policy::{DefaultPolicy, HandoffPolicy};
+use super::{Handoff, MakeConnection, Settings};
+use crate::maint::{ConfigError, MaintenanceConfig, Resolved};
+use crate::transport::Endpoint;
+
+/// Turns a connection maker (a [`Connector`](crate::Connector)) into a
+/// [`Handoff`] command service for one endpoint.
+///
+/// Give it the same [`MaintenanceConfig`] as the connector: the handoff
+/// settings (timeouts, retries, workers, circuit breaker) come from there.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redis_layers::handoff::HandoffLayer;
+/// use redis_layers::maint::MaintenanceConfig;
+/// use redis_layers::relax::RelaxTimeoutLayer;
+/// use redis_layers::{cmd, Connector, Endpoint};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # async fn run() -> Result<(), redis_layers::Error> {
+/// let endpoint = Endpoint::tcp("127.0.0.1", 6379);
+/// let config = MaintenanceConfig::default();
+/// let svc = ServiceBuilder::new()
+///     .layer(RelaxTimeoutLayer::new(Duration::from_secs(1)))
+///     .layer(HandoffLayer::new(endpoint).maintenance(&config)?.pool_size(4)?)
+///     .service(Connector::new().maintenance(config)?);
+/// let reply = svc.oneshot(cmd("PING").into()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct HandoffLayer<P = DefaultPolicy> {
+    endpoint: Endpoint,
+    config: Resolved,
+    pool_size: usize,
+    policy: P,
+}
+
+impl HandoffLayer {
+    /// A layer for `endpoint` with the default maintenance configuration,
+    /// one multiplexed connection and the [`DefaultPolicy`].
+    pub fn new(endpoint: Endpoint) -> Self {
+        HandoffLayer {
+            endpoint,
+            config: Resolved::default(),
+            pool_size: 1,
+            policy: DefaultPolicy,
+        }
+    }
+}
+
+impl<P> HandoffLayer<P> {
+    /// Takes the handoff settings from `config` (validated here; the error
+    /// names the offending field).
+    pub fn maintenance(mut self, config: &MaintenanceConfig) -> Result<Self, ConfigError> {
+        self.config = config.validate()?;
+        let size = self.pool_size;
+        self.pool_size(size)
+    }
+
+    /// How many multiplexed connections to keep (default 1); requests go
+    /// to the one with the fewest pending. Also the `P` of the spec's
+    /// worker and queue autoscaling. Must be at least 1.
+    pub fn pool_size(mut self, size: usize) -> Result<Self, ConfigError> {
+        if size == 0 {
+            return Err(ConfigError::new(
+                "pool_size",
+                "pool_size must be at least 1, got 0".into(),
+            ));
+        }
+        if let Some(max) = self.config.max_active_conns().filter(|m| size > *m) {
+            return Err(ConfigError::new(
+                "pool_size",
+                format!("pool_size {size} exceeds max_active_conns {max}"),
+            ));
+        }
+        self.pool_size = size;
+        Ok(self)
+    }
+
+    /// Replaces the [`HandoffPolicy`].
+    pub fn policy<Q: HandoffPolicy>(self, policy: Q) -> HandoffLayer<Q> {
+        HandoffLayer {
+            endpoint: self.endpoint,
+            config: self.config,
+            pool_size: self.pool_size,
+            policy,
+        }
+    }
+}
+
+impl<M, P> Layer<M> for HandoffLayer<P>
+where
+    M: MakeConnection,
+    P: HandoffPolicy + Clone,
+{
+    type Service = Handoff<M, P>;
+
+    fn layer(&self, maker: M) -> Handoff<M, P> {
+        Handoff::with_settings(
+            maker,
+            self.endpoint.clone(),
+            Settings::new(&self.config, self.pool_size),
+            self.policy.clone(),
+        )
+    }
+}

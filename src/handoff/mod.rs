@@ -1,0 +1,449 @@
+//! Seamless `MOVING` handoffs: the connection owner of one endpoint.
+//!
+//! [`Handoff`] wraps a connection maker (a [`Connector`](crate::Connector),
+//! or anything that makes connections the same way) and is the command
+//! service for one endpoint. It owns that endpoint's connections:
+//! `pool_size` multiplexed ones, requests going to the one with the fewest
+//! pending. It connects lazily on first use, and again after a connection
+//! dies; a caller waiting for a connect that fails gets the connect error.
+//!
+//! On `MOVING` (spec section 3) it hands **every** connection on the old
+//! endpoint off at once, idle ones included: it dials the target through
+//! the maker (same handshake, run relaxed), relaxes the new connection for
+//! `post_handoff_relaxed_duration`, switches new commands to it, and closes
+//! the old socket as soon as its last reply is in, or at the `MOVING`
+//! deadline. A request is on exactly one connection: commands written to
+//! the old one complete there; commands issued after the switch go to the
+//! new one; nothing is sent twice (see `pool.rs` for the ordering rule).
+//! A null endpoint means: reconnect to the configured address after
+//! `time / 2`.
+//!
+//! Handoffs run on a bounded set of workers with a bounded queue (the
+//! spec's autoscaling of `max_workers` and `handoff_queue_size` from the
+//! pool size). A failed dial is retried after the policy's backoff, up to
+//! `max_handoff_retries` attempts, each bounded by `handoff_timeout`; a
+//! per-target circuit breaker stops dialling an endpoint that keeps
+//! failing. When a handoff finally fails, the old connection serves until
+//! its deadline and is then closed; the next command reconnects to the
+//! configured address.
+//!
+//! Whether, where, when and how to retry is the [`HandoffPolicy`]'s call.
+//! Every step is reported as a [`MaintEvent`] ([`Handoff::subscribe`]), as
+//! a `tracing` event (`handoff.started`, `handoff.retried`,
+//! `handoff.succeeded`, `handoff.failed`, `handoff.breaker`,
+//! `handoff.old_closed`) and, with the `metrics` feature, in the
+//! [`HANDOFF`] counter.
+//!
+//! Not yet: leasing dedicated connections (blocking commands, `WATCH`,
+//! pub/sub) that are handed off when returned. Blocking commands work on the
+//! multiplexed connection meanwhile (they hold up the commands behind them).
+//!
+//! Our own code rather than a pool crate: the switch must never strand or
+//! duplicate a request that is between `poll_ready` and `call`, and that
+//! needs the request count and the pool generation to be checked in one
+//! specific order (see `pool.rs`).
+//!
+//! ```no_run
+//! use redis_layers::handoff::Handoff;
+//! use redis_layers::{cmd, Connector, Endpoint};
+//! use tower::ServiceExt;
+//!
+//! # async fn run() -> Result<(), redis_layers::Error> {
+//! let svc = Handoff::new(Connector::new(), Endpoint::tcp("127.0.0.1", 6379));
+//! let reply = svc.clone().oneshot(cmd("INCR").arg("n").into()).await?;
+//! # Ok(()) }
+//! ```
+
+mod breaker;
+mod future;
+mod layer;
+mod policy;
+mod pool;
+mod worker;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, Semaphore};
+use tower_service::Service;
+
+pub use future::ResponseFuture;
+pub use layer::HandoffLayer;
+pub use policy::{
+    DefaultPolicy, Filter, HandoffPolicy, HandoffPolicyExt, MapTarget, Moving, Spread,
+};
+
+use breaker::{Breaker, BreakerConfig};
+use pool::{Entry, Lease, Pool, Slot};
+
+use crate::error::{Error, Result};
+use crate::maint::{Dedup, MaintEvent, Maintained, MaintenanceState, Resolved};
+use crate::request::{Request, Response};
+use crate::transport::{Endpoint, Lifecycle};
+
+/// Counter (feature `metrics`): handoff steps, by `result` (`started`,
+/// `retried`, `succeeded`, `failed`).
+pub const HANDOFF: &str = "redis.client.connection.handoff";
+
+/// What [`Handoff`] needs to make connections: a
+/// `Service<Endpoint>` whose connections are command services that carry
+/// their endpoint's [`MaintenanceState`] and can be closed. Implemented for
+/// every such maker, e.g. [`Connector`](crate::Connector).
+pub trait MakeConnection: Clone + Send + 'static {
+    /// The connection made.
+    type Connection: Service<Request, Response = Response, Error = Error>
+        + Maintained
+        + Lifecycle
+        + Clone
+        + Send
+        + 'static;
+
+    /// Dials `endpoint` (waiting for the maker to be ready first).
+    fn make_connection(
+        &self,
+        endpoint: Endpoint,
+    ) -> Pin<Box<dyn Future<Output = Result<Self::Connection>> + Send>>;
+}
+
+impl<M, C> MakeConnection for M
+where
+    M: Service<Endpoint, Response = C, Error = Error> + Clone + Send + 'static,
+    M::Future: Send + 'static,
+    C: Service<Request, Response = Response, Error = Error>
+        + Maintained
+        + Lifecycle
+        + Clone
+        + Send
+        + 'static,
+{
+    type Connection = C;
+
+    fn make_connection(
+        &self,
+        endpoint: Endpoint,
+    ) -> Pin<Box<dyn Future<Output = Result<C>> + Send>> {
+        let mut maker = self.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| maker.poll_ready(cx)).await?;
+            maker.call(endpoint).await
+        })
+    }
+}
+
+/// The handoff settings, resolved from a [`MaintenanceConfig`](crate::maint::MaintenanceConfig)
+/// and the pool size.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pool_size: usize,
+    handoff_timeout: Duration,
+    max_retries: u32,
+    relaxed_timeout: Duration,
+    post_handoff: Duration,
+    workers: usize,
+    queue_size: usize,
+    breaker: BreakerConfig,
+    dedup_ttl: Duration,
+}
+
+impl Settings {
+    pub(crate) fn new(config: &Resolved, pool_size: usize) -> Self {
+        Settings {
+            pool_size,
+            handoff_timeout: config.handoff_timeout(),
+            max_retries: config.max_handoff_retries(),
+            relaxed_timeout: config.relaxed_timeout(),
+            post_handoff: config.post_handoff_relaxed_duration(),
+            workers: config.workers(pool_size),
+            queue_size: config.queue_size(pool_size),
+            breaker: BreakerConfig {
+                failure_threshold: config.circuit_breaker_failure_threshold(),
+                reset_timeout: config.circuit_breaker_reset_timeout(),
+                max_requests: config.circuit_breaker_max_requests(),
+            },
+            dedup_ttl: config.dedup_ttl(),
+        }
+    }
+}
+
+/// What every clone of one [`Handoff`] shares.
+pub(crate) struct Shared<M: MakeConnection, P> {
+    endpoint: Endpoint,
+    maker: Mutex<M>,
+    policy: P,
+    settings: Settings,
+    /// Bumped (under the pool lock) whenever the set of ready connections
+    /// changes; callers check it with one load per request.
+    gen: AtomicU64,
+    pool: Mutex<Pool<M::Connection>>,
+    events: broadcast::Sender<MaintEvent>,
+    breakers: Mutex<HashMap<Endpoint, Breaker>>,
+    workers: Arc<Semaphore>,
+    /// Handoff jobs queued or running.
+    queued: AtomicUsize,
+    /// The state reported before the first connection exists.
+    idle_state: Arc<MaintenanceState>,
+    next_id: AtomicU64,
+    /// Endpoint states being watched for events, with their stop signal.
+    watched: Mutex<Vec<(Arc<MaintenanceState>, tokio_util::sync::CancellationToken)>>,
+    /// `MOVING`s handled, by endpoint and sequence number.
+    handled: Mutex<Dedup<Endpoint>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The command service of one endpoint that hands its connections off on
+/// `MOVING`; see the [module docs](self).
+///
+/// Cheap to clone; clones share the connections. A clone is not ready until
+/// its own `poll_ready` (as with tower's `Buffer`).
+pub struct Handoff<M: MakeConnection, P = DefaultPolicy> {
+    shared: Arc<Shared<M, P>>,
+    /// The pool generation `local` was taken at; `u64::MAX`: never.
+    gen: u64,
+    local: Vec<Local<M::Connection>>,
+    /// The entry of `local` reserved by `poll_ready` for the next `call`.
+    reserved: Option<usize>,
+    /// The generation at which this clone started waiting for a connect.
+    waiting_since: Option<u64>,
+}
+
+struct Local<C> {
+    slot: Arc<Slot>,
+    conn: C,
+}
+
+impl<M: MakeConnection> Handoff<M> {
+    /// A handoff service for `endpoint` with the default maintenance
+    /// configuration, one connection and the [`DefaultPolicy`]; use
+    /// [`HandoffLayer`] to configure it.
+    pub fn new(maker: M, endpoint: Endpoint) -> Self {
+        Handoff::with_settings(
+            maker,
+            endpoint,
+            Settings::new(&Resolved::default(), 1),
+            DefaultPolicy,
+        )
+    }
+}
+
+impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
+    pub(crate) fn with_settings(
+        maker: M,
+        endpoint: Endpoint,
+        settings: Settings,
+        policy: P,
+    ) -> Self {
+        let shared = Shared {
+            pool: Mutex::new(Pool::new(settings.pool_size, endpoint.clone())),
+            endpoint,
+            maker: Mutex::new(maker),
+            policy,
+            gen: AtomicU64::new(0),
+            events: broadcast::channel(1024).0,
+            breakers: Mutex::new(HashMap::new()),
+            workers: Arc::new(Semaphore::new(settings.workers)),
+            queued: AtomicUsize::new(0),
+            idle_state: Arc::new(MaintenanceState::new(
+                settings.relaxed_timeout,
+                settings.relaxed_timeout * 3,
+            )),
+            next_id: AtomicU64::new(1),
+            watched: Mutex::new(Vec::new()),
+            handled: Mutex::new(Dedup::new(settings.dedup_ttl)),
+            settings,
+        };
+        Handoff {
+            shared: Arc::new(shared),
+            gen: u64::MAX,
+            local: Vec::new(),
+            reserved: None,
+            waiting_since: None,
+        }
+    }
+
+    /// Subscribes to this service's maintenance events: every event of the
+    /// endpoints its connections are on (notifications, relaxations), and
+    /// its own handoff and circuit-breaker events. A lagging subscriber
+    /// loses the oldest.
+    pub fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The endpoint this service was built for.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    /// The endpoints of the connections that take new commands now (one
+    /// per connected pool entry).
+    pub fn connected_to(&self) -> Vec<Endpoint> {
+        lock(&self.shared.pool)
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Ready { slot, .. } => Some(slot.endpoint.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Takes a fresh view of the pool; starts connects for empty entries.
+    fn refresh(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let shared = &self.shared;
+        let mut pool = lock(&shared.pool);
+        let g = shared.gen.load(SeqCst);
+        for i in 0..pool.entries.len() {
+            if matches!(pool.entries[i], Entry::Empty) {
+                pool.entries[i] = Entry::Connecting;
+                shared.spawn_connect(i, pool.current.clone());
+            }
+        }
+        self.local.clear();
+        for e in &pool.entries {
+            if let Entry::Ready { slot, conn } = e {
+                self.local.push(Local {
+                    slot: slot.clone(),
+                    conn: conn.clone(),
+                });
+            }
+        }
+        if self.local.is_empty() {
+            let since = *self.waiting_since.get_or_insert(g);
+            if let Some((at, e)) = pool.error.as_ref().filter(|(at, _)| *at > since) {
+                tracing::debug!(target: "redis_layers::handoff", generation = at, error = %e, "connect failed");
+                self.waiting_since = None;
+                return Poll::Ready(Err(e.clone()));
+            }
+            pool.waiters.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        self.waiting_since = None;
+        self.gen = g;
+        Poll::Ready(Ok(()))
+    }
+
+    /// The local entry with the fewest requests pending.
+    fn pick(&self) -> usize {
+        if self.local.len() == 1 {
+            return 0;
+        }
+        let mut best = (usize::MAX, 0);
+        for (i, l) in self.local.iter().enumerate() {
+            let p = l.slot.pending();
+            if p < best.0 {
+                best = (p, i);
+            }
+        }
+        best.1
+    }
+
+    fn release_reserved(&mut self) {
+        if let Some(i) = self.reserved.take() {
+            self.local[i].slot.release();
+        }
+    }
+}
+
+impl<M: MakeConnection, P> Clone for Handoff<M, P> {
+    fn clone(&self) -> Self {
+        Handoff {
+            shared: self.shared.clone(),
+            gen: u64::MAX,
+            local: Vec::new(),
+            reserved: None,
+            waiting_since: None,
+        }
+    }
+}
+
+impl<M: MakeConnection, P> Drop for Handoff<M, P> {
+    fn drop(&mut self) {
+        if let Some(i) = self.reserved.take() {
+            self.local[i].slot.release();
+        }
+    }
+}
+
+impl<M: MakeConnection, P> fmt::Debug for Handoff<M, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handoff")
+            .field("endpoint", &self.shared.endpoint)
+            .field("pool_size", &self.shared.settings.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
+    type Response = Response;
+    type Error = Error;
+    type Future = ResponseFuture<<M::Connection as Service<Request>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        loop {
+            if self.shared.gen.load(SeqCst) != self.gen {
+                self.release_reserved();
+                match self.refresh(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    other => return other,
+                }
+            }
+            if self.reserved.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            let i = self.pick();
+            // Count first, then check the generation: see `pool.rs`.
+            self.local[i].slot.acquire();
+            if self.shared.gen.load(SeqCst) != self.gen {
+                self.local[i].slot.release();
+                continue;
+            }
+            match self.local[i].conn.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.reserved = Some(i);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => {
+                    self.local[i].slot.release();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.local[i].slot.release();
+                    let id = self.local[i].slot.id;
+                    self.shared.lost(id, &e);
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match self.reserved.take() {
+            Some(i) => {
+                let l = &mut self.local[i];
+                let fut = l.conn.call(req);
+                ResponseFuture::new(fut, Some(Lease(l.slot.clone())))
+            }
+            // Tower's contract: `call` only after `poll_ready` said ready.
+            None => ResponseFuture::failed(Error::config(
+                "Handoff::call without a successful poll_ready",
+            )),
+        }
+    }
+}
+
+impl<M: MakeConnection, P> Maintained for Handoff<M, P> {
+    /// The state of the endpoint the next request goes to.
+    fn maintenance(&self) -> &Arc<MaintenanceState> {
+        match self.reserved.or((!self.local.is_empty()).then_some(0)) {
+            Some(i) => self.local[i].conn.maintenance(),
+            None => &self.shared.idle_state,
+        }
+    }
+}

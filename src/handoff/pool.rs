@@ -1,0 +1,132 @@
+//! The connections a [`Handoff`](super::Handoff) owns, and the lease that
+//! counts the requests on each.
+//!
+//! Switching a pool entry to a new connection must never strand a request:
+//! a caller reserves a slot on a connection (`poll_ready`) before it knows
+//! whether a handoff retires that connection. The rule that makes this
+//! safe: a caller first counts itself on the connection (`pending + 1`),
+//! then checks the pool generation; the switcher first bumps the
+//! generation, then reads `pending`. Both with `SeqCst`, so either the
+//! switcher sees the caller (and waits for its reply before closing) or the
+//! caller sees the new generation (and goes to the new connection).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::task::Waker;
+
+use tokio::sync::Notify;
+
+use crate::error::Error;
+use crate::transport::Endpoint;
+
+/// One connection's bookkeeping, shared by the pool and every request on it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) id: u64,
+    pub(crate) endpoint: Endpoint,
+    /// Requests reserved or in flight on this connection.
+    pending: AtomicUsize,
+    /// Moved away from: close once `pending` reaches 0.
+    retiring: AtomicBool,
+    drained: Notify,
+    /// Bumped for each handoff scheduled for this connection: a newer
+    /// `MOVING` supersedes an older one still dialling.
+    pub(crate) handoff_epoch: AtomicU64,
+}
+
+impl Slot {
+    pub(crate) fn new(id: u64, endpoint: Endpoint) -> Arc<Slot> {
+        Arc::new(Slot {
+            id,
+            endpoint,
+            pending: AtomicUsize::new(0),
+            retiring: AtomicBool::new(false),
+            drained: Notify::new(),
+            handoff_epoch: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(SeqCst)
+    }
+
+    /// Counts a caller on this connection.
+    pub(crate) fn acquire(&self) {
+        self.pending.fetch_add(1, SeqCst);
+    }
+
+    pub(crate) fn release(&self) {
+        if self.pending.fetch_sub(1, SeqCst) == 1 && self.retiring.load(SeqCst) {
+            self.drained.notify_one();
+        }
+    }
+
+    /// Marks the connection as moved away from; resolves when its last
+    /// request is answered.
+    pub(crate) async fn retire_and_drain(&self) {
+        self.retiring.store(true, SeqCst);
+        while self.pending.load(SeqCst) > 0 {
+            // `notify_one` keeps a permit when nobody waits yet, so a
+            // release between the load and this await is not lost.
+            self.drained.notified().await;
+        }
+    }
+}
+
+/// A request's hold on its connection, released when the reply is in (or
+/// the request is dropped).
+#[derive(Debug)]
+pub(crate) struct Lease(pub(crate) Arc<Slot>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A pool entry.
+pub(crate) enum Entry<C> {
+    /// Not connected; the next caller starts a connect.
+    Empty,
+    Connecting,
+    Ready {
+        slot: Arc<Slot>,
+        conn: C,
+    },
+}
+
+pub(crate) struct Pool<C> {
+    pub(crate) entries: Vec<Entry<C>>,
+    /// Where new connections go: the configured endpoint, or the target
+    /// of the last successful handoff.
+    pub(crate) current: Endpoint,
+    /// Callers waiting for any connection to become ready.
+    pub(crate) waiters: Vec<Waker>,
+    /// The last connect failure and the generation it happened at: callers
+    /// waiting for that connect get it as their error.
+    pub(crate) error: Option<(u64, Error)>,
+}
+
+impl<C> Pool<C> {
+    pub(crate) fn new(size: usize, endpoint: Endpoint) -> Self {
+        Pool {
+            entries: (0..size).map(|_| Entry::Empty).collect(),
+            current: endpoint,
+            waiters: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// The index of the ready entry holding `slot_id`.
+    pub(crate) fn find(&self, slot_id: u64) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| matches!(e, Entry::Ready { slot, .. } if slot.id == slot_id))
+    }
+
+    pub(crate) fn wake_all(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+}

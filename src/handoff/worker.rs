@@ -1,0 +1,459 @@
+//! The background side of [`Handoff`](super::Handoff): connects, watches
+//! connections and their endpoints' events, and runs handoff jobs on a
+//! bounded worker set with a bounded queue.
+
+use std::io;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::policy::{HandoffPolicy, Moving};
+use super::pool::{Entry, Slot};
+use super::{lock, MakeConnection, Shared};
+use crate::error::{Error, Result};
+use crate::maint::{BreakerState, MaintEvent, Maintained, MovingEndpoint, Notification};
+use crate::transport::{Endpoint, Lifecycle};
+
+const SUPERSEDED: &str = "superseded by a newer MOVING";
+
+/// One connection to move.
+struct Job {
+    slot: Arc<Slot>,
+    epoch: u64,
+    seq: i64,
+    time: Duration,
+    announced: Option<MovingEndpoint>,
+    from: Endpoint,
+    target: Endpoint,
+    start: Instant,
+    deadline: Instant,
+}
+
+/// Gives back a queue place when a job ends, however it ends.
+struct Queued<M: MakeConnection, P>(Arc<Shared<M, P>>);
+
+impl<M: MakeConnection, P> Drop for Queued<M, P> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, SeqCst);
+    }
+}
+
+impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
+    /// Connects pool entry `index` (marked `Connecting` by the caller).
+    pub(super) fn spawn_connect(self: &Arc<Self>, index: usize, endpoint: Endpoint) {
+        let dial = lock(&self.maker).make_connection(endpoint.clone());
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let r = dial.await;
+            match weak.upgrade() {
+                Some(shared) => shared.connected(index, endpoint, r),
+                None => {
+                    if let Ok(c) = r {
+                        c.close();
+                    }
+                }
+            }
+        });
+    }
+
+    fn connected(self: &Arc<Self>, index: usize, endpoint: Endpoint, r: Result<M::Connection>) {
+        let mut pool = lock(&self.pool);
+        match r {
+            Ok(conn) => {
+                let slot = Slot::new(self.next_id.fetch_add(1, SeqCst), endpoint);
+                tracing::debug!(target: "redis_layers::handoff", event = "handoff.connected", endpoint = %slot.endpoint, "connected");
+                pool.entries[index] = Entry::Ready {
+                    slot: slot.clone(),
+                    conn: conn.clone(),
+                };
+                self.gen.fetch_add(1, SeqCst);
+                pool.wake_all();
+                drop(pool);
+                self.watch(&slot, &conn);
+            }
+            Err(e) => {
+                tracing::debug!(target: "redis_layers::handoff", event = "handoff.connect_failed", %endpoint, error = %e, "connect failed");
+                pool.entries[index] = Entry::Empty;
+                // A handoff target that stops answering is not retried
+                // forever: the configured address is the way back.
+                pool.current = self.endpoint.clone();
+                let g = self.gen.fetch_add(1, SeqCst) + 1;
+                pool.error = Some((g, e));
+                pool.wake_all();
+            }
+        }
+    }
+
+    /// Watches a new connection: its death, and its endpoint's events.
+    fn watch(self: &Arc<Self>, slot: &Arc<Slot>, conn: &M::Connection) {
+        let weak = Arc::downgrade(self);
+        let closed = conn.closed();
+        let id = slot.id;
+        tokio::spawn(async move {
+            closed.await;
+            if let Some(shared) = weak.upgrade() {
+                shared.lost(id, &Error::Closed);
+            }
+        });
+        let state = conn.maintenance().clone();
+        let mut watched = lock(&self.watched);
+        if watched.iter().any(|(s, _)| Arc::ptr_eq(s, &state)) {
+            return;
+        }
+        let stop = CancellationToken::new();
+        watched.push((state.clone(), stop.clone()));
+        drop(watched);
+        // Subscribe before looking for a MOVING already under way, so none
+        // falls between the two.
+        let mut events = state.subscribe();
+        let active = state.active_moving();
+        let endpoint = slot.endpoint.clone();
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if let (Some((n, deadline)), Some(shared)) = (active, weak.upgrade()) {
+                shared.on_moving(&endpoint, &n, deadline);
+            }
+            loop {
+                let ev = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    ev = events.recv() => ev,
+                };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                };
+                let Some(shared) = weak.upgrade() else { break };
+                if let MaintEvent::Notification {
+                    notification: n @ Notification::Moving { time, .. },
+                    vetoed: false,
+                } = &ev
+                {
+                    shared.on_moving(&endpoint, n, Instant::now() + *time);
+                }
+                let _ = shared.events.send(ev);
+            }
+        });
+    }
+
+    /// Stops watching endpoint states no ready connection uses any more.
+    fn prune_watches(&self) {
+        let pool = lock(&self.pool);
+        let mut watched = lock(&self.watched);
+        watched.retain(|(state, stop)| {
+            let used = pool.entries.iter().any(|e| {
+                matches!(e, Entry::Ready { conn, .. } if Arc::ptr_eq(conn.maintenance(), state))
+            });
+            if !used {
+                stop.cancel();
+            }
+            used
+        });
+    }
+
+    /// A ready connection failed or closed: its entry is empty again, and
+    /// the next caller reconnects.
+    pub(super) fn lost(&self, slot_id: u64, why: &Error) {
+        let mut pool = lock(&self.pool);
+        if let Some(i) = pool.find(slot_id) {
+            if let Entry::Ready { slot, conn } =
+                std::mem::replace(&mut pool.entries[i], Entry::Empty)
+            {
+                tracing::debug!(target: "redis_layers::handoff", event = "handoff.connection_lost", endpoint = %slot.endpoint, error = %why, "connection lost");
+                conn.close();
+            }
+            self.gen.fetch_add(1, SeqCst);
+            pool.wake_all();
+        }
+    }
+
+    /// A `MOVING` for the connections on `from`.
+    fn on_moving(self: &Arc<Self>, from: &Endpoint, n: &Notification, deadline: Instant) {
+        let Notification::Moving {
+            seq,
+            time,
+            endpoint,
+        } = n
+        else {
+            return;
+        };
+        let now = Instant::now();
+        if !lock(&self.handled).first_time(from.clone(), *seq, now.into_std()) {
+            return;
+        }
+        let m = Moving::new(*seq, *time, endpoint.as_ref(), from, &self.endpoint);
+        let Some(target) = self.policy.target(&m) else {
+            tracing::info!(target: "redis_layers::handoff", event = "handoff.ignored", seq, %from, "policy ignores MOVING");
+            return;
+        };
+        let slots: Vec<Arc<Slot>> = {
+            let mut pool = lock(&self.pool);
+            if endpoint.is_some() && pool.current == *from {
+                pool.current = target.clone();
+            }
+            pool.entries
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Ready { slot, .. } if slot.endpoint == *from => Some(slot.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let count = slots.len();
+        for (k, slot) in slots.into_iter().enumerate() {
+            let job = Job {
+                epoch: slot.handoff_epoch.fetch_add(1, SeqCst) + 1,
+                slot,
+                seq: *seq,
+                time: *time,
+                announced: endpoint.clone(),
+                from: from.clone(),
+                target: target.clone(),
+                start: now + self.policy.delay(&m, k, count),
+                deadline,
+            };
+            if self.queued.fetch_add(1, SeqCst) >= self.settings.queue_size {
+                self.queued.fetch_sub(1, SeqCst);
+                self.failed(&job, "handoff queue full");
+                continue;
+            }
+            let queued = Queued(self.clone());
+            tokio::spawn(async move {
+                let shared = queued.0.clone();
+                shared.run(job).await;
+                drop(queued);
+            });
+        }
+    }
+
+    async fn run(self: &Arc<Self>, job: Job) {
+        tokio::time::sleep_until(job.start).await;
+        let Ok(_permit) = self.workers.clone().acquire_owned().await else {
+            return;
+        };
+        let m = Moving::new(
+            job.seq,
+            job.time,
+            job.announced.as_ref(),
+            &job.from,
+            &self.endpoint,
+        );
+        let mut attempt = 0;
+        let reason = loop {
+            if let Err(why) = self.is_current(&job) {
+                self.failed(&job, why);
+                return;
+            }
+            attempt += 1;
+            if !self.breaker_allows(&job.target) {
+                break format!("circuit breaker for {} is open", job.target);
+            }
+            self.step(
+                "started",
+                MaintEvent::HandoffStarted {
+                    seq: job.seq,
+                    from: job.from.clone(),
+                    to: job.target.clone(),
+                    attempt,
+                },
+            );
+            tracing::info!(target: "redis_layers::handoff", event = "handoff.started", seq = job.seq, from = %job.from, to = %job.target, attempt, "handoff started");
+            let dial = lock(&self.maker).make_connection(job.target.clone());
+            let dial = crate::transport::dial_relaxed(self.settings.relaxed_timeout, dial);
+            let r = match tokio::time::timeout(self.settings.handoff_timeout, dial).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "handoff dial took longer than {:?}",
+                        self.settings.handoff_timeout
+                    ),
+                )
+                .into()),
+            };
+            match r {
+                Ok(conn) => {
+                    let _ = self.breaker_result(&job.target, true);
+                    conn.maintenance()
+                        .relax_for("post-handoff", self.settings.post_handoff);
+                    self.install(&job, conn);
+                    return;
+                }
+                Err(e) => {
+                    if self.breaker_result(&job.target, false) == Some(BreakerState::Open) {
+                        break format!(
+                            "dial failed ({e}); circuit breaker for {} opened",
+                            job.target
+                        );
+                    }
+                    let wait = self.policy.backoff(&m, attempt + 1);
+                    if attempt >= self.settings.max_retries || Instant::now() + wait >= job.deadline
+                    {
+                        break format!("dial failed after {attempt} attempt(s): {e}");
+                    }
+                    tracing::info!(target: "redis_layers::handoff", event = "handoff.retried", seq = job.seq, to = %job.target, attempt, error = %e, wait_ms = wait.as_millis() as u64, "handoff dial failed; retrying");
+                    self.step(
+                        "retried",
+                        MaintEvent::HandoffRetried {
+                            seq: job.seq,
+                            to: job.target.clone(),
+                            attempt,
+                            error: e.to_string(),
+                        },
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        self.failed(&job, &reason);
+        // The old connection serves until just before its deadline; then new
+        // commands go to a new connection to the configured address while
+        // the old one drains, so the server's close at the deadline finds
+        // nothing in flight.
+        lock(&self.pool).current = self.endpoint.clone();
+        let grace = (job.time / 4).min(Duration::from_millis(500));
+        tokio::time::sleep_until(job.deadline - grace).await;
+        let mut pool = lock(&self.pool);
+        if let Some(i) = pool.find(job.slot.id) {
+            if let Entry::Ready { conn, .. } = std::mem::replace(&mut pool.entries[i], Entry::Empty)
+            {
+                self.gen.fetch_add(1, SeqCst);
+                drop(pool);
+                self.retire(job.slot.clone(), conn, job.deadline);
+            }
+        }
+    }
+
+    /// The job's connection is still in the pool and no newer `MOVING` took
+    /// over its handoff.
+    fn is_current(&self, job: &Job) -> Result<(), &'static str> {
+        if job.slot.handoff_epoch.load(SeqCst) != job.epoch {
+            return Err(SUPERSEDED);
+        }
+        match lock(&self.pool).find(job.slot.id) {
+            Some(_) => Ok(()),
+            None => Err("the connection closed before its handoff"),
+        }
+    }
+
+    /// Puts `conn` in the place of the job's connection, and retires that.
+    fn install(self: &Arc<Self>, job: &Job, conn: M::Connection) {
+        let mut pool = lock(&self.pool);
+        let index = pool.find(job.slot.id);
+        let (Some(i), true) = (index, job.slot.handoff_epoch.load(SeqCst) == job.epoch) else {
+            drop(pool);
+            conn.close();
+            self.failed(
+                job,
+                if index.is_none() {
+                    "the connection closed before its handoff"
+                } else {
+                    SUPERSEDED
+                },
+            );
+            return;
+        };
+        let slot = Slot::new(self.next_id.fetch_add(1, SeqCst), job.target.clone());
+        let old = std::mem::replace(
+            &mut pool.entries[i],
+            Entry::Ready {
+                slot: slot.clone(),
+                conn: conn.clone(),
+            },
+        );
+        pool.current = job.target.clone();
+        // After this, callers that count themselves on the old connection
+        // see the new generation and go to the new one (see `pool.rs`).
+        self.gen.fetch_add(1, SeqCst);
+        pool.wake_all();
+        drop(pool);
+        self.watch(&slot, &conn);
+        if let Entry::Ready { slot, conn } = old {
+            self.retire(slot, conn, job.deadline);
+        }
+        self.prune_watches();
+        tracing::info!(target: "redis_layers::handoff", event = "handoff.succeeded", seq = job.seq, from = %job.from, to = %job.target, "handoff succeeded");
+        self.step(
+            "succeeded",
+            MaintEvent::HandoffSucceeded {
+                seq: job.seq,
+                from: job.from.clone(),
+                to: job.target.clone(),
+            },
+        );
+    }
+
+    /// Closes a connection moved away from once its last reply is in, or at
+    /// the deadline.
+    fn retire(&self, slot: Arc<Slot>, conn: M::Connection, deadline: Instant) {
+        tokio::spawn(async move {
+            let drained = tokio::select! {
+                _ = slot.retire_and_drain() => true,
+                _ = tokio::time::sleep_until(deadline) => false,
+            };
+            conn.close();
+            tracing::debug!(target: "redis_layers::handoff", event = "handoff.old_closed", endpoint = %slot.endpoint, drained, "old connection closed");
+        });
+    }
+
+    fn failed(&self, job: &Job, reason: &str) {
+        tracing::warn!(target: "redis_layers::handoff", event = "handoff.failed", seq = job.seq, from = %job.from, to = %job.target, reason, "handoff failed");
+        self.step(
+            "failed",
+            MaintEvent::HandoffFailed {
+                seq: job.seq,
+                to: job.target.clone(),
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    fn step(&self, result: &'static str, ev: MaintEvent) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(super::HANDOFF, "result" => result).increment(1);
+        let _ = result;
+        let _ = self.events.send(ev);
+    }
+
+    fn breaker_allows(&self, target: &Endpoint) -> bool {
+        let (allowed, changed) = lock(&self.breakers)
+            .entry(target.clone())
+            .or_insert_with(super::Breaker::new)
+            .allow(&self.settings.breaker, Instant::now());
+        if let Some(state) = changed {
+            self.breaker_changed(target, state);
+        }
+        allowed
+    }
+
+    fn breaker_result(&self, target: &Endpoint, ok: bool) -> Option<BreakerState> {
+        let changed = {
+            let mut breakers = lock(&self.breakers);
+            let b = breakers
+                .entry(target.clone())
+                .or_insert_with(super::Breaker::new);
+            if ok {
+                b.success(&self.settings.breaker)
+            } else {
+                b.failure(&self.settings.breaker, Instant::now())
+            }
+        };
+        if let Some(state) = changed {
+            self.breaker_changed(target, state);
+        }
+        changed
+    }
+
+    fn breaker_changed(&self, endpoint: &Endpoint, state: BreakerState) {
+        tracing::warn!(target: "redis_layers::handoff", event = "handoff.breaker", %endpoint, state = state.as_str(), "handoff circuit breaker changed");
+        let _ = self.events.send(MaintEvent::Breaker {
+            endpoint: endpoint.clone(),
+            state,
+        });
+    }
+}

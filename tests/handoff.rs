@@ -1,0 +1,681 @@
+//! The Handoff layer on real redis-server through the simulator, under
+//! load: spec section 3, "Handoff (`MOVING`)".
+//!
+//! The ledger: many tasks run `INCR` on their own keys; every reply must be
+//! exactly one more than the last acknowledged value (a lost or doubled
+//! command shows at once), no command may fail, and at the end every key
+//! on the server must equal the number of acknowledged `INCR`s.
+#![cfg(feature = "sim")]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_layers::handoff::{
+    DefaultPolicy, Handoff, HandoffLayer, HandoffPolicy, HandoffPolicyExt, MakeConnection,
+};
+use redis_layers::maint::{BreakerState, EndpointType, MaintEvent, MaintenanceConfig, Mode};
+use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
+use redis_layers::sim::{Moved, Moving};
+use redis_layers::{cmd, Connector, Endpoint, Error, Request, Value};
+use support::sim::{endpoint, SimStandalone};
+use support::{bounded, within};
+use tokio::sync::{broadcast, Notify};
+use tower::{Layer, Service, ServiceExt};
+
+const STEP: Duration = Duration::from_secs(10);
+
+type Stack<P = DefaultPolicy> = RelaxTimeout<Handoff<Connector, P>>;
+
+fn config() -> MaintenanceConfig {
+    MaintenanceConfig::default()
+        .mode(Mode::Enabled)
+        .relaxed_timeout(Duration::from_secs(2))
+}
+
+/// RelaxTimeout (1 s commands) over Handoff over a maintenance-aware
+/// Connector: the default stack of one endpoint.
+fn stack_with<P: HandoffPolicy + Clone>(
+    env: &SimStandalone,
+    config: MaintenanceConfig,
+    pool: usize,
+    policy: P,
+) -> Stack<P> {
+    let connector = Connector::new()
+        .maintenance(config.clone())
+        .expect("config");
+    let handoff = HandoffLayer::new(env.endpoint())
+        .maintenance(&config)
+        .expect("config")
+        .pool_size(pool)
+        .expect("pool size")
+        .policy(policy);
+    RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(handoff.layer(connector))
+}
+
+fn stack(env: &SimStandalone, pool: usize) -> Stack {
+    stack_with(env, config(), pool, DefaultPolicy)
+}
+
+async fn send<S>(svc: &mut S, c: redis_layers::Cmd) -> Result<Value, Error>
+where
+    S: Service<Request, Response = redis_layers::Response, Error = Error>,
+{
+    svc.ready().await?.call(c.into()).await?.into_value()
+}
+
+/// The INCR ledger under way.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    progress: Arc<Notify>,
+    tasks: Vec<tokio::task::JoinHandle<(String, u64, Vec<String>)>>,
+}
+
+/// What the ledger saw: per key the acknowledged count, and every failure.
+struct Report {
+    acked: Vec<(String, u64)>,
+    errors: Vec<String>,
+}
+
+fn start_load<M, P>(svc: &RelaxTimeout<Handoff<M, P>>, tasks: usize, name: &str) -> Load
+where
+    M: MakeConnection,
+    P: HandoffPolicy,
+    RelaxTimeout<Handoff<M, P>>: Clone,
+    <M::Connection as Service<Request>>::Future: Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Notify::new());
+    let tasks = (0..tasks)
+        .map(|i| {
+            let mut svc = svc.clone();
+            let (stop, ops, progress) = (stop.clone(), ops.clone(), progress.clone());
+            let key = format!("ledger:{name}:{i}");
+            tokio::spawn(async move {
+                let mut acked = 0u64;
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match send(&mut svc, cmd("INCR").arg(&key)).await {
+                        Ok(Value::Integer(n)) if n as u64 == acked + 1 => acked += 1,
+                        Ok(other) => {
+                            errors
+                                .push(format!("{key}: after {acked} acks the reply was {other:?}"));
+                            // Resynchronise, so one fault is reported once.
+                            if let Value::Integer(n) = other {
+                                acked = n as u64;
+                            }
+                        }
+                        Err(e) => errors.push(format!("{key}: {e}")),
+                    }
+                    if ops.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
+                        progress.notify_waiters();
+                    }
+                }
+                (key, acked, errors)
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        ops,
+        progress,
+        tasks,
+    }
+}
+
+impl Load {
+    /// Waits until the load has run `n` more commands.
+    async fn run_for(&self, n: u64) {
+        let target = self.ops.load(Ordering::Relaxed) + n;
+        within(STEP, "load progress", async {
+            loop {
+                let notified = self.progress.notified();
+                if self.ops.load(Ordering::Relaxed) >= target {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+    }
+
+    async fn finish(self) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut report = Report {
+            acked: vec![],
+            errors: vec![],
+        };
+        for t in self.tasks {
+            let (key, acked, errors) = within(STEP, "load task", t).await.expect("task");
+            report.acked.push((key, acked));
+            report.errors.extend(errors);
+        }
+        report
+    }
+}
+
+/// Nothing failed, and the server holds exactly the acknowledged count.
+fn check_ledger(env: &SimStandalone, report: &Report) {
+    assert!(
+        report.errors.is_empty(),
+        "{} failed commands, first: {:?}",
+        report.errors.len(),
+        &report.errors[..report.errors.len().min(5)]
+    );
+    let total: u64 = report.acked.iter().map(|(_, n)| n).sum();
+    assert!(total > 0, "the load ran no command");
+    for (key, acked) in &report.acked {
+        let on_server = env.server.cli(&["GET", key]);
+        let on_server: u64 = on_server.trim().parse().unwrap_or(0);
+        assert_eq!(
+            on_server, *acked,
+            "{key}: server has {on_server}, client acknowledged {acked}"
+        );
+    }
+}
+
+/// A service's event stream and everything it delivered so far.
+struct Events {
+    rx: broadcast::Receiver<MaintEvent>,
+    seen: Vec<MaintEvent>,
+}
+
+impl Events {
+    fn of<M: MakeConnection, P: HandoffPolicy>(svc: &RelaxTimeout<Handoff<M, P>>) -> Self {
+        Events {
+            rx: svc.get_ref().subscribe(),
+            seen: vec![],
+        }
+    }
+
+    /// Every event so far (those already waited for included).
+    fn all(&mut self) -> &[MaintEvent] {
+        loop {
+            match self.rx.try_recv() {
+                Ok(e) => self.seen.push(e),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => panic!("lost {n} events"),
+                Err(_) => return &self.seen,
+            }
+        }
+    }
+
+    fn count(&mut self, pred: impl Fn(&MaintEvent) -> bool) -> usize {
+        self.all().iter().filter(|e| pred(e)).count()
+    }
+
+    /// Waits for an event matching `pred` (or finds it among those seen).
+    async fn wait(&mut self, what: &str, pred: impl Fn(&MaintEvent) -> bool) -> MaintEvent {
+        if let Some(e) = self.all().iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let (rx, seen) = (&mut self.rx, &mut self.seen);
+        within(STEP, what, async {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        seen.push(e.clone());
+                        if pred(&e) {
+                            return e;
+                        }
+                    }
+                    Err(e) => panic!("{what}: event stream: {e}"),
+                }
+            }
+        })
+        .await
+    }
+}
+
+fn succeeded(e: &MaintEvent) -> bool {
+    matches!(e, MaintEvent::HandoffSucceeded { .. })
+}
+
+fn moving(from: Option<SocketAddr>, time: Duration) -> Moving {
+    let mut m = Moving::new(time);
+    m.from = from;
+    m
+}
+
+/// Client connections the simulator sees on `addr`.
+fn clients_on(env: &SimStandalone, addr: SocketAddr) -> usize {
+    env.sim
+        .clients()
+        .iter()
+        .filter(|c| c.endpoint == addr)
+        .count()
+}
+
+/// Waits until `n` connections have opted in to notifications (the pool
+/// connects every entry on first use; a MOVING reaches those that opted in).
+async fn opted_in(env: &SimStandalone, n: usize) {
+    within(
+        STEP,
+        "pool connected",
+        env.sim
+            .wait_for(|c| c.iter().filter(|c| c.maint.is_some()).count() == n),
+    )
+    .await
+}
+
+/// Runs the ledger through `movings` MOVINGs in a row (each to a new
+/// endpoint, `time` each) and checks it.
+async fn ledger_through_movings(pool: usize, movings: usize, time: Duration, name: &str) {
+    let env = SimStandalone::start().await;
+    let svc = stack(&env, pool);
+    let mut events = Events::of(&svc);
+    let load = start_load(&svc, 64, name);
+    opted_in(&env, pool).await;
+    load.run_for(2_000).await;
+    let mut from = env.sim.endpoint();
+    for i in 0..movings {
+        let moved: Moved = within(
+            time + STEP,
+            "moving",
+            env.sim.moving(moving(Some(from), time)),
+        )
+        .await
+        .expect("moving");
+        // Every connection left the old endpoint before its deadline: the
+        // simulator closed none of ours.
+        assert_eq!(
+            moved.closed, 0,
+            "MOVING {i}: connections left on the old endpoint"
+        );
+        assert_eq!(clients_on(&env, moved.from), 0);
+        assert_eq!(
+            moved.notified, pool,
+            "MOVING {i}: every pooled connection told"
+        );
+        let to = endpoint(moved.to);
+        assert_eq!(svc.get_ref().connected_to(), vec![to; pool], "MOVING {i}");
+        from = moved.to;
+        load.run_for(1_000).await;
+    }
+    let report = load.finish().await;
+    check_ledger(&env, &report);
+    assert_eq!(
+        events.count(succeeded),
+        pool * movings,
+        "{:?}",
+        events.all()
+    );
+    assert_eq!(
+        events.count(|e| matches!(e, MaintEvent::HandoffFailed { .. })),
+        0
+    );
+}
+
+/// Acceptance: 64 tasks, one MOVING with a 2 s window: 0 failed commands,
+/// the ledger exact, no connection left on the old endpoint at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_survives_a_moving() {
+    bounded(
+        60,
+        ledger_through_movings(1, 1, Duration::from_secs(2), "one"),
+    )
+    .await;
+}
+
+/// Acceptance: the same through 10 MOVINGs in a row (1 s windows, to keep
+/// the test short; each MOVING goes from the last target to a new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_survives_ten_movings_in_a_row() {
+    bounded(
+        90,
+        ledger_through_movings(1, 10, Duration::from_secs(1), "ten"),
+    )
+    .await;
+}
+
+/// Acceptance: the same with a pool of 8 connections, all handed off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_survives_a_moving_with_a_pool_of_8() {
+    bounded(
+        60,
+        ledger_through_movings(8, 1, Duration::from_secs(2), "pool8"),
+    )
+    .await;
+}
+
+/// Acceptance: the ledger through a MOVING with a null endpoint (clients
+/// that opted in with `moving-endpoint-type none`): the handoff starts at
+/// exactly `time / 2` and reconnects to the configured address, which now
+/// leads to the new node (the simulator keeps it open, as a load balancer
+/// would, and closes only the connections it told at the deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_survives_a_moving_with_a_null_endpoint() {
+    bounded(60, async {
+        let env = SimStandalone::start().await;
+        let cfg = config().endpoint_type(EndpointType::None);
+        let svc = stack_with(&env, cfg, 1, DefaultPolicy);
+        let mut events = Events::of(&svc);
+        let load = start_load(&svc, 64, "null");
+        opted_in(&env, 1).await;
+        load.run_for(2_000).await;
+        let mut m = moving(None, Duration::from_secs(3));
+        m.stay_open = true;
+        let handle = env.sim.start_moving(m).unwrap();
+        let sent = tokio::time::Instant::now();
+        events
+            .wait("handoff started", |e| {
+                matches!(e, MaintEvent::HandoffStarted { .. })
+            })
+            .await;
+        let waited = sent.elapsed();
+        // time / 2 = 1.5 s, not truncated to 1 s.
+        assert!(
+            waited >= Duration::from_millis(1450) && waited < Duration::from_millis(2500),
+            "handoff started after {waited:?}"
+        );
+        events.wait("handoff", succeeded).await;
+        let moved = handle.finished().await.unwrap();
+        assert_eq!(moved.notified, 1);
+        assert_eq!(
+            moved.closed, 0,
+            "the told connection was left before the deadline"
+        );
+        assert_eq!(svc.get_ref().connected_to(), vec![env.endpoint()]);
+        assert_eq!(clients_on(&env, moved.from), 1);
+        load.run_for(1_000).await;
+        check_ledger(&env, &load.finish().await);
+    })
+    .await;
+}
+
+/// Spec: a connection with no traffic is handed off too, eagerly; traffic
+/// after the deadline finds the new connection (no reconnect, no error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_handed_off() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let mut svc = stack(&env, 2);
+        let mut events = Events::of(&svc);
+        assert_eq!(
+            send(&mut svc, cmd("SET").arg("k").arg("v")).await.unwrap(),
+            Value::SimpleString("OK".into())
+        );
+        opted_in(&env, 2).await;
+        let moved = env
+            .sim
+            .moving(moving(None, Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(moved.notified, 2);
+        assert_eq!(moved.closed, 0, "idle connections were left behind");
+        assert_eq!(events.count(succeeded), 2, "{:?}", events.all());
+        let before = env.sim.clients().len();
+        assert_eq!(before, 2);
+        assert_eq!(clients_on(&env, moved.to), 2);
+        assert_eq!(
+            send(&mut svc, cmd("GET").arg("k")).await.unwrap(),
+            Value::BulkString("v".into())
+        );
+        // The command used a handed-off connection: nobody reconnected.
+        assert_eq!(env.sim.clients().len(), 2);
+        assert_eq!(svc.get_ref().connected_to(), vec![endpoint(moved.to); 2]);
+    })
+    .await;
+}
+
+/// Spec: the same MOVING on every connection of the endpoint (as servers
+/// send it) starts one handoff per connection, not one per copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_moving_is_handled_once() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let mut svc = stack(&env, 3);
+        let mut events = Events::of(&svc);
+        send(&mut svc, cmd("PING")).await.unwrap();
+        opted_in(&env, 3).await;
+        let handle = env
+            .sim
+            .start_moving(moving(None, Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(handle.notified, 3);
+        // The same frame once more on every old connection.
+        let again = redis_layers::sim::Notification::Moving {
+            seq: handle.seq,
+            time: 1,
+            endpoint: Some(handle.to.to_string()),
+        };
+        let from = handle.from;
+        assert_eq!(
+            env.sim
+                .notify(redis_layers::sim::Target::Endpoint(from), &again),
+            3
+        );
+        let moved = handle.finished().await.unwrap();
+        assert_eq!(moved.closed, 0);
+        let started = events.count(|e| matches!(e, MaintEvent::HandoffStarted { .. }));
+        assert_eq!(started, 3, "{:?}", events.all());
+        assert_eq!(events.count(succeeded), 3);
+        assert_eq!(
+            send(&mut svc, cmd("PING")).await.unwrap(),
+            Value::SimpleString("PONG".into())
+        );
+    })
+    .await;
+}
+
+/// Spec: a newer MOVING that arrives while a handoff is still dialling
+/// takes over: the connection ends up where the newer one says, the older
+/// handoff is reported as superseded, and commands never fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_during_a_handoff_takes_over() {
+    bounded(60, async {
+        let env = SimStandalone::start().await;
+        let svc = stack(&env, 1);
+        let mut events = Events::of(&svc);
+        let load = start_load(&svc, 8, "takeover");
+        load.run_for(500).await;
+        // The first target refuses, so its handoff is retrying...
+        let dead = env.sim.open_endpoint().await.unwrap();
+        env.sim.refuse_connections(dead, true);
+        let mut first = moving(None, Duration::from_secs(3));
+        first.to = Some(dead);
+        let first = env.sim.start_moving(first).unwrap();
+        events
+            .wait(
+                "first dial retried",
+                |e| matches!(e, MaintEvent::HandoffRetried { seq, .. } if *seq == first.seq),
+            )
+            .await;
+        // ... when the second MOVING comes, to a working endpoint.
+        let second = env
+            .sim
+            .start_moving(moving(Some(first.from), Duration::from_secs(3)))
+            .unwrap();
+        events
+            .wait(
+                "second handoff",
+                |e| matches!(e, MaintEvent::HandoffSucceeded { seq, .. } if *seq == second.seq),
+            )
+            .await;
+        let superseded = events
+            .wait(
+                "first reported",
+                |e| matches!(e, MaintEvent::HandoffFailed { seq, .. } if *seq == first.seq),
+            )
+            .await;
+        assert!(
+            format!("{superseded:?}").contains("superseded"),
+            "{superseded:?}"
+        );
+        assert_eq!(svc.get_ref().connected_to(), vec![endpoint(second.to)]);
+        let (a, b) = (
+            first.finished().await.unwrap(),
+            second.finished().await.unwrap(),
+        );
+        assert_eq!(a.closed + b.closed, 0);
+        load.run_for(500).await;
+        check_ledger(&env, &load.finish().await);
+        assert_eq!(
+            events.count(succeeded),
+            1,
+            "only one handoff succeeded: {:?}",
+            events.all()
+        );
+    })
+    .await;
+}
+
+/// Acceptance: a custom policy that maps the announced address to another
+/// one is honoured. The announced endpoint refuses connections, so only the
+/// mapped one can work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_policy_maps_the_target() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let announced = env.sim.open_endpoint().await.unwrap();
+        env.sim.refuse_connections(announced, true);
+        let reachable = env.sim.open_endpoint().await.unwrap();
+        let policy = DefaultPolicy.map_target(move |_moving, target| {
+            if target == endpoint(announced) {
+                endpoint(reachable)
+            } else {
+                target
+            }
+        });
+        let svc = stack_with(&env, config(), 1, policy);
+        let mut events = Events::of(&svc);
+        let load = start_load(&svc, 16, "policy");
+        load.run_for(500).await;
+        let mut m = moving(None, Duration::from_secs(2));
+        m.to = Some(announced);
+        let moved = env.sim.moving(m).await.unwrap();
+        assert_eq!(moved.closed, 0);
+        assert_eq!(svc.get_ref().connected_to(), vec![endpoint(reachable)]);
+        assert_eq!(clients_on(&env, reachable), 1);
+        load.run_for(500).await;
+        check_ledger(&env, &load.finish().await);
+        assert!(events.all().iter().any(|e| matches!(e,
+            MaintEvent::HandoffSucceeded { to, .. } if *to == endpoint(reachable))));
+        assert_eq!(
+            events.count(|e| matches!(e, MaintEvent::HandoffRetried { .. })),
+            0
+        );
+    })
+    .await;
+}
+
+/// Acceptance: the target refuses connections. Dials are retried with
+/// backoff (counted), the breaker opens; commands keep succeeding on the
+/// old connection until its deadline and then on a reconnect to the
+/// configured address. When the target is back, the breaker half-opens and
+/// closes with the next handoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_target_retries_opens_the_breaker_and_recovers() {
+    bounded(60, async {
+        let env = SimStandalone::start().await;
+        let cfg = config()
+            .max_handoff_retries(4)
+            .circuit_breaker_failure_threshold(3)
+            .circuit_breaker_reset_timeout(Duration::from_millis(500))
+            .circuit_breaker_max_requests(1);
+        let svc = stack_with(&env, cfg, 1, DefaultPolicy);
+        let mut events = Events::of(&svc);
+        // One sequential task: at most one command in flight when the
+        // old connection is closed at its deadline.
+        let load = start_load(&svc, 1, "refused");
+        load.run_for(200).await;
+        let target = env.sim.open_endpoint().await.unwrap();
+        env.sim.refuse_connections(target, true);
+        let mut m = moving(None, Duration::from_secs(3));
+        m.to = Some(target);
+        m.stay_open = true;
+        let handle = env.sim.start_moving(m).unwrap();
+        let failed = events.wait("handoff gave up", |e| {
+            matches!(e, MaintEvent::HandoffFailed { .. })
+        })
+        .await;
+        let retries = events.count(|e| matches!(e, MaintEvent::HandoffRetried { .. }));
+        assert_eq!(retries, 2, "3 dials, 2 retries, then the breaker: {:?}", events.all());
+        assert!(format!("{failed:?}").contains("circuit breaker"), "{failed:?}");
+        assert!(events.all().iter().any(|e| matches!(e,
+            MaintEvent::Breaker { state: BreakerState::Open, endpoint: e } if *e == endpoint(target))));
+        // Still on the old connection, still working.
+        assert_eq!(svc.get_ref().connected_to(), vec![endpoint(handle.from)]);
+        load.run_for(200).await;
+        let moved = handle.finished().await.unwrap();
+        assert_eq!(moved.closed, 0, "left before the deadline");
+        load.run_for(200).await;
+        // Reconnected to the configured address.
+        assert_eq!(svc.get_ref().connected_to(), vec![env.endpoint()]);
+
+        env.sim.refuse_connections(target, false);
+        let mut m = moving(None, Duration::from_secs(2));
+        m.to = Some(target);
+        m.stay_open = true;
+        // The next MOVING comes after the reset timeout: half-open, one
+        // trial dial, closed.
+        let handle = env.sim.start_moving(m).unwrap();
+        events.wait("handoff succeeded", succeeded).await;
+        for state in [BreakerState::HalfOpen, BreakerState::Closed] {
+            assert!(events.all().iter().any(|e| matches!(e,
+                MaintEvent::Breaker { state: s, .. } if *s == state)), "{state:?}: {:?}", events.seen);
+        }
+        assert_eq!(svc.get_ref().connected_to(), vec![endpoint(target)]);
+        handle.finished().await.unwrap();
+        load.run_for(200).await;
+        // The old connection was left just before its deadline, drained:
+        // nothing failed.
+        check_ledger(&env, &load.finish().await);
+    })
+    .await;
+}
+
+/// A caller waiting for a connect that fails gets the connect error, and
+/// the next call tries again (no caller waits on a dead socket).
+#[tokio::test]
+async fn connect_failure_reaches_the_caller_and_the_next_call_retries() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        env.sim.refuse_connections(env.sim.endpoint(), true);
+        let mut svc = stack(&env, 1);
+        let err = send(&mut svc, cmd("PING")).await.unwrap_err();
+        assert!(err.is_connection_error(), "{err:?}");
+        env.sim.refuse_connections(env.sim.endpoint(), false);
+        assert_eq!(
+            send(&mut svc, cmd("PING")).await.unwrap(),
+            Value::SimpleString("PONG".into())
+        );
+        // A connection killed by the server is replaced on the next call.
+        assert_eq!(env.sim.close(redis_layers::sim::Target::All), 1);
+        let mut tries = 0;
+        let reply = loop {
+            tries += 1;
+            match send(&mut svc, cmd("PING")).await {
+                Ok(v) => break v,
+                Err(e) if tries < 3 => assert!(e.is_connection_error(), "{e:?}"),
+                Err(e) => panic!("no reconnect: {e}"),
+            }
+        };
+        assert_eq!(reply, Value::SimpleString("PONG".into()));
+    })
+    .await;
+}
+
+/// Layer configuration errors name the field.
+#[test]
+fn pool_size_is_validated() {
+    let e = HandoffLayer::new(Endpoint::tcp("h", 1))
+        .pool_size(0)
+        .unwrap_err();
+    assert_eq!(e.field(), "pool_size");
+    let cfg = MaintenanceConfig::default().max_active_conns(4);
+    let e = HandoffLayer::new(Endpoint::tcp("h", 1))
+        .pool_size(8)
+        .unwrap()
+        .maintenance(&cfg)
+        .unwrap_err();
+    assert_eq!(e.field(), "pool_size");
+    let e = HandoffLayer::new(Endpoint::tcp("h", 1))
+        .maintenance(&MaintenanceConfig::default().max_handoff_retries(11))
+        .unwrap_err();
+    assert_eq!(e.field(), "max_handoff_retries");
+}
