@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use redis_layers::handoff::Handoff;
 use redis_layers::relax::RelaxTimeoutLayer;
 use redis_layers::{cmd, Connection, Connector, Pipeline, Request, Response, Value};
 use tower::{Layer, Service, ServiceExt};
@@ -381,6 +382,31 @@ fn main() {
             .collect(),
     );
 
+    // The whole endpoint stack (RelaxTimeout over Handoff over its own
+    // connection) against the bare Connection, paired the same way.
+    let stack = rt.block_on(async {
+        let mut s = RelaxTimeoutLayer::new(Duration::from_secs(1))
+            .layer(Handoff::new(Connector::new(), server.endpoint()));
+        s.ready().await.expect("stack connects");
+        Ours(s)
+    });
+    let (bare2, stacked) = compare(
+        &rt,
+        &ours,
+        &stack,
+        Workload::Get { callers: 64 },
+        rounds * 4,
+        window / 2,
+    );
+    let stack_paired = median(
+        bare2
+            .iter()
+            .zip(&stacked)
+            .map(|(b, l)| l.ops / b.ops)
+            .collect(),
+    );
+    let alloc_stack = rt.block_on(allocs_per_get(&stack));
+
     let workloads = [
         Workload::Get { callers: 1 },
         Workload::Get { callers: 16 },
@@ -421,6 +447,16 @@ fn main() {
         bare.len(),
         cpu(&layered),
         cpu(&bare)
+    );
+    println!(
+        "RelaxTimeout + Handoff stack, GET with 64 callers: {:.0} ops/s vs bare Connection {:.0}; \
+         median ratio of {} paired rounds: {stack_paired:.3}; client CPU {:.2} vs {:.2} us/command; \
+         {alloc_stack:.2} allocations per GET",
+        ops(&stacked),
+        ops(&bare2),
+        bare2.len(),
+        cpu(&stacked),
+        cpu(&bare2)
     );
     println!("client CPU per command (this process, us): ours / redis-rs");
     for (name, _, _, ca, cb) in &rows {

@@ -262,6 +262,17 @@ async fn opted_in(env: &SimStandalone, n: usize) {
     .await
 }
 
+/// Waits until the simulator sees exactly `n` client connections: every
+/// socket the layer left (old connections, abandoned dials) is closed.
+async fn sockets_left(env: &SimStandalone, n: usize) {
+    within(
+        STEP,
+        "leftover sockets closed",
+        env.sim.wait_for(|c| c.len() == n),
+    )
+    .await
+}
+
 /// Runs the ledger through `movings` MOVINGs in a row (each to a new
 /// endpoint, `time` each) and checks it.
 async fn ledger_through_movings(pool: usize, movings: usize, time: Duration, name: &str) {
@@ -298,6 +309,7 @@ async fn ledger_through_movings(pool: usize, movings: usize, time: Duration, nam
     }
     let report = load.finish().await;
     check_ledger(&env, &report);
+    sockets_left(&env, pool).await;
     assert_eq!(
         events.count(succeeded),
         pool * movings,
@@ -383,6 +395,7 @@ async fn ledger_survives_a_moving_with_a_null_endpoint() {
         assert_eq!(clients_on(&env, moved.from), 1);
         load.run_for(1_000).await;
         check_ledger(&env, &load.finish().await);
+        sockets_left(&env, 1).await;
     })
     .await;
 }
@@ -514,6 +527,7 @@ async fn moving_during_a_handoff_takes_over() {
         assert_eq!(a.closed + b.closed, 0);
         load.run_for(500).await;
         check_ledger(&env, &load.finish().await);
+        sockets_left(&env, 1).await;
         assert_eq!(
             events.count(succeeded),
             1,
@@ -553,6 +567,7 @@ async fn custom_policy_maps_the_target() {
         assert_eq!(clients_on(&env, reachable), 1);
         load.run_for(500).await;
         check_ledger(&env, &load.finish().await);
+        sockets_left(&env, 1).await;
         assert!(events.all().iter().any(|e| matches!(e,
             MaintEvent::HandoffSucceeded { to, .. } if *to == endpoint(reachable))));
         assert_eq!(
@@ -625,6 +640,7 @@ async fn refused_target_retries_opens_the_breaker_and_recovers() {
         // The old connection was left just before its deadline, drained:
         // nothing failed.
         check_ledger(&env, &load.finish().await);
+        sockets_left(&env, 1).await;
     })
     .await;
 }
@@ -678,4 +694,82 @@ fn pool_size_is_validated() {
         .maintenance(&MaintenanceConfig::default().max_handoff_retries(11))
         .unwrap_err();
     assert_eq!(e.field(), "max_handoff_retries");
+}
+
+/// Spec: the policy may spread a pool's handoffs over the first half of
+/// the window; `spread()` does, evenly, and the ledger stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_policy_spreads_a_pool_over_half_the_window() {
+    bounded(60, async {
+        let env = SimStandalone::start().await;
+        let svc = stack_with(&env, config(), 4, DefaultPolicy.spread());
+        let mut events = Events::of(&svc);
+        let load = start_load(&svc, 32, "spread");
+        opted_in(&env, 4).await;
+        load.run_for(1_000).await;
+        let handle = env
+            .sim
+            .start_moving(moving(None, Duration::from_secs(4)))
+            .unwrap();
+        let sent = tokio::time::Instant::now();
+        let mut starts = vec![];
+        for _ in 0..4 {
+            events
+                .wait("handoff started", |e| {
+                    matches!(e, MaintEvent::HandoffStarted { .. })
+                })
+                .await;
+            starts.push(sent.elapsed());
+            events.seen.clear();
+        }
+        // 0, 0.5, 1.0, 1.5 s after the MOVING (4 s window, 4 connections).
+        for (i, t) in starts.iter().enumerate() {
+            let want = Duration::from_millis(500) * i as u32;
+            assert!(
+                *t + Duration::from_millis(50) >= want && *t < want + Duration::from_millis(400),
+                "handoff {i} started at {t:?}, want about {want:?}: {starts:?}"
+            );
+        }
+        let moved = handle.finished().await.unwrap();
+        assert_eq!(moved.closed, 0);
+        load.run_for(500).await;
+        check_ledger(&env, &load.finish().await);
+        sockets_left(&env, 4).await;
+    })
+    .await;
+}
+
+/// Spec: handoffs run on a bounded worker set with a bounded queue. With
+/// one worker and room for two jobs, a pool of four hands off two
+/// connections; the other two are reported ("handoff queue full"), serve on
+/// the old endpoint until just before the deadline, and are then replaced
+/// by new connections, made where the successful handoffs went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handoff_queue_is_bounded() {
+    bounded(60, async {
+        let env = SimStandalone::start().await;
+        let cfg = config().max_workers(1).handoff_queue_size(2);
+        let svc = stack_with(&env, cfg, 4, DefaultPolicy);
+        let mut events = Events::of(&svc);
+        let load = start_load(&svc, 32, "queue");
+        opted_in(&env, 4).await;
+        load.run_for(1_000).await;
+        let mut m = moving(None, Duration::from_secs(2));
+        m.stay_open = true;
+        let moved = env.sim.moving(m).await.unwrap();
+        let full = events.count(|e| {
+            matches!(e, MaintEvent::HandoffFailed { reason, .. } if reason == "handoff queue full")
+        });
+        assert_eq!(full, 2, "{:?}", events.all());
+        assert_eq!(events.count(succeeded), 2);
+        assert_eq!(
+            moved.closed, 0,
+            "the two left behind were left before the deadline"
+        );
+        load.run_for(1_000).await;
+        assert_eq!(svc.get_ref().connected_to(), vec![endpoint(moved.to); 4]);
+        check_ledger(&env, &load.finish().await);
+        sockets_left(&env, 4).await;
+    })
+    .await;
 }

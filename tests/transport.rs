@@ -807,6 +807,100 @@ async fn commands_after_death_fail_fast() {
     .await
 }
 
+/// `Connection::close` closes for every clone at once, and the error says
+/// what a caller may do next: a request that was written (the server may
+/// have run it) fails with an I/O error, one never written with
+/// `Error::Closed`, which is safe to send again. A scripted server stops
+/// reading once a 32 MiB SET has started to arrive, so the SET is cut off
+/// half-written and a GET queued behind it is never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_tells_written_from_never_written() {
+    use bytes::BytesMut;
+    use redis_layers::resp::Decoder;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    bounded(20, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint =
+            redis_layers::Endpoint::tcp("127.0.0.1", listener.local_addr().unwrap().port());
+        let (stalled_tx, stalled) = tokio::sync::oneshot::channel();
+        let script = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let (mut buf, mut dec) = (BytesMut::new(), Decoder::new());
+            loop {
+                let Some(frame) = dec.decode(&mut buf).unwrap() else {
+                    assert!(sock.read_buf(&mut buf).await.unwrap() > 0);
+                    continue;
+                };
+                let Value::Array(args) = frame else {
+                    panic!("not a command: {frame:?}")
+                };
+                let name = String::from_utf8_lossy(args[0].as_bytes().unwrap()).to_uppercase();
+                match name.as_str() {
+                    "HELLO" => sock.write_all(b"-NOPROTO no RESP3 here\r\n").await.unwrap(),
+                    "PING" => sock.write_all(b"+PONG\r\n").await.unwrap(),
+                    // Received, never answered; then wait for the SET to start.
+                    "GET" => break,
+                    _ => panic!("unexpected {name}"),
+                }
+            }
+            while buf.is_empty() {
+                assert!(sock.read_buf(&mut buf).await.unwrap() > 0);
+            }
+            // Stop reading: the client's writes pile up in the socket.
+            stalled_tx.send(()).unwrap();
+            let mut rest = vec![];
+            let _ = sock.read_to_end(&mut rest).await;
+        });
+        let conn = within(
+            Duration::from_secs(5),
+            "connect",
+            Connector::new().connect(endpoint),
+        )
+        .await
+        .expect("connect");
+        let first = tokio::spawn({
+            let c = conn.clone();
+            async move { c.send_cmd(cmd("GET").arg("first")).await }
+        });
+        let big = tokio::spawn({
+            let c = conn.clone();
+            async move {
+                c.send_cmd(cmd("SET").arg("big").arg(vec![b'x'; 32 << 20]))
+                    .await
+            }
+        });
+        within(Duration::from_secs(5), "server stalls mid-SET", stalled)
+            .await
+            .unwrap();
+        // Queued behind the SET, which cannot finish: never written.
+        let mut svc = conn.clone();
+        let after = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(cmd("GET").arg("after").into());
+        conn.clone().close();
+        within(Duration::from_secs(2), "closed()", conn.closed()).await;
+        assert!(conn.is_closed());
+        for (name, task) in [("GET first", first), ("SET big", big)] {
+            let e = task.await.unwrap().unwrap_err();
+            assert!(
+                matches!(&e, Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionAborted),
+                "{name}: {e:?}"
+            );
+        }
+        let e = after.await.unwrap_err();
+        assert!(matches!(e, Error::Closed), "GET after: {e:?}");
+        let e = conn.send_cmd(cmd("PING")).await.unwrap_err();
+        assert!(matches!(e, Error::Closed), "after close: {e:?}");
+        within(Duration::from_secs(2), "script ends", script)
+            .await
+            .unwrap();
+    })
+    .await
+}
+
 /// Acceptance: `Connection` is a tower `Service<Request>`: `ready().call()`
 /// answers single commands and pipelines, and `oneshot` works on a clone.
 #[tokio::test]

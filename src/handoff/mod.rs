@@ -23,9 +23,12 @@
 //! pool size). A failed dial is retried after the policy's backoff, up to
 //! `max_handoff_retries` attempts, each bounded by `handoff_timeout`; a
 //! per-target circuit breaker stops dialling an endpoint that keeps
-//! failing. When a handoff finally fails, the old connection serves until
-//! its deadline and is then closed; the next command reconnects to the
-//! configured address.
+//! failing. When a handoff finally fails (or finds the queue full), the old
+//! connection serves until just before its deadline, then drains and
+//! closes while the next command reconnects: to the configured address, or
+//! to where the last successful handoff of this pool went. A connection
+//! that was still being dialled when a `MOVING` arrived is handed off as
+//! soon as it joins the pool.
 //!
 //! Whether, where, when and how to retry is the [`HandoffPolicy`]'s call.
 //! Every step is reported as a [`MaintEvent`] ([`Handoff::subscribe`]), as

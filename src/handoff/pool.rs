@@ -10,7 +10,7 @@
 //! switcher sees the caller (and waits for its reply before closing) or the
 //! caller sees the new generation (and goes to the new connection).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -32,6 +32,9 @@ pub(crate) struct Slot {
     /// Bumped for each handoff scheduled for this connection: a newer
     /// `MOVING` supersedes an older one still dialling.
     pub(crate) handoff_epoch: AtomicU64,
+    /// The last `MOVING` a handoff was scheduled for: one per connection,
+    /// however many ways the `MOVING` reaches us.
+    moving_seq: AtomicI64,
 }
 
 impl Slot {
@@ -43,7 +46,13 @@ impl Slot {
             retiring: AtomicBool::new(false),
             drained: Notify::new(),
             handoff_epoch: AtomicU64::new(0),
+            moving_seq: AtomicI64::new(i64::MIN),
         })
+    }
+
+    /// True the first time it is called for `seq`.
+    pub(crate) fn claim_moving(&self, seq: i64) -> bool {
+        self.moving_seq.swap(seq, SeqCst) != seq
     }
 
     pub(crate) fn pending(&self) -> usize {

@@ -47,10 +47,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     pub(super) fn spawn_connect(self: &Arc<Self>, index: usize, endpoint: Endpoint) {
         let dial = lock(&self.maker).make_connection(endpoint.clone());
         let weak = Arc::downgrade(self);
+        let started = Instant::now();
         tokio::spawn(async move {
             let r = dial.await;
             match weak.upgrade() {
-                Some(shared) => shared.connected(index, endpoint, r),
+                Some(shared) => shared.connected(index, endpoint, started, r),
                 None => {
                     if let Ok(c) = r {
                         c.close();
@@ -60,7 +61,13 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         });
     }
 
-    fn connected(self: &Arc<Self>, index: usize, endpoint: Endpoint, r: Result<M::Connection>) {
+    fn connected(
+        self: &Arc<Self>,
+        index: usize,
+        endpoint: Endpoint,
+        started: Instant,
+        r: Result<M::Connection>,
+    ) {
         let mut pool = lock(&self.pool);
         match r {
             Ok(conn) => {
@@ -74,6 +81,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 pool.wake_all();
                 drop(pool);
                 self.watch(&slot, &conn);
+                self.catch_up(&slot, &conn, started);
             }
             Err(e) => {
                 tracing::debug!(target: "redis_layers::handoff", event = "handoff.connect_failed", %endpoint, error = %e, "connect failed");
@@ -174,27 +182,25 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
 
     /// A `MOVING` for the connections on `from`.
     fn on_moving(self: &Arc<Self>, from: &Endpoint, n: &Notification, deadline: Instant) {
-        let Notification::Moving {
-            seq,
-            time,
-            endpoint,
-        } = n
-        else {
+        let Notification::Moving { seq, endpoint, .. } = n else {
             return;
         };
-        let now = Instant::now();
-        if !lock(&self.handled).first_time(from.clone(), *seq, now.into_std()) {
+        if !lock(&self.handled).first_time(from.clone(), *seq, Instant::now().into_std()) {
             return;
         }
-        let m = Moving::new(*seq, *time, endpoint.as_ref(), from, &self.endpoint);
-        let Some(target) = self.policy.target(&m) else {
-            tracing::info!(target: "redis_layers::handoff", event = "handoff.ignored", seq, %from, "policy ignores MOVING");
-            return;
-        };
         let slots: Vec<Arc<Slot>> = {
             let mut pool = lock(&self.pool);
             if endpoint.is_some() && pool.current == *from {
-                pool.current = target.clone();
+                let m = Moving::new(
+                    *seq,
+                    Duration::ZERO,
+                    endpoint.as_ref(),
+                    from,
+                    &self.endpoint,
+                );
+                if let Some(target) = self.policy.target(&m) {
+                    pool.current = target;
+                }
             }
             pool.entries
                 .iter()
@@ -204,6 +210,47 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 })
                 .collect()
         };
+        self.schedule(from, n, deadline, slots);
+    }
+
+    /// A connection whose dial started before a `MOVING` reached its
+    /// endpoint, and that joined the pool after the `MOVING` was handled, was
+    /// told too (the server tells every connection) but missed the event:
+    /// hand it off now. A connection dialled after the `MOVING` was made
+    /// there on purpose (a null-endpoint reconnect) and stays.
+    fn catch_up(self: &Arc<Self>, slot: &Arc<Slot>, conn: &M::Connection, dial_started: Instant) {
+        let Some((n, deadline)) = conn.maintenance().active_moving() else {
+            return;
+        };
+        let received = n.time().and_then(|t| deadline.checked_sub(t));
+        if received.is_some_and(|r| dial_started < r) {
+            self.schedule(&slot.endpoint, &n, deadline, vec![slot.clone()]);
+        }
+    }
+
+    /// Queues a handoff job for each of `slots` (on `from`).
+    fn schedule(
+        self: &Arc<Self>,
+        from: &Endpoint,
+        n: &Notification,
+        deadline: Instant,
+        slots: Vec<Arc<Slot>>,
+    ) {
+        let Notification::Moving {
+            seq,
+            time,
+            endpoint,
+        } = n
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let m = Moving::new(*seq, *time, endpoint.as_ref(), from, &self.endpoint);
+        let Some(target) = self.policy.target(&m) else {
+            tracing::info!(target: "redis_layers::handoff", event = "handoff.ignored", seq, %from, "policy ignores MOVING");
+            return;
+        };
+        let slots: Vec<_> = slots.into_iter().filter(|s| s.claim_moving(*seq)).collect();
         let count = slots.len();
         for (k, slot) in slots.into_iter().enumerate() {
             let job = Job {
@@ -220,6 +267,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             if self.queued.fetch_add(1, SeqCst) >= self.settings.queue_size {
                 self.queued.fetch_sub(1, SeqCst);
                 self.failed(&job, "handoff queue full");
+                let shared = self.clone();
+                tokio::spawn(async move { shared.fall_back(&job).await });
                 continue;
             }
             let queued = Queued(self.clone());
@@ -263,6 +312,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 },
             );
             tracing::info!(target: "redis_layers::handoff", event = "handoff.started", seq = job.seq, from = %job.from, to = %job.target, attempt, "handoff started");
+            let dial_started = Instant::now();
             let dial = lock(&self.maker).make_connection(job.target.clone());
             let dial = crate::transport::dial_relaxed(self.settings.relaxed_timeout, dial);
             let r = match tokio::time::timeout(self.settings.handoff_timeout, dial).await {
@@ -281,7 +331,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                     let _ = self.breaker_result(&job.target, true);
                     conn.maintenance()
                         .relax_for("post-handoff", self.settings.post_handoff);
-                    self.install(&job, conn);
+                    self.install(&job, conn, dial_started);
                     return;
                 }
                 Err(e) => {
@@ -311,13 +361,21 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             }
         };
         self.failed(&job, &reason);
-        // The old connection serves until just before its deadline; then new
-        // commands go to a new connection to the configured address while
-        // the old one drains, so the server's close at the deadline finds
-        // nothing in flight.
+        self.fall_back(&job).await;
+    }
+
+    /// After a failed handoff the old connection serves until just before
+    /// its deadline; then new commands go to a new connection to the
+    /// configured address while the old one drains, so the server's close at
+    /// the deadline finds nothing in flight. (Unless a newer `MOVING` took
+    /// over the connection meanwhile.)
+    async fn fall_back(&self, job: &Job) {
         lock(&self.pool).current = self.endpoint.clone();
         let grace = (job.time / 4).min(Duration::from_millis(500));
-        tokio::time::sleep_until(job.deadline - grace).await;
+        tokio::time::sleep_until(job.deadline.checked_sub(grace).unwrap_or(job.deadline)).await;
+        if job.slot.handoff_epoch.load(SeqCst) != job.epoch {
+            return;
+        }
         let mut pool = lock(&self.pool);
         if let Some(i) = pool.find(job.slot.id) {
             if let Entry::Ready { conn, .. } = std::mem::replace(&mut pool.entries[i], Entry::Empty)
@@ -342,7 +400,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     }
 
     /// Puts `conn` in the place of the job's connection, and retires that.
-    fn install(self: &Arc<Self>, job: &Job, conn: M::Connection) {
+    fn install(self: &Arc<Self>, job: &Job, conn: M::Connection, dial_started: Instant) {
         let mut pool = lock(&self.pool);
         let index = pool.find(job.slot.id);
         let (Some(i), true) = (index, job.slot.handoff_epoch.load(SeqCst) == job.epoch) else {
@@ -373,6 +431,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         pool.wake_all();
         drop(pool);
         self.watch(&slot, &conn);
+        self.catch_up(&slot, &conn, dial_started);
         if let Entry::Ready { slot, conn } = old {
             self.retire(slot, conn, job.deadline);
         }
