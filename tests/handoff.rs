@@ -773,3 +773,194 @@ async fn the_handoff_queue_is_bounded() {
     })
     .await;
 }
+
+/// The number in the next pub/sub message.
+async fn next_message(pushes: &mut redis_layers::PushReceiver) -> u64 {
+    let v = within(STEP, "message", pushes.recv())
+        .await
+        .expect("push stream open");
+    let Value::Push(items) = &v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(items[0], Value::BulkString("message".into()), "{v:?}");
+    String::from_utf8_lossy(items[2].as_bytes().unwrap())
+        .parse()
+        .unwrap()
+}
+
+/// Issue: a subscription made through the layer moves with its connection:
+/// the new connection subscribes before it takes over, the merged push
+/// stream keeps delivering, and no message published during the MOVING is
+/// lost (one published in the moment both are subscribed may come twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_the_connection_across_a_moving() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let mut svc = stack(&env, 1);
+        let mut pushes = svc.get_ref().take_pushes().expect("pushes");
+        assert!(svc.get_ref().take_pushes().is_none());
+        send(&mut svc, cmd("SUBSCRIBE").arg("news")).await.unwrap();
+        // The publisher talks to the server directly, past the simulator.
+        let publisher = Connector::new()
+            .connect(env.server.endpoint())
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let published = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    publisher
+                        .send_cmd(cmd("PUBLISH").arg("news").arg(n))
+                        .await
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            }
+        });
+        let mut received = vec![];
+        received.push(next_message(&mut pushes).await);
+        let moved = env
+            .sim
+            .moving(moving(None, Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(moved.closed, 0);
+        // Messages published after the old connection closed arrive: the
+        // new connection is subscribed.
+        for _ in 0..200 {
+            received.push(next_message(&mut pushes).await);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let total = published.await.unwrap();
+        assert!(total > 1000, "published {total}");
+        let first = received[0];
+        let last = *received.last().unwrap();
+        let mut seen: Vec<u64> = received.clone();
+        seen.sort_unstable();
+        let dups = seen.len() - {
+            seen.dedup();
+            seen.len()
+        };
+        let missing = (first..=last)
+            .filter(|n| seen.binary_search(n).is_err())
+            .count();
+        assert_eq!(missing, 0, "lost messages between {first} and {last}");
+        assert!(dups <= 10, "{dups} duplicates");
+        assert_eq!(clients_on(&env, moved.to), 1);
+    })
+    .await;
+}
+
+/// Issue: a lease is a dedicated connection: a `BLPOP` on it does not hold
+/// up the shared connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_blocks_alone() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let mut svc = stack(&env, 1);
+        let mut lease = svc.get_ref().lease().await.unwrap();
+        let blpop = tokio::spawn(async move {
+            let r = (&mut lease)
+                .oneshot(cmd("BLPOP").arg("q").arg(5).into())
+                .await
+                .and_then(|r| r.into_value());
+            (r, lease)
+        });
+        for _ in 0..3 {
+            assert_eq!(
+                within(STEP, "PING while BLPOP waits", send(&mut svc, cmd("PING")))
+                    .await
+                    .unwrap(),
+                Value::SimpleString("PONG".into())
+            );
+        }
+        assert!(!blpop.is_finished());
+        send(&mut svc, cmd("LPUSH").arg("q").arg("job"))
+            .await
+            .unwrap();
+        let (r, _lease) = within(STEP, "BLPOP", blpop).await.unwrap();
+        assert_eq!(
+            r.unwrap(),
+            Value::Array(vec![
+                Value::BulkString("q".into()),
+                Value::BulkString("job".into())
+            ])
+        );
+    })
+    .await;
+}
+
+/// A clean lease's connection serves the next lease; one that ran `WATCH`
+/// (state on the connection) is closed when given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_leases_are_reused_and_dirty_ones_closed() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let mut svc = stack(&env, 1);
+        send(&mut svc, cmd("PING")).await.unwrap();
+        let ids = |env: &SimStandalone| {
+            let mut v: Vec<u64> = env.sim.clients().iter().map(|c| c.id).collect();
+            v.sort_unstable();
+            v
+        };
+        let mut lease = svc.get_ref().lease().await.unwrap();
+        send(&mut lease, cmd("GET").arg("k")).await.unwrap();
+        drop(lease);
+        let after_first = ids(&env);
+        assert_eq!(after_first.len(), 2);
+        let mut lease = svc.get_ref().lease().await.unwrap();
+        assert_eq!(ids(&env), after_first, "the clean connection was reused");
+        send(&mut lease, cmd("WATCH").arg("k")).await.unwrap();
+        drop(lease);
+        sockets_left(&env, 1).await;
+        let lease = svc.get_ref().lease().await.unwrap();
+        let now = ids(&env);
+        assert_eq!(now.len(), 2);
+        assert!(
+            now[1] > after_first[1],
+            "a new connection: {now:?} after {after_first:?}"
+        );
+        drop(lease);
+    })
+    .await;
+}
+
+/// Issue: leased connections are handed off when given back: an idle one
+/// is closed by the MOVING, one held during the window is closed when
+/// given back, and the next lease is dialled at the new endpoint; nothing
+/// is left on the old endpoint at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_move_when_given_back() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let mut svc = stack(&env, 1);
+        let mut events = Events::of(&svc);
+        send(&mut svc, cmd("PING")).await.unwrap();
+        let idle = svc.get_ref().lease().await.unwrap();
+        let mut held = svc.get_ref().lease().await.unwrap();
+        drop(idle);
+        send(&mut held, cmd("SET").arg("k").arg("v")).await.unwrap();
+        opted_in(&env, 3).await;
+        let handle = env
+            .sim
+            .start_moving(moving(None, Duration::from_secs(1)))
+            .unwrap();
+        events.wait("pool handed off", succeeded).await;
+        assert_eq!(held.endpoint(), &endpoint(handle.from));
+        drop(held);
+        let moved = handle.finished().await.unwrap();
+        assert_eq!(moved.closed, 0, "a lease was left on the old endpoint");
+        let mut lease = svc.get_ref().lease().await.unwrap();
+        assert_eq!(lease.endpoint(), &endpoint(moved.to));
+        assert_eq!(
+            send(&mut lease, cmd("GET").arg("k")).await.unwrap(),
+            Value::BulkString("v".into())
+        );
+    })
+    .await;
+}

@@ -37,9 +37,12 @@
 //! `handoff.old_closed`) and, with the `metrics` feature, in the
 //! [`HANDOFF`] counter.
 //!
-//! Not yet: leasing dedicated connections (blocking commands, `WATCH`,
-//! pub/sub) that are handed off when returned. Blocking commands work on the
-//! multiplexed connection meanwhile (they hold up the commands behind them).
+//! Subscriptions made through the service move with their connection: the
+//! replacement subscribes to the same channels before it takes commands,
+//! and [`Handoff::take_pushes`] merges the pushes of every connection. For
+//! blocking commands, `WATCH`/`MULTI` or a subscriber of its own,
+//! [`Handoff::lease`] gives a dedicated connection, handed off when given
+//! back.
 //!
 //! Our own code rather than a pool crate: the switch must never strand or
 //! duplicate a request that is between `poll_ready` and `call`, and that
@@ -60,6 +63,7 @@
 mod breaker;
 mod future;
 mod layer;
+mod lease;
 mod policy;
 mod pool;
 mod worker;
@@ -73,11 +77,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, mpsc, Semaphore};
 use tower_service::Service;
 
 pub use future::ResponseFuture;
 pub use layer::HandoffLayer;
+pub use lease::Leased;
 pub use policy::{
     DefaultPolicy, Filter, HandoffPolicy, HandoffPolicyExt, MapTarget, Moving, Spread,
 };
@@ -88,7 +93,8 @@ use pool::{Entry, Lease, Pool, Slot};
 use crate::error::{Error, Result};
 use crate::maint::{Dedup, MaintEvent, Maintained, MaintenanceState, Resolved};
 use crate::request::{Request, Response};
-use crate::transport::{Endpoint, Lifecycle};
+use crate::resp::Value;
+use crate::transport::{Endpoint, Lifecycle, PushReceiver};
 
 /// Counter (feature `metrics`): handoff steps, by `result` (`started`,
 /// `retried`, `succeeded`, `failed`).
@@ -100,7 +106,7 @@ pub const HANDOFF: &str = "redis.client.connection.handoff";
 /// every such maker, e.g. [`Connector`](crate::Connector).
 pub trait MakeConnection: Clone + Send + 'static {
     /// The connection made.
-    type Connection: Service<Request, Response = Response, Error = Error>
+    type Connection: Service<Request, Response = Response, Error = Error, Future: Send + 'static>
         + Maintained
         + Lifecycle
         + Clone
@@ -118,7 +124,7 @@ impl<M, C> MakeConnection for M
 where
     M: Service<Endpoint, Response = C, Error = Error> + Clone + Send + 'static,
     M::Future: Send + 'static,
-    C: Service<Request, Response = Response, Error = Error>
+    C: Service<Request, Response = Response, Error = Error, Future: Send + 'static>
         + Maintained
         + Lifecycle
         + Clone
@@ -196,6 +202,11 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     watched: Mutex<Vec<(Arc<MaintenanceState>, tokio_util::sync::CancellationToken)>>,
     /// `MOVING`s handled, by endpoint and sequence number.
     handled: Mutex<Dedup<Endpoint>>,
+    /// The pushes of every pooled connection, merged.
+    push_tx: mpsc::UnboundedSender<Value>,
+    push_rx: Mutex<Option<PushReceiver>>,
+    /// Dedicated connections given back and clean: the next lease takes one.
+    idle: Mutex<Vec<(Arc<Slot>, M::Connection)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -244,7 +255,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
         settings: Settings,
         policy: P,
     ) -> Self {
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
         let shared = Shared {
+            push_tx,
+            push_rx: Mutex::new(Some(PushReceiver::new(push_rx))),
+            idle: Mutex::new(Vec::new()),
             pool: Mutex::new(Pool::new(settings.pool_size, endpoint.clone())),
             endpoint,
             maker: Mutex::new(maker),
@@ -278,6 +293,25 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
     /// loses the oldest.
     pub fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// The push frames (pub/sub messages, invalidations, ...) of every
+    /// connection this service owns, merged, across handoffs: a connection
+    /// that replaces another first subscribes to what the old one was
+    /// subscribed to, so messages keep coming. During the switch both
+    /// connections are subscribed for a moment, so a message published
+    /// then may arrive twice; none published after the new connection's
+    /// subscription is confirmed is lost. The first call takes it; later
+    /// calls return `None`.
+    pub fn take_pushes(&self) -> Option<PushReceiver> {
+        lock(&self.shared.push_rx).take()
+    }
+
+    /// A dedicated connection (for blocking commands, `WATCH`/`MULTI`, a
+    /// subscriber of its own), dialled where the pool's connections are
+    /// now, or a clean idle one; see [`Leased`].
+    pub async fn lease(&self) -> Result<Leased<M, P>> {
+        self.shared.lease().await
     }
 
     /// The endpoint this service was built for.

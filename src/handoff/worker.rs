@@ -107,6 +107,27 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 shared.lost(id, &Error::Closed);
             }
         });
+        self.forward_pushes(conn);
+        self.watch_state(conn, &slot.endpoint);
+    }
+
+    /// Forwards a connection's push frames to the service's own push
+    /// channel ([`Handoff::take_pushes`](super::Handoff::take_pushes)).
+    fn forward_pushes(&self, conn: &M::Connection) {
+        if let Some(mut rx) = conn.take_pushes() {
+            let tx = self.push_tx.clone();
+            tokio::spawn(async move {
+                while let Some(v) = rx.recv().await {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Watches the events of the endpoint `conn` is on (once per endpoint).
+    pub(super) fn watch_state(self: &Arc<Self>, conn: &M::Connection, endpoint: &Endpoint) {
         let state = conn.maintenance().clone();
         let mut watched = lock(&self.watched);
         if watched.iter().any(|(s, _)| Arc::ptr_eq(s, &state)) {
@@ -119,7 +140,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         // falls between the two.
         let mut events = state.subscribe();
         let active = state.active_moving();
-        let endpoint = slot.endpoint.clone();
+        let endpoint = endpoint.clone();
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             if let (Some((n, deadline)), Some(shared)) = (active, weak.upgrade()) {
@@ -152,11 +173,12 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     /// Stops watching endpoint states no ready connection uses any more.
     fn prune_watches(&self) {
         let pool = lock(&self.pool);
+        let idle = lock(&self.idle);
         let mut watched = lock(&self.watched);
         watched.retain(|(state, stop)| {
             let used = pool.entries.iter().any(|e| {
                 matches!(e, Entry::Ready { conn, .. } if Arc::ptr_eq(conn.maintenance(), state))
-            });
+            }) || idle.iter().any(|(_, c)| Arc::ptr_eq(c.maintenance(), state));
             if !used {
                 stop.cancel();
             }
@@ -188,6 +210,15 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         if !lock(&self.handled).first_time(from.clone(), *seq, Instant::now().into_std()) {
             return;
         }
+        // Idle dedicated connections on the old endpoint: closing loses
+        // nothing; the next lease dials where the pool goes.
+        lock(&self.idle).retain(|(slot, conn)| {
+            let stays = slot.endpoint != *from;
+            if !stays {
+                conn.close();
+            }
+            stays
+        });
         let slots: Vec<Arc<Slot>> = {
             let mut pool = lock(&self.pool);
             if endpoint.is_some() && pool.current == *from {
@@ -314,6 +345,20 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             tracing::info!(target: "redis_layers::handoff", event = "handoff.started", seq = job.seq, from = %job.from, to = %job.target, attempt, "handoff started");
             let dial_started = Instant::now();
             let dial = lock(&self.maker).make_connection(job.target.clone());
+            // The new connection takes over the old one's subscriptions
+            // before it takes any command.
+            let restore = self
+                .conn_of(&job.slot)
+                .map(|c| c.resubscribe_commands())
+                .unwrap_or_default();
+            let dial = async {
+                let mut conn = dial.await?;
+                if let Err(e) = send_all(&mut conn, &restore).await {
+                    conn.close();
+                    return Err(e);
+                }
+                Ok(conn)
+            };
             let dial = crate::transport::dial_relaxed(self.settings.relaxed_timeout, dial);
             let r = match tokio::time::timeout(self.settings.handoff_timeout, dial).await {
                 Ok(r) => r,
@@ -331,7 +376,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                     let _ = self.breaker_result(&job.target, true);
                     conn.maintenance()
                         .relax_for("post-handoff", self.settings.post_handoff);
-                    self.install(&job, conn, dial_started);
+                    self.install(&job, conn, dial_started, restore);
                     return;
                 }
                 Err(e) => {
@@ -382,9 +427,18 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             {
                 self.gen.fetch_add(1, SeqCst);
                 drop(pool);
-                self.retire(job.slot.clone(), conn, job.deadline);
+                self.retire(job.slot.clone(), conn, job.deadline, None);
             }
         }
+    }
+
+    /// The pooled connection of `slot`, if it is still in the pool.
+    fn conn_of(&self, slot: &Slot) -> Option<M::Connection> {
+        let pool = lock(&self.pool);
+        pool.find(slot.id).and_then(|i| match &pool.entries[i] {
+            Entry::Ready { conn, .. } => Some(conn.clone()),
+            _ => None,
+        })
     }
 
     /// The job's connection is still in the pool and no newer `MOVING` took
@@ -400,7 +454,13 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     }
 
     /// Puts `conn` in the place of the job's connection, and retires that.
-    fn install(self: &Arc<Self>, job: &Job, conn: M::Connection, dial_started: Instant) {
+    fn install(
+        self: &Arc<Self>,
+        job: &Job,
+        conn: M::Connection,
+        dial_started: Instant,
+        restored: Vec<crate::Cmd>,
+    ) {
         let mut pool = lock(&self.pool);
         let index = pool.find(job.slot.id);
         let (Some(i), true) = (index, job.slot.handoff_epoch.load(SeqCst) == job.epoch) else {
@@ -432,8 +492,12 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         drop(pool);
         self.watch(&slot, &conn);
         self.catch_up(&slot, &conn, dial_started);
-        if let Entry::Ready { slot, conn } = old {
-            self.retire(slot, conn, job.deadline);
+        if let Entry::Ready {
+            slot: old_slot,
+            conn: old_conn,
+        } = old
+        {
+            self.retire(old_slot, old_conn, job.deadline, Some((conn, restored)));
         }
         self.prune_watches();
         tracing::info!(target: "redis_layers::handoff", event = "handoff.succeeded", seq = job.seq, from = %job.from, to = %job.target, "handoff succeeded");
@@ -449,12 +513,27 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
 
     /// Closes a connection moved away from once its last reply is in, or at
     /// the deadline.
-    fn retire(&self, slot: Arc<Slot>, conn: M::Connection, deadline: Instant) {
+    /// `successor` took over the connection's subscriptions as they were
+    /// at the switch; a subscription that a command still in flight on the
+    /// old connection added is carried over once it is drained.
+    fn retire(
+        &self,
+        slot: Arc<Slot>,
+        conn: M::Connection,
+        deadline: Instant,
+        successor: Option<(M::Connection, Vec<crate::Cmd>)>,
+    ) {
         tokio::spawn(async move {
             let drained = tokio::select! {
                 _ = slot.retire_and_drain() => true,
                 _ = tokio::time::sleep_until(deadline) => false,
             };
+            if let Some((mut new, restored)) = successor {
+                let now = conn.resubscribe_commands();
+                if !now.is_empty() && now != restored {
+                    let _ = send_all(&mut new, &now).await;
+                }
+            }
             conn.close();
             tracing::debug!(target: "redis_layers::handoff", event = "handoff.old_closed", endpoint = %slot.endpoint, drained, "old connection closed");
         });
@@ -515,4 +594,16 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             state,
         });
     }
+}
+
+/// Sends `cmds` on `conn` one after the other; the first failure ends it.
+async fn send_all<C>(conn: &mut C, cmds: &[crate::Cmd]) -> Result<()>
+where
+    C: tower_service::Service<crate::Request, Response = crate::Response, Error = Error>,
+{
+    for c in cmds {
+        std::future::poll_fn(|cx| conn.poll_ready(cx)).await?;
+        conn.call(c.clone().into()).await?.into_value()?;
+    }
+    Ok(())
 }

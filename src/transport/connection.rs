@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     info: OnceLock<ConnectionInfo>,
     endpoint: Endpoint,
     pub(crate) maint: Arc<MaintenanceState>,
+    /// What this connection is subscribed to (the driver keeps it).
+    pub(crate) subscriptions: Mutex<driver::Subscriptions>,
     /// Stops the driver task: [`Connection::close`].
     abort: OnceLock<tokio::task::AbortHandle>,
 }
@@ -107,6 +109,7 @@ impl Connection {
             endpoint,
             maint,
             abort: OnceLock::new(),
+            subscriptions: Mutex::new(driver::Subscriptions::default()),
         });
         let task = tokio::spawn(Driver::new(io, rx, push_tx, config, shared.clone()));
         let _ = shared.abort.set(task.abort_handle());
@@ -218,6 +221,24 @@ impl Connection {
             }
             notified.await;
         }
+    }
+
+    /// The commands that subscribe another connection to everything this
+    /// one is subscribed to now (channels, patterns, shard channels), as
+    /// the server confirmed them. Empty when it has no subscriptions.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: redis_layers::Connection) -> Result<(), redis_layers::Error> {
+    /// conn.send(redis_layers::cmd("SUBSCRIBE").arg("news")).await?;
+    /// assert_eq!(conn.resubscribe_commands().len(), 1); // SUBSCRIBE news
+    /// # Ok(()) }
+    /// ```
+    pub fn resubscribe_commands(&self) -> Vec<Cmd> {
+        self.shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore()
     }
 
     /// Closes the connection now, for every clone: requests not yet
@@ -337,6 +358,14 @@ impl super::Lifecycle for Connection {
     fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         Connection::closed(self)
     }
+
+    fn take_pushes(&self) -> Option<PushReceiver> {
+        Connection::take_pushes(self)
+    }
+
+    fn resubscribe_commands(&self) -> Vec<Cmd> {
+        Connection::resubscribe_commands(self)
+    }
 }
 
 /// Receives a connection's push frames; see [`Connection::take_pushes`].
@@ -349,6 +378,12 @@ pub struct PushReceiver {
 }
 
 impl PushReceiver {
+    /// A receiver fed by `rx` (layers that merge the pushes of several
+    /// connections hand these out).
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Value>) -> Self {
+        PushReceiver { rx }
+    }
+
     /// The next push frame, or `None` after the connection closed.
     pub async fn recv(&mut self) -> Option<Value> {
         self.rx.recv().await

@@ -166,7 +166,7 @@ fn expect_for(cmd: &Cmd) -> Expect {
 /// to, as the server's confirmations (and unsolicited `sunsubscribe`s) tell.
 /// A bare `UNSUBSCRIBE` is over when its kind's set is empty.
 #[derive(Debug, Default)]
-struct Subscriptions {
+pub(crate) struct Subscriptions {
     sets: [HashSet<Bytes>; 3],
 }
 
@@ -194,6 +194,26 @@ impl Subscriptions {
 
     fn is_empty(&self, kind: SubKind) -> bool {
         self.sets[kind.set().0].is_empty()
+    }
+
+    /// The commands that subscribe another connection to the same channels,
+    /// patterns and shard channels (one `SSUBSCRIBE` per shard channel: in a
+    /// cluster they may live in different slots).
+    pub(crate) fn restore(&self) -> Vec<Cmd> {
+        let mut out = Vec::new();
+        for (set, name) in [(0, "SUBSCRIBE"), (1, "PSUBSCRIBE")] {
+            if !self.sets[set].is_empty() {
+                let mut c = crate::resp::cmd(name);
+                for ch in &self.sets[set] {
+                    c = c.arg(ch.as_ref());
+                }
+                out.push(c);
+            }
+        }
+        for ch in &self.sets[2] {
+            out.push(crate::resp::cmd("SSUBSCRIBE").arg(ch.as_ref()));
+        }
+        out
     }
 }
 
@@ -352,7 +372,6 @@ pub(crate) struct Driver<T> {
     timer_at: Option<Instant>,
     /// The clock, read once per turn when a timed request is taken.
     turn_now: Option<Instant>,
-    subscriptions: Subscriptions,
     pushes: mpsc::UnboundedSender<Value>,
     config: DriverConfig,
     shared: Arc<Shared>,
@@ -398,7 +417,6 @@ where
             timer: None,
             timer_at: None,
             turn_now: None,
-            subscriptions: Subscriptions::default(),
             pushes,
             config,
             shared,
@@ -575,21 +593,31 @@ where
                 }
                 None => {}
             }
-            self.subscriptions.apply(&v);
-            if let Some(front) = self.in_flight.front_mut() {
-                match front.state.offer_push(&v, &self.subscriptions) {
-                    Some(true) => self.complete_front(),
-                    Some(false) => {}
-                    None => self.deliver_push(v),
-                }
-            } else {
-                self.deliver_push(v);
+            let offered = {
+                let shared = self.shared.clone();
+                let mut subs = shared
+                    .subscriptions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                subs.apply(&v);
+                self.in_flight
+                    .front_mut()
+                    .and_then(|front| front.state.offer_push(&v, &subs))
+            };
+            match offered {
+                Some(true) => self.complete_front(),
+                Some(false) => {}
+                None => self.deliver_push(v),
             }
             return Ok(());
         }
         if matches!(&v, Value::SimpleString(s) if s.as_ref() == b"RESET") {
             // RESET ended every subscription without confirmations.
-            self.subscriptions = Subscriptions::default();
+            *self
+                .shared
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Subscriptions::default();
         }
         let Some(front) = self.in_flight.front_mut() else {
             return Err(ProtocolError::new("reply received with no request in flight").into());

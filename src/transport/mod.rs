@@ -44,6 +44,17 @@ pub trait Lifecycle {
     fn close(&self);
     /// Resolves when the connection has closed, for whatever reason.
     fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static;
+    /// Takes the connection's push frames (see
+    /// [`Connection::take_pushes`]); `None` when taken already or when the
+    /// connection has none.
+    fn take_pushes(&self) -> Option<PushReceiver> {
+        None
+    }
+    /// The commands that restore this connection's subscriptions on
+    /// another one (see [`Connection::resubscribe_commands`]).
+    fn resubscribe_commands(&self) -> Vec<crate::Cmd> {
+        Vec::new()
+    }
 }
 
 /// The RESP version a connection speaks.
