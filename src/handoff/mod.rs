@@ -483,4 +483,10 @@ impl<M: MakeConnection, P> Maintained for Handoff<M, P> {
             None => &self.shared.idle_state,
         }
     }
+
+    /// The same stream as [`Handoff::subscribe`]: it follows the
+    /// connections from endpoint to endpoint.
+    fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
+        self.shared.events.subscribe()
+    }
 }

@@ -219,19 +219,14 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             }
             stays
         });
+        let Some(target) = self.target(from, n) else {
+            return;
+        };
         let slots: Vec<Arc<Slot>> = {
             let mut pool = lock(&self.pool);
+            // New connections go where the pool goes.
             if endpoint.is_some() && pool.current == *from {
-                let m = Moving::new(
-                    *seq,
-                    Duration::ZERO,
-                    endpoint.as_ref(),
-                    from,
-                    &self.endpoint,
-                );
-                if let Some(target) = self.policy.target(&m) {
-                    pool.current = target;
-                }
+                pool.current = target.clone();
             }
             pool.entries
                 .iter()
@@ -241,7 +236,26 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 })
                 .collect()
         };
-        self.schedule(from, n, deadline, slots);
+        self.schedule(from, n, deadline, target, slots);
+    }
+
+    /// The policy's target for a `MOVING` (asked once per `MOVING` and
+    /// connection set), or `None` to ignore it.
+    fn target(&self, from: &Endpoint, n: &Notification) -> Option<Endpoint> {
+        let Notification::Moving {
+            seq,
+            time,
+            endpoint,
+        } = n
+        else {
+            return None;
+        };
+        let m = Moving::new(*seq, *time, endpoint.as_ref(), from, &self.endpoint);
+        let target = self.policy.target(&m);
+        if target.is_none() {
+            tracing::info!(target: "redis_layers::handoff", event = "handoff.ignored", seq, %from, "policy ignores MOVING");
+        }
+        target
     }
 
     /// A connection whose dial started before a `MOVING` reached its
@@ -255,7 +269,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         };
         let received = n.time().and_then(|t| deadline.checked_sub(t));
         if received.is_some_and(|r| dial_started < r) {
-            self.schedule(&slot.endpoint, &n, deadline, vec![slot.clone()]);
+            if let Some(target) = self.target(&slot.endpoint, &n) {
+                self.schedule(&slot.endpoint, &n, deadline, target, vec![slot.clone()]);
+            }
         }
     }
 
@@ -265,6 +281,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         from: &Endpoint,
         n: &Notification,
         deadline: Instant,
+        target: Endpoint,
         slots: Vec<Arc<Slot>>,
     ) {
         let Notification::Moving {
@@ -277,10 +294,6 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         };
         let now = Instant::now();
         let m = Moving::new(*seq, *time, endpoint.as_ref(), from, &self.endpoint);
-        let Some(target) = self.policy.target(&m) else {
-            tracing::info!(target: "redis_layers::handoff", event = "handoff.ignored", seq, %from, "policy ignores MOVING");
-            return;
-        };
         let slots: Vec<_> = slots.into_iter().filter(|s| s.claim_moving(*seq)).collect();
         let count = slots.len();
         for (k, slot) in slots.into_iter().enumerate() {
@@ -312,7 +325,10 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     }
 
     async fn run(self: &Arc<Self>, job: Job) {
-        tokio::time::sleep_until(job.start).await;
+        // A timer costs about a millisecond even when already due.
+        if job.start > Instant::now() {
+            tokio::time::sleep_until(job.start).await;
+        }
         let Ok(_permit) = self.workers.clone().acquire_owned().await else {
             return;
         };
@@ -374,8 +390,6 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             match r {
                 Ok(conn) => {
                     let _ = self.breaker_result(&job.target, true);
-                    conn.maintenance()
-                        .relax_for("post-handoff", self.settings.post_handoff);
                     self.install(&job, conn, dial_started, restore);
                     return;
                 }
@@ -461,6 +475,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         dial_started: Instant,
         restored: Vec<crate::Cmd>,
     ) {
+        // Relaxed before it takes a command; watched first, so that the
+        // service's subscribers see the relaxation.
+        self.watch_state(&conn, &job.target);
+        conn.maintenance()
+            .relax_for("post-handoff", self.settings.post_handoff);
         let mut pool = lock(&self.pool);
         let index = pool.find(job.slot.id);
         let (Some(i), true) = (index, job.slot.handoff_epoch.load(SeqCst) == job.epoch) else {

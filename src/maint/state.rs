@@ -189,6 +189,13 @@ impl fmt::Debug for MaintenanceState {
 pub trait Maintained {
     /// The state.
     fn maintenance(&self) -> &Arc<MaintenanceState>;
+
+    /// The service's maintenance events. By default those of
+    /// [`maintenance`](Self::maintenance)'s endpoint; a service that moves
+    /// between endpoints (the handoff layer) gives a stream that follows it.
+    fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
+        self.maintenance().subscribe()
+    }
 }
 
 impl MaintenanceState {

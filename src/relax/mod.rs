@@ -75,6 +75,10 @@ impl<S: Maintained> Maintained for RelaxTimeout<S> {
     fn maintenance(&self) -> &std::sync::Arc<crate::maint::MaintenanceState> {
         self.inner.maintenance()
     }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::maint::MaintEvent> {
+        self.inner.subscribe()
+    }
 }
 
 impl<S> Service<Request> for RelaxTimeout<S>

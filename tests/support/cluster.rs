@@ -216,6 +216,12 @@ impl RedisCluster {
         ClusterBuilder::default()
     }
 
+    /// Kills node `i` (SIGKILL), as a crash would; its replica takes over
+    /// after `cluster-node-timeout`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
     /// Every node: the primaries, then the replicas.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes

@@ -194,6 +194,15 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Kills the server process now (SIGKILL: no shutdown, no goodbye to
+    /// clients or cluster peers), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
