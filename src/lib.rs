@@ -30,6 +30,7 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod cluster;
 pub mod error;
 pub mod handoff;
 pub mod maint;

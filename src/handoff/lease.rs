@@ -46,9 +46,20 @@ const STATEFUL: &[&str] = &[
     "ASKING",
 ];
 
-/// A dedicated connection leased from a [`Handoff`](super::Handoff); see
-/// the [module docs](self). A command service of its own; dropping it
-/// gives the connection back.
+/// A dedicated connection leased from a [`Handoff`](super::Handoff)
+/// ([`Handoff::lease`](super::Handoff::lease)): a command service of its
+/// own; dropping it gives the connection back.
+///
+/// For blocking commands (a `BLPOP` holds up every command behind it on a
+/// shared connection), `WATCH`/`MULTI`/`EXEC` (the watch is per
+/// connection), or a subscriber that wants its pushes apart. Given back, a
+/// connection serves the next lease when it is clean: every request
+/// answered, none that leaves state on the connection (`WATCH`, `MULTI`,
+/// `SELECT`, `CLIENT ...`, subscriptions, ...), and still on the endpoint
+/// the pool uses; otherwise it is closed. A `MOVING` closes the idle ones on
+/// the old endpoint; a lease held during a `MOVING` is handed off when given
+/// back (closed, and the next lease is dialled at the new endpoint). A lease
+/// held past the deadline loses its connection when the server closes it.
 ///
 /// ```no_run
 /// use redis_layers::handoff::Handoff;

@@ -219,6 +219,39 @@ pub struct WindowSeqs {
     pub notified: usize,
 }
 
+/// How long after `SMIGRATED` the source node gives the slots up (until
+/// then it answers `ASK` for them): the time clients have to act on the
+/// notification before they would see `MOVED`.
+const SMIGRATED_LEAD: Duration = Duration::from_millis(50);
+
+/// The end of a slot migration: `SETSLOT NODE` on the old owner (required)
+/// and on every other node (best effort).
+struct FinishMigration {
+    src: crate::Connection,
+    others: Vec<crate::Connection>,
+    dst_id: String,
+}
+
+impl FinishMigration {
+    async fn run(self, slots: &[u16]) -> io::Result<()> {
+        for &slot in slots {
+            let setslot = crate::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&self.dst_id);
+            self.src
+                .send_cmd(setslot.clone())
+                .await
+                .map_err(|e| io::Error::other(format!("slot migration: SETSLOT NODE: {e}")))?;
+            for o in &self.others {
+                let _ = o.send_cmd(setslot.clone()).await;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a [`Simulator::slot_migrate`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotMigration {
@@ -856,10 +889,13 @@ impl Simulator {
     /// Moves `slots` from the node behind endpoint `src` to the node behind
     /// endpoint `dst`, for real: `CLUSTER SETSLOT IMPORTING` on the target,
     /// `MIGRATING` on the source, `MIGRATE` of every key, then `SETSLOT
-    /// NODE` on every node. Bracketed by `SMIGRATING seq slots` to the
-    /// source's opted-in connections (also to those that opt in during the
-    /// migration) and `SMIGRATED seq [[src dst slots]]` (endpoint addresses)
-    /// after it. Returns after the `SMIGRATED`.
+    /// NODE` on the target, the `SMIGRATED`, and 50 ms later `SETSLOT NODE`
+    /// on the source and every other node (until then the source answers
+    /// `ASK` for the slots, so a client that acts on `SMIGRATED` at once
+    /// never sees `MOVED` for them). Bracketed by `SMIGRATING seq slots` to
+    /// the source's opted-in connections (also to those that opt in during
+    /// the migration) and `SMIGRATED seq [[src dst slots]]` (endpoint
+    /// addresses). Returns once the source gave the slots up.
     pub async fn slot_migrate(
         &self,
         slots: &[u16],
@@ -924,7 +960,7 @@ impl Simulator {
             {
                 e.active.retain(|n| n != &start);
             }
-            let keys = moved?;
+            let (keys, finish) = moved?;
             let end = Notification::SMigrated {
                 seq: sim.next_seq(),
                 moves: vec![SlotMove {
@@ -933,7 +969,12 @@ impl Simulator {
                     slots: ranges,
                 }],
             };
+            // The destination owns the slots now; the source still answers
+            // ASK for them. Clients hear it here, and have a moment to act
+            // on it before the source starts answering MOVED.
             sim.notify(Target::Endpoint(src), &end);
+            tokio::time::sleep(SMIGRATED_LEAD).await;
+            finish.run(&slots).await?;
             Ok(SlotMigration {
                 smigrating,
                 smigrated: end.seq(),
@@ -948,13 +989,16 @@ impl Simulator {
         })
     }
 
-    /// The real migration; returns how many keys moved.
+    /// The real migration up to the new owner taking the slots: importing
+    /// and migrating states, every key moved, `SETSLOT NODE` on the
+    /// destination. Returns how many keys moved, and what tells the source
+    /// and the other nodes.
     async fn migrate_keys(
         &self,
         slots: &[u16],
         src: SocketAddr,
         dst: SocketAddr,
-    ) -> io::Result<usize> {
+    ) -> io::Result<(usize, FinishMigration)> {
         use crate::{cmd, Value};
         let err =
             |what: &str, e: crate::Error| io::Error::other(format!("slot migration: {what}: {e}"));
@@ -1021,27 +1065,29 @@ impl Simulator {
                     .args(names.iter().map(|k| &k[..]));
                 s.send_cmd(migrate).await.map_err(|e| err("MIGRATE", e))?;
             }
-            // The new owner first, then the old, then everyone else.
-            for (conn, must) in [(&d, true), (&s, true)]
-                .into_iter()
-                .chain(others.iter().map(|o| (o, false)))
-            {
-                let r = conn
-                    .send_cmd(
-                        cmd("CLUSTER")
-                            .arg("SETSLOT")
-                            .arg(slot)
-                            .arg("NODE")
-                            .arg(&dst_id),
-                    )
-                    .await;
-                if let (true, Err(e)) = (must, r) {
-                    return Err(err("SETSLOT NODE", e));
-                }
-            }
+        }
+        // The new owner first; the old one and everyone else after the
+        // `SMIGRATED` ([`FinishMigration`]), as `redis-cli` orders it.
+        for &slot in slots {
+            d.send_cmd(
+                cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("NODE")
+                    .arg(&dst_id),
+            )
+            .await
+            .map_err(|e| err("SETSLOT NODE", e))?;
         }
         tracing::info!(target: "redis_layers::sim", event = "sim.slot_migrate", %src, %dst, slots = slots.len(), keys, "slots migrated");
-        Ok(keys)
+        Ok((
+            keys,
+            FinishMigration {
+                src: s,
+                others,
+                dst_id,
+            },
+        ))
     }
 
     /// Every distinct backend server.

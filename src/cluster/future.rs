@@ -1,0 +1,94 @@
+//! Future types
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+
+use super::{needs_fixup, Fixup};
+use crate::error::{Error, Result};
+use crate::request::{Request, Response};
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
+
+pin_project! {
+    /// The reply to a request sent through a [`Cluster`](super::Cluster).
+    ///
+    /// On the fast path it is the node's own future; a reply that is a
+    /// redirect (`MOVED`/`ASK`) continues on the node it names.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Direct {
+            #[pin]
+            fut: F,
+            fixup: Option<(Arc<dyn Fixup>, Request)>,
+        },
+        Boxed { fut: BoxFuture },
+        Failed { error: Option<Error> },
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad("cluster::ResponseFuture")
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(super) fn direct(fut: F, shared: Arc<dyn Fixup>, copy: Request) -> Self {
+        ResponseFuture {
+            kind: Kind::Direct {
+                fut,
+                fixup: Some((shared, copy)),
+            },
+        }
+    }
+
+    pub(super) fn boxed(fut: BoxFuture) -> Self {
+        ResponseFuture {
+            kind: Kind::Boxed { fut },
+        }
+    }
+
+    pub(super) fn failed(error: Error) -> Self {
+        ResponseFuture {
+            kind: Kind::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response>>,
+{
+    type Output = Result<Response>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let this = self.as_mut().project();
+            let next = match this.kind.project() {
+                KindProj::Direct { fut, fixup } => {
+                    let out = ready!(fut.poll(cx));
+                    match fixup.take() {
+                        Some((shared, req)) if needs_fixup(&out) => shared.fixup(req, out),
+                        _ => return Poll::Ready(out),
+                    }
+                }
+                KindProj::Boxed { fut } => return fut.as_mut().poll(cx),
+                KindProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or(Error::Closed)))
+                }
+            };
+            self.as_mut().project().kind.set(Kind::Boxed { fut: next });
+        }
+    }
+}

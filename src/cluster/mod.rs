@@ -1,0 +1,1168 @@
+//! Redis Cluster: routes each request to the node that serves its keys.
+//!
+//! [`Cluster`] is a command service over a per-node maker ([`NewNode`]):
+//! for each node of the cluster it makes one node service (by default
+//! RelaxTimeout over Handoff over the Connector: each node gets relaxed
+//! timeouts and seamless handoffs of its own) and sends each request to the
+//! right one:
+//!
+//! - **Keyed commands** go to the primary that serves the slot of their
+//!   keys ([`key_slot`](slot::key_slot): CRC16 with hash tags). Key
+//!   positions come from a static table of the common commands, and from
+//!   `COMMAND INFO` (asked once, then cached) for the rest. A command whose
+//!   keys are in different slots is refused before anything is sent
+//!   ([`RouteError::CrossSlot`](keys::RouteError)).
+//! - **Key-less commands** go to a primary, in turn; commands whose meaning
+//!   is cluster-wide (`DBSIZE`, `FLUSHALL`, `SCRIPT LOAD`, `KEYS`, ...) go
+//!   to every primary and the replies are combined (see
+//!   [`Aggregate`](keys::Aggregate) for how).
+//! - **Redirects**: `MOVED` updates the slot map at once, schedules a
+//!   topology refresh and retries on the new owner; `ASK` sends `ASKING`
+//!   and the command together (one write, so nothing can come between) to
+//!   the target, once. At most `max_redirects` redirects per request.
+//! - **Pipelines** are split per node and sent concurrently; replies come
+//!   back in the caller's order. A command of a pipeline that is
+//!   redirected is retried alone.
+//! - **Topology**: read from `CLUSTER SHARDS` (or `CLUSTER SLOTS` on servers
+//!   without it) of a known node or a seed; refreshes are coalesced (one at
+//!   a time, at most one per `refresh_cooldown`) and also run every
+//!   `refresh_interval`. Node services are made when a node first appears
+//!   and dropped when it leaves.
+//! - **Maintenance** (spec section 3, "Cluster"): `SMIGRATING` relaxes the
+//!   node's timeouts (its own RelaxTimeout does that). `SMIGRATED` updates
+//!   the slot map at once from its triplets (the slots' owner is `dst`,
+//!   made a node if new), ends the relaxation (the node's state does) and
+//!   schedules one coalesced refresh; the same `SMIGRATED` arriving from
+//!   several nodes is applied once (cluster-wide dedup by sequence number).
+//!   Commands already queued on the old owner are not taken back: they get
+//!   `MOVED` and follow it.
+//!
+//! The hot path costs one atomic load (is the routing snapshot current?),
+//! the key's CRC16, a table lookup, and a copy of the command (kept to
+//! follow a redirect).
+//!
+//! The building blocks are public for users who route by themselves: hash
+//! slots ([`slot`]), where a command's keys are and which node(s) it must
+//! go to ([`keys`]), and the slot map parsed from `CLUSTER SHARDS` /
+//! `CLUSTER SLOTS` ([`topology`]).
+
+mod future;
+pub mod keys;
+mod layer;
+pub mod slot;
+pub mod topology;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::error::{Error, Result, ServerError};
+use crate::maint::{Dedup, MaintEvent, Maintained, Notification};
+use crate::request::{Body, Request, Response};
+use crate::resp::{cmd, Pipeline, Value};
+use crate::transport::Endpoint;
+use crate::{RedirectKind, ServerErrorKind};
+use keys::{CommandTable, Route, RouteError};
+use topology::SlotMap;
+
+pub use future::ResponseFuture;
+pub use layer::ClusterLayer;
+
+/// The role of a node [`Cluster`] asks its [`NewNode`] maker for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeRole {
+    /// A primary: takes writes.
+    Primary,
+    /// A replica, used only for reads with
+    /// [`ClusterConfig::read_from_replicas`]; its connections must send
+    /// `READONLY` after the handshake (e.g. with
+    /// [`Connector::on_connect`](crate::Connector::on_connect)).
+    Replica,
+}
+
+/// Makes the command service of one cluster node: a closure
+/// `Fn(Endpoint, NodeRole) -> S`, where `S` is a command service that
+/// carries maintenance signals (e.g. RelaxTimeout over Handoff).
+pub trait NewNode: Clone + Send + Sync + 'static {
+    /// The node service.
+    type Node: Service<Request, Response = Response, Error = Error, Future: Send + 'static>
+        + Maintained
+        + Clone
+        + Send
+        + 'static;
+
+    /// The service for the node at `endpoint`.
+    fn new_node(&self, endpoint: Endpoint, role: NodeRole) -> Self::Node;
+}
+
+impl<F, S> NewNode for F
+where
+    F: Fn(Endpoint, NodeRole) -> S + Clone + Send + Sync + 'static,
+    S: Service<Request, Response = Response, Error = Error, Future: Send + 'static>
+        + Maintained
+        + Clone
+        + Send
+        + 'static,
+{
+    type Node = S;
+
+    fn new_node(&self, endpoint: Endpoint, role: NodeRole) -> S {
+        self(endpoint, role)
+    }
+}
+
+/// How a [`Cluster`] routes and refreshes; see the field docs for defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_layers::cluster::ClusterConfig;
+///
+/// let config = ClusterConfig::default()
+///     .max_redirects(3)
+///     .refresh_interval(Some(Duration::from_secs(30)));
+/// assert_eq!(config.get_max_redirects(), 3);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    max_redirects: u32,
+    refresh_interval: Option<Duration>,
+    refresh_cooldown: Duration,
+    read_from_replicas: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            max_redirects: 5,
+            refresh_interval: Some(Duration::from_secs(60)),
+            refresh_cooldown: Duration::from_millis(250),
+            read_from_replicas: false,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Redirects (`MOVED`/`ASK`) followed per request before giving up with
+    /// the last redirect error. Default 5.
+    pub fn max_redirects(mut self, n: u32) -> Self {
+        self.max_redirects = n;
+        self
+    }
+
+    /// The configured [`max_redirects`](Self::max_redirects).
+    pub fn get_max_redirects(&self) -> u32 {
+        self.max_redirects
+    }
+
+    /// How often the topology is read again with no reason; `None`: only
+    /// when a redirect, a maintenance notification or a failure says so.
+    /// Default 60 s.
+    pub fn refresh_interval(mut self, every: Option<Duration>) -> Self {
+        self.refresh_interval = every;
+        self
+    }
+
+    /// The least time between two refreshes (more reasons within it are
+    /// served by one refresh at its end). Default 250 ms.
+    pub fn refresh_cooldown(mut self, d: Duration) -> Self {
+        self.refresh_cooldown = d;
+        self
+    }
+
+    /// Send read-only commands to a replica of the slot's shard (in turn),
+    /// when it has one. Default false.
+    pub fn read_from_replicas(mut self, yes: bool) -> Self {
+        self.read_from_replicas = yes;
+        self
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What requests are routed with: the slot map, the node index of every
+/// slot's primary, and the command table. Replaced as a whole.
+struct Snapshot {
+    map: SlotMap,
+    /// Node index of each slot's primary; `u32::MAX`: unassigned.
+    owner: Box<[u32]>,
+    primaries: Vec<u32>,
+    table: Arc<CommandTable>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Snapshot {
+    fn empty() -> Self {
+        Snapshot {
+            map: SlotMap::default(),
+            owner: vec![NONE; usize::from(slot::SLOTS)].into_boxed_slice(),
+            primaries: vec![],
+            table: Arc::new(CommandTable::default()),
+        }
+    }
+}
+
+struct NodeEntry<S> {
+    endpoint: Endpoint,
+    /// `None` once the node left the cluster.
+    svc: Option<S>,
+}
+
+struct Topology<S> {
+    snapshot: Arc<Snapshot>,
+    nodes: Vec<NodeEntry<S>>,
+    index: HashMap<Endpoint, u32>,
+}
+
+#[derive(Default)]
+struct Refresh {
+    running: bool,
+    again: bool,
+    last: Option<Instant>,
+    /// Callers waiting for the first topology.
+    waiters: Vec<Waker>,
+    /// The last failure, for callers waiting for the first topology.
+    error: Option<Error>,
+    /// Refreshes finished.
+    done: u64,
+    /// The periodic refresh task runs.
+    ticking: bool,
+}
+
+pub(super) struct Shared<N: NewNode> {
+    new_node: N,
+    seeds: Vec<Endpoint>,
+    config: ClusterConfig,
+    gen: AtomicU64,
+    topo: Mutex<Topology<N::Node>>,
+    refresh: Mutex<Refresh>,
+    next_primary: AtomicUsize,
+    smigrated: Mutex<Dedup<()>>,
+    /// Commands `COMMAND INFO` did not know: sent to any primary.
+    unknown: Mutex<std::collections::HashSet<String>>,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    moved: AtomicU64,
+    ask: AtomicU64,
+    refreshes: AtomicU64,
+    smigrated: AtomicU64,
+}
+
+/// What a [`Cluster`] has done so far ([`Cluster::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// `MOVED` replies followed.
+    pub moved: u64,
+    /// `ASK` replies followed.
+    pub ask: u64,
+    /// Topology refreshes that succeeded.
+    pub refreshes: u64,
+    /// `SMIGRATED` notifications applied (after dedup).
+    pub smigrated: u64,
+}
+
+/// The routing command service of a Redis Cluster; see the
+/// [module docs](self).
+///
+/// Cheap to clone; clones share the topology and the node services.
+pub struct Cluster<N: NewNode> {
+    shared: Arc<Shared<N>>,
+    gen: u64,
+    snapshot: Arc<Snapshot>,
+    /// This clone's node services, by node index.
+    local: Vec<Option<N::Node>>,
+    /// Waiting for the first topology since this many refreshes were done.
+    waiting: Option<u64>,
+}
+
+impl<N: NewNode> Clone for Cluster<N> {
+    fn clone(&self) -> Self {
+        Cluster {
+            shared: self.shared.clone(),
+            gen: self.gen,
+            snapshot: self.snapshot.clone(),
+            local: Vec::new(),
+            waiting: None,
+        }
+    }
+}
+
+impl<N: NewNode> fmt::Debug for Cluster<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("seeds", &self.shared.seeds)
+            .field("primaries", &self.snapshot.primaries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: NewNode> Cluster<N> {
+    /// A cluster service that discovers the topology from `seeds` and makes
+    /// node services with `new_node`.
+    pub fn new(new_node: N, seeds: Vec<Endpoint>, config: ClusterConfig) -> Self {
+        let shared = Arc::new(Shared {
+            new_node,
+            seeds,
+            gen: AtomicU64::new(0),
+            topo: Mutex::new(Topology {
+                snapshot: Arc::new(Snapshot::empty()),
+                nodes: vec![],
+                index: HashMap::new(),
+            }),
+            refresh: Mutex::new(Refresh::default()),
+            next_primary: AtomicUsize::new(0),
+            smigrated: Mutex::new(Dedup::new(Duration::from_secs(120))),
+            unknown: Mutex::new(Default::default()),
+            stats: Counters::default(),
+            config,
+        });
+        let snapshot = lock(&shared.topo).snapshot.clone();
+        Cluster {
+            shared,
+            gen: 0,
+            snapshot,
+            local: Vec::new(),
+            waiting: None,
+        }
+    }
+
+    /// Counts of redirects, refreshes and `SMIGRATED`s handled.
+    pub fn stats(&self) -> ClusterStats {
+        let c = &self.shared.stats;
+        ClusterStats {
+            moved: c.moved.load(Ordering::Relaxed),
+            ask: c.ask.load(Ordering::Relaxed),
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            smigrated: c.smigrated.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The slot map as the service knows it now.
+    pub fn slot_map(&self) -> SlotMap {
+        lock(&self.shared.topo).snapshot.map.clone()
+    }
+
+    /// Reads the topology again now (coalesced with any refresh under way)
+    /// and waits for it.
+    pub async fn refresh(&self) -> Result<()> {
+        self.shared.refresh_now().await
+    }
+
+    /// Takes the current snapshot if it changed.
+    fn sync(&mut self) {
+        let g = self.shared.gen.load(Ordering::Acquire);
+        if g != self.gen {
+            let topo = lock(&self.shared.topo);
+            self.snapshot = topo.snapshot.clone();
+            self.gen = self.shared.gen.load(Ordering::Acquire);
+            drop(topo);
+            self.local.clear();
+        }
+    }
+
+    /// This clone's service for node `i`.
+    fn node(&mut self, i: u32) -> Option<&mut N::Node> {
+        let i = i as usize;
+        if self.local.len() <= i {
+            self.local.resize_with(i + 1, || None);
+        }
+        if self.local[i].is_none() {
+            self.local[i] = self.shared.node(i as u32);
+        }
+        self.local[i].as_mut()
+    }
+}
+
+/// Where one request goes.
+enum Target {
+    Node(u32),
+    Fanout(keys::Aggregate),
+    Split,
+    Learn(String),
+}
+
+impl<N: NewNode> Shared<N> {
+    fn node(&self, i: u32) -> Option<N::Node> {
+        lock(&self.topo)
+            .nodes
+            .get(i as usize)
+            .and_then(|n| n.svc.clone())
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        lock(&self.topo).snapshot.clone()
+    }
+
+    /// The node index of `endpoint`, making its service if it is new.
+    fn ensure_node(
+        self: &Arc<Self>,
+        topo: &mut Topology<N::Node>,
+        endpoint: &Endpoint,
+        role: NodeRole,
+    ) -> u32 {
+        if let Some(&i) = topo.index.get(endpoint) {
+            if topo.nodes[i as usize].svc.is_none() {
+                let svc = self.new_node.new_node(endpoint.clone(), role);
+                self.watch(&svc, endpoint);
+                topo.nodes[i as usize].svc = Some(svc);
+            }
+            return i;
+        }
+        let svc = self.new_node.new_node(endpoint.clone(), role);
+        self.watch(&svc, endpoint);
+        let i = topo.nodes.len() as u32;
+        topo.nodes.push(NodeEntry {
+            endpoint: endpoint.clone(),
+            svc: Some(svc),
+        });
+        topo.index.insert(endpoint.clone(), i);
+        i
+    }
+
+    /// Follows a node's maintenance events: `SMIGRATED` updates the map.
+    fn watch(self: &Arc<Self>, svc: &N::Node, endpoint: &Endpoint) {
+        let mut events = svc.subscribe();
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                };
+                let Some(shared) = weak.upgrade() else { break };
+                if let MaintEvent::Notification {
+                    notification: Notification::SMigrated { seq, moves },
+                    vetoed: false,
+                } = ev
+                {
+                    shared.smigrated(&endpoint, seq, &moves);
+                }
+            }
+        });
+    }
+
+    /// Applies a `SMIGRATED` (once per sequence number, cluster-wide).
+    fn smigrated(self: &Arc<Self>, from: &Endpoint, seq: i64, moves: &[crate::maint::SlotMove]) {
+        if !lock(&self.smigrated).first_time((), seq, std::time::Instant::now()) {
+            return;
+        }
+        self.stats.smigrated.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(target: "redis_layers::cluster", event = "cluster.smigrated", seq, %from, moves = moves.len(), "slots moved; slot map updated");
+        {
+            let mut topo = lock(&self.topo);
+            let mut map = topo.snapshot.map.clone();
+            for m in moves {
+                map.apply_slot_move(m);
+            }
+            self.install(&mut topo, map);
+        }
+        self.request_refresh();
+    }
+
+    /// Makes `map` the routing snapshot (nodes made and dropped to match).
+    fn install(self: &Arc<Self>, topo: &mut Topology<N::Node>, map: SlotMap) {
+        let mut owner = vec![NONE; usize::from(slot::SLOTS)].into_boxed_slice();
+        let mut primaries = Vec::new();
+        let mut by_endpoint: HashMap<Endpoint, u32> = HashMap::new();
+        for slot in 0..slot::SLOTS {
+            if let Some(p) = map.primary_for(slot) {
+                let i = match by_endpoint.get(p) {
+                    Some(&i) => i,
+                    None => {
+                        let i = self.ensure_node(topo, p, NodeRole::Primary);
+                        by_endpoint.insert(p.clone(), i);
+                        primaries.push(i);
+                        i
+                    }
+                };
+                owner[usize::from(slot)] = i;
+            }
+        }
+        let mut keep: Vec<u32> = primaries.clone();
+        if self.config.read_from_replicas {
+            for r in map.nodes() {
+                if !by_endpoint.contains_key(&r) {
+                    keep.push(self.ensure_node(topo, &r, NodeRole::Replica));
+                }
+            }
+        }
+        // Nodes that left: drop their services (clones finish what they hold).
+        for (i, n) in topo.nodes.iter_mut().enumerate() {
+            if n.svc.is_some() && !keep.contains(&(i as u32)) {
+                tracing::debug!(target: "redis_layers::cluster", event = "cluster.node_dropped", endpoint = %n.endpoint, "node left the topology");
+                n.svc = None;
+            }
+        }
+        let table = topo.snapshot.table.clone();
+        topo.snapshot = Arc::new(Snapshot {
+            map,
+            owner,
+            primaries,
+            table,
+        });
+        self.gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `MOVED slot addr`: the slot's owner is `addr` from now on.
+    fn moved(self: &Arc<Self>, slot: u16, addr: &Endpoint) -> u32 {
+        let mut topo = lock(&self.topo);
+        let current = topo.snapshot.owner[usize::from(slot)];
+        if let Some(&i) = topo.index.get(addr) {
+            if current == i && topo.nodes[i as usize].svc.is_some() {
+                return i;
+            }
+        }
+        let mut map = topo.snapshot.map.clone();
+        map.set_primary([slot..=slot], addr.clone());
+        self.install(&mut topo, map);
+        let i = topo.snapshot.owner[usize::from(slot)];
+        drop(topo);
+        self.request_refresh();
+        i
+    }
+
+    /// The node for `addr` (a redirect target), made if new.
+    fn node_at(self: &Arc<Self>, addr: &Endpoint) -> (u32, Option<N::Node>) {
+        let mut topo = lock(&self.topo);
+        let i = self.ensure_node(&mut topo, addr, NodeRole::Primary);
+        (i, topo.nodes[i as usize].svc.clone())
+    }
+
+    /// Starts a refresh unless one is running or ran within the cooldown
+    /// (then one more runs when that ends).
+    fn request_refresh(self: &Arc<Self>) {
+        let mut r = lock(&self.refresh);
+        self.request_refresh_locked(&mut r);
+    }
+
+    fn request_refresh_locked(self: &Arc<Self>, r: &mut Refresh) {
+        if r.running {
+            r.again = true;
+            return;
+        }
+        r.running = true;
+        if !r.ticking {
+            r.ticking = true;
+            if let Some(every) = self.config.refresh_interval {
+                let weak = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        let Some(shared) = weak.upgrade() else { break };
+                        shared.request_refresh();
+                    }
+                });
+            }
+        }
+        let wait = r
+            .last
+            .map(|l| (l + self.config.refresh_cooldown).saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            shared.run_refreshes().await;
+        });
+    }
+
+    async fn refresh_now(self: &Arc<Self>) -> Result<()> {
+        let gen = self.gen.load(Ordering::Acquire);
+        self.request_refresh();
+        // Wait for a refresh that started after this call.
+        loop {
+            let r = std::future::poll_fn(|cx| {
+                let mut st = lock(&self.refresh);
+                if !st.running {
+                    return Poll::Ready(st.error.clone());
+                }
+                st.waiters.push(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            if let Some(e) = r {
+                return Err(e);
+            }
+            if self.gen.load(Ordering::Acquire) != gen || !self.snapshot().primaries.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn run_refreshes(self: Arc<Self>) {
+        loop {
+            {
+                let mut r = lock(&self.refresh);
+                r.again = false;
+                r.last = Some(Instant::now());
+            }
+            let result = self.fetch_topology().await;
+            if !self.refresh_done(result) {
+                return;
+            }
+            tokio::time::sleep(self.config.refresh_cooldown).await;
+        }
+    }
+
+    /// Records a finished refresh; true when another one is due.
+    fn refresh_done(&self, result: Result<()>) -> bool {
+        let mut r = lock(&self.refresh);
+        r.done += 1;
+        match result {
+            Ok(()) => r.error = None,
+            Err(e) => {
+                tracing::warn!(target: "redis_layers::cluster", event = "cluster.refresh_failed", error = %e, "topology refresh failed");
+                r.error = Some(e);
+            }
+        }
+        if r.again {
+            return true;
+        }
+        r.running = false;
+        for w in r.waiters.drain(..) {
+            w.wake();
+        }
+        false
+    }
+
+    /// Reads `CLUSTER SHARDS` (or `CLUSTER SLOTS`) from a known primary or
+    /// a seed, and installs it.
+    async fn fetch_topology(self: &Arc<Self>) -> Result<()> {
+        let mut candidates: Vec<Endpoint> = {
+            let topo = lock(&self.topo);
+            topo.snapshot
+                .primaries
+                .iter()
+                .map(|&i| topo.nodes[i as usize].endpoint.clone())
+                .collect()
+        };
+        for s in &self.seeds {
+            if !candidates.contains(s) {
+                candidates.push(s.clone());
+            }
+        }
+        let mut last = Error::config("no seed nodes");
+        for ep in candidates {
+            let (_, Some(node)) = self.node_at(&ep) else {
+                continue;
+            };
+            match read_topology(node).await {
+                Ok(map) => {
+                    tracing::debug!(target: "redis_layers::cluster", event = "cluster.refreshed", from = %ep, assigned = map.len_assigned(), "topology refreshed");
+                    let mut topo = lock(&self.topo);
+                    self.install(&mut topo, map);
+                    self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn any_primary(&self, snap: &Snapshot) -> Option<u32> {
+        if snap.primaries.is_empty() {
+            return None;
+        }
+        let n = self.next_primary.fetch_add(1, Ordering::Relaxed);
+        Some(snap.primaries[n % snap.primaries.len()])
+    }
+
+    /// Learns the key positions of `name` from a node's `COMMAND INFO`.
+    async fn learn(self: &Arc<Self>, name: &str) -> Result<()> {
+        let snap = self.snapshot();
+        let Some(i) = self.any_primary(&snap) else {
+            return Err(Error::config("no cluster node known"));
+        };
+        let Some(node) = self.node(i) else {
+            return Err(Error::config("no cluster node known"));
+        };
+        let reply = send(node, cmd("COMMAND").arg("INFO").arg(name).into())
+            .await?
+            .into_value()?;
+        let mut topo = lock(&self.topo);
+        let mut table = (*topo.snapshot.table).clone();
+        table.learn(&reply);
+        let old = &topo.snapshot;
+        topo.snapshot = Arc::new(Snapshot {
+            map: old.map.clone(),
+            owner: old.owner.clone(),
+            primaries: old.primaries.clone(),
+            table: Arc::new(table),
+        });
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// Sends one request on a node service.
+async fn send<S>(mut svc: S, req: Request) -> Result<Response>
+where
+    S: Service<Request, Response = Response, Error = Error>,
+{
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+    svc.call(req).await
+}
+
+async fn read_topology<S>(node: S) -> Result<SlotMap>
+where
+    S: Service<Request, Response = Response, Error = Error> + Clone,
+{
+    match send(node.clone(), cmd("CLUSTER").arg("SHARDS").into()).await {
+        Ok(r) => SlotMap::from_cluster_shards(&r.into_value()?),
+        // Before 7.0: no CLUSTER SHARDS.
+        Err(Error::Server(e)) if e.kind() == &ServerErrorKind::Err => {
+            let r = send(node, cmd("CLUSTER").arg("SLOTS").into()).await?;
+            SlotMap::from_cluster_slots(&r.into_value()?)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Where `req` goes under `snap`.
+fn target(shared: &Shared<impl NewNode>, snap: &Snapshot, req: &Request) -> Result<Target> {
+    match req.body() {
+        Body::Cmd(c) => match snap.table.route(c) {
+            Ok(Route::Slot(s)) => match snap.owner[usize::from(s)] {
+                NONE => Err(no_owner(s)),
+                i => Ok(Target::Node(i)),
+            },
+            Ok(Route::AnyPrimary) => shared
+                .any_primary(snap)
+                .map(Target::Node)
+                .ok_or_else(|| Error::config("no cluster node known")),
+            Ok(Route::AllPrimaries(agg)) | Ok(Route::AllNodes(agg)) => Ok(Target::Fanout(agg)),
+            Err(RouteError::UnknownCommand(name)) => Ok(Target::Learn(name)),
+            Err(e) => Err(e.into()),
+        },
+        Body::Pipeline(p) => {
+            // One node for the whole pipeline (the common case) or a split.
+            let mut node = None;
+            for c in p.cmds() {
+                let i = match snap.table.route(c) {
+                    Ok(Route::Slot(s)) => match snap.owner[usize::from(s)] {
+                        NONE => return Err(no_owner(s)),
+                        i => i,
+                    },
+                    Ok(Route::AnyPrimary) => continue,
+                    Ok(_) => {
+                        return Err(Error::config(
+                            "a command that goes to every node cannot be part of a pipeline",
+                        ))
+                    }
+                    Err(RouteError::UnknownCommand(name)) => return Ok(Target::Learn(name)),
+                    Err(e) => return Err(e.into()),
+                };
+                match node {
+                    None => node = Some(i),
+                    Some(n) if n == i => {}
+                    Some(_) => return Ok(Target::Split),
+                }
+            }
+            match node.or_else(|| shared.any_primary(snap)) {
+                Some(i) => Ok(Target::Node(i)),
+                None => Err(Error::config("no cluster node known")),
+            }
+        }
+    }
+}
+
+fn no_owner(slot: u16) -> Error {
+    Error::Server(ServerError::parse(format!(
+        "CLUSTERDOWN Hash slot {slot} is not served by any known node"
+    )))
+}
+
+/// Parses a redirect target (`host:port`, empty host: unknown).
+fn redirect_endpoint(addr: &str) -> Option<Endpoint> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    if host.is_empty() {
+        return None;
+    }
+    Some(Endpoint::tcp(host.trim_matches(['[', ']']), port))
+}
+
+/// Follows redirects for a single command whose first attempt answered
+/// `first`.
+pub(super) async fn redirect_loop<N: NewNode>(
+    shared: Arc<Shared<N>>,
+    req: Request,
+    first: Result<Response>,
+) -> Result<Response> {
+    let mut result = first;
+    let mut redirects = 0;
+    loop {
+        let redirect = match &result {
+            Err(Error::Server(e)) => e.redirect(),
+            _ => None,
+        };
+        let Some(r) = redirect else { return result };
+        redirects += 1;
+        if redirects > shared.config.max_redirects {
+            return result;
+        }
+        let Some(addr) = redirect_endpoint(&r.addr) else {
+            return result;
+        };
+        result = match r.kind {
+            RedirectKind::Moved => {
+                shared.stats.moved.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "redis_layers::cluster", event = "cluster.moved", slot = r.slot, to = %addr, "MOVED");
+                let i = shared.moved(r.slot, &addr);
+                match shared.node(i) {
+                    Some(node) => send(node, req.clone()).await,
+                    None => return result,
+                }
+            }
+            RedirectKind::Ask => {
+                shared.stats.ask.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "redis_layers::cluster", event = "cluster.ask", slot = r.slot, to = %addr, "ASK");
+                let (_, Some(node)) = shared.node_at(&addr) else {
+                    return result;
+                };
+                ask(node, &req).await
+            }
+        };
+    }
+}
+
+/// `ASKING` and the request in one write, so nothing comes between.
+async fn ask<S>(node: S, req: &Request) -> Result<Response>
+where
+    S: Service<Request, Response = Response, Error = Error>,
+{
+    let Body::Cmd(c) = req.body() else {
+        return Err(Error::config("ASK redirect of a pipeline"));
+    };
+    let p = Pipeline::new().cmd(cmd("ASKING")).cmd(c.clone());
+    let mut out = send(node, like(req, p)).await?.into_pipeline()?;
+    match out.pop() {
+        Some(Ok(v)) => Ok(Response::Value(v)),
+        Some(Err(e)) => Err(Error::Server(e)),
+        None => Err(Error::Closed),
+    }
+}
+
+/// A request with `body` and the timeout of `like`.
+fn like(original: &Request, body: impl Into<Request>) -> Request {
+    let r: Request = body.into();
+    match original.timeout() {
+        crate::CommandTimeout::After(d) => r.with_timeout(d),
+        crate::CommandTimeout::Never => r.without_timeout(),
+        crate::CommandTimeout::Default => r,
+    }
+}
+
+/// True when `result` holds a redirect to follow.
+pub(super) fn needs_fixup(result: &Result<Response>) -> bool {
+    match result {
+        Err(Error::Server(e)) => {
+            e.redirect().is_some() || e.kind() == &ServerErrorKind::ClusterDown
+        }
+        Err(e) => e.is_connection_error() || matches!(e, Error::Timeout),
+        Ok(Response::Pipeline(v)) => v
+            .iter()
+            .any(|r| matches!(r, Err(e) if e.redirect().is_some())),
+        _ => false,
+    }
+}
+
+/// Follows the redirects in the answer to `req`: of a single command, or of
+/// the commands of a pipeline (each retried alone; not inside a
+/// transaction, whose commands must stay together).
+async fn fixup<N: NewNode>(
+    shared: Arc<Shared<N>>,
+    req: Request,
+    first: Result<Response>,
+) -> Result<Response> {
+    // A node that fails or times out may have left: read the topology.
+    if matches!(&first, Err(e) if !matches!(e, Error::Server(s) if s.redirect().is_some())) {
+        shared.request_refresh();
+        return first;
+    }
+    match (req.body(), first) {
+        (Body::Cmd(_), first) => redirect_loop(shared, req, first).await,
+        (Body::Pipeline(p), Ok(Response::Pipeline(mut results))) => {
+            if p.cmds().iter().any(|c| c.is("MULTI")) {
+                return Ok(Response::Pipeline(results));
+            }
+            for (i, c) in p.cmds().iter().enumerate() {
+                let Some(Err(e)) = results.get(i) else {
+                    continue;
+                };
+                if e.redirect().is_none() {
+                    continue;
+                }
+                let single = like(&req, c.clone());
+                let first = Err(Error::Server(e.clone()));
+                results[i] = match redirect_loop(shared.clone(), single, first).await {
+                    Ok(r) => r.into_value().map_err(|e| match e {
+                        Error::Server(s) => s,
+                        other => ServerError::parse(format!("ERR {other}")),
+                    }),
+                    Err(Error::Server(s)) => Err(s),
+                    Err(other) => return Err(other),
+                };
+            }
+            Ok(Response::Pipeline(results))
+        }
+        (_, other) => other,
+    }
+}
+
+/// The whole routing, for requests that are not on the fast path.
+async fn general<N: NewNode>(shared: Arc<Shared<N>>, req: Request) -> Result<Response> {
+    let mut learned = false;
+    loop {
+        let snap = shared.snapshot();
+        match target(&shared, &snap, &req)? {
+            Target::Node(i) => {
+                let node = shared.node(i).ok_or_else(|| no_node(i))?;
+                let first = send(node, req.clone()).await;
+                if !needs_fixup(&first) {
+                    return first;
+                }
+                return fixup(shared, req, first).await;
+            }
+            Target::Fanout(agg) => return fanout(&shared, &snap, req, agg).await,
+            Target::Split => return split(shared, &snap, req).await,
+            Target::Learn(name) if !learned => {
+                learned = true;
+                shared.learn(&name).await?;
+                if matches!(
+                    target(&shared, &shared.snapshot(), &req),
+                    Ok(Target::Learn(_))
+                ) {
+                    lock(&shared.unknown).insert(name);
+                }
+            }
+            Target::Learn(name) => {
+                lock(&shared.unknown).insert(name);
+            }
+        }
+    }
+}
+
+fn no_node(i: u32) -> Error {
+    Error::Server(ServerError::parse(format!(
+        "CLUSTERDOWN node {i} left the cluster"
+    )))
+}
+
+/// Sends `req` to every primary at once and combines the replies.
+async fn fanout<N: NewNode>(
+    shared: &Arc<Shared<N>>,
+    snap: &Snapshot,
+    req: Request,
+    agg: keys::Aggregate,
+) -> Result<Response> {
+    let mut calls = Vec::with_capacity(snap.primaries.len());
+    for &i in &snap.primaries {
+        let node = shared.node(i).ok_or_else(|| no_node(i))?;
+        calls.push(tokio::spawn(send(node, req.clone())));
+    }
+    let mut replies = Vec::with_capacity(calls.len());
+    for c in calls {
+        let r = c
+            .await
+            .map_err(|e| Error::config(format!("fan-out task failed: {e}")))?;
+        replies.push(r?.into_value()?);
+    }
+    agg.combine(replies).map(Response::Value)
+}
+
+/// Splits a pipeline per node, sends the parts at once, and puts the
+/// replies back in order.
+async fn split<N: NewNode>(
+    shared: Arc<Shared<N>>,
+    snap: &Snapshot,
+    req: Request,
+) -> Result<Response> {
+    let Body::Pipeline(p) = req.body() else {
+        return Err(Error::config("only a pipeline is split"));
+    };
+    if p.cmds().iter().any(|c| c.is("MULTI")) {
+        return Err(Error::config(
+            "a transaction's keys must all be in one slot in a cluster",
+        ));
+    }
+    // (node, original indexes, the part)
+    let mut parts: Vec<(u32, Vec<usize>, Pipeline)> = Vec::new();
+    let mut keyless = Vec::new();
+    for (i, c) in p.cmds().iter().enumerate() {
+        let node = match snap.table.route(c) {
+            Ok(Route::Slot(s)) => match snap.owner[usize::from(s)] {
+                NONE => return Err(no_owner(s)),
+                n => n,
+            },
+            Ok(Route::AnyPrimary) => {
+                keyless.push(i);
+                continue;
+            }
+            Ok(_) => {
+                return Err(Error::config(
+                    "a command that goes to every node cannot be part of a pipeline",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match parts.iter_mut().find(|(n, _, _)| *n == node) {
+            Some((_, idx, part)) => {
+                idx.push(i);
+                *part = std::mem::take(part).cmd(c.clone());
+            }
+            None => parts.push((node, vec![i], Pipeline::new().cmd(c.clone()))),
+        }
+    }
+    // Key-less commands ride with the first part.
+    for i in keyless {
+        let (_, idx, part) = &mut parts[0];
+        idx.push(i);
+        *part = std::mem::take(part).cmd(p.cmds()[i].clone());
+    }
+    let mut calls = Vec::with_capacity(parts.len());
+    for (node, idx, part) in parts {
+        let svc = shared.node(node).ok_or_else(|| no_node(node))?;
+        let sub = like(&req, part);
+        let shared = shared.clone();
+        calls.push((
+            idx,
+            tokio::spawn(async move {
+                let first = send(svc, sub.clone()).await;
+                if needs_fixup(&first) {
+                    fixup(shared, sub, first).await
+                } else {
+                    first
+                }
+            }),
+        ));
+    }
+    let mut results: Vec<Option<std::result::Result<Value, ServerError>>> =
+        (0..p.cmds().len()).map(|_| None).collect();
+    for (idx, call) in calls {
+        let r = call
+            .await
+            .map_err(|e| Error::config(format!("pipeline part failed: {e}")))??;
+        for (i, v) in idx.into_iter().zip(r.into_pipeline()?) {
+            results[i] = Some(v);
+        }
+    }
+    Ok(Response::Pipeline(
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ServerError::parse("ERR reply missing"))))
+            .collect(),
+    ))
+}
+
+/// What the fast path's future calls when a reply holds a redirect.
+pub(super) trait Fixup: Send + Sync {
+    fn fixup(
+        self: Arc<Self>,
+        req: Request,
+        first: Result<Response>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
+}
+
+impl<N: NewNode> Fixup for Shared<N> {
+    fn fixup(
+        self: Arc<Self>,
+        req: Request,
+        first: Result<Response>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>> {
+        Box::pin(fixup(self, req, first))
+    }
+}
+
+impl<N: NewNode> Service<Request> for Cluster<N> {
+    type Response = Response;
+    type Error = Error;
+    type Future = ResponseFuture<<N::Node as Service<Request>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        loop {
+            self.sync();
+            if !self.snapshot.primaries.is_empty() {
+                self.waiting = None;
+                return Poll::Ready(Ok(()));
+            }
+            // No topology yet: read it, and wait.
+            let mut r = lock(&self.shared.refresh);
+            match self.waiting {
+                Some(since) if r.done > since => {
+                    self.waiting = None;
+                    if let Some(e) = r.error.clone() {
+                        return Poll::Ready(Err(e));
+                    }
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    self.waiting = Some(r.done);
+                    self.shared.request_refresh_locked(&mut r);
+                }
+            }
+            r.waiters.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        self.sync();
+        let target = match target(&self.shared, &self.snapshot, &req) {
+            Ok(t) => t,
+            Err(e) => return ResponseFuture::failed(e),
+        };
+        let i = match target {
+            Target::Node(i) => i,
+            _ => return ResponseFuture::boxed(Box::pin(general(self.shared.clone(), req))),
+        };
+        let shared = self.shared.clone();
+        let Some(node) = self.node(i) else {
+            return ResponseFuture::boxed(Box::pin(general(shared, req)));
+        };
+        // The fast path: the node is ready at once (it nearly always is;
+        // the no-op waker is never needed then). Otherwise the request
+        // takes this clone's node service along and waits for it properly.
+        match node.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => {
+                let copy = req.clone();
+                ResponseFuture::direct(node.call(req), shared, copy)
+            }
+            Poll::Ready(Err(e)) => {
+                self.local[i as usize] = None;
+                ResponseFuture::failed(e)
+            }
+            Poll::Pending => {
+                let node = self.local[i as usize].take().expect("just used");
+                ResponseFuture::boxed(Box::pin(async move {
+                    let first = send(node, req.clone()).await;
+                    if needs_fixup(&first) {
+                        fixup(shared, req, first).await
+                    } else {
+                        first
+                    }
+                }))
+            }
+        }
+    }
+}

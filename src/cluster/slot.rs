@@ -1,0 +1,221 @@
+//! Hash slots: the CRC16 Redis Cluster hashes keys with, and hash tags.
+//!
+//! A key's slot is `CRC16(key) mod 16384`, where `key` is replaced by its
+//! *hash tag* when it has one: the bytes between the first `{` and the first
+//! `}` after it, if there is at least one byte between them. Keys that share
+//! a tag (`{user1000}.following`, `{user1000}.followers`) share a slot, so
+//! multi-key commands on them are allowed in a cluster.
+//!
+//! ```
+//! use redis_layers::cluster::slot::{key_slot, SLOTS};
+//!
+//! assert_eq!(key_slot(b"foo"), 12182);
+//! assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
+//! assert!(key_slot(b"anything") < SLOTS);
+//! ```
+
+/// Number of hash slots in a Redis Cluster: slots are `0..SLOTS`.
+///
+/// ```
+/// assert_eq!(redis_layers::cluster::slot::SLOTS, 16384);
+/// ```
+pub const SLOTS: u16 = 16384;
+
+/// CRC16-XMODEM lookup table (polynomial 0x1021, no reflection), one entry
+/// per value of the byte that leaves the register, built at compile time.
+const CRC16_TABLE: [u16; 256] = crc16_table();
+
+/// The same step for two bytes at once: `CRC16_TABLE2[x]` is the register
+/// after feeding `x` and then a zero byte, so two bytes cost two
+/// independent lookups instead of two dependent ones (the CRC is linear:
+/// the second byte's lookup can be done separately and XORed in).
+const CRC16_TABLE2: [u16; 256] = crc16_table2(&CRC16_TABLE);
+
+const fn crc16_table() -> [u16; 256] {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+}
+
+const fn crc16_table2(t: &[u16; 256]) -> [u16; 256] {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = (t[i] << 8) ^ t[(t[i] >> 8) as usize];
+        i += 1;
+    }
+    table
+}
+
+/// CRC16-XMODEM (polynomial 0x1021, initial value 0, no reflection, no final
+/// XOR): the checksum Redis Cluster hashes keys with. Table-driven, two
+/// bytes per step (tables built at compile time).
+///
+/// ```
+/// use redis_layers::cluster::slot::crc16;
+///
+/// assert_eq!(crc16(b"123456789"), 0x31C3); // the standard check value
+/// assert_eq!(crc16(b""), 0);
+/// ```
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    let mut pairs = data.chunks_exact(2);
+    for pair in &mut pairs {
+        let hi = usize::from((crc >> 8) as u8 ^ pair[0]);
+        let lo = usize::from(crc as u8 ^ pair[1]);
+        crc = CRC16_TABLE2[hi] ^ CRC16_TABLE[lo];
+    }
+    if let [b] = pairs.remainder() {
+        crc = (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ b)];
+    }
+    crc
+}
+
+/// Keys shorter than this are scanned for `{` byte by byte: `memchr`'s
+/// set-up costs more than it saves on them.
+const SHORT_KEY: usize = 64;
+
+fn find(byte: u8, hay: &[u8]) -> Option<usize> {
+    if hay.len() < SHORT_KEY {
+        hay.iter().position(|&b| b == byte)
+    } else {
+        memchr::memchr(byte, hay)
+    }
+}
+
+/// The part of `key` that is hashed: its hash tag (the bytes between the
+/// first `{` and the first `}` after it) when that is non-empty, otherwise
+/// the whole key.
+///
+/// ```
+/// use redis_layers::cluster::slot::hash_tag;
+///
+/// assert_eq!(hash_tag(b"{user1000}.following"), b"user1000");
+/// assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}"); // empty first tag: whole key
+/// assert_eq!(hash_tag(b"foo{{bar}}zap"), b"{bar");
+/// assert_eq!(hash_tag(b"plain"), b"plain");
+/// ```
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = find(b'{', key) {
+        let rest = &key[open + 1..];
+        if let Some(len) = find(b'}', rest) {
+            if len > 0 {
+                return &rest[..len];
+            }
+        }
+    }
+    key
+}
+
+/// The hash slot of `key`, `0..SLOTS`, honouring hash tags (see
+/// [`hash_tag`]).
+///
+/// ```
+/// use redis_layers::cluster::slot::key_slot;
+///
+/// assert_eq!(key_slot(b"foo"), 12182);
+/// assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+/// ```
+pub fn key_slot(key: &[u8]) -> u16 {
+    crc16(hash_tag(key)) & (SLOTS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bit-by-bit definition, to check the table against.
+    fn crc16_bitwise(data: &[u8]) -> u16 {
+        let mut crc: u16 = 0;
+        for &b in data {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc
+    }
+
+    #[test]
+    fn crc16_known_vectors() {
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(crc16(b""), 0);
+        assert_eq!(crc16(b"A"), 0x58E5);
+        for data in [&b"a"[..], b"foo", b"\x00\xff\x10\x21", b"hello world"] {
+            assert_eq!(crc16(data), crc16_bitwise(data), "{data:?}");
+        }
+        // Every length parity and every byte value in both positions.
+        let all: Vec<u8> = (0..=255u8).cycle().take(1001).collect();
+        for len in 0..all.len() {
+            assert_eq!(crc16(&all[..len]), crc16_bitwise(&all[..len]), "{len}");
+        }
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                assert_eq!(crc16(&[a, b]), crc16_bitwise(&[a, b]));
+                assert_eq!(crc16(&[7, a, b]), crc16_bitwise(&[7, a, b]));
+            }
+        }
+    }
+
+    #[test]
+    fn key_slots_and_hash_tags() {
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"somekey"), 11058);
+        assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
+        assert_eq!(key_slot(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b""), 0);
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        // Empty tags: the whole key is hashed.
+        assert_eq!(key_slot(b"{}"), crc16(b"{}") % SLOTS);
+        assert_eq!(key_slot(b"{}foo"), crc16(b"{}foo") % SLOTS);
+        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % SLOTS);
+        // Only the first `{` counts, and the first `}` after it.
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
+        assert_eq!(key_slot(b"}{bar}"), key_slot(b"bar"));
+        // No closing brace: whole key.
+        assert_eq!(key_slot(b"{bar"), crc16(b"{bar") % SLOTS);
+        assert_eq!(hash_tag(b"{"), b"{");
+        assert_eq!(hash_tag(b"x{y}"), b"y");
+        assert_eq!(hash_tag(b"{\xff\x00}z"), b"\xff\x00");
+        // Long keys take the memchr path.
+        let mut long = vec![b'x'; 100];
+        long.extend_from_slice(b"{tag}");
+        long.extend(vec![b'y'; 100]);
+        assert_eq!(hash_tag(&long), b"tag");
+        assert_eq!(key_slot(&long), key_slot(b"tag"));
+        assert_eq!(hash_tag(&long[..101]), &long[..101]);
+    }
+
+    #[test]
+    fn slot_is_in_range() {
+        for i in 0..10_000u32 {
+            let k = i.to_le_bytes();
+            assert!(key_slot(&k) < SLOTS);
+            assert_eq!(key_slot(&k), crc16_bitwise(&k) % SLOTS);
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! The Cluster layer on a real Redis Cluster started by the test support
+//! (3 primaries, 3 replicas): routing, hash tags, fan-out, pipelines split
+//! per node, live resharding under an INCR ledger (with the simulator's
+//! SMIGRATING/SMIGRATED and with plain `redis-cli --cluster reshard`), and a
+//! primary killed under load.
+#![cfg(feature = "sim")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_layers::cluster::{Cluster, ClusterConfig, ClusterLayer, NodeRole};
+use redis_layers::handoff::{Handoff, HandoffLayer};
+use redis_layers::maint::{MaintenanceConfig, Mode};
+use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
+use redis_layers::{cmd, Cmd, Connector, Endpoint, Error, Pipeline, Request, Response, Value};
+use support::cluster::{RedisCluster, Reply};
+use support::sim::SimCluster;
+use support::{bounded, within};
+use tokio::sync::Notify;
+use tower::{Layer, Service, ServiceExt};
+
+const STEP: Duration = Duration::from_secs(10);
+
+type Node = RelaxTimeout<Handoff<Connector>>;
+
+/// Each node: RelaxTimeout (2 s) over Handoff over a maintenance-aware
+/// Connector, as the default stack builds it.
+fn node_maker(mode: Mode) -> impl Fn(Endpoint, NodeRole) -> Node + Clone + Send + Sync + 'static {
+    let config = MaintenanceConfig::default()
+        .mode(mode)
+        .relaxed_timeout(Duration::from_secs(5));
+    let connector = Connector::new()
+        .maintenance(config.clone())
+        .expect("config");
+    move |endpoint: Endpoint, role: NodeRole| {
+        let connector = match role {
+            NodeRole::Primary => connector.clone(),
+            NodeRole::Replica => connector.clone().on_connect(cmd("READONLY")),
+        };
+        RelaxTimeoutLayer::new(Duration::from_secs(2)).layer(
+            HandoffLayer::new(endpoint)
+                .maintenance(&config)
+                .expect("config")
+                .layer(connector),
+        )
+    }
+}
+
+fn cluster_over(
+    seeds: Vec<Endpoint>,
+    mode: Mode,
+) -> Cluster<impl Fn(Endpoint, NodeRole) -> Node + Clone + Send + Sync + 'static> {
+    ClusterLayer::new(seeds)
+        .config(ClusterConfig::default().refresh_interval(None))
+        .layer(node_maker(mode))
+}
+
+async fn send<S>(svc: &mut S, c: Cmd) -> Result<Value, Error>
+where
+    S: Service<Request, Response = Response, Error = Error>,
+{
+    within(STEP, "request", async {
+        svc.ready().await?.call(c.into()).await?.into_value()
+    })
+    .await
+}
+
+fn bulk(s: &str) -> Value {
+    Value::BulkString(s.to_string().into())
+}
+
+/// Acceptance: 10,000 keys written and read back through the layer, each
+/// on the node that owns its slot (by `CLUSTER KEYSLOT` on the server and
+/// the server's own slot layout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_keys_land_on_their_owners() {
+    bounded(120, async {
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
+        let svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
+        let keys: Vec<String> = (0..10_000).map(|i| format!("key:{i}")).collect();
+        let tasks: Vec<_> = keys
+            .chunks(625)
+            .map(|chunk| {
+                let mut svc = svc.clone();
+                let chunk = chunk.to_vec();
+                tokio::spawn(async move {
+                    for k in chunk {
+                        let v = send(&mut svc, cmd("SET").arg(&k).arg(format!("v-{k}"))).await;
+                        assert_eq!(v.unwrap(), Value::SimpleString("OK".into()), "{k}");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Where each key must be, by the server: CLUSTER KEYSLOT, then the
+        // node serving that slot.
+        let mut direct: HashMap<usize, redis_layers::Connection> = HashMap::new();
+        let slot_conn = Connector::new().connect(cluster.endpoint(0)).await.unwrap();
+        let slots: Pipeline = keys
+            .iter()
+            .map(|k| cmd("CLUSTER").arg("KEYSLOT").arg(k))
+            .collect();
+        let slots = slot_conn
+            .send(slots)
+            .await
+            .unwrap()
+            .into_pipeline()
+            .unwrap();
+        let mut by_node: HashMap<usize, Vec<&String>> = HashMap::new();
+        for (k, s) in keys.iter().zip(slots) {
+            let Ok(Value::Integer(s)) = s else {
+                panic!("{s:?}")
+            };
+            by_node
+                .entry(cluster.node_for_slot(s as u16))
+                .or_default()
+                .push(k);
+        }
+        assert_eq!(by_node.len(), 3, "keys spread over the 3 primaries");
+        for (node, ks) in &by_node {
+            if !direct.contains_key(node) {
+                let c = Connector::new()
+                    .connect(cluster.endpoint(*node))
+                    .await
+                    .unwrap();
+                direct.insert(*node, c);
+            }
+            let c = &direct[node];
+            let gets: Pipeline = ks.iter().map(|k| cmd("GET").arg(k.as_str())).collect();
+            let got = c.send(gets).await.unwrap().into_pipeline().unwrap();
+            for (k, v) in ks.iter().zip(got) {
+                assert_eq!(v.unwrap(), bulk(&format!("v-{k}")), "{k} on node {node}");
+            }
+        }
+        // And back through the layer, as one big pipeline split per node.
+        let mut svc2 = svc.clone();
+        let gets: Pipeline = keys.iter().map(|k| cmd("GET").arg(k.as_str())).collect();
+        let got = within(STEP, "pipeline", async {
+            svc2.ready().await?.call(gets.into()).await?.into_pipeline()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.len(), keys.len());
+        for (k, v) in keys.iter().zip(got) {
+            assert_eq!(v.unwrap(), bulk(&format!("v-{k}")), "{k}");
+        }
+        // The three primaries answered for their slots.
+        assert_eq!(svc.slot_map().primaries().len(), 3);
+        assert_eq!(
+            svc.stats().moved,
+            0,
+            "the topology was right from the start"
+        );
+    })
+    .await;
+}
+
+/// Acceptance: hash-tagged multi-key commands work; cross-slot ones are
+/// refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_tags_work_and_cross_slot_is_refused_before_sending() {
+    bounded(60, async {
+        let cluster = RedisCluster::start();
+        let mut svc = cluster_over(vec![cluster.endpoint(1)], Mode::Disabled);
+        let ok = Value::SimpleString("OK".into());
+        assert_eq!(
+            send(
+                &mut svc,
+                cmd("MSET").arg("{u1}.a").arg("1").arg("{u1}.b").arg("2")
+            )
+            .await
+            .unwrap(),
+            ok
+        );
+        assert_eq!(
+            send(&mut svc, cmd("MGET").arg("{u1}.a").arg("{u1}.b"))
+                .await
+                .unwrap(),
+            Value::Array(vec![bulk("1"), bulk("2")])
+        );
+        send(&mut svc, cmd("SADD").arg("{s}1").arg("x").arg("y"))
+            .await
+            .unwrap();
+        send(&mut svc, cmd("SADD").arg("{s}2").arg("y").arg("z"))
+            .await
+            .unwrap();
+        assert_eq!(
+            send(
+                &mut svc,
+                cmd("SUNIONSTORE").arg("{s}u").arg("{s}1").arg("{s}2")
+            )
+            .await
+            .unwrap(),
+            Value::Integer(3)
+        );
+        // a and b hash to different slots.
+        assert_ne!(cluster.slot_of("a"), cluster.slot_of("b"));
+        let e = send(&mut svc, cmd("MSET").arg("a").arg("1").arg("b").arg("2"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{e:?}");
+        assert!(e.to_string().contains("slot"), "{e}");
+        // Nothing was sent: neither key exists.
+        for k in ["a", "b"] {
+            assert_eq!(
+                send(&mut svc, cmd("EXISTS").arg(k)).await.unwrap(),
+                Value::Integer(0)
+            );
+        }
+        let e = send(&mut svc, cmd("DEL").arg("a").arg("{u1}.a"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{e:?}");
+    })
+    .await;
+}
+
+/// Key-less commands: the cluster-wide ones go to every primary and are
+/// combined (DBSIZE sums, FLUSHALL on all, SCRIPT LOAD the same sha
+/// everywhere so EVALSHA works on any key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_wide_commands_fan_out() {
+    bounded(60, async {
+        let cluster = RedisCluster::start();
+        let mut svc = cluster_over(vec![cluster.endpoint(2)], Mode::Disabled);
+        for i in 0..300 {
+            send(&mut svc, cmd("SET").arg(format!("k{i}")).arg(i))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            send(&mut svc, cmd("DBSIZE")).await.unwrap(),
+            Value::Integer(300)
+        );
+        let sha = send(
+            &mut svc,
+            cmd("SCRIPT")
+                .arg("LOAD")
+                .arg("return redis.call('GET', KEYS[1])"),
+        )
+        .await
+        .unwrap();
+        for i in [0, 100, 299] {
+            let v = send(
+                &mut svc,
+                cmd("EVALSHA")
+                    .arg(sha.as_bytes().unwrap())
+                    .arg(1)
+                    .arg(format!("k{i}")),
+            )
+            .await
+            .unwrap();
+            assert_eq!(v, bulk(&i.to_string()));
+        }
+        assert_eq!(
+            send(&mut svc, cmd("PING")).await.unwrap(),
+            Value::SimpleString("PONG".into())
+        );
+        assert_eq!(
+            send(&mut svc, cmd("FLUSHALL")).await.unwrap(),
+            Value::SimpleString("OK".into())
+        );
+        assert_eq!(
+            send(&mut svc, cmd("DBSIZE")).await.unwrap(),
+            Value::Integer(0)
+        );
+    })
+    .await;
+}
+
+/// Pipelines across nodes come back in the caller's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_are_split_and_reassembled_in_order() {
+    bounded(60, async {
+        let cluster = RedisCluster::start();
+        let mut svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
+        let mut p = Pipeline::new();
+        for i in 0..1000 {
+            p = p
+                .cmd(cmd("SET").arg(format!("p{i}")).arg(i))
+                .cmd(cmd("INCR").arg(format!("p{i}")));
+        }
+        p = p.cmd(cmd("PING"));
+        let r = within(STEP, "pipeline", async {
+            svc.ready().await?.call(p.into()).await?.into_pipeline()
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.len(), 2001);
+        for i in 0..1000 {
+            assert_eq!(r[2 * i].clone().unwrap(), Value::SimpleString("OK".into()));
+            assert_eq!(
+                r[2 * i + 1].clone().unwrap(),
+                Value::Integer(i as i64 + 1),
+                "p{i}"
+            );
+        }
+        assert_eq!(r[2000].clone().unwrap(), Value::SimpleString("PONG".into()));
+    })
+    .await;
+}
+
+// ===== the ledger under resharding =====
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    progress: Arc<Notify>,
+    tasks: Vec<tokio::task::JoinHandle<(String, u64, Vec<String>)>>,
+}
+
+fn start_load<S>(svc: &S, tasks: usize) -> Load
+where
+    S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Notify::new());
+    let tasks = (0..tasks)
+        .map(|i| {
+            let mut svc = svc.clone();
+            let (stop, ops, progress) = (stop.clone(), ops.clone(), progress.clone());
+            let key = format!("ledger:{i}");
+            tokio::spawn(async move {
+                let mut acked = 0u64;
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match send(&mut svc, cmd("INCR").arg(&key)).await {
+                        Ok(Value::Integer(n)) if n as u64 == acked + 1 => acked += 1,
+                        Ok(other) => {
+                            errors.push(format!("{key}: after {acked} the reply was {other:?}"));
+                            if let Value::Integer(n) = other {
+                                acked = n as u64;
+                            }
+                        }
+                        Err(e) => errors.push(format!("{key}: {e}")),
+                    }
+                    if ops.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
+                        progress.notify_waiters();
+                    }
+                }
+                (key, acked, errors)
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        ops,
+        progress,
+        tasks,
+    }
+}
+
+impl Load {
+    async fn run_for(&self, n: u64) {
+        let target = self.ops.load(Ordering::Relaxed) + n;
+        within(STEP, "load progress", async {
+            loop {
+                let notified = self.progress.notified();
+                if self.ops.load(Ordering::Relaxed) >= target {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+    }
+
+    /// Stops the load; checks 0 failures and that every key holds exactly
+    /// its acknowledged count (read from the node that owns it now).
+    async fn finish(self, cluster: &RedisCluster) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = vec![];
+        let mut total = 0;
+        for t in self.tasks {
+            let (key, acked, errs) = within(STEP, "load task", t).await.unwrap();
+            errors.extend(errs);
+            cluster.wait_consistent();
+            let owner = cluster.node_for_key(&key);
+            let on_server: u64 = match cluster.query(owner, &[b"GET", key.as_bytes()]) {
+                Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap().parse().unwrap(),
+                Reply::Bulk(None) => 0,
+                other => panic!("{key} on node {owner}: {other:?}"),
+            };
+            assert_eq!(
+                on_server, acked,
+                "{key}: server {on_server}, client acked {acked}"
+            );
+            total += acked;
+        }
+        assert!(
+            errors.is_empty(),
+            "{} failed: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        assert!(total > 0);
+        total
+    }
+}
+
+/// The slots of the ledger keys, by node.
+fn ledger_slots(cluster: &RedisCluster, tasks: usize, node: usize) -> Vec<u16> {
+    let mut v: Vec<u16> = (0..tasks)
+        .map(|i| cluster.slot_of(format!("ledger:{i}")))
+        .filter(|s| cluster.node_for_slot(*s) == node)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Acceptance: live resharding under load with the real migration
+/// procedure wrapped in SMIGRATING/SMIGRATED (the simulator): 0 failed
+/// commands, the ledger exact, and the slot map updated from SMIGRATED
+/// without waiting for a MOVED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_resharding_with_smigrated_loses_nothing() {
+    bounded(120, async {
+        let env = SimCluster::start().await;
+        let seed = env.endpoint(0);
+        let svc = cluster_over(vec![support::sim::endpoint(seed)], Mode::Enabled);
+        let load = start_load(&svc, 32);
+        load.run_for(2_000).await;
+        let slots = ledger_slots(&env.cluster, 32, 0);
+        assert!(!slots.is_empty());
+        let m = within(
+            Duration::from_secs(60),
+            "slot migration",
+            env.sim
+                .slot_migrate(&slots, env.endpoint(0), env.endpoint(1)),
+        )
+        .await
+        .unwrap();
+        assert!(m.keys > 0);
+        load.run_for(2_000).await;
+        let stats = svc.stats();
+        load.finish(&env.cluster).await;
+        assert_eq!(stats.smigrated, 1, "{stats:?}");
+        for s in &slots {
+            assert_eq!(
+                svc.slot_map().primary_for(*s),
+                Some(&support::sim::endpoint(env.endpoint(1))),
+                "slot {s} moved in the map"
+            );
+        }
+        eprintln!("with SMIGRATED: {stats:?} for {} slots", slots.len());
+        assert!(
+            (stats.moved as usize) < slots.len(),
+            "SMIGRATED updated the map before MOVED did: {stats:?}"
+        );
+    })
+    .await;
+}
+
+/// Acceptance: the same with plain `redis-cli --cluster reshard`-style
+/// migration and no notifications at all: MOVED and ASK carry the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_resharding_without_notifications_loses_nothing() {
+    bounded(120, async {
+        let cluster = RedisCluster::start();
+        let svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
+        let load = start_load(&svc, 32);
+        load.run_for(2_000).await;
+        let slots = ledger_slots(&cluster, 32, 0);
+        let c = &cluster;
+        tokio::task::block_in_place(|| {
+            for s in &slots {
+                c.migrate_slot(*s, 0, 1);
+            }
+            c.wait_consistent();
+        });
+        load.run_for(2_000).await;
+        let stats = svc.stats();
+        load.finish(&cluster).await;
+        eprintln!("without notifications: {stats:?} for {} slots", slots.len());
+        assert!(stats.moved >= 1, "{stats:?}");
+    })
+    .await;
+}
+
+/// Acceptance: a primary killed while it has a replica: commands during the
+/// outage fail with typed errors in bounded time (never hang), and after
+/// the failover the layer finds the new primary by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_fails_over_and_the_layer_recovers() {
+    bounded(120, async {
+        let mut cluster = RedisCluster::builder()
+            .replicas_per_primary(1)
+            .arg("--cluster-node-timeout")
+            .arg("1000")
+            .start();
+        let mut svc = cluster_over(vec![cluster.endpoint(1), cluster.endpoint(2)], Mode::Disabled);
+        let key = (0..)
+            .map(|i| format!("fo:{i}"))
+            .find(|k| cluster.node_for_key(k) == 0)
+            .unwrap();
+        send(&mut svc, cmd("SET").arg(&key).arg("v")).await.unwrap();
+        // On the replica before the crash.
+        let on_replica = cluster.replicas_of(0).start;
+        within(STEP, "replicated", async {
+            while !matches!(cluster.query(on_replica, &[b"DBSIZE"]), Reply::Int(1)) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        cluster.kill(0);
+        let began = tokio::time::Instant::now();
+        let mut failures = vec![];
+        let value = loop {
+            let t = tokio::time::Instant::now();
+            match send(&mut svc, cmd("GET").arg(&key)).await {
+                Ok(v) => break v,
+                Err(e) => {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(4),
+                        "a request during the outage took {:?}",
+                        t.elapsed()
+                    );
+                    assert!(
+                        e.is_connection_error()
+                            || matches!(e, Error::Timeout)
+                            || matches!(&e, Error::Server(s) if s.kind() == &redis_layers::ServerErrorKind::ClusterDown),
+                        "untyped failure: {e:?}"
+                    );
+                    failures.push(e.to_string());
+                }
+            }
+            assert!(began.elapsed() < Duration::from_secs(60), "no recovery: {failures:?}");
+            // A caller's retry pace (the retry layer's job, later); there is
+            // no event to wait for: the failover is the cluster's business.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(value, bulk("v"));
+        assert!(!failures.is_empty(), "the outage was seen");
+        send(&mut svc, cmd("SET").arg(&key).arg("after")).await.unwrap();
+        let new_primary = svc.slot_map().primary_for(cluster.slot_of(&key)).cloned().unwrap();
+        assert_eq!(new_primary, cluster.endpoint(on_replica));
+        eprintln!(
+            "recovered after {:?}, {} failed requests: {:?}",
+            began.elapsed(),
+            failures.len(),
+            failures.iter().take(3).collect::<Vec<_>>()
+        );
+    })
+    .await;
+}
