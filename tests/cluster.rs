@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis_layers::cluster::{Cluster, ClusterConfig, ClusterLayer, NodeRole};
 use redis_layers::handoff::{Handoff, HandoffLayer};
-use redis_layers::maint::{MaintenanceConfig, Mode};
+use redis_layers::maint::{MaintEvent, MaintenanceConfig, Mode};
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
 use redis_layers::{cmd, Cmd, Connector, Endpoint, Error, Pipeline, Request, Response, Value};
 use support::cluster::{RedisCluster, Reply};
@@ -54,9 +54,30 @@ fn cluster_over(
     seeds: Vec<Endpoint>,
     mode: Mode,
 ) -> Cluster<impl Fn(Endpoint, NodeRole) -> Node + Clone + Send + Sync + 'static> {
+    cluster_with(seeds, mode, ClusterConfig::default().refresh_interval(None))
+}
+
+fn cluster_with(
+    seeds: Vec<Endpoint>,
+    mode: Mode,
+    config: ClusterConfig,
+) -> Cluster<impl Fn(Endpoint, NodeRole) -> Node + Clone + Send + Sync + 'static> {
     ClusterLayer::new(seeds)
-        .config(ClusterConfig::default().refresh_interval(None))
+        .config(config)
         .layer(node_maker(mode))
+}
+
+/// `INFO commandstats` calls of `cmd` on node `i`.
+fn calls(cluster: &RedisCluster, i: usize, cmd: &str) -> u64 {
+    let Reply::Bulk(Some(info)) = cluster.query(i, &[b"INFO", b"commandstats"]) else {
+        panic!("INFO on node {i}")
+    };
+    let info = String::from_utf8(info).unwrap();
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
 }
 
 async fn send<S>(svc: &mut S, c: Cmd) -> Result<Value, Error>
@@ -549,6 +570,199 @@ async fn a_killed_primary_fails_over_and_the_layer_recovers() {
             failures.len(),
             failures.iter().take(3).collect::<Vec<_>>()
         );
+    })
+    .await;
+}
+
+/// Optional reads from replicas: read-only commands go to the slot's
+/// replicas (their connections send `READONLY`), writes to the primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_replicas_when_asked() {
+    bounded(60, async {
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
+        let config = ClusterConfig::default()
+            .refresh_interval(None)
+            .read_from_replicas(true);
+        let mut svc = cluster_with(vec![cluster.endpoint(0)], Mode::Disabled, config);
+        for i in 0..300 {
+            send(&mut svc, cmd("SET").arg(format!("r{i}")).arg(i))
+                .await
+                .unwrap();
+        }
+        // Every replica has its primary's keys.
+        within(STEP, "replication", async {
+            for p in 0..3 {
+                let r = cluster.replicas_of(p).start;
+                loop {
+                    let (a, b) = (
+                        cluster.query(p, &[b"DBSIZE"]),
+                        cluster.query(r, &[b"DBSIZE"]),
+                    );
+                    if matches!((&a, &b), (Reply::Int(x), Reply::Int(y)) if x == y) {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await;
+        for i in 0..300 {
+            let v = send(&mut svc, cmd("GET").arg(format!("r{i}")))
+                .await
+                .unwrap();
+            assert_eq!(v, bulk(&i.to_string()));
+        }
+        let on_primaries: u64 = (0..3).map(|p| calls(&cluster, p, "get")).sum();
+        let on_replicas: u64 = (3..6).map(|r| calls(&cluster, r, "get")).sum();
+        assert_eq!((on_primaries, on_replicas), (0, 300));
+        let sets: u64 = (0..3).map(|p| calls(&cluster, p, "set")).sum();
+        assert_eq!(sets, 300);
+        assert_eq!(svc.stats().moved, 0);
+    })
+    .await;
+}
+
+/// Issue: key positions of commands outside the static table come from
+/// `COMMAND INFO` (asked once, then cached): `PFDEBUG ENCODING key` has its
+/// key second, and is routed to the key's node with no redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_outside_the_table_are_learned_from_command_info() {
+    bounded(60, async {
+        assert!(!redis_layers::cluster::keys::CommandTable::default().contains("pfdebug"));
+        let cluster = RedisCluster::start();
+        let mut svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
+        for i in 0..50 {
+            send(
+                &mut svc,
+                cmd("PFADD").arg(format!("h{i}")).arg("a").arg("b"),
+            )
+            .await
+            .unwrap();
+        }
+        let infos_before: u64 = (0..3).map(|n| calls(&cluster, n, "command|info")).sum();
+        for i in 0..50 {
+            let v = send(
+                &mut svc,
+                cmd("PFDEBUG").arg("ENCODING").arg(format!("h{i}")),
+            )
+            .await
+            .unwrap();
+            assert_eq!(v, Value::SimpleString("sparse".into()), "h{i}");
+        }
+        let infos: u64 = (0..3).map(|n| calls(&cluster, n, "command|info")).sum();
+        assert_eq!(infos - infos_before, 1, "COMMAND INFO asked once");
+        assert_eq!(svc.stats().moved, 0, "every PFDEBUG went to its key's node");
+        // A command the server does not know either: one question, then
+        // straight to a node, which says so.
+        for _ in 0..3 {
+            let e = send(&mut svc, cmd("NOSUCHCMD").arg("k")).await.unwrap_err();
+            assert!(e.to_string().contains("unknown command"), "{e}");
+        }
+        let infos_after: u64 = (0..3).map(|n| calls(&cluster, n, "command|info")).sum();
+        assert_eq!(infos_after - infos, 1);
+    })
+    .await;
+}
+
+/// Acceptance: live resharding with plain `redis-cli --cluster reshard`
+/// (the real tool, no notifications) under the INCR ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_resharding_with_redis_cli_loses_nothing() {
+    bounded(180, async {
+        let cluster = RedisCluster::start();
+        let svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
+        let load = start_load(&svc, 32);
+        load.run_for(2_000).await;
+        let before = ledger_slots(&cluster, 32, 0).len();
+        let from = cluster.node_id(0).to_string();
+        let to = cluster.node_id(1).to_string();
+        let at = format!("127.0.0.1:{}", cluster.ports()[0]);
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("redis-cli")
+                .args(["--cluster", "reshard", &at])
+                .args(["--cluster-from", &from, "--cluster-to", &to])
+                .args(["--cluster-slots", "5461", "--cluster-yes"])
+                .output()
+                .expect("redis-cli")
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        tokio::task::block_in_place(|| cluster.wait_consistent());
+        let moved_ledger = before - ledger_slots(&cluster, 32, 0).len();
+        assert!(moved_ledger > 0, "the reshard moved ledger slots");
+        load.run_for(2_000).await;
+        let stats = svc.stats();
+        load.finish(&cluster).await;
+        eprintln!("redis-cli reshard of all 5461 slots of node 0: {stats:?}, {moved_ledger} ledger slots moved");
+        assert!(stats.moved >= 1, "{stats:?}");
+    })
+    .await;
+}
+
+/// Acceptance: a client that connects while a migration is under way gets
+/// `SMIGRATING` when it opts in (its timeouts relax), then `SMIGRATED`
+/// (they are restored), and its ledger is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connecting_during_a_migration_relax_and_recover() {
+    bounded(120, async {
+        let env = SimCluster::start().await;
+        let slots = ledger_slots(&env.cluster, 32, 0);
+        let node0 = support::sim::endpoint(env.endpoint(0));
+        // SMIGRATING now; the keys move a second later.
+        let handle = env
+            .sim
+            .start_slot_migrate_after(
+                &slots,
+                env.endpoint(0),
+                env.endpoint(1),
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        // A client that starts during the migration.
+        let connector = Connector::new()
+            .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
+            .unwrap();
+        let state = connector.maintenance_state(&node0);
+        let mut events = state.subscribe();
+        let late = ClusterLayer::new(vec![node0.clone()])
+            .config(ClusterConfig::default().refresh_interval(None))
+            .layer(move |endpoint: Endpoint, _role: NodeRole| {
+                RelaxTimeoutLayer::new(Duration::from_secs(2))
+                    .layer(Handoff::new(connector.clone(), endpoint))
+            });
+        let load = start_load(&late, 16);
+        let relaxed = within(STEP, "relaxed", async {
+            loop {
+                if let e @ MaintEvent::Relaxed { .. } = events.recv().await.unwrap() {
+                    return e;
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            relaxed,
+            MaintEvent::Relaxed {
+                reason: "SMIGRATING"
+            }
+        );
+        assert!(state.relaxed_timeout().is_some());
+        let m = within(Duration::from_secs(60), "migration", handle.finished())
+            .await
+            .unwrap();
+        assert!(m.keys > 0);
+        within(STEP, "unrelaxed", async {
+            loop {
+                if let MaintEvent::Unrelaxed { .. } = events.recv().await.unwrap() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert_eq!(state.relaxed_timeout(), None);
+        load.run_for(1_000).await;
+        load.finish(&env.cluster).await;
+        assert_eq!(late.stats().smigrated, 1);
     })
     .await;
 }

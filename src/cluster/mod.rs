@@ -197,6 +197,9 @@ struct Snapshot {
     /// Node index of each slot's primary; `u32::MAX`: unassigned.
     owner: Box<[u32]>,
     primaries: Vec<u32>,
+    /// Replica node indexes by primary node index (with
+    /// [`ClusterConfig::read_from_replicas`]).
+    replicas: HashMap<u32, Vec<u32>>,
     table: Arc<CommandTable>,
 }
 
@@ -208,6 +211,7 @@ impl Snapshot {
             map: SlotMap::default(),
             owner: vec![NONE; usize::from(slot::SLOTS)].into_boxed_slice(),
             primaries: vec![],
+            replicas: HashMap::new(),
             table: Arc::new(CommandTable::default()),
         }
     }
@@ -496,10 +500,19 @@ impl<N: NewNode> Shared<N> {
             }
         }
         let mut keep: Vec<u32> = primaries.clone();
+        let mut replicas: HashMap<u32, Vec<u32>> = HashMap::new();
         if self.config.read_from_replicas {
-            for r in map.nodes() {
-                if !by_endpoint.contains_key(&r) {
-                    keep.push(self.ensure_node(topo, &r, NodeRole::Replica));
+            for shard in map.shards() {
+                let Some(&p) = by_endpoint.get(&shard.primary) else {
+                    continue;
+                };
+                for r in &shard.replicas {
+                    if by_endpoint.contains_key(r) {
+                        continue;
+                    }
+                    let i = self.ensure_node(topo, r, NodeRole::Replica);
+                    keep.push(i);
+                    replicas.entry(p).or_default().push(i);
                 }
             }
         }
@@ -515,6 +528,7 @@ impl<N: NewNode> Shared<N> {
             map,
             owner,
             primaries,
+            replicas,
             table,
         });
         self.gen.fetch_add(1, Ordering::AcqRel);
@@ -678,6 +692,17 @@ impl<N: NewNode> Shared<N> {
         Err(last)
     }
 
+    /// A replica of primary `i`, in turn; `i` itself when it has none.
+    fn replica_of(&self, snap: &Snapshot, i: u32) -> u32 {
+        match snap.replicas.get(&i) {
+            Some(r) if !r.is_empty() => {
+                let n = self.next_primary.fetch_add(1, Ordering::Relaxed);
+                r[n % r.len()]
+            }
+            _ => i,
+        }
+    }
+
     fn any_primary(&self, snap: &Snapshot) -> Option<u32> {
         if snap.primaries.is_empty() {
             return None;
@@ -706,6 +731,7 @@ impl<N: NewNode> Shared<N> {
             map: old.map.clone(),
             owner: old.owner.clone(),
             primaries: old.primaries.clone(),
+            replicas: old.replicas.clone(),
             table: Arc::new(table),
         });
         self.gen.fetch_add(1, Ordering::AcqRel);
@@ -743,6 +769,9 @@ fn target(shared: &Shared<impl NewNode>, snap: &Snapshot, req: &Request) -> Resu
         Body::Cmd(c) => match snap.table.route(c) {
             Ok(Route::Slot(s)) => match snap.owner[usize::from(s)] {
                 NONE => Err(no_owner(s)),
+                i if shared.config.read_from_replicas && snap.table.is_read_only(c) => {
+                    Ok(Target::Node(shared.replica_of(snap, i)))
+                }
                 i => Ok(Target::Node(i)),
             },
             Ok(Route::AnyPrimary) => shared
@@ -750,6 +779,13 @@ fn target(shared: &Shared<impl NewNode>, snap: &Snapshot, req: &Request) -> Resu
                 .map(Target::Node)
                 .ok_or_else(|| Error::config("no cluster node known")),
             Ok(Route::AllPrimaries(agg)) | Ok(Route::AllNodes(agg)) => Ok(Target::Fanout(agg)),
+            // Unknown to the server too: any node will say so.
+            Err(RouteError::UnknownCommand(name)) if lock(&shared.unknown).contains(&name) => {
+                shared
+                    .any_primary(snap)
+                    .map(Target::Node)
+                    .ok_or_else(|| Error::config("no cluster node known"))
+            }
             Err(RouteError::UnknownCommand(name)) => Ok(Target::Learn(name)),
             Err(e) => Err(e.into()),
         },
@@ -767,6 +803,11 @@ fn target(shared: &Shared<impl NewNode>, snap: &Snapshot, req: &Request) -> Resu
                         return Err(Error::config(
                             "a command that goes to every node cannot be part of a pipeline",
                         ))
+                    }
+                    Err(RouteError::UnknownCommand(name))
+                        if lock(&shared.unknown).contains(&name) =>
+                    {
+                        continue
                     }
                     Err(RouteError::UnknownCommand(name)) => return Ok(Target::Learn(name)),
                     Err(e) => return Err(e.into()),
@@ -1022,6 +1063,10 @@ async fn split<N: NewNode>(
                 return Err(Error::config(
                     "a command that goes to every node cannot be part of a pipeline",
                 ))
+            }
+            Err(RouteError::UnknownCommand(name)) if lock(&shared.unknown).contains(&name) => {
+                keyless.push(i);
+                continue;
             }
             Err(e) => return Err(e.into()),
         };

@@ -915,6 +915,19 @@ impl Simulator {
         src: SocketAddr,
         dst: SocketAddr,
     ) -> io::Result<SlotMigrationHandle> {
+        self.start_slot_migrate_after(slots, src, dst, Duration::ZERO)
+    }
+
+    /// [`Simulator::start_slot_migrate`], with the keys starting to move
+    /// `after` the `SMIGRATING` (as a server announces a migration before
+    /// it begins): a window in which clients that connect are told too.
+    pub fn start_slot_migrate_after(
+        &self,
+        slots: &[u16],
+        src: SocketAddr,
+        dst: SocketAddr,
+        after: Duration,
+    ) -> io::Result<SlotMigrationHandle> {
         let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
         let (src_node, dst_node) = match (self.backend_of(src), self.backend_of(dst)) {
             (Some(s), Some(d)) => (s, d),
@@ -950,6 +963,9 @@ impl Simulator {
         let sim = self.detached();
         let slots = slots.to_vec();
         let task = tokio::spawn(async move {
+            if !after.is_zero() {
+                tokio::time::sleep(after).await;
+            }
             let moved = sim.migrate_keys(&slots, src_node, dst_node).await;
             if let Some(e) = sim
                 .inner
