@@ -54,23 +54,7 @@ fn notifications_and_relaxations_are_counted() {
             .expect("bounded");
         });
     });
-    type Counter = (String, Vec<(String, String)>, u64);
-    let counters: Vec<Counter> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter_map(|(key, _, _, value)| match value {
-            DebugValue::Counter(c) => {
-                let k = key.key();
-                let labels = k
-                    .labels()
-                    .map(|l| (l.key().to_string(), l.value().to_string()))
-                    .collect();
-                Some((k.name().to_string(), labels, c))
-            }
-            _ => None,
-        })
-        .collect();
+    let counters = counters(&snapshotter);
     assert!(
         counters.contains(&(
             NOTIFICATIONS.into(),
@@ -89,4 +73,77 @@ fn notifications_and_relaxations_are_counted() {
     );
     assert_eq!(NOTIFICATIONS, "redis.client.maintenance.notifications");
     assert_eq!(RELAXED, "redis.client.connection.relaxed_timeout");
+}
+
+type Counter = (String, Vec<(String, String)>, u64);
+
+/// Every counter the recorder saw: name, labels, value.
+fn counters(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<Counter> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(c) => {
+                let k = key.key();
+                let labels = k
+                    .labels()
+                    .map(|l| (l.key().to_string(), l.value().to_string()))
+                    .collect();
+                Some((k.name().to_string(), labels, c))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A handoff counts under `redis.client.connection.handoff`, by `result`.
+#[test]
+fn handoffs_are_counted() {
+    use redis_layers::handoff::{Handoff, HANDOFF};
+    use tower::ServiceExt;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                let env = SimStandalone::start().await;
+                let connector = Connector::new()
+                    .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
+                    .unwrap();
+                let svc = Handoff::new(connector, env.endpoint());
+                let mut events = svc.subscribe();
+                svc.clone()
+                    .oneshot(redis_layers::cmd("PING").into())
+                    .await
+                    .unwrap();
+                env.sim
+                    .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
+                    .await;
+                env.sim
+                    .start_moving(redis_layers::sim::Moving::new(Duration::from_secs(1)))
+                    .unwrap();
+                loop {
+                    if let MaintEvent::HandoffSucceeded { .. } = events.recv().await.unwrap() {
+                        break;
+                    }
+                }
+            })
+            .await
+            .expect("bounded");
+        });
+    });
+    let counters = counters(&snapshotter);
+    for result in ["started", "succeeded"] {
+        assert!(
+            counters.contains(&(HANDOFF.into(), vec![("result".into(), result.into())], 1)),
+            "{result}: {counters:?}"
+        );
+    }
+    assert_eq!(HANDOFF, "redis.client.connection.handoff");
 }

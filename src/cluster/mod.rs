@@ -1194,7 +1194,9 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
                 ResponseFuture::direct(node.call(req), shared, copy)
             }
             Poll::Ready(Err(e)) => {
+                // The node cannot be reached: it may have left.
                 self.local[i as usize] = None;
+                self.shared.request_refresh();
                 ResponseFuture::failed(e)
             }
             Poll::Pending => {
