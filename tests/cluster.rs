@@ -766,3 +766,22 @@ async fn clients_connecting_during_a_migration_relax_and_recover() {
     })
     .await;
 }
+
+/// A cluster whose topology gives no slot to any node is an error for the
+/// caller, not an endless wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_slots_is_an_error_not_a_hang() {
+    bounded(30, async {
+        let server = support::RedisServer::builder()
+            .arg("--cluster-enabled")
+            .arg("yes")
+            .start();
+        let mut svc = cluster_over(vec![server.endpoint()], Mode::Disabled);
+        let e = within(STEP, "poll_ready", svc.ready()).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Server(s) if s.kind() == &redis_layers::ServerErrorKind::ClusterDown),
+            "{e:?}"
+        );
+    })
+    .await;
+}

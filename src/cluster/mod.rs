@@ -205,6 +205,12 @@ struct Snapshot {
 
 const NONE: u32 = u32::MAX;
 
+/// For this long after a `SMIGRATED`, its moves are applied on top of a
+/// topology read from another node than their destination: the source (or
+/// a bystander) may not know yet that the slots moved, and taking its word
+/// would send commands back to the source, to be redirected (`MOVED`).
+const SMIGRATED_WINS_FOR: Duration = Duration::from_secs(1);
+
 impl Snapshot {
     fn empty() -> Self {
         Snapshot {
@@ -240,6 +246,9 @@ struct Refresh {
     error: Option<Error>,
     /// Refreshes finished.
     done: u64,
+    /// Nodes to read the next topology from first (the `dst` of a
+    /// `SMIGRATED`: the source may not know yet that it gave slots up).
+    prefer: Vec<Endpoint>,
     /// The periodic refresh task runs.
     ticking: bool,
 }
@@ -253,6 +262,9 @@ pub(super) struct Shared<N: NewNode> {
     refresh: Mutex<Refresh>,
     next_primary: AtomicUsize,
     smigrated: Mutex<Dedup<()>>,
+    /// Recent `SMIGRATED` moves, until when they win over a topology read
+    /// from a node other than their `dst` (see [`SMIGRATED_WINS_FOR`]).
+    recent_moves: Mutex<Vec<(crate::maint::SlotMove, Instant)>>,
     /// Commands `COMMAND INFO` did not know: sent to any primary.
     unknown: Mutex<std::collections::HashSet<String>>,
     stats: Counters,
@@ -292,6 +304,8 @@ pub struct Cluster<N: NewNode> {
     local: Vec<Option<N::Node>>,
     /// Waiting for the first topology since this many refreshes were done.
     waiting: Option<u64>,
+    /// What the fast path's futures follow redirects with.
+    fixup: Option<Arc<dyn Fixup>>,
 }
 
 impl<N: NewNode> Clone for Cluster<N> {
@@ -302,6 +316,7 @@ impl<N: NewNode> Clone for Cluster<N> {
             snapshot: self.snapshot.clone(),
             local: Vec::new(),
             waiting: None,
+            fixup: None,
         }
     }
 }
@@ -331,6 +346,7 @@ impl<N: NewNode> Cluster<N> {
             refresh: Mutex::new(Refresh::default()),
             next_primary: AtomicUsize::new(0),
             smigrated: Mutex::new(Dedup::new(Duration::from_secs(120))),
+            recent_moves: Mutex::new(Vec::new()),
             unknown: Mutex::new(Default::default()),
             stats: Counters::default(),
             config,
@@ -342,6 +358,7 @@ impl<N: NewNode> Cluster<N> {
             snapshot,
             local: Vec::new(),
             waiting: None,
+            fixup: None,
         }
     }
 
@@ -477,7 +494,16 @@ impl<N: NewNode> Shared<N> {
             }
             self.install(&mut topo, map);
         }
-        self.request_refresh();
+        let until = Instant::now() + SMIGRATED_WINS_FOR;
+        lock(&self.recent_moves).extend(moves.iter().map(|m| (m.clone(), until)));
+        let mut r = lock(&self.refresh);
+        for m in moves {
+            let dst = Endpoint::tcp(m.dst.host.clone(), m.dst.port);
+            if !r.prefer.contains(&dst) {
+                r.prefer.push(dst);
+            }
+        }
+        self.request_refresh_locked(&mut r);
     }
 
     /// Makes `map` the routing snapshot (nodes made and dropped to match).
@@ -660,14 +686,16 @@ impl<N: NewNode> Shared<N> {
     /// Reads `CLUSTER SHARDS` (or `CLUSTER SLOTS`) from a known primary or
     /// a seed, and installs it.
     async fn fetch_topology(self: &Arc<Self>) -> Result<()> {
-        let mut candidates: Vec<Endpoint> = {
+        let mut candidates = std::mem::take(&mut lock(&self.refresh).prefer);
+        {
             let topo = lock(&self.topo);
-            topo.snapshot
-                .primaries
-                .iter()
-                .map(|&i| topo.nodes[i as usize].endpoint.clone())
-                .collect()
-        };
+            for &i in &topo.snapshot.primaries {
+                let ep = &topo.nodes[i as usize].endpoint;
+                if !candidates.contains(ep) {
+                    candidates.push(ep.clone());
+                }
+            }
+        }
         for s in &self.seeds {
             if !candidates.contains(s) {
                 candidates.push(s.clone());
@@ -678,8 +706,23 @@ impl<N: NewNode> Shared<N> {
             let (_, Some(node)) = self.node_at(&ep) else {
                 continue;
             };
-            match read_topology(node).await {
-                Ok(map) => {
+            match read_topology(node, &ep).await {
+                // Nothing to route with: say so rather than wait forever.
+                Ok(map) if map.len_assigned() == 0 => {
+                    last = Error::Server(ServerError::parse(format!(
+                        "CLUSTERDOWN the topology from {ep} assigns no slot to a reachable node"
+                    )));
+                }
+                Ok(mut map) => {
+                    let now = Instant::now();
+                    let mut recent = lock(&self.recent_moves);
+                    recent.retain(|(_, until)| *until > now);
+                    for (m, _) in recent.iter() {
+                        if Endpoint::tcp(m.dst.host.clone(), m.dst.port) != ep {
+                            map.apply_slot_move(m);
+                        }
+                    }
+                    drop(recent);
                     tracing::debug!(target: "redis_layers::cluster", event = "cluster.refreshed", from = %ep, assigned = map.len_assigned(), "topology refreshed");
                     let mut topo = lock(&self.topo);
                     self.install(&mut topo, map);
@@ -748,16 +791,16 @@ where
     svc.call(req).await
 }
 
-async fn read_topology<S>(node: S) -> Result<SlotMap>
+async fn read_topology<S>(node: S, asked: &Endpoint) -> Result<SlotMap>
 where
     S: Service<Request, Response = Response, Error = Error> + Clone,
 {
     match send(node.clone(), cmd("CLUSTER").arg("SHARDS").into()).await {
-        Ok(r) => SlotMap::from_cluster_shards(&r.into_value()?),
+        Ok(r) => SlotMap::from_cluster_shards_via(&r.into_value()?, asked),
         // Before 7.0: no CLUSTER SHARDS.
         Err(Error::Server(e)) if e.kind() == &ServerErrorKind::Err => {
             let r = send(node, cmd("CLUSTER").arg("SLOTS").into()).await?;
-            SlotMap::from_cluster_slots(&r.into_value()?)
+            SlotMap::from_cluster_slots_via(&r.into_value()?, asked)
         }
         Err(e) => Err(e),
     }
@@ -1128,13 +1171,16 @@ pub(super) trait Fixup: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
 }
 
-impl<N: NewNode> Fixup for Shared<N> {
+/// One clone's handle on the shared state, for its fast-path futures.
+struct Handle<N: NewNode>(Arc<Shared<N>>);
+
+impl<N: NewNode> Fixup for Handle<N> {
     fn fixup(
         self: Arc<Self>,
         req: Request,
         first: Result<Response>,
     ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>> {
-        Box::pin(fixup(self, req, first))
+        Box::pin(fixup(self.0.clone(), req, first))
     }
 }
 
@@ -1181,17 +1227,24 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
             Target::Node(i) => i,
             _ => return ResponseFuture::boxed(Box::pin(general(self.shared.clone(), req))),
         };
-        let shared = self.shared.clone();
-        let Some(node) = self.node(i) else {
-            return ResponseFuture::boxed(Box::pin(general(shared, req)));
-        };
+        if self.node(i).is_none() {
+            return ResponseFuture::boxed(Box::pin(general(self.shared.clone(), req)));
+        }
+        let node = self.local[i as usize].as_mut().expect("just made");
         // The fast path: the node is ready at once (it nearly always is;
         // the no-op waker is never needed then). Otherwise the request
         // takes this clone's node service along and waits for it properly.
         match node.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => {
                 let copy = req.clone();
-                ResponseFuture::direct(node.call(req), shared, copy)
+                let fut = node.call(req);
+                // This clone's own handle: a shared reference count bumped
+                // by every request on every thread costs more than routing.
+                let fixup = self
+                    .fixup
+                    .get_or_insert_with(|| Arc::new(Handle(self.shared.clone())))
+                    .clone();
+                ResponseFuture::direct(fut, fixup, copy)
             }
             Poll::Ready(Err(e)) => {
                 // The node cannot be reached: it may have left.
@@ -1201,6 +1254,7 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
             }
             Poll::Pending => {
                 let node = self.local[i as usize].take().expect("just used");
+                let shared = self.shared.clone();
                 ResponseFuture::boxed(Box::pin(async move {
                     let first = send(node, req.clone()).await;
                     if needs_fixup(&first) {

@@ -127,14 +127,17 @@ fn protocol(msg: String) -> Error {
     Error::Protocol(ProtocolError::new(msg))
 }
 
-/// A host that can be dialled: not empty, not `?` (Redis's "unknown").
-fn usable_host(v: Option<&Value>) -> Option<String> {
+/// A host that can be dialled: not `?` (Redis's "unknown"), and not empty
+/// unless `asked` is known: an empty host means the host of the node that
+/// sent the reply (a node that never learned its own address says so).
+fn usable_host(v: Option<&Value>, asked: Option<&str>) -> Option<String> {
     let host = strip(v?).as_bytes()?;
     let host = std::str::from_utf8(host).ok()?.trim();
-    if host.is_empty() || host == "?" {
-        return None;
+    match host {
+        "?" => None,
+        "" => asked.map(str::to_owned),
+        h => Some(h.to_owned()),
     }
-    Some(host.to_owned())
 }
 
 fn slot_of(v: &Value, what: &str) -> Result<u16, Error> {
@@ -208,6 +211,38 @@ impl SlotMap {
     /// assert!(SlotMap::from_cluster_shards(&Value::Integer(1)).is_err());
     /// ```
     pub fn from_cluster_shards(reply: &Value) -> Result<SlotMap, Error> {
+        Self::shards_reply(reply, None)
+    }
+
+    /// [`SlotMap::from_cluster_shards`] of a reply from `asked`: a node
+    /// announced with an empty address is on `asked`'s host (Redis's rule
+    /// for a node that does not know its own address).
+    ///
+    /// ```
+    /// use redis_layers::cluster::topology::SlotMap;
+    /// use redis_layers::{Endpoint, Value};
+    ///
+    /// let b = |s: &str| Value::BulkString(s.as_bytes().to_vec().into());
+    /// let node = Value::Map(vec![
+    ///     (b("port"), Value::Integer(7000)),
+    ///     (b("ip"), b("")),
+    ///     (b("endpoint"), b("")),
+    ///     (b("role"), b("master")),
+    ///     (b("health"), b("online")),
+    /// ]);
+    /// let reply = Value::Array(vec![Value::Map(vec![
+    ///     (b("slots"), Value::Array(vec![Value::Integer(0), Value::Integer(16383)])),
+    ///     (b("nodes"), Value::Array(vec![node])),
+    /// ])]);
+    /// assert!(SlotMap::from_cluster_shards(&reply).unwrap().primaries().is_empty());
+    /// let map = SlotMap::from_cluster_shards_via(&reply, &Endpoint::tcp("10.0.0.9", 7000)).unwrap();
+    /// assert_eq!(map.primaries(), [Endpoint::tcp("10.0.0.9", 7000)]);
+    /// ```
+    pub fn from_cluster_shards_via(reply: &Value, asked: &Endpoint) -> Result<SlotMap, Error> {
+        Self::shards_reply(reply, asked.host())
+    }
+
+    fn shards_reply(reply: &Value, asked: Option<&str>) -> Result<SlotMap, Error> {
         const WHAT: &str = "CLUSTER SHARDS";
         let mut map = SlotMap::default();
         for (i, shard) in check_reply(reply, WHAT)?.iter().enumerate() {
@@ -256,8 +291,8 @@ impl SlotMap {
                     Some(p) => port_of(p, &what)?,
                     None => 0,
                 };
-                let host =
-                    usable_host(field(node, "endpoint")).or_else(|| usable_host(field(node, "ip")));
+                let host = usable_host(field(node, "endpoint"), None)
+                    .or_else(|| usable_host(field(node, "ip"), asked));
                 let endpoint = match host {
                     Some(host) if port != 0 => Endpoint::tcp(host, port),
                     _ => continue,
@@ -308,6 +343,16 @@ impl SlotMap {
     /// assert_eq!(map.len_assigned(), 16384);
     /// ```
     pub fn from_cluster_slots(reply: &Value) -> Result<SlotMap, Error> {
+        Self::slots_reply(reply, None)
+    }
+
+    /// [`SlotMap::from_cluster_slots`] of a reply from `asked`: an empty
+    /// host is `asked`'s host.
+    pub fn from_cluster_slots_via(reply: &Value, asked: &Endpoint) -> Result<SlotMap, Error> {
+        Self::slots_reply(reply, asked.host())
+    }
+
+    fn slots_reply(reply: &Value, asked: Option<&str>) -> Result<SlotMap, Error> {
         const WHAT: &str = "CLUSTER SLOTS";
         let mut map = SlotMap::default();
         for (i, entry) in check_reply(reply, WHAT)?.iter().enumerate() {
@@ -323,10 +368,10 @@ impl SlotMap {
                     "{what}: reversed slot range {start}-{end}"
                 )));
             }
-            let primary = slots_node(&fields[2], &what)?;
+            let primary = slots_node(&fields[2], &what, asked)?;
             let mut replicas = Vec::new();
             for r in &fields[3..] {
-                if let Some((endpoint, _)) = slots_node(r, &what)? {
+                if let Some((endpoint, _)) = slots_node(r, &what, asked)? {
                     replicas.push(endpoint);
                 }
             }
@@ -631,14 +676,18 @@ impl SlotMap {
 
 /// One node of a `CLUSTER SLOTS` entry: `None` when its address is not
 /// usable.
-fn slots_node(v: &Value, what: &str) -> Result<Option<(Endpoint, Option<String>)>, Error> {
+fn slots_node(
+    v: &Value,
+    what: &str,
+    asked: Option<&str>,
+) -> Result<Option<(Endpoint, Option<String>)>, Error> {
     let fields = items(v).filter(|f| f.len() >= 2).ok_or_else(|| {
         protocol(format!(
             "{what}: expected a node [host, port, ...], got {v:?}"
         ))
     })?;
     let port = port_of(&fields[1], what)?;
-    let Some(host) = usable_host(fields.first()) else {
+    let Some(host) = usable_host(fields.first(), asked) else {
         return Ok(None);
     };
     if port == 0 {

@@ -47,6 +47,20 @@ impl Endpoint {
     pub fn unix(path: impl Into<PathBuf>) -> Self {
         Endpoint::Unix(path.into())
     }
+
+    /// The host of a TCP endpoint.
+    ///
+    /// ```
+    /// use redis_layers::Endpoint;
+    /// assert_eq!(Endpoint::tcp("10.0.0.1", 6379).host(), Some("10.0.0.1"));
+    /// assert_eq!(Endpoint::unix("/tmp/r.sock").host(), None);
+    /// ```
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Endpoint::Tcp { host, .. } => Some(host),
+            Endpoint::Unix(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for Endpoint {
