@@ -488,8 +488,10 @@ where
         if self.deadlines.is_empty() && self.odd_deadlines.is_empty() {
             return;
         }
+        let mut turn_now = self.turn_now;
         loop {
-            let now = Instant::now();
+            // The clock read for this turn's requests will do, once.
+            let now = turn_now.take().unwrap_or_else(Instant::now);
             // Requests answered already have nothing to time out.
             while self.deadlines.front().is_some_and(|d| d.1 < self.front_seq) {
                 self.deadlines.pop_front();
