@@ -187,7 +187,7 @@ async fn ten_thousand_keys_land_on_their_owners() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_tags_work_and_cross_slot_is_refused_before_sending() {
     bounded(60, async {
-        let cluster = RedisCluster::start();
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let mut svc = cluster_over(vec![cluster.endpoint(1)], Mode::Disabled);
         let ok = Value::SimpleString("OK".into());
         assert_eq!(
@@ -248,7 +248,7 @@ async fn hash_tags_work_and_cross_slot_is_refused_before_sending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_wide_commands_fan_out() {
     bounded(60, async {
-        let cluster = RedisCluster::start();
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let mut svc = cluster_over(vec![cluster.endpoint(2)], Mode::Disabled);
         for i in 0..300 {
             send(&mut svc, cmd("SET").arg(format!("k{i}")).arg(i))
@@ -299,7 +299,7 @@ async fn cluster_wide_commands_fan_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_are_split_and_reassembled_in_order() {
     bounded(60, async {
-        let cluster = RedisCluster::start();
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let mut svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
         let mut p = Pipeline::new();
         for i in 0..1000 {
@@ -445,7 +445,7 @@ fn ledger_slots(cluster: &RedisCluster, tasks: usize, node: usize) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_resharding_with_smigrated_loses_nothing() {
     bounded(120, async {
-        let env = SimCluster::start().await;
+        let env = SimCluster::with(RedisCluster::builder().replicas_per_primary(1).start()).await;
         let seed = env.endpoint(0);
         let svc = cluster_over(vec![support::sim::endpoint(seed)], Mode::Enabled);
         let load = start_load(&svc, 32);
@@ -486,7 +486,7 @@ async fn live_resharding_with_smigrated_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_resharding_without_notifications_loses_nothing() {
     bounded(120, async {
-        let cluster = RedisCluster::start();
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
         let load = start_load(&svc, 32);
         load.run_for(2_000).await;
@@ -629,7 +629,7 @@ async fn reads_from_replicas_when_asked() {
 async fn commands_outside_the_table_are_learned_from_command_info() {
     bounded(60, async {
         assert!(!redis_layers::cluster::keys::CommandTable::default().contains("pfdebug"));
-        let cluster = RedisCluster::start();
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let mut svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
         for i in 0..50 {
             send(
@@ -669,7 +669,7 @@ async fn commands_outside_the_table_are_learned_from_command_info() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_resharding_with_redis_cli_loses_nothing() {
     bounded(180, async {
-        let cluster = RedisCluster::start();
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
         let load = start_load(&svc, 32);
         load.run_for(2_000).await;
@@ -706,7 +706,7 @@ async fn live_resharding_with_redis_cli_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_connecting_during_a_migration_relax_and_recover() {
     bounded(120, async {
-        let env = SimCluster::start().await;
+        let env = SimCluster::with(RedisCluster::builder().replicas_per_primary(1).start()).await;
         let slots = ledger_slots(&env.cluster, 32, 0);
         let node0 = support::sim::endpoint(env.endpoint(0));
         // SMIGRATING now; the keys move a second later.

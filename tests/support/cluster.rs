@@ -446,7 +446,9 @@ impl RedisCluster {
         let args = ["CLUSTER", "SETSLOT", &s, "NODE", &self.ids[to]];
         self.cli_ok(to, &args);
         self.cli_ok(from, &args);
-        for i in 0..self.nodes.len() {
+        // The other primaries; replicas refuse SETSLOT (their primaries'
+        // bus messages tell them), as `redis-cli --cluster` knows.
+        for i in 0..self.primaries {
             if i != from && i != to {
                 self.cli_ok(i, &args);
             }
