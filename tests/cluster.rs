@@ -785,3 +785,41 @@ async fn a_cluster_without_slots_is_an_error_not_a_hang() {
     })
     .await;
 }
+
+/// A pipeline sent on a stale slot map: every command answered `MOVED` is
+/// retried alone on the new owner, and the replies stay in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_pipeline_is_followed_command_by_command() {
+    bounded(60, async {
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
+        let mut svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
+        let tag = (0..)
+            .map(|i| format!("{{t{i}}}"))
+            .find(|t| cluster.node_for_key(t) == 0)
+            .unwrap();
+        for i in 0..20 {
+            send(&mut svc, cmd("SET").arg(format!("{tag}{i}")).arg(i))
+                .await
+                .unwrap();
+        }
+        // The slot moves behind the layer's back.
+        let slot = cluster.slot_of(&tag);
+        tokio::task::block_in_place(|| {
+            cluster.migrate_slot(slot, 0, 1);
+            cluster.wait_consistent();
+        });
+        let p: Pipeline = (0..20)
+            .map(|i| cmd("GET").arg(format!("{tag}{i}")))
+            .collect();
+        let r = within(STEP, "pipeline", async {
+            svc.ready().await?.call(p.into()).await?.into_pipeline()
+        })
+        .await
+        .unwrap();
+        for (i, v) in r.into_iter().enumerate() {
+            assert_eq!(v.unwrap(), bulk(&i.to_string()), "{tag}{i}");
+        }
+        assert!(svc.stats().moved >= 1);
+    })
+    .await;
+}

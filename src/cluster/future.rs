@@ -7,9 +7,9 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 
-use super::{needs_fixup, Fixup};
+use super::{needs_fixup, Fixup, Kept};
 use crate::error::{Error, Result};
-use crate::request::{Request, Response};
+use crate::request::Response;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
 
@@ -30,7 +30,7 @@ pin_project! {
         Direct {
             #[pin]
             fut: F,
-            fixup: Option<(Arc<dyn Fixup>, Request)>,
+            fixup: Option<(Arc<dyn Fixup>, Kept)>,
         },
         Boxed { fut: BoxFuture },
         Failed { error: Option<Error> },
@@ -44,7 +44,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn direct(fut: F, shared: Arc<dyn Fixup>, copy: Request) -> Self {
+    pub(super) fn direct(fut: F, shared: Arc<dyn Fixup>, copy: Kept) -> Self {
         ResponseFuture {
             kind: Kind::Direct {
                 fut,
@@ -79,7 +79,9 @@ where
                 KindProj::Direct { fut, fixup } => {
                     let out = ready!(fut.poll(cx));
                     match fixup.take() {
-                        Some((shared, req)) if needs_fixup(&out) => shared.fixup(req, out),
+                        Some((shared, kept)) if needs_fixup(&out) => {
+                            shared.fixup(kept.into_request(), out)
+                        }
                         _ => return Poll::Ready(out),
                     }
                 }

@@ -948,8 +948,12 @@ where
 
 /// A request with `body` and the timeout of `like`.
 fn like(original: &Request, body: impl Into<Request>) -> Request {
-    let r: Request = body.into();
-    match original.timeout() {
+    timed(body.into(), original.timeout())
+}
+
+/// `r` with `timeout`.
+fn timed(r: Request, timeout: crate::CommandTimeout) -> Request {
+    match timeout {
         crate::CommandTimeout::After(d) => r.with_timeout(d),
         crate::CommandTimeout::Never => r.without_timeout(),
         crate::CommandTimeout::Default => r,
@@ -1162,6 +1166,64 @@ async fn split<N: NewNode>(
     ))
 }
 
+/// The copy of a request the fast path keeps to follow a redirect. A
+/// pipeline's commands are kept in one buffer (two allocations, not one per
+/// command); the request is rebuilt only when a redirect needs it.
+pub(super) enum Kept {
+    One(Request),
+    Pipeline {
+        timeout: crate::CommandTimeout,
+        bytes: Vec<u8>,
+        /// End offset and argument count of each command.
+        spans: Vec<(usize, usize)>,
+    },
+}
+
+impl Kept {
+    fn of(req: &Request) -> Kept {
+        match req.body() {
+            Body::Cmd(_) => Kept::One(req.clone()),
+            Body::Pipeline(p) => {
+                let total = p.cmds().iter().map(|c| c.raw().0.len()).sum();
+                let mut bytes = Vec::with_capacity(total);
+                let mut spans = Vec::with_capacity(p.cmds().len());
+                for c in p.cmds() {
+                    let (raw, argc) = c.raw();
+                    bytes.extend_from_slice(raw);
+                    spans.push((bytes.len(), argc));
+                }
+                Kept::Pipeline {
+                    timeout: req.timeout(),
+                    bytes,
+                    spans,
+                }
+            }
+        }
+    }
+
+    pub(super) fn into_request(self) -> Request {
+        match self {
+            Kept::One(r) => r,
+            Kept::Pipeline {
+                timeout,
+                bytes,
+                spans,
+            } => {
+                let mut start = 0;
+                let p: Pipeline = spans
+                    .into_iter()
+                    .map(|(end, argc)| {
+                        let c = crate::Cmd::from_raw(bytes[start..end].to_vec(), argc);
+                        start = end;
+                        c
+                    })
+                    .collect();
+                timed(Request::from(p), timeout)
+            }
+        }
+    }
+}
+
 /// What the fast path's future calls when a reply holds a redirect.
 pub(super) trait Fixup: Send + Sync {
     fn fixup(
@@ -1236,7 +1298,7 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
         // takes this clone's node service along and waits for it properly.
         match node.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => {
-                let copy = req.clone();
+                let copy = Kept::of(&req);
                 let fut = node.call(req);
                 // This clone's own handle: a shared reference count bumped
                 // by every request on every thread costs more than routing.
@@ -1265,5 +1327,29 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_pipeline_rebuilds_the_same_request() {
+        let p: Pipeline = (0..50)
+            .map(|i| cmd("SET").arg(format!("k{i}")).arg(vec![b'x'; i]))
+            .chain([cmd("PING"), cmd("GET").arg("")])
+            .collect();
+        let req = Request::from(p.clone()).with_timeout(Duration::from_millis(7));
+        let back = Kept::of(&req).into_request();
+        assert_eq!(back.timeout(), req.timeout());
+        let Body::Pipeline(q) = back.body() else {
+            panic!("not a pipeline")
+        };
+        assert_eq!(q.cmds(), p.cmds());
+        let one = Request::from(cmd("GET").arg("k")).without_timeout();
+        let back = Kept::of(&one).into_request();
+        assert_eq!(back.timeout(), one.timeout());
+        assert!(matches!(back.body(), Body::Cmd(c) if c == &cmd("GET").arg("k")));
     }
 }

@@ -153,6 +153,16 @@ impl Cmd {
                 .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
     }
 
+    /// The encoded arguments and their count (for compact copies).
+    pub(crate) fn raw(&self) -> (&[u8], usize) {
+        (&self.buf, self.argc)
+    }
+
+    /// A command from [`Cmd::raw`]'s parts.
+    pub(crate) fn from_raw(buf: Vec<u8>, argc: usize) -> Cmd {
+        Cmd { buf, argc }
+    }
+
     /// Bytes this command takes on the wire.
     pub fn encoded_len(&self) -> usize {
         self.buf.len() + 3 + itoa::Buffer::new().format(self.argc).len()
