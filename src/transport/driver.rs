@@ -596,8 +596,8 @@ where
                 None => {}
             }
             let offered = {
-                let shared = self.shared.clone();
-                let mut subs = shared
+                let mut subs = self
+                    .shared
                     .subscriptions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
