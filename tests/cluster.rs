@@ -8,8 +8,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis_layers::cluster::{Cluster, ClusterConfig, ClusterLayer, NodeRole};
@@ -18,9 +16,9 @@ use redis_layers::maint::{MaintEvent, MaintenanceConfig, Mode};
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
 use redis_layers::{cmd, Cmd, Connector, Endpoint, Error, Pipeline, Request, Response, Value};
 use support::cluster::{RedisCluster, Reply};
+use support::ledger;
 use support::sim::SimCluster;
 use support::{bounded, within};
-use tokio::sync::Notify;
 use tower::{Layer, Service, ServiceExt};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -329,101 +327,23 @@ async fn pipelines_are_split_and_reassembled_in_order() {
 
 // ===== the ledger under resharding =====
 
-struct Load {
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
-    progress: Arc<Notify>,
-    tasks: Vec<tokio::task::JoinHandle<(String, u64, Vec<String>)>>,
-}
-
-fn start_load<S>(svc: &S, tasks: usize) -> Load
-where
-    S: Service<Request, Response = Response, Error = Error> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(Notify::new());
-    let tasks = (0..tasks)
-        .map(|i| {
-            let mut svc = svc.clone();
-            let (stop, ops, progress) = (stop.clone(), ops.clone(), progress.clone());
-            let key = format!("ledger:{i}");
-            tokio::spawn(async move {
-                let mut acked = 0u64;
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match send(&mut svc, cmd("INCR").arg(&key)).await {
-                        Ok(Value::Integer(n)) if n as u64 == acked + 1 => acked += 1,
-                        Ok(other) => {
-                            errors.push(format!("{key}: after {acked} the reply was {other:?}"));
-                            if let Value::Integer(n) = other {
-                                acked = n as u64;
-                            }
-                        }
-                        Err(e) => errors.push(format!("{key}: {e}")),
-                    }
-                    if ops.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
-                        progress.notify_waiters();
-                    }
-                }
-                (key, acked, errors)
-            })
-        })
-        .collect();
-    Load {
-        stop,
-        ops,
-        progress,
-        tasks,
-    }
-}
-
-impl Load {
-    async fn run_for(&self, n: u64) {
-        let target = self.ops.load(Ordering::Relaxed) + n;
-        within(STEP, "load progress", async {
-            loop {
-                let notified = self.progress.notified();
-                if self.ops.load(Ordering::Relaxed) >= target {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await
-    }
-
-    /// Stops the load; checks 0 failures and that every key holds exactly
-    /// its acknowledged count (read from the node that owns it now).
-    async fn finish(self, cluster: &RedisCluster) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut errors = vec![];
-        let mut total = 0;
-        for t in self.tasks {
-            let (key, acked, errs) = within(STEP, "load task", t).await.unwrap();
-            errors.extend(errs);
-            cluster.wait_consistent();
-            let owner = cluster.node_for_key(&key);
-            let on_server: u64 = match cluster.query(owner, &[b"GET", key.as_bytes()]) {
-                Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap().parse().unwrap(),
-                Reply::Bulk(None) => 0,
-                other => panic!("{key} on node {owner}: {other:?}"),
-            };
-            assert_eq!(
-                on_server, acked,
-                "{key}: server {on_server}, client acked {acked}"
-            );
-            total += acked;
-        }
-        assert!(
-            errors.is_empty(),
-            "{} failed: {:?}",
-            errors.len(),
-            &errors[..errors.len().min(5)]
+/// Stops the load; checks 0 failures and that every key holds exactly its
+/// acknowledged count (read from the node that owns it now).
+async fn finish(load: ledger::Load, cluster: &RedisCluster) {
+    let report = load.finish().await;
+    report.assert_no_failures();
+    cluster.wait_consistent();
+    for (key, acked) in &report.acked {
+        let owner = cluster.node_for_key(key);
+        let on_server: u64 = match cluster.query(owner, &[b"GET", key.as_bytes()]) {
+            Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap().parse().unwrap(),
+            Reply::Bulk(None) => 0,
+            other => panic!("{key} on node {owner}: {other:?}"),
+        };
+        assert_eq!(
+            on_server, *acked,
+            "{key}: server {on_server}, client acked {acked}"
         );
-        assert!(total > 0);
-        total
     }
 }
 
@@ -448,7 +368,7 @@ async fn live_resharding_with_smigrated_loses_nothing() {
         let env = SimCluster::with(RedisCluster::builder().replicas_per_primary(1).start()).await;
         let seed = env.endpoint(0);
         let svc = cluster_over(vec![support::sim::endpoint(seed)], Mode::Enabled);
-        let load = start_load(&svc, 32);
+        let load = ledger::start(&svc, 32, "ledger");
         load.run_for(2_000).await;
         let slots = ledger_slots(&env.cluster, 32, 0);
         assert!(!slots.is_empty());
@@ -463,7 +383,7 @@ async fn live_resharding_with_smigrated_loses_nothing() {
         assert!(m.keys > 0);
         load.run_for(2_000).await;
         let stats = svc.stats();
-        load.finish(&env.cluster).await;
+        finish(load, &env.cluster).await;
         assert_eq!(stats.smigrated, 1, "{stats:?}");
         for s in &slots {
             assert_eq!(
@@ -488,7 +408,7 @@ async fn live_resharding_without_notifications_loses_nothing() {
     bounded(120, async {
         let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
-        let load = start_load(&svc, 32);
+        let load = ledger::start(&svc, 32, "ledger");
         load.run_for(2_000).await;
         let slots = ledger_slots(&cluster, 32, 0);
         let c = &cluster;
@@ -500,7 +420,7 @@ async fn live_resharding_without_notifications_loses_nothing() {
         });
         load.run_for(2_000).await;
         let stats = svc.stats();
-        load.finish(&cluster).await;
+        finish(load, &cluster).await;
         eprintln!("without notifications: {stats:?} for {} slots", slots.len());
         assert!(stats.moved >= 1, "{stats:?}");
     })
@@ -671,7 +591,7 @@ async fn live_resharding_with_redis_cli_loses_nothing() {
     bounded(180, async {
         let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
-        let load = start_load(&svc, 32);
+        let load = ledger::start(&svc, 32, "ledger");
         load.run_for(2_000).await;
         let before = ledger_slots(&cluster, 32, 0).len();
         let from = cluster.node_id(0).to_string();
@@ -693,7 +613,7 @@ async fn live_resharding_with_redis_cli_loses_nothing() {
         assert!(moved_ledger > 0, "the reshard moved ledger slots");
         load.run_for(2_000).await;
         let stats = svc.stats();
-        load.finish(&cluster).await;
+        finish(load, &cluster).await;
         eprintln!("redis-cli reshard of all 5461 slots of node 0: {stats:?}, {moved_ledger} ledger slots moved");
         assert!(stats.moved >= 1, "{stats:?}");
     })
@@ -731,7 +651,7 @@ async fn clients_connecting_during_a_migration_relax_and_recover() {
                 RelaxTimeoutLayer::new(Duration::from_secs(2))
                     .layer(Handoff::new(connector.clone(), endpoint))
             });
-        let load = start_load(&late, 16);
+        let load = ledger::start(&late, 16, "ledger");
         let relaxed = within(STEP, "relaxed", async {
             loop {
                 if let e @ MaintEvent::Relaxed { .. } = events.recv().await.unwrap() {
@@ -761,7 +681,7 @@ async fn clients_connecting_during_a_migration_relax_and_recover() {
         .await;
         assert_eq!(state.relaxed_timeout(), None);
         load.run_for(1_000).await;
-        load.finish(&env.cluster).await;
+        finish(load, &env.cluster).await;
         assert_eq!(late.stats().smigrated, 1);
     })
     .await;

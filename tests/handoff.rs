@@ -10,7 +10,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ use redis_layers::maint::{BreakerState, EndpointType, MaintEvent, MaintenanceCon
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
 use redis_layers::sim::{Moved, Moving};
 use redis_layers::{cmd, Connector, Endpoint, Error, Request, Value};
+use support::ledger::{self, Report};
 use support::sim::{endpoint, SimStandalone};
 use support::{bounded, within};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 use tower::{Layer, Service, ServiceExt};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -67,108 +68,9 @@ where
     svc.ready().await?.call(c.into()).await?.into_value()
 }
 
-/// The INCR ledger under way.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ops: Arc<AtomicU64>,
-    progress: Arc<Notify>,
-    tasks: Vec<tokio::task::JoinHandle<(String, u64, Vec<String>)>>,
-}
-
-/// What the ledger saw: per key the acknowledged count, and every failure.
-struct Report {
-    acked: Vec<(String, u64)>,
-    errors: Vec<String>,
-}
-
-fn start_load<M, P>(svc: &RelaxTimeout<Handoff<M, P>>, tasks: usize, name: &str) -> Load
-where
-    M: MakeConnection,
-    P: HandoffPolicy,
-    RelaxTimeout<Handoff<M, P>>: Clone,
-    <M::Connection as Service<Request>>::Future: Send,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(Notify::new());
-    let tasks = (0..tasks)
-        .map(|i| {
-            let mut svc = svc.clone();
-            let (stop, ops, progress) = (stop.clone(), ops.clone(), progress.clone());
-            let key = format!("ledger:{name}:{i}");
-            tokio::spawn(async move {
-                let mut acked = 0u64;
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match send(&mut svc, cmd("INCR").arg(&key)).await {
-                        Ok(Value::Integer(n)) if n as u64 == acked + 1 => acked += 1,
-                        Ok(other) => {
-                            errors
-                                .push(format!("{key}: after {acked} acks the reply was {other:?}"));
-                            // Resynchronise, so one fault is reported once.
-                            if let Value::Integer(n) = other {
-                                acked = n as u64;
-                            }
-                        }
-                        Err(e) => errors.push(format!("{key}: {e}")),
-                    }
-                    if ops.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
-                        progress.notify_waiters();
-                    }
-                }
-                (key, acked, errors)
-            })
-        })
-        .collect();
-    Load {
-        stop,
-        ops,
-        progress,
-        tasks,
-    }
-}
-
-impl Load {
-    /// Waits until the load has run `n` more commands.
-    async fn run_for(&self, n: u64) {
-        let target = self.ops.load(Ordering::Relaxed) + n;
-        within(STEP, "load progress", async {
-            loop {
-                let notified = self.progress.notified();
-                if self.ops.load(Ordering::Relaxed) >= target {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await
-    }
-
-    async fn finish(self) -> Report {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut report = Report {
-            acked: vec![],
-            errors: vec![],
-        };
-        for t in self.tasks {
-            let (key, acked, errors) = within(STEP, "load task", t).await.expect("task");
-            report.acked.push((key, acked));
-            report.errors.extend(errors);
-        }
-        report
-    }
-}
-
 /// Nothing failed, and the server holds exactly the acknowledged count.
 fn check_ledger(env: &SimStandalone, report: &Report) {
-    assert!(
-        report.errors.is_empty(),
-        "{} failed commands, first: {:?}",
-        report.errors.len(),
-        &report.errors[..report.errors.len().min(5)]
-    );
-    let total: u64 = report.acked.iter().map(|(_, n)| n).sum();
-    assert!(total > 0, "the load ran no command");
+    report.assert_no_failures();
     for (key, acked) in &report.acked {
         let on_server = env.server.cli(&["GET", key]);
         let on_server: u64 = on_server.trim().parse().unwrap_or(0);
@@ -279,7 +181,7 @@ async fn ledger_through_movings(pool: usize, movings: usize, time: Duration, nam
     let env = SimStandalone::start().await;
     let svc = stack(&env, pool);
     let mut events = Events::of(&svc);
-    let load = start_load(&svc, 64, name);
+    let load = ledger::start(&svc, 64, &format!("ledger:{name}"));
     opted_in(&env, pool).await;
     load.run_for(2_000).await;
     let mut from = env.sim.endpoint();
@@ -379,7 +281,7 @@ async fn ledger_survives_a_moving_with_a_null_endpoint() {
         let cfg = config().endpoint_type(EndpointType::None);
         let svc = stack_with(&env, cfg, 1, DefaultPolicy);
         let mut events = Events::of(&svc);
-        let load = start_load(&svc, 64, "null");
+        let load = ledger::start(&svc, 64, "ledger:null");
         opted_in(&env, 1).await;
         load.run_for(2_000).await;
         let mut m = moving(None, Duration::from_secs(3));
@@ -497,7 +399,7 @@ async fn moving_during_a_handoff_takes_over() {
         let env = SimStandalone::start().await;
         let svc = stack(&env, 1);
         let mut events = Events::of(&svc);
-        let load = start_load(&svc, 8, "takeover");
+        let load = ledger::start(&svc, 8, "ledger:takeover");
         load.run_for(500).await;
         // The first target refuses, so its handoff is retrying...
         let dead = env.sim.open_endpoint().await.unwrap();
@@ -570,7 +472,7 @@ async fn custom_policy_maps_the_target() {
         });
         let svc = stack_with(&env, config(), 1, policy);
         let mut events = Events::of(&svc);
-        let load = start_load(&svc, 16, "policy");
+        let load = ledger::start(&svc, 16, "ledger:policy");
         load.run_for(500).await;
         let mut m = moving(None, Duration::from_secs(2));
         m.to = Some(announced);
@@ -609,7 +511,7 @@ async fn refused_target_retries_opens_the_breaker_and_recovers() {
         let mut events = Events::of(&svc);
         // One sequential task: at most one command in flight when the
         // old connection is closed at its deadline.
-        let load = start_load(&svc, 1, "refused");
+        let load = ledger::start(&svc, 1, "ledger:refused");
         load.run_for(200).await;
         let target = env.sim.open_endpoint().await.unwrap();
         env.sim.refuse_connections(target, true);
@@ -717,7 +619,7 @@ async fn spread_policy_spreads_a_pool_over_half_the_window() {
         let env = SimStandalone::start().await;
         let svc = stack_with(&env, config(), 4, DefaultPolicy.spread());
         let mut events = Events::of(&svc);
-        let load = start_load(&svc, 32, "spread");
+        let load = ledger::start(&svc, 32, "ledger:spread");
         opted_in(&env, 4).await;
         load.run_for(1_000).await;
         let handle = env
@@ -764,7 +666,7 @@ async fn the_handoff_queue_is_bounded() {
         let cfg = config().max_workers(1).handoff_queue_size(2);
         let svc = stack_with(&env, cfg, 4, DefaultPolicy);
         let mut events = Events::of(&svc);
-        let load = start_load(&svc, 32, "queue");
+        let load = ledger::start(&svc, 32, "ledger:queue");
         opted_in(&env, 4).await;
         load.run_for(1_000).await;
         let mut m = moving(None, Duration::from_secs(2));
