@@ -705,37 +705,17 @@ fn cli_bytes(port: u16, args: &[&[u8]]) -> String {
 
 // ===== hash slots =====
 
-/// CRC16-XMODEM (polynomial 0x1021, initial value 0, no reflection), the
-/// checksum Redis Cluster hashes keys with.
+/// CRC16-XMODEM, the checksum Redis Cluster hashes keys with: the
+/// library's ([`redis_layers::cluster::slot::crc16`]), which
+/// `tests/cluster_blocks.rs` checks against the server's `CLUSTER KEYSLOT`.
 pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    redis_layers::cluster::slot::crc16(data)
 }
 
-/// The hash slot of `key`: CRC16 of the key modulo 16384, or of its hash
-/// tag when it has one: the bytes between the first `{` and the first `}`
-/// after it, if there are any (`{user1}.a` and `{user1}.b` share a slot;
-/// `{}a` hashes whole).
+/// The hash slot of `key`, hash tags included: the library's
+/// [`redis_layers::cluster::slot::key_slot`].
 pub fn slot_of(key: impl AsRef<[u8]>) -> u16 {
-    let key = key.as_ref();
-    let hashed = match key.iter().position(|&b| b == b'{') {
-        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
-            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-            _ => key,
-        },
-        None => key,
-    };
-    crc16(hashed) % SLOTS
+    redis_layers::cluster::slot::key_slot(key.as_ref())
 }
 
 // ===== a tiny blocking RESP2 client =====
