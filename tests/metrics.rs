@@ -18,43 +18,30 @@ use support::sim::SimStandalone;
 /// relaxation under `redis.client.connection.relaxed_timeout`.
 #[test]
 fn notifications_and_relaxations_are_counted() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                let env = SimStandalone::start().await;
-                let conn = Connector::new()
-                    .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
-                    .unwrap()
-                    .connect(env.endpoint())
-                    .await
-                    .unwrap();
-                let mut events = conn.maintenance().subscribe();
-                env.sim
-                    .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
-                    .await;
-                let n = Notification::Migrating {
-                    seq: env.sim.next_seq(),
-                    time: 1,
-                    shard_ids: None,
-                };
-                env.sim.notify(Target::All, &n);
-                loop {
-                    if let MaintEvent::Relaxed { .. } = events.recv().await.unwrap() {
-                        break;
-                    }
-                }
-            })
+    let counters = counted(async {
+        let env = SimStandalone::start().await;
+        let conn = Connector::new()
+            .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
+            .unwrap()
+            .connect(env.endpoint())
             .await
-            .expect("bounded");
-        });
+            .unwrap();
+        let mut events = conn.maintenance().subscribe();
+        env.sim
+            .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
+            .await;
+        let n = Notification::Migrating {
+            seq: env.sim.next_seq(),
+            time: 1,
+            shard_ids: None,
+        };
+        env.sim.notify(Target::All, &n);
+        loop {
+            if let MaintEvent::Relaxed { .. } = events.recv().await.unwrap() {
+                break;
+            }
+        }
     });
-    let counters = counters(&snapshotter);
     assert!(
         counters.contains(&(
             NOTIFICATIONS.into(),
@@ -77,8 +64,23 @@ fn notifications_and_relaxations_are_counted() {
 
 type Counter = (String, Vec<(String, String)>, u64);
 
-/// Every counter the recorder saw: name, labels, value.
-fn counters(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<Counter> {
+/// Runs `body` (bounded to 20 s) on a current-thread runtime with a
+/// recorder of its own, and returns every counter it recorded: name,
+/// labels, value.
+fn counted(body: impl std::future::Future<Output = ()>) -> Vec<Counter> {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), body)
+                .await
+                .expect("bounded");
+        });
+    });
     snapshotter
         .snapshot()
         .into_vec()
@@ -103,42 +105,29 @@ fn handoffs_are_counted() {
     use redis_layers::handoff::{Handoff, HANDOFF};
     use tower::ServiceExt;
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let counters = counted(async {
+        let env = SimStandalone::start().await;
+        let connector = Connector::new()
+            .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
             .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                let env = SimStandalone::start().await;
-                let connector = Connector::new()
-                    .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
-                    .unwrap();
-                let svc = Handoff::new(connector, env.endpoint());
-                let mut events = svc.subscribe();
-                svc.clone()
-                    .oneshot(redis_layers::cmd("PING").into())
-                    .await
-                    .unwrap();
-                env.sim
-                    .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
-                    .await;
-                env.sim
-                    .start_moving(redis_layers::sim::Moving::new(Duration::from_secs(1)))
-                    .unwrap();
-                loop {
-                    if let MaintEvent::HandoffSucceeded { .. } = events.recv().await.unwrap() {
-                        break;
-                    }
-                }
-            })
+        let svc = Handoff::new(connector, env.endpoint());
+        let mut events = svc.subscribe();
+        svc.clone()
+            .oneshot(redis_layers::cmd("PING").into())
             .await
-            .expect("bounded");
-        });
+            .unwrap();
+        env.sim
+            .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
+            .await;
+        env.sim
+            .start_moving(redis_layers::sim::Moving::new(Duration::from_secs(1)))
+            .unwrap();
+        loop {
+            if let MaintEvent::HandoffSucceeded { .. } = events.recv().await.unwrap() {
+                break;
+            }
+        }
     });
-    let counters = counters(&snapshotter);
     for result in ["started", "succeeded"] {
         assert!(
             counters.contains(&(HANDOFF.into(), vec![("result".into(), result.into())], 1)),
