@@ -242,20 +242,30 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     /// The policy's target for a `MOVING` (asked once per `MOVING` and
     /// connection set), or `None` to ignore it.
     fn target(&self, from: &Endpoint, n: &Notification) -> Option<Endpoint> {
-        let Notification::Moving {
-            seq,
-            time,
-            endpoint,
-        } = n
-        else {
-            return None;
-        };
-        let m = Moving::new(*seq, *time, endpoint.as_ref(), from, &self.endpoint);
+        let m = self.moving(from, n)?;
         let target = self.policy.target(&m);
         if target.is_none() {
-            tracing::info!(target: "redis_layers::handoff", event = "handoff.ignored", seq, %from, "policy ignores MOVING");
+            tracing::info!(target: "redis_layers::handoff", event = "handoff.ignored", seq = m.seq, %from, "policy ignores MOVING");
         }
         target
+    }
+
+    /// The policy's view of `n`, a `MOVING` for the connections on `from`.
+    fn moving<'a>(&'a self, from: &'a Endpoint, n: &'a Notification) -> Option<Moving<'a>> {
+        match n {
+            Notification::Moving {
+                seq,
+                time,
+                endpoint,
+            } => Some(Moving::new(
+                *seq,
+                *time,
+                endpoint.as_ref(),
+                from,
+                &self.endpoint,
+            )),
+            _ => None,
+        }
     }
 
     /// A connection whose dial started before a `MOVING` reached its
@@ -284,25 +294,22 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         target: Endpoint,
         slots: Vec<Arc<Slot>>,
     ) {
-        let Notification::Moving {
-            seq,
-            time,
-            endpoint,
-        } = n
-        else {
+        let Some(m) = self.moving(from, n) else {
             return;
         };
         let now = Instant::now();
-        let m = Moving::new(*seq, *time, endpoint.as_ref(), from, &self.endpoint);
-        let slots: Vec<_> = slots.into_iter().filter(|s| s.claim_moving(*seq)).collect();
+        let slots: Vec<_> = slots
+            .into_iter()
+            .filter(|s| s.claim_moving(m.seq))
+            .collect();
         let count = slots.len();
         for (k, slot) in slots.into_iter().enumerate() {
             let job = Job {
                 epoch: slot.handoff_epoch.fetch_add(1, SeqCst) + 1,
                 slot,
-                seq: *seq,
-                time: *time,
-                announced: endpoint.clone(),
+                seq: m.seq,
+                time: m.time,
+                announced: m.endpoint.cloned(),
                 from: from.clone(),
                 target: target.clone(),
                 start: now + self.policy.delay(&m, k, count),
