@@ -34,10 +34,16 @@
 //! callers (default 64); `BENCH_PROFILE_WORKLOAD=pipeline` sends the
 //! 100-GET pipelines instead (one caller).
 
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+#[path = "common/stats.rs"]
+mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use counting_alloc::{ALLOCS, COUNTING};
+use stats::median;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,34 +55,6 @@ use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
 use redis_layers::{cmd, Connector, Endpoint, Error, Pipeline, Request, Response, Value};
 use support::cluster::{slot_of, RedisCluster};
 use tower::{Layer, Service, ServiceExt};
-
-// ===== allocation counting =====
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 // ===== the services under test =====
 
@@ -302,19 +280,6 @@ fn schedstat_ns() -> Option<u64> {
         total += text.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(total)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Paired rounds of one workload.

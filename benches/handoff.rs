@@ -40,8 +40,11 @@
 //! (connections in the Handoff pool, default 1). Exits non-zero if any
 //! command failed or any handoff did not succeed.
 
+#[path = "common/stats.rs"]
+mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
+use stats::median;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -418,19 +421,6 @@ fn stats(run: &Run, windows: &[(Instant, Instant)]) -> Stats {
     s.p99 = percentile(&latencies, 0.99);
     s.p999 = percentile(&latencies, 0.999);
     s
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn us(d: Duration) -> f64 {

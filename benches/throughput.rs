@@ -17,10 +17,16 @@
 //! profiler such as `perf record` (with `BENCH_PROFILE_RELAX=1`, through the
 //! RelaxTimeout layer).
 
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+#[path = "common/stats.rs"]
+mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use counting_alloc::{ALLOCS, COUNTING};
+use stats::median;
+
 use std::future::Future;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,34 +37,6 @@ use redis_layers::handoff::Handoff;
 use redis_layers::relax::RelaxTimeoutLayer;
 use redis_layers::{cmd, Connection, Connector, Pipeline, Request, Response, Value};
 use tower::{Layer, Service, ServiceExt};
-
-// ===== allocation counting =====
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 // ===== the clients under test =====
 
@@ -264,16 +242,6 @@ fn compare<A: Client, B: Client>(
         });
     }
     (ma, mb)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// `redis-benchmark -c 1 -P 64 -t get`, if installed.
