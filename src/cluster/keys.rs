@@ -475,6 +475,12 @@ impl Hasher for Fnv {
         }
     }
 
+    // A slice's hash starts with its length: one step, not eight byte steps
+    // (that prefix was half the hashing of a short name).
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+
     fn finish(&self) -> u64 {
         self.0
     }

@@ -1166,10 +1166,21 @@ async fn split<N: NewNode>(
     ))
 }
 
+/// Commands up to this many bytes (arguments as encoded) are kept inline.
+const INLINE: usize = 80;
+
 /// The copy of a request the fast path keeps to follow a redirect. A
 /// pipeline's commands are kept in one buffer (two allocations, not one per
 /// command); the request is rebuilt only when a redirect needs it.
 pub(super) enum Kept {
+    /// A short command (most of them: `GET k`, `INCR k`, a small `SET`),
+    /// copied into the future itself: no allocation and no free per request.
+    Inline {
+        timeout: crate::CommandTimeout,
+        len: u8,
+        argc: u8,
+        bytes: [u8; INLINE],
+    },
     One(Request),
     Pipeline {
         timeout: crate::CommandTimeout,
@@ -1182,7 +1193,22 @@ pub(super) enum Kept {
 impl Kept {
     fn of(req: &Request) -> Kept {
         match req.body() {
-            Body::Cmd(_) => Kept::One(req.clone()),
+            Body::Cmd(c) => {
+                let (raw, argc) = c.raw();
+                match (u8::try_from(raw.len()), u8::try_from(argc)) {
+                    (Ok(len), Ok(argc)) if raw.len() <= INLINE => {
+                        let mut bytes = [0; INLINE];
+                        bytes[..raw.len()].copy_from_slice(raw);
+                        Kept::Inline {
+                            timeout: req.timeout(),
+                            len,
+                            argc,
+                            bytes,
+                        }
+                    }
+                    _ => Kept::One(req.clone()),
+                }
+            }
             Body::Pipeline(p) => {
                 let total = p.cmds().iter().map(|c| c.raw().0.len()).sum();
                 let mut bytes = Vec::with_capacity(total);
@@ -1203,6 +1229,18 @@ impl Kept {
 
     pub(super) fn into_request(self) -> Request {
         match self {
+            Kept::Inline {
+                timeout,
+                len,
+                argc,
+                bytes,
+            } => timed(
+                Request::from(crate::Cmd::from_raw(
+                    bytes[..usize::from(len)].to_vec(),
+                    usize::from(argc),
+                )),
+                timeout,
+            ),
             Kept::One(r) => r,
             Kept::Pipeline {
                 timeout,
@@ -1347,9 +1385,19 @@ mod tests {
             panic!("not a pipeline")
         };
         assert_eq!(q.cmds(), p.cmds());
-        let one = Request::from(cmd("GET").arg("k")).without_timeout();
-        let back = Kept::of(&one).into_request();
-        assert_eq!(back.timeout(), one.timeout());
-        assert!(matches!(back.body(), Body::Cmd(c) if c == &cmd("GET").arg("k")));
+        // Short commands are kept inline, long ones as a copy: both come back whole.
+        for c in [
+            cmd("GET").arg("k"),
+            cmd("SET").arg("k").arg(vec![b'v'; INLINE - 17]),
+            cmd("SET").arg("k").arg(vec![b'v'; INLINE]),
+        ] {
+            let inline = c.raw().0.len() <= INLINE;
+            let one = Request::from(c.clone()).without_timeout();
+            let kept = Kept::of(&one);
+            assert_eq!(matches!(kept, Kept::Inline { .. }), inline, "{c:?}");
+            let back = kept.into_request();
+            assert_eq!(back.timeout(), one.timeout());
+            assert!(matches!(back.body(), Body::Cmd(b) if b == &c));
+        }
     }
 }
