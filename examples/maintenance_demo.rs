@@ -18,17 +18,21 @@
 //! 1. steady;
 //! 2. `MIGRATING` ... `MIGRATED`: replies slowed to 50 ms;
 //! 3. steady;
-//! 4. `FAILING_OVER` ... `FAILED_OVER`: replies slowed to 800 ms, longer
-//!    than the 500 ms command timeout: without the relaxed timeout (2 s)
-//!    they would all time out. The "> timeout" column counts them. In the
-//!    last 1.1 s of the window replies are held 300 ms, so that none held
-//!    800 ms is still on its way when `FAILED_OVER` ends the relaxation
-//!    (this phase lasts at least 2 s);
-//! 5. steady;
+//! 4. `FAILING_OVER` ... `FAILED_OVER`: replies slowed to 1.5 s, longer
+//!    than the 1 s command timeout: without the relaxed timeout (3 s)
+//!    they would all time out. The "> timeout" column counts them;
+//! 5. steady: replies are fast again at once, and `FAILED_OVER` follows
+//!    1.8 s later, when no reply held 1.5 s can still be on its way (a
+//!    request still waiting when the relaxation ends gets its configured
+//!    deadline back, and would time out);
 //! 6. `MOVING` to a second endpoint of the simulator, which closes the
 //!    old one at the deadline (the phase ends there): the Handoff layer
 //!    moves the connection before that;
 //! 7. steady, on the new endpoint.
+//!
+//! A command counts in the maintenance phase (2, 4, 6) it overlaps, if
+//! any: one sent just before `FAILING_OVER` whose reply is held counts
+//! there. Otherwise it counts in the phase it completes in.
 //!
 //! With `REDIS_URL` set it runs one phase of plain load against that
 //! server instead (and deletes its keys afterwards).
@@ -57,20 +61,22 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 /// Concurrent tasks, each a `SET`/`GET` loop on a key of its own.
 const TASKS: usize = 32;
 /// The command timeout of the stack (RelaxTimeout's default).
-const TIMEOUT: Duration = Duration::from_millis(500);
+/// Generous, so that a busy machine (CI) does not time out steady traffic.
+const TIMEOUT: Duration = Duration::from_secs(1);
 /// The timeout while relaxed (MaintenanceConfig::relaxed_timeout).
-const RELAXED: Duration = Duration::from_secs(2);
+const RELAXED: Duration = Duration::from_secs(3);
 /// How long the simulator holds each reply during FAILING_OVER.
-const FAILOVER_DELAY: Duration = Duration::from_millis(800);
-/// ... and in the last `FAILOVER_DELAY` + 300 ms of the window: below the
-/// command timeout.
-const FAILOVER_TAIL_DELAY: Duration = Duration::from_millis(300);
+const FAILOVER_DELAY: Duration = Duration::from_millis(1500);
+/// From the end of the slow replies to FAILED_OVER: the held replies drain.
+const FAILOVER_DRAIN: Duration = Duration::from_millis(1800);
 /// How long it holds them during MIGRATING (the simulator's default).
 const MIGRATE_DELAY: Duration = Duration::from_millis(50);
 
 /// Counters of one phase, shared by the load tasks and the event task.
 struct Phase {
     name: &'static str,
+    /// A maintenance phase: commands that overlap it count in it.
+    maintenance: bool,
     commands: AtomicU64,
     errors: AtomicU64,
     /// Commands slower than TIMEOUT: without the relaxation, timeouts.
@@ -146,6 +152,7 @@ async fn load(mut svc: Stack, i: usize, shared: Arc<Shared>) -> Vec<Vec<u32>> {
     while !shared.stop.load(Ordering::Relaxed) {
         n += 1;
         for get in [false, true] {
+            let issued = shared.current.load(Ordering::Relaxed);
             let req: Request = if get {
                 cmd("GET").arg(&key).into()
             } else {
@@ -157,8 +164,12 @@ async fn load(mut svc: Stack, i: usize, shared: Arc<Shared>) -> Vec<Vec<u32>> {
                 Err(e) => Err(e),
             };
             let took = t.elapsed();
-            // A command counts in the phase it completes in.
-            let at = shared.current.load(Ordering::Relaxed);
+            // A command counts in the maintenance phase it overlaps, if
+            // any, else in the steady phase it completes in.
+            let done = shared.current.load(Ordering::Relaxed);
+            let at = (issued..=done)
+                .find(|&p| shared.phases[p].maintenance)
+                .unwrap_or(done);
             let phase = &shared.phases[at];
             phase.commands.fetch_add(1, Ordering::Relaxed);
             lat[at].push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
@@ -376,6 +387,7 @@ async fn run(
             .iter()
             .map(|name| Phase {
                 name,
+                maintenance: !name.starts_with("steady"),
                 commands: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 over_timeout: AtomicU64::new(0),
@@ -408,6 +420,7 @@ async fn run(
 
     let mut ok = true;
     let mut moved_to = None;
+    let mut failed_over = None;
     for (i, name) in names.iter().enumerate() {
         shared.current.store(i, Ordering::Relaxed);
         let t = Instant::now();
@@ -424,9 +437,7 @@ async fn run(
                 shared.say("simulator: MIGRATED");
             }
             ("FAILING_OVER", Some(s)) => {
-                // At least 2 s, so that the 800 ms part is there at all.
-                let window = phase.max(Duration::from_secs(2));
-                let mut w = Window::new(window);
+                let mut w = Window::new(phase + FAILOVER_DRAIN);
                 w.reply_delay = FAILOVER_DELAY;
                 let h = s.sim.start_failover(w);
                 shared.say(format!(
@@ -434,16 +445,13 @@ async fn run(
                      (the command timeout is {TIMEOUT:?})",
                     h.notified
                 ));
-                // Toward the end, replies are held less than the command
-                // timeout, early enough that every reply held longer is
-                // out before FAILED_OVER: a request still waiting when the
-                // relaxation ends gets its configured deadline back.
-                let taper = window.saturating_sub(FAILOVER_DELAY + Duration::from_millis(300));
-                tokio::time::sleep(taper).await;
+                tokio::time::sleep(phase).await;
+                // Fast replies again; FAILED_OVER comes in the next phase,
+                // once the replies held so far are out (see FAILOVER_DRAIN).
                 s.sim
-                    .set_delay(Target::Endpoint(h.endpoint), FAILOVER_TAIL_DELAY);
-                h.finished().await?;
-                shared.say("simulator: FAILED_OVER");
+                    .set_delay(Target::Endpoint(h.endpoint), Duration::ZERO);
+                shared.say("simulator: replies fast again; FAILED_OVER follows");
+                failed_over = Some(h);
             }
             ("MOVING", Some(s)) => {
                 let to = s.sim.open_endpoint().await?;
@@ -470,7 +478,17 @@ async fn run(
                     ok = false;
                 }
             }
-            _ => tokio::time::sleep(phase).await,
+            _ => {
+                let end = async {
+                    if let Some(h) = failed_over.take() {
+                        h.finished().await?;
+                        shared.say("simulator: FAILED_OVER");
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                let (_, end) = tokio::join!(tokio::time::sleep(phase), end);
+                end?;
+            }
         }
         *shared.phases[i].took.lock().unwrap() = Some(t.elapsed());
     }
