@@ -30,6 +30,7 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod builder;
 pub mod cluster;
 pub mod error;
 pub mod handoff;
@@ -42,6 +43,7 @@ pub mod resp;
 pub mod sim;
 pub mod transport;
 
+pub use builder::ServiceBuilderExt;
 pub use error::{
     Error, ProtocolError, Redirect, RedirectKind, Result, ServerError, ServerErrorKind,
 };
