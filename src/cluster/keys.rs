@@ -457,6 +457,30 @@ struct Entry {
     fanout: Fanout,
 }
 
+/// [`CommandTable::route`] for many commands; see [`CommandTable::router`].
+pub(crate) struct Router<'t, 'c> {
+    table: &'t CommandTable,
+    /// The last name looked up (as sent) and its entry; never a command
+    /// with subcommands, whose entry depends on the next argument.
+    last: Option<(&'c [u8], &'t Entry)>,
+}
+
+impl<'t, 'c> Router<'t, 'c> {
+    /// The same as [`CommandTable::route`].
+    pub(crate) fn route(&mut self, cmd: &'c Cmd) -> Result<Route, RouteError> {
+        let name = cmd.name();
+        let entry = match (self.last, name) {
+            (Some((last, e)), Some(n)) if last == n => e,
+            _ => {
+                let (e, container) = self.table.entry_of(cmd)?;
+                self.last = name.filter(|_| !container).map(|n| (n, e));
+                e
+            }
+        };
+        self.table.route_with(entry, cmd)
+    }
+}
+
 /// FNV-1a: command names are short and trusted enough; SipHash would be
 /// most of a lookup's cost.
 struct Fnv(u64);
@@ -689,6 +713,12 @@ impl CommandTable {
     /// The entry of a command: its container's subcommand entry when there
     /// is one, else its own.
     fn entry(&self, cmd: &Cmd) -> Result<&Entry, RouteError> {
+        self.entry_of(cmd).map(|(e, _)| e)
+    }
+
+    /// The command's entry, and whether its name has subcommands (`CLIENT`,
+    /// `OBJECT`, ...: then the entry depends on the next argument too).
+    fn entry_of(&self, cmd: &Cmd) -> Result<(&Entry, bool), RouteError> {
         let mut argv = cmd.argv();
         let name = argv
             .next()
@@ -699,11 +729,11 @@ impl CommandTable {
         if entry.container {
             if let Some(sub) = argv.next() {
                 if let Some(e) = with_lower_name(&[name, sub], |n| self.map.get(n)) {
-                    return Ok(e);
+                    return Ok((e, true));
                 }
             }
         }
-        Ok(entry)
+        Ok((entry, entry.container))
     }
 
     /// The keys of one command, in the order its key rules find them (a
@@ -756,7 +786,19 @@ impl CommandTable {
     /// assert!(matches!(t.route(&cmd("EVAL").arg("s").arg("x")), Err(RouteError::Malformed(_))));
     /// ```
     pub fn route(&self, cmd: &Cmd) -> Result<Route, RouteError> {
-        let entry = self.entry(cmd)?;
+        self.route_with(self.entry(cmd)?, cmd)
+    }
+
+    /// Routes the commands of a pipeline in turn: a run of commands with
+    /// the same name (the usual pipeline) looks the name up once.
+    pub(crate) fn router(&self) -> Router<'_, '_> {
+        Router {
+            table: self,
+            last: None,
+        }
+    }
+
+    fn route_with(&self, entry: &Entry, cmd: &Cmd) -> Result<Route, RouteError> {
         if let Some(fanout) = &entry.fanout {
             return Ok(fanout.clone());
         }
@@ -1652,6 +1694,35 @@ fn builtin() -> Map {
         }
     }
     map
+}
+
+#[cfg(test)]
+mod router_tests {
+    use super::*;
+    use crate::cmd;
+
+    /// The router remembers names, never a subcommand's entry.
+    #[test]
+    fn a_router_routes_as_route_does() {
+        let t = CommandTable::default();
+        let cmds = [
+            cmd("GET").arg("a"),
+            cmd("GET").arg("b"),
+            cmd("get").arg("c"),
+            cmd("OBJECT").arg("ENCODING").arg("d"),
+            cmd("OBJECT").arg("HELP"),
+            cmd("OBJECT").arg("FREQ").arg("e"),
+            cmd("DBSIZE"),
+            cmd("MGET").arg("x").arg("y"),
+            cmd("NOSUCH").arg("z"),
+            cmd("SET").arg("f").arg("1"),
+            cmd("SET").arg("g").arg("1"),
+        ];
+        let mut r = t.router();
+        for c in &cmds {
+            assert_eq!(r.route(c), t.route(c), "{c:?}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -835,8 +835,9 @@ fn target(shared: &Shared<impl NewNode>, snap: &Snapshot, req: &Request) -> Resu
         Body::Pipeline(p) => {
             // One node for the whole pipeline (the common case) or a split.
             let mut node = None;
+            let mut router = snap.table.router();
             for c in p.cmds() {
-                let i = match snap.table.route(c) {
+                let i = match router.route(c) {
                     Ok(Route::Slot(s)) => match snap.owner[usize::from(s)] {
                         NONE => return Err(no_owner(s)),
                         i => i,
@@ -1096,8 +1097,9 @@ async fn split<N: NewNode>(
     // (node, original indexes, the part)
     let mut parts: Vec<(u32, Vec<usize>, Pipeline)> = Vec::new();
     let mut keyless = Vec::new();
+    let mut router = snap.table.router();
     for (i, c) in p.cmds().iter().enumerate() {
-        let node = match snap.table.route(c) {
+        let node = match router.route(c) {
             Ok(Route::Slot(s)) => match snap.owner[usize::from(s)] {
                 NONE => return Err(no_owner(s)),
                 n => n,

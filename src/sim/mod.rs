@@ -221,8 +221,10 @@ pub struct WindowSeqs {
 
 /// How long after `SMIGRATED` the source node gives the slots up (until
 /// then it answers `ASK` for them): the time clients have to act on the
-/// notification before they would see `MOVED`.
-const SMIGRATED_LEAD: Duration = Duration::from_millis(50);
+/// notification before they would see `MOVED`. (50 ms was too short on a
+/// loaded 2-core machine: a client's task may not run for that long, and
+/// then every slot is learnt from a `MOVED` after all.)
+const SMIGRATED_LEAD: Duration = Duration::from_millis(200);
 
 /// The end of a slot migration: `SETSLOT NODE` on the old owner (required)
 /// and on every other node (best effort).
@@ -889,7 +891,7 @@ impl Simulator {
     /// Moves `slots` from the node behind endpoint `src` to the node behind
     /// endpoint `dst`, for real: `CLUSTER SETSLOT IMPORTING` on the target,
     /// `MIGRATING` on the source, `MIGRATE` of every key, then `SETSLOT
-    /// NODE` on the target, the `SMIGRATED`, and 50 ms later `SETSLOT NODE`
+    /// NODE` on the target, the `SMIGRATED`, and 200 ms later `SETSLOT NODE`
     /// on the source and every other node (until then the source answers
     /// `ASK` for the slots, so a client that acts on `SMIGRATED` at once
     /// never sees `MOVED` for them). Bracketed by `SMIGRATING seq slots` to
