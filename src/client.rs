@@ -53,10 +53,10 @@
 //! [`Client::pipeline`] collects commands and sends them as one request;
 //! [`Batch::query`] converts the replies, in order, into a tuple or a
 //! `Vec`. [`Client::transaction`] does the same between `MULTI` and `EXEC`,
-//! in one write: standalone on a shared connection (nothing can come
-//! between the commands of one request), in a cluster on a dedicated
-//! connection to the primary of the commands' slot (all keys in one slot,
-//! or [`Error::Config`]). [`Client::watch`] starts an optimistic
+//! as one request on a shared connection (a connection writes a request
+//! whole, so nothing comes between its commands); in a cluster, the
+//! cluster layer sends it to the primary of the commands' slot (all keys in
+//! one slot, or [`Error::Config`] and nothing is sent). [`Client::watch`] starts an optimistic
 //! transaction: `WATCH` on a dedicated connection, reads on it, then
 //! [`Watch::exec`], which returns `None` when a watched key changed.
 
@@ -64,6 +64,7 @@ mod batch;
 mod builder;
 mod commands;
 mod from_value;
+mod scan;
 mod script;
 
 use std::sync::Arc;
@@ -83,6 +84,7 @@ pub use batch::{Batch, Watch};
 pub use builder::{ClientBuilder, ServerMode};
 pub use commands::{Expiry, SetOptions, StreamEntry, StreamReads};
 pub use from_value::FromValue;
+pub use scan::Scan;
 pub use script::Script;
 
 use builder::NodeMaker;
@@ -229,10 +231,9 @@ impl Client {
     }
 
     /// A client over a stack of your own. It has no dedicated connections:
-    /// [`Client::watch`], [`Client::blpop`], [`Client::brpop`] and cluster
-    /// transactions fail with [`Error::Config`]; standalone-style
-    /// transactions (`MULTI ... EXEC` as one request) are sent through
-    /// `svc`.
+    /// [`Client::watch`], [`Client::blpop`] and [`Client::brpop`] fail with
+    /// [`Error::Config`]. Everything else, transactions included (`MULTI
+    /// ... EXEC` as one request), goes through `svc`.
     ///
     /// ```no_run
     /// use redis_layers::client::{BoxService, Client};
@@ -304,6 +305,11 @@ impl Client {
     /// ```
     pub fn transaction(&self) -> Batch {
         Batch::new(self.clone(), true)
+    }
+
+    /// Every key, page by page: see [`Scan`].
+    pub fn scan(&self) -> Scan {
+        Scan::new(self.clone())
     }
 
     /// Starts an optimistic transaction: `WATCH keys` on a dedicated
@@ -393,7 +399,7 @@ impl Client {
             }
             Dedicated::None => Err(Error::config(
                 "a client made with Client::from_service has no dedicated connections \
-                 (needed by WATCH, blocking commands and cluster transactions)",
+                 (needed by WATCH and blocking commands)",
             )),
         }
     }

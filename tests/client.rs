@@ -95,6 +95,7 @@ async fn suite(c: &Client, o: &Oracle, p: &str) {
     watch(c, o, p).await;
     blocking(c, o, p).await;
     conversions(c, o, p).await;
+    scan(c, o, p).await;
 }
 
 async fn strings(c: &Client, o: &Oracle, p: &str) {
@@ -654,6 +655,34 @@ async fn conversions(c: &Client, o: &Oracle, p: &str) {
     }
     // The client still works after conversion failures.
     assert_eq!(c.get::<String>(&k).await.unwrap(), "not a number");
+}
+
+async fn scan(c: &Client, o: &Oracle, p: &str) {
+    // No hash tag: in a cluster the keys are on every primary.
+    let want: BTreeSet<String> = (0..60).map(|i| format!("{p}:scan:{i}")).collect();
+    for k in &want {
+        o.q(&["SET", k, "1"]);
+    }
+    let mut got = BTreeSet::new();
+    let mut pages = 0;
+    let mut scan = c.scan().pattern(format!("{p}:scan:*")).count(7);
+    while let Some(keys) = scan.next_page::<String>().await.unwrap() {
+        assert!(!keys.is_empty());
+        pages += 1;
+        got.extend(keys);
+    }
+    assert_eq!(got, want);
+    assert!(
+        pages > 1,
+        "COUNT 7 over 60 keys: several pages, got {pages}"
+    );
+    assert_eq!(
+        scan.next_page::<String>().await.unwrap(),
+        None,
+        "stays done"
+    );
+    let mut none = c.scan().pattern(format!("{p}:no-such:*"));
+    assert_eq!(none.next_page::<String>().await.unwrap(), None);
 }
 
 fn standalone_oracle(server: &RedisServer) -> Oracle {

@@ -91,20 +91,14 @@ impl Batch {
             return T::from_value(Value::Array(Vec::new()));
         }
         let replies = if self.atomic {
-            let replies = match &self.client.dedicated {
-                Dedicated::Cluster(c) => {
-                    let slot = c.slot_of(self.cmds.cmds())?;
-                    let mut conn = self.client.dedicated(slot).await?;
-                    let req = self.client.timed(self.transaction());
-                    exec_reply(conn.send(req).await?.into_pipeline()?)?
-                }
-                _ => exec_reply(
-                    self.client
-                        .send(self.transaction())
-                        .await?
-                        .into_pipeline()?,
-                )?,
-            };
+            // One request: the connection writes it whole, and the cluster
+            // layer sends a transaction to the node of its slot in one piece.
+            let replies = exec_reply(
+                self.client
+                    .send(self.transaction())
+                    .await?
+                    .into_pipeline()?,
+            )?;
             replies.ok_or_else(|| {
                 Error::Type("EXEC answered nil: the transaction was aborted".into())
             })?
