@@ -609,7 +609,8 @@ async fn blocking(c: &Client, o: &Oracle, p: &str) {
     };
     // Wait until the server sees it blocked, then check the shared path works.
     let node = if c.is_cluster() { Some(&l1) } else { None };
-    for _ in 0..200 {
+    let mut blocked_seen = false;
+    for _ in 0..500 {
         let blocked = match node {
             Some(k) => query_node_of(o, k, &["INFO", "clients"]),
             None => o.q(&["INFO", "clients"]),
@@ -618,10 +619,12 @@ async fn blocking(c: &Client, o: &Oracle, p: &str) {
             panic!()
         };
         if String::from_utf8_lossy(&info).contains("blocked_clients:1") {
+            blocked_seen = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(blocked_seen, "the server never saw the BLPOP block");
     assert_eq!(c.ping().await.unwrap(), "PONG");
     c.rpush(&l2, ["job"]).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), waiter)
