@@ -759,6 +759,14 @@ async fn cluster_every_helper_resp3_and_resp2() {
             .unwrap();
         assert_eq!(raw, Value::BulkString("1.5".into()), "RESP2 shape");
         suite(&client, &oracle, "c2").await;
+
+        // A multi-key helper over two slots is refused before anything is sent.
+        let (a, b) = ("cross:a", "cross:b");
+        assert_ne!(support::cluster::slot_of(a), support::cluster::slot_of(b));
+        oracle.q(&["SET", a, "1"]);
+        let err = client.del([a, b]).await.unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert_eq!(oracle.int(&["EXISTS", a]), 1, "nothing was deleted");
     })
     .await
 }
