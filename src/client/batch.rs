@@ -237,3 +237,48 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Result<Value, ServerError> {
+        Ok(Value::SimpleString("OK".into()))
+    }
+
+    fn queued() -> Result<Value, ServerError> {
+        Ok(Value::SimpleString("QUEUED".into()))
+    }
+
+    #[test]
+    fn exec_replies() {
+        let done = exec_reply(vec![
+            ok(),
+            queued(),
+            Ok(Value::Array(vec![Value::Integer(1)])),
+        ]);
+        assert_eq!(done.unwrap(), Some(vec![Value::Integer(1)]));
+        // A watched key changed.
+        assert_eq!(
+            exec_reply(vec![ok(), queued(), Ok(Value::Null)]).unwrap(),
+            None
+        );
+        // A command refused at queue time: its error, not EXECABORT's.
+        let refused = ServerError::parse("ERR wrong number of arguments for 'incr' command");
+        let r = exec_reply(vec![
+            ok(),
+            Err(refused.clone()),
+            Err(ServerError::parse("EXECABORT Transaction discarded")),
+        ]);
+        assert!(matches!(r, Err(Error::Server(e)) if e == refused));
+        // MULTI itself refused (e.g. nested).
+        let r = exec_reply(vec![Err(ServerError::parse(
+            "ERR MULTI calls can not be nested",
+        ))]);
+        assert!(matches!(r, Err(Error::Server(_))));
+        assert!(matches!(
+            exec_reply(vec![ok(), Ok(Value::Integer(3))]),
+            Err(Error::Type(_))
+        ));
+    }
+}
