@@ -49,6 +49,10 @@ pub enum Error {
     /// server cannot do what the configuration requires (e.g. maintenance
     /// notifications in mode `Enabled`); the message names the cause.
     Config(String),
+    /// A reply could not be converted to the Rust type asked for (e.g. a
+    /// string that is not a number into `i64`, `nil` into `String`); the
+    /// message names both. Nothing is wrong with the connection.
+    Type(String),
 }
 
 impl Error {
@@ -101,6 +105,7 @@ impl fmt::Display for Error {
             Error::Timeout => f.pad("request timed out"),
             Error::Closed => f.pad("connection closed"),
             Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
+            Error::Type(msg) => write!(f, "unexpected reply: {msg}"),
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   `Service<Endpoint>`) and the multiplexed [`Connection`] (a command
 //!   service, `Service<Request>`), which many tasks share.
 //! - [`Error`]: one error type that every layer can match on.
+//! - [`client`]: the [`Client`] facade: the default stack built from a URL
+//!   (standalone or cluster), typed helpers, pipelines, transactions.
 //!
 //! # Example
 //!
@@ -31,6 +33,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod builder;
+pub mod client;
 pub mod cluster;
 pub mod error;
 pub mod handoff;
@@ -44,6 +47,7 @@ pub mod sim;
 pub mod transport;
 
 pub use builder::ServiceBuilderExt;
+pub use client::{Client, ClientBuilder, FromValue};
 pub use error::{
     Error, ProtocolError, Redirect, RedirectKind, Result, ServerError, ServerErrorKind,
 };

@@ -1,0 +1,406 @@
+//! The [`Client`] facade: the default stack, built from a URL, and typed
+//! helpers for the common commands.
+//!
+//! ```no_run
+//! use redis_layers::client::Client;
+//!
+//! # async fn run() -> Result<(), redis_layers::Error> {
+//! let client = Client::open("redis://127.0.0.1:6379").await?;
+//! client.set("greeting", "hello").await?;
+//! let v: Option<String> = client.get("greeting").await?;
+//! let n = client.incr("visits").await?;
+//! let (a, b): (i64, String) = client.pipeline().incr_by("n", 2).get("greeting").query().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # The stack
+//!
+//! [`ClientBuilder::build`] assembles, with the maintenance configuration
+//! given to it (the same for every layer):
+//!
+//! - standalone: `RelaxTimeout(Handoff(Connector))`;
+//! - cluster: `Cluster` over, per node, `RelaxTimeout(Handoff(Connector))`
+//!   (replicas' connectors send `READONLY`).
+//!
+//! Layers added with [`ClientBuilder::layer`] wrap the whole stack,
+//! outermost last. The stack is a [`BoxService`]
+//! (`tower::util::BoxCloneSyncService<Request, Response, Error>`): take it
+//! with [`Client::service`], or make a client from a stack of your own
+//! with [`Client::from_service`].
+//!
+//! # Standalone or cluster
+//!
+//! [`ServerMode::Auto`] (the default) picks cluster when the builder has
+//! several seeds, and otherwise asks the one server at build time: the
+//! `mode` field of its `HELLO` reply (RESP3), or `cluster_enabled:1` in
+//! `INFO cluster` (RESP2). Building therefore dials the server once, and
+//! fails early when it cannot be reached. [`ServerMode::Standalone`] and
+//! [`ServerMode::Cluster`] skip the question.
+//!
+//! # Dedicated connections
+//!
+//! Commands share multiplexed connections, except those that hold a
+//! connection: blocking pops ([`Client::blpop`], [`Client::brpop`]) and
+//! [`Client::watch`]. Standalone, they take a connection leased from the
+//! Handoff layer ([`Handoff::lease`](crate::handoff::Handoff::lease)); in
+//! a cluster, a new connection to the primary that serves the keys' slot
+//! (all keys must be in one slot: use hash tags). A client made with
+//! [`Client::from_service`] has none: those helpers fail with
+//! [`Error::Config`].
+//!
+//! # Pipelines and transactions
+//!
+//! [`Client::pipeline`] collects commands and sends them as one request;
+//! [`Batch::query`] converts the replies, in order, into a tuple or a
+//! `Vec`. [`Client::transaction`] does the same between `MULTI` and `EXEC`,
+//! as one request on a shared connection (a connection writes a request
+//! whole, so nothing comes between its commands); in a cluster, the
+//! cluster layer sends it to the primary of the commands' slot (all keys in
+//! one slot, or [`Error::Config`] and nothing is sent). [`Client::watch`] starts an optimistic
+//! transaction: `WATCH` on a dedicated connection, reads on it, then
+//! [`Watch::exec`], which returns `None` when a watched key changed.
+
+mod batch;
+mod builder;
+mod commands;
+mod from_value;
+mod scan;
+mod script;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::{Service, ServiceExt};
+
+use crate::cluster::keys::{CommandTable, Route, RouteError};
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+use crate::handoff::{DefaultPolicy, Handoff, Leased};
+use crate::request::{Request, Response};
+use crate::resp::{cmd, Cmd, ToArg};
+use crate::transport::{Connection, Connector, Endpoint};
+
+pub use batch::{Batch, Watch};
+pub use builder::{ClientBuilder, ServerMode};
+pub use commands::{Expiry, SetOptions, StreamEntry, StreamReads};
+pub use from_value::FromValue;
+pub use scan::Scan;
+pub use script::Script;
+
+use builder::NodeMaker;
+
+/// The stack a [`Client`] sends through: a boxed, cloneable, `Sync` tower
+/// service over the crate's request and response types.
+pub type BoxService = tower::util::BoxCloneSyncService<Request, Response, Error>;
+
+/// A Redis client: the default stack behind typed helpers.
+///
+/// Cheap to clone, `Send + Sync`: clones share the connections. See the
+/// [module docs](self) for the stack, cluster detection, dedicated
+/// connections and transactions.
+///
+/// ```no_run
+/// use std::collections::HashMap;
+/// use redis_layers::client::Client;
+///
+/// # async fn run() -> Result<(), redis_layers::Error> {
+/// let client = Client::open("redis://127.0.0.1:6379/0").await?;
+/// client.hset_multiple("user:1", [("name", "Ann"), ("city", "Oslo")]).await?;
+/// let user: HashMap<String, String> = client.hgetall("user:1").await?;
+/// let ttl = client.ttl("user:1").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    svc: BoxService,
+    dedicated: Dedicated,
+    /// The timeout given to requests on dedicated connections (they do not
+    /// go through RelaxTimeout).
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.dedicated {
+            Dedicated::Standalone(h) => format!("standalone {}", h.endpoint()),
+            Dedicated::Cluster(_) => "cluster".to_string(),
+            Dedicated::None => "custom service".to_string(),
+        };
+        f.debug_struct("Client")
+            .field("kind", &kind)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where dedicated connections come from.
+#[derive(Clone)]
+enum Dedicated {
+    Standalone(Arc<Handoff<Connector>>),
+    Cluster(Arc<ClusterHandle>),
+    None,
+}
+
+struct ClusterHandle {
+    cluster: Cluster<NodeMaker>,
+    connector: Connector,
+    table: CommandTable,
+}
+
+impl ClusterHandle {
+    /// The one slot every keyed command of `cmds` is in (`None`: no keys).
+    fn slot_of(&self, cmds: &[Cmd]) -> Result<Option<u16>> {
+        let mut slot = None;
+        for c in cmds {
+            match self.table.route(c) {
+                Ok(Route::Slot(s)) => match slot {
+                    Some(seen) if seen != s => {
+                        return Err(Error::config(format!(
+                            "keys in slots {seen} and {s}: in a cluster, the keys of a \
+                             transaction, WATCH or blocking command must share a slot (use hash tags)"
+                        )))
+                    }
+                    _ => slot = Some(s),
+                },
+                Ok(Route::AnyPrimary) | Err(RouteError::UnknownCommand(_)) => {}
+                Ok(_) => {
+                    return Err(Error::config(format!(
+                        "{c:?} goes to several nodes: it cannot be part of a cluster transaction"
+                    )))
+                }
+                Err(e) => return Err(Error::config(e.to_string())),
+            }
+        }
+        Ok(slot)
+    }
+
+    /// The primary serving `slot` (any primary for `None`).
+    async fn endpoint_for(&self, slot: Option<u16>) -> Result<Endpoint> {
+        for attempt in 0..2 {
+            let map = self.cluster.slot_map();
+            let found = match slot {
+                Some(s) => map.primary_for(s).cloned(),
+                None => map.primaries().into_iter().next(),
+            };
+            if let Some(e) = found {
+                return Ok(e);
+            }
+            if attempt == 0 {
+                self.cluster.refresh().await?;
+            }
+        }
+        Err(Error::config(format!(
+            "no primary serves slot {slot:?} in the cluster's slot map"
+        )))
+    }
+}
+
+/// A connection of one's own: leased from Handoff, or dialled to a
+/// cluster node.
+enum DedicatedConn {
+    Leased(Leased<Connector, DefaultPolicy>),
+    Conn(Connection),
+}
+
+impl DedicatedConn {
+    async fn send(&mut self, req: Request) -> Result<Response> {
+        match self {
+            DedicatedConn::Leased(l) => l.ready().await?.call(req).await,
+            DedicatedConn::Conn(c) => c.send(req).await,
+        }
+    }
+}
+
+impl Client {
+    /// A client for the server at `url` (see [`ClientBuilder::from_url`]),
+    /// with the default stack; standalone or cluster as the server says.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// let client = redis_layers::client::Client::open("redis://:secret@127.0.0.1:6379/1").await?;
+    /// assert_eq!(client.ping().await?, "PONG");
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(url: &str) -> Result<Client> {
+        ClientBuilder::from_url(url)?.build().await
+    }
+
+    /// A builder for the server at `url`: [`ClientBuilder::from_url`].
+    pub fn builder(url: &str) -> Result<ClientBuilder> {
+        ClientBuilder::from_url(url)
+    }
+
+    /// A client over a stack of your own. It has no dedicated connections:
+    /// [`Client::watch`], [`Client::blpop`] and [`Client::brpop`] fail with
+    /// [`Error::Config`]. Everything else, transactions included (`MULTI
+    /// ... EXEC` as one request), goes through `svc`.
+    ///
+    /// ```no_run
+    /// use redis_layers::client::{BoxService, Client};
+    /// use redis_layers::{Connector, Endpoint};
+    ///
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// let conn = Connector::new().connect(Endpoint::tcp("127.0.0.1", 6379)).await?;
+    /// let client = Client::from_service(BoxService::new(conn));
+    /// client.set("k", 1).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_service(svc: BoxService) -> Client {
+        Client {
+            svc,
+            dedicated: Dedicated::None,
+            timeout: None,
+        }
+    }
+
+    /// The stack, as a tower service (a clone; it shares the connections).
+    pub fn service(&self) -> BoxService {
+        self.svc.clone()
+    }
+
+    /// True when this client routes over a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.dedicated, Dedicated::Cluster(_))
+    }
+
+    /// Sends a request (a command or a pipeline) through the stack.
+    pub async fn send(&self, req: impl Into<Request>) -> Result<Response> {
+        self.svc.clone().oneshot(req.into()).await
+    }
+
+    /// Sends any command and converts its reply: the escape hatch for
+    /// commands without a helper.
+    ///
+    /// ```no_run
+    /// use redis_layers::{client::Client, cmd};
+    /// # async fn run(client: Client) -> Result<(), redis_layers::Error> {
+    /// let n: usize = client.cmd(cmd("DBSIZE")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn cmd<T: FromValue>(&self, c: Cmd) -> Result<T> {
+        T::from_value(self.send(c).await?.into_value()?)
+    }
+
+    /// A pipeline: commands collected, sent as one request, replies
+    /// converted together by [`Batch::query`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::client::Client) -> Result<(), redis_layers::Error> {
+    /// let (n, v): (i64, Option<String>) =
+    ///     client.pipeline().set("a", "x").ignore().incr("b").get("a").query().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pipeline(&self) -> Batch {
+        Batch::new(self.clone(), false)
+    }
+
+    /// A transaction: like [`Client::pipeline`], between `MULTI` and
+    /// `EXEC`, in one write. See the [module docs](self) for the cluster
+    /// case.
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::client::Client) -> Result<(), redis_layers::Error> {
+    /// let (a, b): (i64, i64) = client.transaction().incr("{acct}:a").decr("{acct}:b").query().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction(&self) -> Batch {
+        Batch::new(self.clone(), true)
+    }
+
+    /// Every key, page by page: see [`Scan`].
+    pub fn scan(&self) -> Scan {
+        Scan::new(self.clone())
+    }
+
+    /// Starts an optimistic transaction: `WATCH keys` on a dedicated
+    /// connection. Read with [`Watch::cmd`], then run a transaction with
+    /// [`Watch::exec`]: `None` if a watched key changed meanwhile. In a
+    /// cluster the keys must share a slot; the connection goes to its
+    /// primary.
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::client::Client) -> Result<(), redis_layers::Error> {
+    /// use redis_layers::cmd;
+    /// loop {
+    ///     let mut w = client.watch(["balance"]).await?;
+    ///     let balance: i64 = w.cmd(cmd("GET").arg("balance")).await?;
+    ///     let mut tx = client.transaction();
+    ///     tx.set("balance", balance * 2);
+    ///     // `None`: someone changed `balance` meanwhile; read it again.
+    ///     if w.exec::<((),)>(&tx).await?.is_some() {
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn watch(&self, keys: impl IntoIterator<Item = impl ToArg>) -> Result<Watch> {
+        let watch = cmd("WATCH").args(keys);
+        if watch.arg_count() < 2 {
+            return Err(Error::config("WATCH needs at least one key"));
+        }
+        let slot = self.slot_of(std::slice::from_ref(&watch))?;
+        let mut conn = self.dedicated(slot).await?;
+        let reply = conn.send(self.timed(watch)).await?.into_value()?;
+        <()>::from_value(reply)?;
+        Ok(Watch::new(conn, self.clone(), slot))
+    }
+
+    /// `BLPOP keys... timeout`: the first element of the first non-empty
+    /// list, as `(list, element)`; `None` after `timeout_secs` (0: wait
+    /// forever). Runs on a dedicated connection, so it holds up no other
+    /// command.
+    pub async fn blpop<T: FromValue>(
+        &self,
+        keys: impl IntoIterator<Item = impl ToArg>,
+        timeout_secs: f64,
+    ) -> Result<Option<(String, T)>> {
+        self.blocking(cmd("BLPOP").args(keys).arg(timeout_secs))
+            .await
+    }
+
+    /// `BRPOP`: like [`Client::blpop`], from the tail.
+    pub async fn brpop<T: FromValue>(
+        &self,
+        keys: impl IntoIterator<Item = impl ToArg>,
+        timeout_secs: f64,
+    ) -> Result<Option<(String, T)>> {
+        self.blocking(cmd("BRPOP").args(keys).arg(timeout_secs))
+            .await
+    }
+
+    async fn blocking<T: FromValue>(&self, c: Cmd) -> Result<T> {
+        let slot = self.slot_of(std::slice::from_ref(&c))?;
+        let mut conn = self.dedicated(slot).await?;
+        T::from_value(conn.send(c.into()).await?.into_value()?)
+    }
+
+    /// A request with the client's timeout, for dedicated connections.
+    fn timed(&self, req: impl Into<Request>) -> Request {
+        let req = req.into();
+        match self.timeout {
+            Some(t) if !req.is_blocking() => req.with_timeout(t),
+            _ => req,
+        }
+    }
+
+    fn slot_of(&self, cmds: &[Cmd]) -> Result<Option<u16>> {
+        match &self.dedicated {
+            Dedicated::Cluster(c) => c.slot_of(cmds),
+            _ => Ok(None),
+        }
+    }
+
+    async fn dedicated(&self, slot: Option<u16>) -> Result<DedicatedConn> {
+        match &self.dedicated {
+            Dedicated::Standalone(h) => Ok(DedicatedConn::Leased(h.lease().await?)),
+            Dedicated::Cluster(c) => {
+                let endpoint = c.endpoint_for(slot).await?;
+                Ok(DedicatedConn::Conn(c.connector.connect(endpoint).await?))
+            }
+            Dedicated::None => Err(Error::config(
+                "a client made with Client::from_service has no dedicated connections \
+                 (needed by WATCH and blocking commands)",
+            )),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Pipelines, transactions and `WATCH`: [`Batch`] and [`Watch`].
+
+use bytes::Bytes;
+
+use super::from_value::type_error;
+use super::{Client, Dedicated, DedicatedConn, FromValue};
+use crate::error::{Error, Result, ServerError};
+use crate::resp::{cmd, Cmd, Pipeline, Value};
+
+/// Commands sent as one request: a pipeline ([`Client::pipeline`]) or a
+/// `MULTI`/`EXEC` transaction ([`Client::transaction`]).
+///
+/// Every typed helper of [`Client`] has a twin here that queues the command
+/// (`batch.get("k").incr("n")`); [`Batch::cmd`] queues any command. Replies
+/// are converted together by [`Batch::query`] into a tuple (one element per
+/// reply not [ignored](Batch::ignore)), a `Vec`, or [`Value`].
+///
+/// ```no_run
+/// # async fn run(client: redis_layers::client::Client) -> Result<(), redis_layers::Error> {
+/// let mut p = client.pipeline();
+/// for i in 0..3 {
+///     p.rpush("list", [i]).ignore();
+/// }
+/// p.lrange("list", 0, -1);
+/// let (all,): (Vec<i64>,) = p.query().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Batch {
+    client: Client,
+    cmds: Pipeline,
+    ignored: Vec<bool>,
+    atomic: bool,
+}
+
+impl Batch {
+    pub(super) fn new(client: Client, atomic: bool) -> Self {
+        Batch {
+            client,
+            cmds: Pipeline::new(),
+            ignored: Vec::new(),
+            atomic,
+        }
+    }
+
+    pub(super) fn push(&mut self, c: Cmd) -> &mut Self {
+        self.cmds.push(c);
+        self.ignored.push(false);
+        self
+    }
+
+    /// Queues any command.
+    pub fn cmd(&mut self, c: Cmd) -> &mut Self {
+        self.push(c)
+    }
+
+    /// Leaves the reply of the last command queued out of the result of
+    /// [`Batch::query`] (an error reply still fails the query).
+    pub fn ignore(&mut self) -> &mut Self {
+        if let Some(last) = self.ignored.last_mut() {
+            *last = true;
+        }
+        self
+    }
+
+    /// Number of commands queued.
+    pub fn len(&self) -> usize {
+        self.cmds.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    /// True for a transaction.
+    pub fn is_atomic(&self) -> bool {
+        self.atomic
+    }
+
+    /// Sends the commands and converts the replies not ignored, as one
+    /// array, into `T` (e.g. a tuple). The batch stays as it is and can be
+    /// sent again.
+    ///
+    /// A command's error reply fails the conversion with [`Error::Server`]
+    /// (unless `T` keeps raw values: `Vec<Value>`). In a transaction, a
+    /// command the server refused to queue fails the whole transaction
+    /// with that command's error, and nothing is applied.
+    pub async fn query<T: FromValue>(&self) -> Result<T> {
+        if self.cmds.is_empty() {
+            return T::from_value(Value::Array(Vec::new()));
+        }
+        let replies = if self.atomic {
+            // One request: the connection writes it whole, and the cluster
+            // layer sends a transaction to the node of its slot in one piece.
+            let replies = exec_reply(
+                self.client
+                    .send(self.transaction())
+                    .await?
+                    .into_pipeline()?,
+            )?;
+            replies.ok_or_else(|| {
+                Error::Type("EXEC answered nil: the transaction was aborted".into())
+            })?
+        } else {
+            self.client
+                .send(self.cmds.clone())
+                .await?
+                .into_pipeline()?
+                .into_iter()
+                .map(|r| r.unwrap_or_else(error_value))
+                .collect()
+        };
+        T::from_value(Value::Array(self.kept(replies)?))
+    }
+
+    /// `MULTI`, the commands, `EXEC`.
+    fn transaction(&self) -> Pipeline {
+        let mut p = Pipeline::with_capacity(self.cmds.len() + 2);
+        p.push(cmd("MULTI"));
+        for c in self.cmds.cmds() {
+            p.push(c.clone());
+        }
+        p.push(cmd("EXEC"));
+        p
+    }
+
+    /// The replies not ignored; an ignored error reply is still an error.
+    fn kept(&self, replies: Vec<Value>) -> Result<Vec<Value>> {
+        if replies.len() != self.ignored.len() {
+            return Err(Error::Type(format!(
+                "expected {} replies, got {}",
+                self.ignored.len(),
+                replies.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for (v, ignored) in replies.into_iter().zip(&self.ignored) {
+            if !ignored {
+                out.push(v);
+            } else if let Value::Error(e) = v {
+                return Err(Error::Server(ServerError::parse(e)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn error_value(e: ServerError) -> Value {
+    Value::Error(Bytes::copy_from_slice(e.as_bytes()))
+}
+
+/// Reads the replies of `MULTI`, the queued commands and `EXEC`: the
+/// commands' replies, or `None` when `EXEC` answered nil (a watched key
+/// changed).
+fn exec_reply(results: Vec<Result<Value, ServerError>>) -> Result<Option<Vec<Value>>> {
+    let queued = results.len().saturating_sub(2);
+    let mut it = results.into_iter();
+    if let Some(Err(e)) = it.next() {
+        return Err(Error::Server(e));
+    }
+    let mut refused = None;
+    for r in it.by_ref().take(queued) {
+        if let Err(e) = r {
+            refused.get_or_insert(e);
+        }
+    }
+    match it.next() {
+        Some(Ok(Value::Null)) => Ok(None),
+        Some(Ok(Value::Array(v))) => Ok(Some(v.into_iter().map(plain_error).collect())),
+        Some(Ok(other)) => Err(type_error("the EXEC reply (an array)", &other)),
+        // EXECABORT: the command that was refused says why.
+        Some(Err(e)) => Err(Error::Server(refused.unwrap_or(e))),
+        None => Err(Error::Type("no reply to EXEC".into())),
+    }
+}
+
+/// RESP3 blob errors as plain errors, so every conversion sees one kind.
+fn plain_error(v: Value) -> Value {
+    match v {
+        Value::BlobError(e) => Value::Error(e),
+        v => v,
+    }
+}
+
+/// An optimistic transaction under way ([`Client::watch`]): a dedicated
+/// connection with `WATCH` sent. Read with [`Watch::cmd`], then
+/// [`Watch::exec`] a transaction. Dropped without `exec`, the connection is
+/// closed (the watch goes with it).
+pub struct Watch {
+    conn: DedicatedConn,
+    client: Client,
+    slot: Option<u16>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    pub(super) fn new(conn: DedicatedConn, client: Client, slot: Option<u16>) -> Self {
+        Watch { conn, client, slot }
+    }
+
+    /// Sends a command on the watched connection (reads, or more `WATCH`es).
+    pub async fn cmd<T: FromValue>(&mut self, c: Cmd) -> Result<T> {
+        let req = self.client.timed(c);
+        T::from_value(self.conn.send(req).await?.into_value()?)
+    }
+
+    /// Runs `tx` (made with [`Client::transaction`] or
+    /// [`Client::pipeline`]: either way it runs between `MULTI` and
+    /// `EXEC`) on the watched connection: `Some` with the converted
+    /// replies, or `None` when a watched key changed since `WATCH` and
+    /// nothing was applied.
+    ///
+    /// In a cluster, the transaction's keys must be in the watched keys'
+    /// slot ([`Error::Config`] otherwise, and nothing is sent).
+    pub async fn exec<T: FromValue>(mut self, tx: &Batch) -> Result<Option<T>> {
+        if let Dedicated::Cluster(c) = &self.client.dedicated {
+            let slot = c.slot_of(tx.cmds.cmds())?;
+            if slot.is_some() && slot != self.slot {
+                return Err(Error::config(format!(
+                    "the transaction's keys are in slot {slot:?}, the watched keys in {:?}",
+                    self.slot
+                )));
+            }
+        }
+        let req = self.client.timed(tx.transaction());
+        match exec_reply(self.conn.send(req).await?.into_pipeline()?)? {
+            Some(replies) => T::from_value(Value::Array(tx.kept(replies)?)).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Result<Value, ServerError> {
+        Ok(Value::SimpleString("OK".into()))
+    }
+
+    fn queued() -> Result<Value, ServerError> {
+        Ok(Value::SimpleString("QUEUED".into()))
+    }
+
+    #[test]
+    fn exec_replies() {
+        let done = exec_reply(vec![
+            ok(),
+            queued(),
+            Ok(Value::Array(vec![Value::Integer(1)])),
+        ]);
+        assert_eq!(done.unwrap(), Some(vec![Value::Integer(1)]));
+        // A watched key changed.
+        assert_eq!(
+            exec_reply(vec![ok(), queued(), Ok(Value::Null)]).unwrap(),
+            None
+        );
+        // A command refused at queue time: its error, not EXECABORT's.
+        let refused = ServerError::parse("ERR wrong number of arguments for 'incr' command");
+        let r = exec_reply(vec![
+            ok(),
+            Err(refused.clone()),
+            Err(ServerError::parse("EXECABORT Transaction discarded")),
+        ]);
+        assert!(matches!(r, Err(Error::Server(e)) if e == refused));
+        // MULTI itself refused (e.g. nested).
+        let r = exec_reply(vec![Err(ServerError::parse(
+            "ERR MULTI calls can not be nested",
+        ))]);
+        assert!(matches!(r, Err(Error::Server(_))));
+        assert!(matches!(
+            exec_reply(vec![ok(), Ok(Value::Integer(3))]),
+            Err(Error::Type(_))
+        ));
+    }
+}

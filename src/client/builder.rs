@@ -1,0 +1,304 @@
+//! [`ClientBuilder`]: the default stack, and where it is decided.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::{Layer, Service};
+
+use super::{BoxService, Client, ClusterHandle, Dedicated, FromValue};
+use crate::cluster::keys::CommandTable;
+use crate::cluster::{Cluster, ClusterConfig, NewNode, NodeRole};
+use crate::error::{Error, Result};
+use crate::handoff::{DefaultPolicy, Handoff, Settings};
+use crate::maint::MaintenanceConfig;
+use crate::relax::RelaxTimeout;
+use crate::request::{Request, Response};
+use crate::resp::cmd;
+use crate::transport::{Connector, Endpoint, Protocol};
+
+/// Standalone server or cluster; see the [module docs](super) for how
+/// [`ServerMode::Auto`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ServerMode {
+    /// Several seeds, or a server that says it is a cluster node: cluster.
+    /// Otherwise standalone.
+    #[default]
+    Auto,
+    /// One server (the first seed).
+    Standalone,
+    /// A Redis Cluster discovered from the seeds.
+    Cluster,
+}
+
+type LayerFn = Arc<dyn Fn(BoxService) -> BoxService + Send + Sync>;
+
+/// Builds a [`Client`]: where the server is, how to connect, the default
+/// stack's settings, and layers of your own.
+///
+/// Defaults: [`ServerMode::Auto`], a 5 s command timeout (relaxed during
+/// maintenance), the default [`MaintenanceConfig`], one multiplexed
+/// connection per endpoint, the default [`ClusterConfig`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redis_layers::client::{ClientBuilder, ServerMode};
+/// use redis_layers::{Endpoint, Protocol};
+///
+/// # async fn run() -> Result<(), redis_layers::Error> {
+/// let client = ClientBuilder::from_url("redis://127.0.0.1:7000")?
+///     .seed(Endpoint::tcp("127.0.0.1", 7001))
+///     .command_timeout(Some(Duration::from_millis(500)))
+///     .protocol(Protocol::Resp2)
+///     .build()
+///     .await?;
+/// assert!(client.is_cluster()); // two seeds
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClientBuilder {
+    connector: Connector,
+    seeds: Vec<Endpoint>,
+    mode: ServerMode,
+    timeout: Option<Duration>,
+    maintenance: MaintenanceConfig,
+    pool_size: usize,
+    cluster: ClusterConfig,
+    layers: Vec<LayerFn>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("connector", &self.connector)
+            .field("seeds", &self.seeds)
+            .field("mode", &self.mode)
+            .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// A builder for the server at `endpoint`, with a default [`Connector`].
+    pub fn new(endpoint: Endpoint) -> Self {
+        ClientBuilder {
+            connector: Connector::new(),
+            seeds: vec![endpoint],
+            mode: ServerMode::Auto,
+            timeout: Some(Duration::from_secs(5)),
+            maintenance: MaintenanceConfig::default(),
+            pool_size: 1,
+            cluster: ClusterConfig::default(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// A builder from a URL, as [`Connector::from_url`] reads it (scheme,
+    /// credentials, database, `?protocol=2`).
+    ///
+    /// ```
+    /// use redis_layers::client::ClientBuilder;
+    /// assert!(ClientBuilder::from_url("redis://user:pw@localhost:6380/2").is_ok());
+    /// assert!(ClientBuilder::from_url("localhost").is_err());
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self> {
+        let (connector, endpoint) = Connector::from_url(url)?;
+        Ok(ClientBuilder::new(endpoint).connector(connector))
+    }
+
+    /// Replaces the connector (credentials, client name, database, limits,
+    /// ...). Its maintenance configuration is replaced by the builder's at
+    /// [`build`](Self::build).
+    pub fn connector(mut self, connector: Connector) -> Self {
+        self.connector = connector;
+        self
+    }
+
+    /// Adds a cluster seed (any node). Two seeds or more make
+    /// [`ServerMode::Auto`] pick cluster.
+    pub fn seed(mut self, endpoint: Endpoint) -> Self {
+        self.seeds.push(endpoint);
+        self
+    }
+
+    /// Standalone, cluster, or [`ServerMode::Auto`] (the default).
+    pub fn mode(mut self, mode: ServerMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The protocol to ask for (RESP3 by default, falling back to RESP2).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.connector = self.connector.protocol(protocol);
+        self
+    }
+
+    /// The per-command timeout (default 5 s; `None`: none), relaxed during
+    /// maintenance. Blocking commands get none.
+    pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The maintenance configuration of the connector and the Handoff
+    /// layer; checked at [`build`](Self::build).
+    pub fn maintenance(mut self, config: MaintenanceConfig) -> Self {
+        self.maintenance = config;
+        self
+    }
+
+    /// Multiplexed connections per endpoint (default 1; at least 1).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// How the cluster routes and refreshes (cluster mode only).
+    pub fn cluster_config(mut self, config: ClusterConfig) -> Self {
+        self.cluster = config;
+        self
+    }
+
+    /// Wraps the stack in `layer` (outside the layers added before).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redis_layers::client::ClientBuilder;
+    ///
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// // Any tower layer whose service keeps the request, response and error types.
+    /// let client = ClientBuilder::from_url("redis://127.0.0.1")?
+    ///     .layer(tower::util::MapRequestLayer::new(|r: redis_layers::Request| r))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxService> + Send + Sync + 'static,
+        L::Service:
+            Service<Request, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request>>::Future: Send + 'static,
+    {
+        self.layers
+            .push(Arc::new(move |svc| BoxService::new(layer.layer(svc))));
+        self
+    }
+
+    /// Builds the client: checks the configuration, decides standalone or
+    /// cluster (asking the server under [`ServerMode::Auto`] with one
+    /// seed), and assembles the stack. Connections are otherwise made on
+    /// first use.
+    ///
+    /// Errors: [`Error::Config`] for an invalid configuration; a connection
+    /// error when the server must be asked and cannot be reached.
+    pub async fn build(self) -> Result<Client> {
+        if self.seeds.is_empty() {
+            return Err(Error::config("no server: give at least one seed"));
+        }
+        let resolved = self.maintenance.validate()?;
+        if self.pool_size == 0 {
+            return Err(Error::config("pool_size must be at least 1, got 0"));
+        }
+        let settings = Settings::new(&resolved, self.pool_size);
+        let connector = self
+            .connector
+            .clone()
+            .maintenance(self.maintenance.clone())?;
+        let cluster = match self.mode {
+            ServerMode::Standalone => false,
+            ServerMode::Cluster => true,
+            ServerMode::Auto if self.seeds.len() > 1 => true,
+            ServerMode::Auto => is_cluster(&connector, &self.seeds[0], self.timeout).await?,
+        };
+        let (svc, dedicated) = if cluster {
+            let maker = NodeMaker {
+                connector: connector.clone(),
+                settings,
+                timeout: self.timeout,
+            };
+            let c = Cluster::new(maker, self.seeds.clone(), self.cluster.clone());
+            let handle = ClusterHandle {
+                cluster: c.clone(),
+                connector,
+                table: CommandTable::default(),
+            };
+            (BoxService::new(c), Dedicated::Cluster(Arc::new(handle)))
+        } else {
+            let handoff =
+                Handoff::with_settings(connector, self.seeds[0].clone(), settings, DefaultPolicy);
+            let svc = RelaxTimeout::new(handoff.clone(), self.timeout);
+            (
+                BoxService::new(svc),
+                Dedicated::Standalone(Arc::new(handoff)),
+            )
+        };
+        Ok(Client {
+            svc: self.stack(svc),
+            dedicated,
+            timeout: self.timeout,
+        })
+    }
+
+    /// The layers over the routing/endpoint service, innermost first.
+    fn stack(&self, svc: BoxService) -> BoxService {
+        // Retry goes here, directly over Cluster / RelaxTimeout, once
+        // `src/retry` lands: `let svc = BoxService::new(RetryLayer::default().layer(svc));`
+        let svc = svc;
+        self.layers.iter().fold(svc, |svc, layer| layer(svc))
+    }
+}
+
+/// Asks the server whether it is a cluster node: `mode` from `HELLO`
+/// (RESP3), else `cluster_enabled` from `INFO cluster`.
+async fn is_cluster(
+    connector: &Connector,
+    seed: &Endpoint,
+    timeout: Option<Duration>,
+) -> Result<bool> {
+    let conn = connector.connect(seed.clone()).await?;
+    let said = conn.info().and_then(|i| i.mode.clone());
+    let answer = match said {
+        Some(mode) => mode == "cluster",
+        None => {
+            let info = conn.send_cmd(cmd("INFO").arg("cluster"));
+            let info = match timeout {
+                Some(t) => tokio::time::timeout(t, info)
+                    .await
+                    .map_err(|_| Error::Timeout)??,
+                None => info.await?,
+            };
+            String::from_value(info)?
+                .lines()
+                .any(|l| l.trim() == "cluster_enabled:1")
+        }
+    };
+    conn.close();
+    Ok(answer)
+}
+
+/// The default per-node stack of a cluster client: RelaxTimeout over
+/// Handoff over the connector (`READONLY` on replicas).
+#[derive(Clone)]
+pub(super) struct NodeMaker {
+    connector: Connector,
+    settings: Settings,
+    timeout: Option<Duration>,
+}
+
+impl NewNode for NodeMaker {
+    type Node = RelaxTimeout<Handoff<Connector>>;
+
+    fn new_node(&self, endpoint: Endpoint, role: NodeRole) -> Self::Node {
+        let connector = match role {
+            NodeRole::Primary => self.connector.clone(),
+            NodeRole::Replica => self.connector.clone().on_connect(cmd("READONLY")),
+        };
+        RelaxTimeout::new(
+            Handoff::with_settings(connector, endpoint, self.settings.clone(), DefaultPolicy),
+            self.timeout,
+        )
+    }
+}

@@ -1,0 +1,893 @@
+//! The Client facade against real servers: one suite of helper tests, run
+//! on a standalone redis-server (RESP3 and RESP2) and on a Redis Cluster
+//! (3 primaries, 3 replicas; RESP3 and RESP2). Every helper's effect is
+//! checked through a separate plain RESP2 connection (the test support's
+//! blocking client), not through the client under test.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis_layers::client::{
+    BoxService, Client, ClientBuilder, Expiry, Script, ServerMode, SetOptions, StreamEntry,
+};
+use redis_layers::{cmd, Error, ServerErrorKind, Value};
+use support::cluster::{query, RedisCluster, Reply};
+use support::{bounded, RedisServer};
+
+/// Reads the server's state apart from the client: a fresh RESP2
+/// connection per command; in a cluster, to the primary that does not
+/// answer `MOVED`.
+struct Oracle {
+    ports: Vec<u16>,
+}
+
+impl Oracle {
+    fn q(&self, args: &[&str]) -> Reply {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        for &p in &self.ports {
+            match query(p, &args) {
+                Ok(Reply::Error(e)) if e.starts_with("MOVED") => continue,
+                Ok(r) => return r,
+                Err(e) => panic!("oracle {args:?} on port {p}: {e}"),
+            }
+        }
+        panic!("no node would answer {args:?}")
+    }
+
+    fn int(&self, args: &[&str]) -> i64 {
+        match self.q(args) {
+            Reply::Int(n) => n,
+            other => panic!("{args:?}: expected an integer, got {other:?}"),
+        }
+    }
+
+    fn bulk(&self, args: &[&str]) -> Option<String> {
+        match self.q(args) {
+            Reply::Bulk(b) => b.map(|b| String::from_utf8(b).unwrap()),
+            Reply::Status(s) => Some(s),
+            other => panic!("{args:?}: expected a string, got {other:?}"),
+        }
+    }
+
+    fn strings(&self, args: &[&str]) -> Vec<String> {
+        match self.q(args) {
+            Reply::Array(Some(items)) => items
+                .into_iter()
+                .map(|i| match i {
+                    Reply::Bulk(Some(b)) => String::from_utf8(b).unwrap(),
+                    other => panic!("{args:?}: item {other:?}"),
+                })
+                .collect(),
+            Reply::Array(None) => vec![],
+            other => panic!("{args:?}: expected an array, got {other:?}"),
+        }
+    }
+
+    fn sorted(&self, args: &[&str]) -> Vec<String> {
+        let mut v = self.strings(args);
+        v.sort();
+        v
+    }
+}
+
+const SUITE_SECS: u64 = 120;
+
+/// Every typed helper, its effect checked by the oracle. Multi-key
+/// commands use keys of one hash tag, so the suite runs on a cluster too.
+/// `p` prefixes every key (several clients share a server).
+async fn suite(c: &Client, o: &Oracle, p: &str) {
+    strings(c, o, p).await;
+    keys(c, o, p).await;
+    hashes(c, o, p).await;
+    lists(c, o, p).await;
+    sets(c, o, p).await;
+    sorted_sets(c, o, p).await;
+    scripts(c, o, p).await;
+    streams(c, o, p).await;
+    misc(c, o, p).await;
+    pipelines(c, o, p).await;
+    transactions(c, o, p).await;
+    watch(c, o, p).await;
+    blocking(c, o, p).await;
+    conversions(c, o, p).await;
+    scan(c, o, p).await;
+}
+
+async fn strings(c: &Client, o: &Oracle, p: &str) {
+    let k = format!("{p}:str");
+    c.set(&k, "hello").await.unwrap();
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("hello"));
+    assert_eq!(c.get::<String>(&k).await.unwrap(), "hello");
+    assert_eq!(c.get::<Bytes>(&k).await.unwrap(), Bytes::from("hello"));
+    assert_eq!(c.get::<Vec<u8>>(&k).await.unwrap(), b"hello".to_vec());
+    assert_eq!(
+        c.get::<Option<String>>(format!("{p}:nope")).await.unwrap(),
+        None
+    );
+
+    assert_eq!(c.append(&k, " world").await.unwrap(), 11);
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("hello world"));
+    assert_eq!(c.strlen(&k).await.unwrap(), 11);
+
+    // SET options: NX refuses an existing key, XX + GET returns the old value.
+    let set: bool = c
+        .set_options(&k, "x", SetOptions::new().nx())
+        .await
+        .unwrap();
+    assert!(!set);
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("hello world"));
+    let old: Option<String> = c
+        .set_options(
+            &k,
+            "v2",
+            SetOptions::new().xx().get().expiry(Expiry::Ex(100)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.as_deref(), Some("hello world"));
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("v2"));
+    let ttl = o.int(&["TTL", &k]);
+    assert!((1..=100).contains(&ttl), "{ttl}");
+    let kept: bool = c
+        .set_options(&k, "v3", SetOptions::new().expiry(Expiry::KeepTtl))
+        .await
+        .unwrap();
+    assert!(kept);
+    assert!(o.int(&["TTL", &k]) > 0);
+
+    assert!(c.setnx(format!("{p}:nx"), 1).await.unwrap());
+    assert!(!c.setnx(format!("{p}:nx"), 2).await.unwrap());
+    assert_eq!(o.bulk(&["GET", &format!("{p}:nx")]).as_deref(), Some("1"));
+
+    // GETEX sets, then removes, the expiry.
+    let v: String = c.getex(&k, Expiry::Px(50_000)).await.unwrap();
+    assert_eq!(v, "v3");
+    let pttl = o.int(&["PTTL", &k]);
+    assert!((1..=50_000).contains(&pttl), "{pttl}");
+    let _: String = c.getex(&k, Expiry::Persist).await.unwrap();
+    assert_eq!(o.int(&["TTL", &k]), -1);
+
+    assert_eq!(
+        c.getdel::<Option<String>>(&k).await.unwrap().as_deref(),
+        Some("v3")
+    );
+    assert_eq!(o.int(&["EXISTS", &k]), 0);
+
+    // Counters.
+    let n = format!("{p}:n");
+    assert_eq!(c.incr(&n).await.unwrap(), 1);
+    assert_eq!(c.incr_by(&n, 41).await.unwrap(), 42);
+    assert_eq!(c.decr(&n).await.unwrap(), 41);
+    assert_eq!(c.decr_by(&n, 11).await.unwrap(), 30);
+    assert_eq!(o.bulk(&["GET", &n]).as_deref(), Some("30"));
+    assert_eq!(c.incr_by_float(&n, 0.5).await.unwrap(), 30.5);
+    assert_eq!(o.bulk(&["GET", &n]).as_deref(), Some("30.5"));
+
+    // MSET / MGET, one slot.
+    let (a, b, missing) = (
+        format!("{{{p}}}:a"),
+        format!("{{{p}}}:b"),
+        format!("{{{p}}}:missing"),
+    );
+    c.mset([(&a, "1"), (&b, "2")]).await.unwrap();
+    assert_eq!(o.bulk(&["GET", &a]).as_deref(), Some("1"));
+    assert_eq!(o.bulk(&["GET", &b]).as_deref(), Some("2"));
+    let got: Vec<Option<i64>> = c.mget([&a, &missing, &b]).await.unwrap();
+    assert_eq!(got, vec![Some(1), None, Some(2)]);
+}
+
+async fn keys(c: &Client, o: &Oracle, p: &str) {
+    let (a, b, d) = (
+        format!("{{{p}}}:ka"),
+        format!("{{{p}}}:kb"),
+        format!("{{{p}}}:kd"),
+    );
+    for k in [&a, &b, &d] {
+        o.q(&["SET", k, "v"]);
+    }
+    assert_eq!(c.exists([&a, &b, &a]).await.unwrap(), 3);
+    assert_eq!(c.key_type(&a).await.unwrap(), "string");
+    assert_eq!(c.ttl(&a).await.unwrap(), -1);
+    assert_eq!(c.pttl(format!("{p}:gone")).await.unwrap(), -2);
+
+    assert!(c.expire(&a, 100).await.unwrap());
+    assert!((1..=100).contains(&o.int(&["TTL", &a])));
+    assert!((1..=100).contains(&c.ttl(&a).await.unwrap()));
+    assert!(c.persist(&a).await.unwrap());
+    assert_eq!(o.int(&["TTL", &a]), -1);
+    assert!(!c.persist(&a).await.unwrap());
+    assert!(c.pexpire(&a, 100_000).await.unwrap());
+    let pttl = c.pttl(&a).await.unwrap();
+    assert!((1..=100_000).contains(&pttl), "{pttl}");
+    assert!((1..=100_000).contains(&o.int(&["PTTL", &a])));
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 1000;
+    assert!(c.expire_at(&b, at).await.unwrap());
+    assert_eq!(o.int(&["EXPIRETIME", &b]), at);
+    assert!(!c.expire(format!("{p}:gone"), 10).await.unwrap());
+
+    let renamed = format!("{{{p}}}:renamed");
+    c.rename(&d, &renamed).await.unwrap();
+    assert_eq!(o.int(&["EXISTS", &d]), 0);
+    assert_eq!(o.bulk(&["GET", &renamed]).as_deref(), Some("v"));
+
+    assert_eq!(c.del([&a, &format!("{{{p}}}:gone")]).await.unwrap(), 1);
+    assert_eq!(o.int(&["EXISTS", &a]), 0);
+    assert_eq!(c.unlink([&b, &renamed]).await.unwrap(), 2);
+    assert_eq!(o.int(&["EXISTS", &b, &renamed]), 0);
+}
+
+async fn hashes(c: &Client, o: &Oracle, p: &str) {
+    let h = format!("{p}:hash");
+    assert_eq!(c.hset(&h, "name", "Ann").await.unwrap(), 1);
+    assert_eq!(c.hset(&h, "name", "Anna").await.unwrap(), 0);
+    assert_eq!(
+        c.hset_multiple(&h, [("city", "Oslo"), ("age", "30")])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(o.bulk(&["HGET", &h, "name"]).as_deref(), Some("Anna"));
+    assert_eq!(o.bulk(&["HGET", &h, "city"]).as_deref(), Some("Oslo"));
+    assert_eq!(c.hget::<String>(&h, "name").await.unwrap(), "Anna");
+    assert_eq!(c.hget::<Option<i64>>(&h, "nope").await.unwrap(), None);
+    let got: Vec<Option<String>> = c.hmget(&h, ["city", "nope", "age"]).await.unwrap();
+    assert_eq!(got, vec![Some("Oslo".into()), None, Some("30".into())]);
+
+    // The map shape of RESP3 and the flat array of RESP2, into every map type.
+    let all: HashMap<String, String> = c.hgetall(&h).await.unwrap();
+    let want: HashMap<String, String> = [("name", "Anna"), ("city", "Oslo"), ("age", "30")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(all, want);
+    let sorted: BTreeMap<String, String> = c.hgetall(&h).await.unwrap();
+    assert_eq!(sorted.len(), 3);
+    let mut pairs: Vec<(String, String)> = c.hgetall(&h).await.unwrap();
+    pairs.sort();
+    assert_eq!(pairs[0], ("age".to_string(), "30".to_string()));
+
+    assert_eq!(c.hincr_by(&h, "age", 2).await.unwrap(), 32);
+    assert_eq!(o.bulk(&["HGET", &h, "age"]).as_deref(), Some("32"));
+    assert!(c.hexists(&h, "city").await.unwrap());
+    assert!(!c.hexists(&h, "nope").await.unwrap());
+    let mut keys: Vec<String> = c.hkeys(&h).await.unwrap();
+    keys.sort();
+    assert_eq!(keys, o.sorted(&["HKEYS", &h]));
+    let mut vals: Vec<String> = c.hvals(&h).await.unwrap();
+    vals.sort();
+    assert_eq!(vals, o.sorted(&["HVALS", &h]));
+    assert_eq!(c.hlen(&h).await.unwrap(), 3);
+    assert_eq!(c.hdel(&h, ["city", "nope"]).await.unwrap(), 1);
+    assert_eq!(o.int(&["HLEN", &h]), 2);
+    assert_eq!(o.int(&["HEXISTS", &h, "city"]), 0);
+}
+
+async fn lists(c: &Client, o: &Oracle, p: &str) {
+    let l = format!("{p}:list");
+    assert_eq!(c.rpush(&l, ["b", "c"]).await.unwrap(), 2);
+    assert_eq!(c.lpush(&l, ["a"]).await.unwrap(), 3);
+    assert_eq!(c.rpush(&l, ["d", "e", "b"]).await.unwrap(), 6);
+    assert_eq!(
+        o.strings(&["LRANGE", &l, "0", "-1"]),
+        ["a", "b", "c", "d", "e", "b"]
+    );
+    assert_eq!(c.llen(&l).await.unwrap(), 6);
+    let all: Vec<String> = c.lrange(&l, 0, -1).await.unwrap();
+    assert_eq!(all, ["a", "b", "c", "d", "e", "b"]);
+    assert_eq!(
+        c.lindex::<Option<String>>(&l, 2).await.unwrap().as_deref(),
+        Some("c")
+    );
+    assert_eq!(c.lindex::<Option<String>>(&l, 99).await.unwrap(), None);
+    assert_eq!(c.lrem(&l, 0, "b").await.unwrap(), 2);
+    assert_eq!(o.strings(&["LRANGE", &l, "0", "-1"]), ["a", "c", "d", "e"]);
+    assert_eq!(
+        c.lpop::<Option<String>>(&l).await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        c.rpop::<Option<String>>(&l).await.unwrap().as_deref(),
+        Some("e")
+    );
+    assert_eq!(o.strings(&["LRANGE", &l, "0", "-1"]), ["c", "d"]);
+    c.rpush(&l, ["f", "g", "h"]).await.unwrap();
+    c.ltrim(&l, 0, 3).await.unwrap();
+    assert_eq!(o.strings(&["LRANGE", &l, "0", "-1"]), ["c", "d", "f", "g"]);
+    assert_eq!(c.lpop_count::<String>(&l, 2).await.unwrap(), ["c", "d"]);
+    assert_eq!(c.rpop_count::<String>(&l, 5).await.unwrap(), ["g", "f"]);
+    assert_eq!(o.int(&["EXISTS", &l]), 0);
+    assert!(c.lpop_count::<String>(&l, 2).await.unwrap().is_empty());
+    assert_eq!(c.lpop::<Option<String>>(&l).await.unwrap(), None);
+}
+
+async fn sets(c: &Client, o: &Oracle, p: &str) {
+    let (s1, s2) = (format!("{{{p}}}:s1"), format!("{{{p}}}:s2"));
+    assert_eq!(c.sadd(&s1, ["a", "b", "c", "a"]).await.unwrap(), 3);
+    assert_eq!(c.sadd(&s2, ["b", "c", "d"]).await.unwrap(), 3);
+    assert_eq!(o.sorted(&["SMEMBERS", &s1]), ["a", "b", "c"]);
+    let m: HashSet<String> = c.smembers(&s1).await.unwrap();
+    assert_eq!(m, ["a", "b", "c"].iter().map(|s| s.to_string()).collect());
+    let m: BTreeSet<String> = c.smembers(&s1).await.unwrap();
+    assert_eq!(m.len(), 3);
+    assert!(c.sismember(&s1, "a").await.unwrap());
+    assert!(!c.sismember(&s1, "d").await.unwrap());
+    assert_eq!(c.scard(&s1).await.unwrap(), 3);
+    let inter: BTreeSet<String> = c.sinter([&s1, &s2]).await.unwrap();
+    assert_eq!(
+        inter.into_iter().collect::<Vec<_>>(),
+        o.sorted(&["SINTER", &s1, &s2])
+    );
+    let union: BTreeSet<String> = c.sunion([&s1, &s2]).await.unwrap();
+    assert_eq!(union.into_iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+    assert_eq!(c.srem(&s1, ["a", "z"]).await.unwrap(), 1);
+    assert_eq!(o.sorted(&["SMEMBERS", &s1]), ["b", "c"]);
+}
+
+async fn sorted_sets(c: &Client, o: &Oracle, p: &str) {
+    let z = format!("{p}:zset");
+    assert_eq!(c.zadd(&z, 1.0, "a").await.unwrap(), 1);
+    assert_eq!(
+        c.zadd_multiple(&z, [(2.0, "b"), (3.5, "c"), (1.0, "a")])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(o.strings(&["ZRANGE", &z, "0", "-1"]), ["a", "b", "c"]);
+    assert_eq!(o.bulk(&["ZSCORE", &z, "c"]).as_deref(), Some("3.5"));
+    assert_eq!(c.zincr_by(&z, 2.5, "a").await.unwrap(), 3.5);
+    assert_eq!(o.bulk(&["ZSCORE", &z, "a"]).as_deref(), Some("3.5"));
+    // A double in RESP3, a bulk string in RESP2.
+    assert_eq!(c.zscore(&z, "b").await.unwrap(), Some(2.0));
+    assert_eq!(c.zscore(&z, "nope").await.unwrap(), None);
+    assert_eq!(c.zrank(&z, "b").await.unwrap(), Some(0));
+    assert_eq!(c.zrank(&z, "nope").await.unwrap(), None);
+    assert_eq!(c.zcard(&z).await.unwrap(), 3);
+    let members: Vec<String> = c.zrange(&z, 0, -1).await.unwrap();
+    assert_eq!(members, o.strings(&["ZRANGE", &z, "0", "-1"]));
+    // Pairs in RESP3, a flat array in RESP2.
+    let with: Vec<(String, f64)> = c.zrange_withscores(&z, 0, -1).await.unwrap();
+    assert_eq!(
+        with,
+        vec![("b".into(), 2.0), ("a".into(), 3.5), ("c".into(), 3.5)]
+    );
+    let by: Vec<String> = c.zrangebyscore(&z, "(2", "+inf").await.unwrap();
+    assert_eq!(by, ["a", "c"]);
+    assert_eq!(c.zcount(&z, "-inf", 3).await.unwrap(), 1);
+    assert_eq!(c.zrem(&z, ["a", "nope"]).await.unwrap(), 1);
+    assert_eq!(o.strings(&["ZRANGE", &z, "0", "-1"]), ["b", "c"]);
+}
+
+async fn scripts(c: &Client, o: &Oracle, p: &str) {
+    let k = format!("{p}:script");
+    let v: i64 = c
+        .eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", [&k], [5])
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("5"));
+    let src = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) * 2}";
+    let sha = c.script_load(src).await.unwrap();
+    assert_eq!(sha.len(), 40);
+    let (key, arg, n): (String, String, i64) = c.evalsha(&sha, [&k], ["x", "21"]).await.unwrap();
+    assert_eq!((key.as_str(), arg.as_str(), n), (k.as_str(), "x", 42));
+
+    // Script: loaded on first use; after SCRIPT FLUSH, EVALSHA's NOSCRIPT
+    // falls back to EVAL.
+    let script = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1]) + 0");
+    assert_eq!(script.invoke::<i64>(c, [&k], [10]).await.unwrap(), 15);
+    let sha = script.sha1().expect("loaded");
+    query_node_of(o, &k, &["SCRIPT", "FLUSH"]);
+    match query_node_of(o, &k, &["SCRIPT", "EXISTS", &sha]) {
+        Reply::Array(Some(v)) => assert_eq!(v, vec![Reply::Int(0)]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(script.invoke::<i64>(c, [&k], [1]).await.unwrap(), 16);
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("16"));
+    match query_node_of(o, &k, &["SCRIPT", "EXISTS", &sha]) {
+        Reply::Array(Some(v)) => assert_eq!(v, vec![Reply::Int(1)], "EVAL loaded it"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A command without keys, sent to the node that serves `key`.
+fn query_node_of(o: &Oracle, key: &str, args: &[&str]) -> Reply {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    for &port in &o.ports {
+        if !matches!(query(port, &[b"EXISTS", key.as_bytes()]), Ok(Reply::Error(e)) if e.starts_with("MOVED"))
+        {
+            return query(port, &args).unwrap();
+        }
+    }
+    panic!("no node serves {key}")
+}
+
+async fn streams(c: &Client, o: &Oracle, p: &str) {
+    let s = format!("{{{p}}}:stream");
+    let id1 = c.xadd(&s, "*", [("t", "20"), ("h", "50")]).await.unwrap();
+    let id2 = c.xadd(&s, "*", [("t", "21")]).await.unwrap();
+    let id3 = c.xadd(&s, "*", [("t", "22")]).await.unwrap();
+    assert_eq!(o.int(&["XLEN", &s]), 3);
+    assert_eq!(c.xlen(&s).await.unwrap(), 3);
+    let all = c.xrange(&s, "-", "+").await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        [&id1, &id2, &id3]
+    );
+    assert_eq!(
+        all[0],
+        StreamEntry {
+            id: id1.clone(),
+            fields: vec![("t".into(), "20".into()), ("h".into(), "50".into())]
+        }
+    );
+    assert_eq!(all[1].get("t").map(|b| &b[..]), Some(&b"21"[..]));
+
+    // XREAD: a map of streams in RESP3, an array of pairs in RESP2.
+    let read = c.xread([&s], [&id1]).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].0, s);
+    assert_eq!(
+        read[0].1.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        [&id2, &id3]
+    );
+    assert!(c.xread([&s], [&id3]).await.unwrap().is_empty());
+
+    // Consumer groups.
+    c.xgroup_create(&s, "g", "0").await.unwrap();
+    let got = c.xreadgroup("g", "alice", [&s], [">"]).await.unwrap();
+    assert_eq!(got[0].1.len(), 3);
+    match o.q(&["XPENDING", &s, "g"]) {
+        Reply::Array(Some(v)) => assert_eq!(v[0], Reply::Int(3)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.xack(&s, "g", [&id1, &id2]).await.unwrap(), 2);
+    match o.q(&["XPENDING", &s, "g"]) {
+        Reply::Array(Some(v)) => assert_eq!(v[0], Reply::Int(1)),
+        other => panic!("{other:?}"),
+    }
+    // A new stream made by MKSTREAM.
+    let fresh = format!("{p}:fresh-stream");
+    c.xgroup_create(&fresh, "g", "$").await.unwrap();
+    assert_eq!(o.bulk(&["TYPE", &fresh]).as_deref(), Some("stream"));
+
+    assert_eq!(c.xdel(&s, [id1.as_str(), "0-1"]).await.unwrap(), 1);
+    assert_eq!(o.int(&["XLEN", &s]), 2);
+    assert_eq!(c.xtrim_maxlen(&s, 1).await.unwrap(), 1);
+    assert_eq!(o.int(&["XLEN", &s]), 1);
+}
+
+async fn misc(c: &Client, o: &Oracle, p: &str) {
+    assert_eq!(c.ping().await.unwrap(), "PONG");
+    // No subscribers here: 0 receivers.
+    assert_eq!(c.publish(format!("{p}:chan"), "hi").await.unwrap(), 0);
+    // The escape hatch.
+    let k = format!("{p}:raw");
+    let r: String = c.cmd(cmd("SET").arg(&k).arg(7)).await.unwrap();
+    assert_eq!(r, "OK");
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("7"));
+    let v: Value = c.cmd(cmd("GET").arg(&k)).await.unwrap();
+    assert_eq!(v, Value::BulkString("7".into()));
+}
+
+async fn pipelines(c: &Client, o: &Oracle, p: &str) {
+    // Keys over several slots: the cluster splits the pipeline per node.
+    let keys: Vec<String> = (0..6).map(|i| format!("{p}:pipe{i}")).collect();
+    let mut pipe = c.pipeline();
+    for (i, k) in keys.iter().enumerate() {
+        pipe.set(k, i).ignore();
+    }
+    pipe.incr(&keys[0]).get(&keys[5]).exists([&keys[1]]);
+    assert_eq!(pipe.len(), 9);
+    let (n, five, exists): (i64, String, usize) = pipe.query().await.unwrap();
+    assert_eq!((n, five.as_str(), exists), (1, "5", 1));
+    for (i, k) in keys.iter().enumerate().skip(1) {
+        assert_eq!(o.bulk(&["GET", k]), Some(i.to_string()));
+    }
+    // Per-command error replies stay values in a Vec<Value>, and fail a typed query.
+    let h = format!("{p}:pipe-hash");
+    o.q(&["HSET", &h, "f", "v"]);
+    let mut pipe = c.pipeline();
+    pipe.incr(&h).get(&keys[1]);
+    let raw: Vec<Value> = pipe.query().await.unwrap();
+    assert!(matches!(raw[0], Value::Error(_)), "{raw:?}");
+    assert_eq!(raw[1], Value::BulkString("1".into()));
+    match pipe.query::<(i64, String)>().await {
+        Err(Error::Server(e)) => assert_eq!(e.kind(), &ServerErrorKind::WrongType),
+        other => panic!("{other:?}"),
+    }
+    let empty: Vec<Value> = c.pipeline().query().await.unwrap();
+    assert!(empty.is_empty());
+}
+
+async fn transactions(c: &Client, o: &Oracle, p: &str) {
+    let (a, b) = (format!("{{{p}}}:acct-a"), format!("{{{p}}}:acct-b"));
+    o.q(&["SET", &a, "100"]);
+    o.q(&["SET", &b, "0"]);
+    let mut tx = c.transaction();
+    tx.decr_by(&a, 30).incr_by(&b, 30).get(&a).ignore();
+    assert!(tx.is_atomic());
+    let (na, nb): (i64, i64) = tx.query().await.unwrap();
+    assert_eq!((na, nb), (70, 30));
+    assert_eq!(o.bulk(&["GET", &a]).as_deref(), Some("70"));
+    assert_eq!(o.bulk(&["GET", &b]).as_deref(), Some("30"));
+
+    // A command the server refuses to queue: EXECABORT, nothing applied,
+    // the refused command's error reported.
+    let mut tx = c.transaction();
+    tx.incr(&a).cmd(cmd("INCR"));
+    match tx.query::<Vec<Value>>().await {
+        Err(Error::Server(e)) => assert!(e.to_string().contains("wrong number"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(o.bulk(&["GET", &a]).as_deref(), Some("70"));
+
+    // A runtime error inside EXEC: the others are applied.
+    let h = format!("{{{p}}}:acct-h");
+    o.q(&["HSET", &h, "f", "v"]);
+    let mut tx = c.transaction();
+    tx.incr(&h).incr(&a);
+    let raw: Vec<Value> = tx.query().await.unwrap();
+    assert!(matches!(raw[0], Value::Error(_)), "{raw:?}");
+    assert_eq!(raw[1], Value::Integer(71));
+    assert_eq!(o.bulk(&["GET", &a]).as_deref(), Some("71"));
+
+    if c.is_cluster() {
+        let mut tx = c.transaction();
+        tx.incr(format!("{p}:x1")).incr(format!("{p}:x2-other"));
+        if support::cluster::slot_of(format!("{p}:x1"))
+            != support::cluster::slot_of(format!("{p}:x2-other"))
+        {
+            match tx.query::<Vec<i64>>().await {
+                Err(Error::Config(m)) => assert!(m.contains("slot"), "{m}"),
+                other => panic!("cross-slot transaction: {other:?}"),
+            }
+            assert_eq!(o.int(&["EXISTS", &format!("{p}:x1")]), 0);
+        }
+    }
+}
+
+async fn watch(c: &Client, o: &Oracle, p: &str) {
+    let k = format!("{{{p}}}:watched");
+    let other = format!("{{{p}}}:other");
+    o.q(&["SET", &k, "10"]);
+
+    // Nothing changes meanwhile: applied.
+    let mut w = c.watch([&k]).await.unwrap();
+    let v: i64 = w.cmd(cmd("GET").arg(&k)).await.unwrap();
+    let mut tx = c.transaction();
+    tx.set(&k, v * 2).ignore().incr(&other);
+    let r: Option<(i64,)> = w.exec(&tx).await.unwrap();
+    assert_eq!(r, Some((1,)));
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("20"));
+
+    // Someone else writes the key between WATCH and EXEC: aborted, nothing applied.
+    let mut w = c.watch([&k]).await.unwrap();
+    let v: i64 = w.cmd(cmd("GET").arg(&k)).await.unwrap();
+    o.q(&["SET", &k, "99"]);
+    let mut tx = c.transaction();
+    tx.set(&k, v * 2).incr(&other);
+    let r: Option<Vec<Value>> = w.exec(&tx).await.unwrap();
+    assert_eq!(r, None);
+    assert_eq!(o.bulk(&["GET", &k]).as_deref(), Some("99"));
+    assert_eq!(o.bulk(&["GET", &other]).as_deref(), Some("1"));
+
+    if c.is_cluster() {
+        let far = format!("{p}:elsewhere");
+        if support::cluster::slot_of(&far) != support::cluster::slot_of(&k) {
+            let w = c.watch([&k]).await.unwrap();
+            let mut tx = c.transaction();
+            tx.incr(&far);
+            assert!(matches!(
+                w.exec::<Vec<Value>>(&tx).await,
+                Err(Error::Config(_))
+            ));
+            let err = c.watch([&k, &far]).await.unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err:?}");
+        }
+    }
+}
+
+async fn blocking(c: &Client, o: &Oracle, p: &str) {
+    let (l1, l2) = (format!("{{{p}}}:q1"), format!("{{{p}}}:q2"));
+    // Nothing there: nil after the timeout.
+    let none: Option<(String, String)> = c.blpop([&l1], 0.1).await.unwrap();
+    assert_eq!(none, None);
+    // A BLPOP that waits holds up nothing else on the client.
+    let waiter = {
+        let c = c.clone();
+        let keys = [l1.clone(), l2.clone()];
+        tokio::spawn(async move { c.blpop::<String>(keys, 10.0).await })
+    };
+    // Wait until the server sees it blocked, then check the shared path works.
+    let node = if c.is_cluster() { Some(&l1) } else { None };
+    let mut blocked_seen = false;
+    for _ in 0..500 {
+        let blocked = match node {
+            Some(k) => query_node_of(o, k, &["INFO", "clients"]),
+            None => o.q(&["INFO", "clients"]),
+        };
+        let Reply::Bulk(Some(info)) = blocked else {
+            panic!()
+        };
+        if String::from_utf8_lossy(&info).contains("blocked_clients:1") {
+            blocked_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(blocked_seen, "the server never saw the BLPOP block");
+    assert_eq!(c.ping().await.unwrap(), "PONG");
+    c.rpush(&l2, ["job"]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("BLPOP answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, Some((l2.clone(), "job".to_string())));
+    assert_eq!(o.int(&["EXISTS", &l2]), 0);
+
+    o.q(&["RPUSH", &l1, "a", "b"]);
+    let got: Option<(String, String)> = c.brpop([&l1], 1.0).await.unwrap();
+    assert_eq!(got, Some((l1.clone(), "b".to_string())));
+    assert_eq!(o.strings(&["LRANGE", &l1, "0", "-1"]), ["a"]);
+}
+
+async fn conversions(c: &Client, o: &Oracle, p: &str) {
+    let k = format!("{p}:conv");
+    o.q(&["SET", &k, "not a number"]);
+    match c.get::<i64>(&k).await {
+        Err(Error::Type(m)) => assert!(m.contains("integer"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match c.get::<String>(format!("{p}:missing")).await {
+        Err(Error::Type(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    match c.hget::<Option<String>>(&k, "f").await {
+        Err(Error::Server(e)) => assert_eq!(e.kind(), &ServerErrorKind::WrongType),
+        other => panic!("{other:?}"),
+    }
+    // The client still works after conversion failures.
+    assert_eq!(c.get::<String>(&k).await.unwrap(), "not a number");
+}
+
+async fn scan(c: &Client, o: &Oracle, p: &str) {
+    // No hash tag: in a cluster the keys are on every primary.
+    let want: BTreeSet<String> = (0..60).map(|i| format!("{p}:scan:{i}")).collect();
+    for k in &want {
+        o.q(&["SET", k, "1"]);
+    }
+    let mut got = BTreeSet::new();
+    let mut pages = 0;
+    let mut scan = c.scan().pattern(format!("{p}:scan:*")).count(7);
+    while let Some(keys) = scan.next_page::<String>().await.unwrap() {
+        assert!(!keys.is_empty());
+        pages += 1;
+        got.extend(keys);
+    }
+    assert_eq!(got, want);
+    assert!(
+        pages > 1,
+        "COUNT 7 over 60 keys: several pages, got {pages}"
+    );
+    assert_eq!(
+        scan.next_page::<String>().await.unwrap(),
+        None,
+        "stays done"
+    );
+    let mut none = c.scan().pattern(format!("{p}:no-such:*"));
+    assert_eq!(none.next_page::<String>().await.unwrap(), None);
+}
+
+fn standalone_oracle(server: &RedisServer) -> Oracle {
+    Oracle {
+        ports: vec![server.port()],
+    }
+}
+
+fn cluster_oracle(cluster: &RedisCluster) -> Oracle {
+    Oracle {
+        ports: cluster.primaries().iter().map(|s| s.port()).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_resp3_every_helper() {
+    bounded(SUITE_SECS, async {
+        let server = RedisServer::start();
+        let client = Client::open(&format!("redis://127.0.0.1:{}", server.port()))
+            .await
+            .unwrap();
+        assert!(!client.is_cluster());
+        suite(&client, &standalone_oracle(&server), "r3").await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_resp2_every_helper() {
+    bounded(SUITE_SECS, async {
+        let server = RedisServer::start();
+        let client = Client::open(&format!("redis://127.0.0.1:{}?protocol=2", server.port()))
+            .await
+            .unwrap();
+        assert!(!client.is_cluster(), "INFO cluster says cluster_enabled:0");
+        // The replies really are RESP2-shaped.
+        let raw: Value = client
+            .cmd(cmd("HSET").arg("r2:shape").arg("f").arg("v"))
+            .await
+            .unwrap();
+        assert_eq!(raw, Value::Integer(1));
+        let raw: Value = client.cmd(cmd("HGETALL").arg("r2:shape")).await.unwrap();
+        assert!(matches!(raw, Value::Array(_)), "{raw:?}");
+        suite(&client, &standalone_oracle(&server), "r2").await;
+    })
+    .await
+}
+
+/// One cluster, two clients: RESP3 (detected from HELLO's `mode`) and
+/// RESP2 (detected from `INFO cluster`), both from one seed URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_every_helper_resp3_and_resp2() {
+    bounded(2 * SUITE_SECS, async {
+        let cluster = RedisCluster::builder().replicas_per_primary(1).start();
+        let oracle = cluster_oracle(&cluster);
+        let url = format!("redis://127.0.0.1:{}", cluster.primaries()[0].port());
+        let client = Client::open(&url).await.unwrap();
+        assert!(client.is_cluster(), "HELLO says mode cluster");
+        suite(&client, &oracle, "c3").await;
+
+        let client = Client::open(&format!("{url}?protocol=2")).await.unwrap();
+        assert!(client.is_cluster(), "INFO cluster says cluster_enabled:1");
+        let raw: Value = client
+            .cmd(cmd("ZADD").arg("c2:shape").arg(1.5).arg("m"))
+            .await
+            .unwrap();
+        assert_eq!(raw, Value::Integer(1));
+        let raw: Value = client
+            .cmd(cmd("ZSCORE").arg("c2:shape").arg("m"))
+            .await
+            .unwrap();
+        assert_eq!(raw, Value::BulkString("1.5".into()), "RESP2 shape");
+        suite(&client, &oracle, "c2").await;
+
+        // A multi-key helper over two slots is refused before anything is sent.
+        let (a, b) = ("cross:a", "cross:b");
+        assert_ne!(support::cluster::slot_of(a), support::cluster::slot_of(b));
+        oracle.q(&["SET", a, "1"]);
+        let err = client.del([a, b]).await.unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert_eq!(oracle.int(&["EXISTS", a]), 1, "nothing was deleted");
+    })
+    .await
+}
+
+/// Several seeds mean cluster without asking; a forced mode is taken as
+/// given; a standalone server is not mistaken for a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_detection_and_seeds() {
+    bounded(60, async {
+        let cluster = RedisCluster::start();
+        let seeds: Vec<_> = (0..3).map(|i| cluster.endpoint(i)).collect();
+        let mut b = ClientBuilder::new(seeds[0].clone());
+        for s in &seeds[1..] {
+            b = b.seed(s.clone());
+        }
+        let client = b.build().await.unwrap();
+        assert!(client.is_cluster());
+        // Keys on every primary, written through routing, read by the oracle.
+        for i in 0..30 {
+            client.set(format!("seed:{i}"), i).await.unwrap();
+        }
+        let oracle = cluster_oracle(&cluster);
+        for i in 0..30 {
+            assert_eq!(
+                oracle.bulk(&["GET", &format!("seed:{i}")]),
+                Some(i.to_string())
+            );
+        }
+
+        let server = RedisServer::start();
+        let forced = ClientBuilder::new(server.endpoint())
+            .mode(ServerMode::Standalone)
+            .build()
+            .await
+            .unwrap();
+        assert!(!forced.is_cluster());
+        forced.set("k", "v").await.unwrap();
+        assert_eq!(
+            standalone_oracle(&server).bulk(&["GET", "k"]).as_deref(),
+            Some("v")
+        );
+
+        // Nobody listening: building (which asks the server) fails, typed.
+        let port = server.port();
+        drop(server);
+        let err = Client::open(&format!("redis://127.0.0.1:{port}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Io(_)), "{err:?}");
+        // Bad configuration: typed, nothing dialled.
+        let err = ClientBuilder::new(seeds[0].clone())
+            .pool_size(0)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert!(matches!(Client::open("nope").await, Err(Error::Config(_))));
+    })
+    .await
+}
+
+/// A layer of one's own wraps the stack; the raw service is the same stack;
+/// a client over a bare service has no dedicated connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_layers_and_raw_service() {
+    bounded(30, async {
+        let server = RedisServer::start();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let client = ClientBuilder::new(server.endpoint())
+            .layer(tower::util::MapRequestLayer::new(
+                move |r: redis_layers::Request| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    r
+                },
+            ))
+            .build()
+            .await
+            .unwrap();
+        client.set("layered", 1).await.unwrap();
+        let _: i64 = client.get("layered").await.unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+        use tower::ServiceExt;
+        let reply = client
+            .service()
+            .oneshot(cmd("INCR").arg("layered").into())
+            .await
+            .unwrap()
+            .into_value()
+            .unwrap();
+        assert_eq!(reply, Value::Integer(2));
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+        let conn = redis_layers::Connector::new()
+            .connect(server.endpoint())
+            .await
+            .unwrap();
+        let bare = Client::from_service(BoxService::new(conn));
+        assert_eq!(bare.incr("layered").await.unwrap(), 3);
+        let (n,): (i64,) = {
+            let mut tx = bare.transaction();
+            tx.incr("layered");
+            tx.query().await.unwrap()
+        };
+        assert_eq!(n, 4);
+        assert!(matches!(
+            bare.watch(["layered"]).await,
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            bare.blpop::<String>(["q"], 0.1).await,
+            Err(Error::Config(_))
+        ));
+    })
+    .await
+}
+
+#[test]
+fn client_is_clone_send_sync() {
+    fn check<T: Clone + Send + Sync + 'static>() {}
+    check::<Client>();
+    check::<Script>();
+}
