@@ -468,7 +468,19 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
                 Poll::Ready(Err(e)) => {
                     self.local[i].slot.release();
                     let id = self.local[i].slot.id;
-                    self.shared.lost(id, &e);
+                    if self.local[i].conn.resubscribe_commands().is_empty() {
+                        self.shared.lost(id, &e);
+                        continue;
+                    }
+                    // Its watcher forgets it once its last push frame is
+                    // forwarded, so that the loss of its subscriptions is
+                    // noted after them: wait for that (the generation is
+                    // bumped under the pool lock, so the wake is not missed).
+                    let mut pool = lock(&self.shared.pool);
+                    if self.shared.gen.load(SeqCst) == self.gen {
+                        pool.waiters.push(cx.waker().clone());
+                        return Poll::Pending;
+                    }
                 }
             }
         }
