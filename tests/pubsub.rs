@@ -8,7 +8,7 @@ mod support;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,6 +27,7 @@ const STEP: Duration = Duration::from_secs(10);
 /// (straight to the server), until stopped; returns how many.
 struct Publisher {
     stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<u64>,
 }
 
@@ -35,8 +36,10 @@ impl Publisher {
         let conn = Connector::new().connect(server).await.expect("publisher");
         let channels = channels.to_vec();
         let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
             let stop = stop.clone();
+            let sent = sent.clone();
             async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(1));
                 let mut n = 0u64;
@@ -48,11 +51,17 @@ impl Publisher {
                             .expect("publish");
                     }
                     n += 1;
+                    sent.store(n, Ordering::Relaxed);
                 }
                 n
             }
         });
-        Publisher { stop, task }
+        Publisher { stop, sent, task }
+    }
+
+    /// How many were published so far.
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     async fn finish(self) -> u64 {
@@ -87,6 +96,25 @@ impl Log {
 
     fn count(&self, ch: &str) -> usize {
         self.seqs.get(ch).map_or(0, Vec::len)
+    }
+
+    /// Receives while `f` runs (so nothing piles up in the buffer meanwhile).
+    async fn during<F: Future>(&mut self, sub: &mut Subscription, f: F) -> F::Output {
+        tokio::pin!(f);
+        loop {
+            tokio::select! {
+                out = &mut f => return out,
+                ev = sub.recv() => self.record(ev.expect("stream open")),
+            }
+        }
+    }
+
+    /// Received a message numbered `n` or later on `ch`.
+    fn reached(&self, ch: &str, n: u64) -> bool {
+        self.seqs
+            .get(ch)
+            .and_then(|s| s.last())
+            .is_some_and(|last| *last >= n)
     }
 
     /// Receives until `done` says so.
@@ -213,7 +241,6 @@ async fn client_kill_reports_the_gap_and_resubscribes() {
             .unwrap();
         assert_eq!(killed, Value::Integer(1));
 
-        let before = (log.count("news"), log.count("alerts.eu"));
         log.until(&mut sub, "the gap reported", |l| {
             l.events
                 .iter()
@@ -221,8 +248,9 @@ async fn client_kill_reports_the_gap_and_resubscribes() {
         })
         .await;
         let resubscribed_in = killed_at.elapsed();
+        let mark = publisher.sent() + 100;
         log.until(&mut sub, "messages after the reconnect", |l| {
-            l.count("news") >= before.0 + 100 && l.count("alerts.eu") >= before.1 + 100
+            l.reached("news", mark) && l.reached("alerts.eu", mark)
         })
         .await;
         let published = publisher.finish().await;
@@ -295,7 +323,7 @@ async fn refused_reconnects_back_off_and_resume() {
         .await;
         let refused_for = Duration::from_millis(1500);
         // Nothing to wait for: this is the outage.
-        tokio::time::sleep(refused_for).await;
+        log.during(&mut sub, tokio::time::sleep(refused_for)).await;
         let during = dials.load(Ordering::SeqCst) - 1;
         env.sim.refuse_connections(addr, false);
         let reopened = tokio::time::Instant::now();
@@ -306,9 +334,9 @@ async fn refused_reconnects_back_off_and_resume() {
         })
         .await;
         let resumed_in = reopened.elapsed();
-        let n = log.count("news");
+        let mark = publisher.sent() + 50;
         log.until(&mut sub, "messages after the outage", |l| {
-            l.count("news") >= n + 50
+            l.reached("news", mark)
         })
         .await;
         publisher.finish().await;
@@ -356,19 +384,16 @@ async fn messages_flow_across_a_moving_with_none_lost() {
             l.count("news") >= 20 && l.count("alerts.eu") >= 20
         })
         .await;
-        let moved = within(
-            STEP,
-            "MOVING",
-            env.sim.moving(Moving::new(Duration::from_secs(1))),
-        )
-        .await
-        .unwrap();
+        let moving = env.sim.moving(Moving::new(Duration::from_secs(1)));
+        let moved = within(STEP, "MOVING", log.during(&mut sub, moving))
+            .await
+            .unwrap();
         assert_eq!(moved.closed, 0, "the old connection was left in time");
         // Published after the old endpoint closed: only the new connection
         // can deliver these.
-        let (n, p) = (log.count("news"), log.count("alerts.eu"));
+        let mark = publisher.sent() + 200;
         log.until(&mut sub, "messages after the MOVING", |l| {
-            l.count("news") >= n + 200 && l.count("alerts.eu") >= p + 200
+            l.reached("news", mark) && l.reached("alerts.eu", mark)
         })
         .await;
         let published = publisher.finish().await;
@@ -385,6 +410,7 @@ async fn messages_flow_across_a_moving_with_none_lost() {
                  {dups} duplicates, gaps {gaps:?}"
             );
             assert!(gaps.is_empty(), "{ch}: lost messages {gaps:?}");
+            assert_eq!(seen[0], 0, "{ch}: the first messages");
             assert!(dups <= 20, "{ch}: {dups} duplicates");
         }
         let on_new = env
@@ -589,6 +615,66 @@ async fn resp2_is_refused() {
         let r = pubsub.subscribe(["news"]).await;
         assert!(matches!(r, Err(Error::Config(_))), "{r:?}");
         assert_eq!(numsub(&server, "news"), "0");
+    })
+    .await;
+}
+
+/// A handoff that fails for good (the target refuses connections): just
+/// before the deadline a new connection to the configured address takes
+/// the subscriptions over, and the old one keeps them until then, so no
+/// message is lost and no gap is reported.
+#[cfg(feature = "sim")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_handoff_falls_back_with_none_lost() {
+    use redis_layers::maint::{MaintenanceConfig, Mode};
+    use redis_layers::sim::Moving;
+    use support::sim::SimStandalone;
+
+    bounded(60, async {
+        let env = SimStandalone::start().await;
+        let config = MaintenanceConfig::default()
+            .mode(Mode::Enabled)
+            .max_handoff_retries(2);
+        let pubsub = PubSub::with_config(Connector::new(), env.endpoint(), &config).unwrap();
+        let mut sub = pubsub.subscribe(["news"]).await.unwrap();
+        let publisher = Publisher::start(env.server.endpoint(), &["news"]).await;
+        let mut log = Log::default();
+        log.until(&mut sub, "first messages", |l| l.count("news") >= 20)
+            .await;
+        let target = env.sim.open_endpoint().await.unwrap();
+        env.sim.refuse_connections(target, true);
+        let mut m = Moving::new(Duration::from_secs(2));
+        m.to = Some(target);
+        m.stay_open = true;
+        let handle = env.sim.start_moving(m).unwrap();
+        let moved = within(
+            STEP,
+            "MOVING deadline",
+            log.during(&mut sub, handle.finished()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(moved.closed, 0, "the old connection was left in time");
+        let mark = publisher.sent() + 200;
+        log.until(&mut sub, "messages after the deadline", |l| {
+            l.reached("news", mark)
+        })
+        .await;
+        let published = publisher.finish().await;
+        assert!(log.events.is_empty(), "{:?}", log.events);
+        let mut seen = log.seqs["news"].clone();
+        seen.sort_unstable();
+        let total = seen.len();
+        seen.dedup();
+        let (gaps, _) = holes(&seen);
+        println!(
+            "news: {total} received of {published} published across a failed handoff, {} \
+             duplicates, gaps {gaps:?}",
+            total - seen.len()
+        );
+        assert!(gaps.is_empty(), "lost messages {gaps:?}");
+        assert_eq!(seen[0], 0, "the first messages");
+        assert_eq!(numsub(&env.server, "news"), "1");
     })
     .await;
 }

@@ -213,6 +213,9 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     push_rx: Mutex<Option<PushReceiver>>,
     /// Dedicated connections given back and clean: the next lease takes one.
     idle: Mutex<Vec<(Arc<Slot>, M::Connection)>>,
+    /// Counts subscriptions restored on a new connection (an old one left
+    /// after a failed handoff waits for it).
+    restored: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -266,6 +269,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             push_tx,
             push_rx: Mutex::new(Some(PushReceiver::new(push_rx))),
             idle: Mutex::new(Vec::new()),
+            restored: tokio::sync::watch::channel(0).0,
             pool: Mutex::new(Pool::new(settings.pool_size, endpoint.clone())),
             endpoint,
             maker: Mutex::new(maker),

@@ -96,6 +96,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 let slot = Slot::new(self.next_id.fetch_add(1, SeqCst), endpoint);
                 tracing::debug!(target: "redis_layers::handoff", event = "handoff.connected", endpoint = %slot.endpoint, "connected");
                 if let Some(r) = pool.restore[index].take() {
+                    self.restored.send_modify(|n| *n += 1);
                     // Noted before the new connection's first push frame
                     // (its forwarding starts below). A connection left
                     // after a failed handoff that is still open kept the
@@ -516,9 +517,12 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             if let Entry::Ready { conn, .. } = std::mem::replace(&mut pool.entries[i], Entry::Empty)
             {
                 // Its subscriptions go to the new connection, made now
-                // rather than by the next command.
+                // rather than by the next command; the old one keeps them
+                // until the new one has them (or the deadline).
                 let cmds = conn.resubscribe_commands();
+                let mut hold = None;
                 if !cmds.is_empty() {
+                    let mut restores = self.restored.subscribe();
                     pool.restore[i] = Some(Restore {
                         cmds,
                         from: conn.clone(),
@@ -526,10 +530,19 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                         attempts: 0,
                     });
                     self.start_connect(&mut pool, i);
+                    let weak = Arc::downgrade(self);
+                    hold = Some(Box::pin(async move {
+                        while restores.changed().await.is_ok() {
+                            match weak.upgrade() {
+                                Some(s) if lock(&s.pool).restore[i].is_some() => {}
+                                _ => return,
+                            }
+                        }
+                    }) as Hold);
                 }
                 self.gen.fetch_add(1, SeqCst);
                 drop(pool);
-                self.retire(job.slot.clone(), conn, job.deadline, None);
+                self.retire(job.slot.clone(), conn, job.deadline, None, hold);
             }
         }
     }
@@ -604,7 +617,13 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             conn: old_conn,
         } = old
         {
-            self.retire(old_slot, old_conn, job.deadline, Some((conn, restored)));
+            self.retire(
+                old_slot,
+                old_conn,
+                job.deadline,
+                Some((conn, restored)),
+                None,
+            );
         }
         self.prune_watches();
         tracing::info!(target: "redis_layers::handoff", event = "handoff.succeeded", seq = job.seq, from = %job.from, to = %job.target, "handoff succeeded");
@@ -629,18 +648,27 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         conn: M::Connection,
         deadline: Instant,
         successor: Option<(M::Connection, Vec<crate::Cmd>)>,
+        hold: Option<Hold>,
     ) {
         tokio::spawn(async move {
+            let handed_over = successor.is_some() || hold.is_some();
             let drained = tokio::select! {
-                _ = slot.retire_and_drain() => true,
+                _ = async {
+                    slot.retire_and_drain().await;
+                    if let Some(hold) = hold {
+                        hold.await;
+                    }
+                } => true,
                 _ = tokio::time::sleep_until(deadline) => false,
             };
             let mut conn = conn;
+            let now = conn.resubscribe_commands();
             if let Some((mut new, restored)) = successor {
-                let now = conn.resubscribe_commands();
                 if !now.is_empty() && now != restored {
                     let _ = send_all(&mut new, &now).await;
                 }
+            }
+            if handed_over {
                 // Messages the server sent the old connection before its
                 // unsubscribe confirmations are read (and forwarded) before
                 // them; closing at once would drop those still unread,
@@ -720,6 +748,9 @@ fn reconnect_backoff(attempt: u32) -> Duration {
     let d = Duration::from_millis(50) * (1 << attempt.saturating_sub(1).min(6));
     super::policy::jittered(d.min(Duration::from_secs(2)))
 }
+
+/// What a retired connection waits for besides its last reply.
+type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The commands that end every subscription that `restore` (from
 /// `resubscribe_commands`) restores: a bare unsubscribe of each kind.
