@@ -66,9 +66,11 @@
 //!   While the server stays away the stream just waits (it does not end);
 //!   `downtime` is the time from noticing the loss to the restore.
 //! - **Handoff that failed** for good: just before the `MOVING` deadline a
-//!   new connection to the configured address restores the subscriptions;
-//!   if the old connection was still open then, nothing was lost (no event,
-//!   duplicates possible); otherwise both events come at the restore.
+//!   new connection to the configured address restores the subscriptions,
+//!   and the old connection keeps them until then (its remaining messages
+//!   are read before it closes): nothing is lost, no event, duplicates
+//!   possible. If the old connection closes first (the server is away),
+//!   that is a loss like the one above, with both events.
 //! - **Slow consumer**: see below ([`Event::Lagged`]).
 //!
 //! Events go to every subscription of the `PubSub`, in the stream's order.

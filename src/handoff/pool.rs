@@ -112,6 +112,8 @@ pub(crate) struct Restore<C> {
     /// (then, if it is still open when the new one is ready, nothing was
     /// lost), closed after a death.
     pub(crate) from: C,
+    /// Its slot id.
+    pub(crate) from_slot: u64,
     /// The loss was already noted in the push stream.
     pub(crate) noted: bool,
     /// Failed connects since the loss (for the backoff).

@@ -261,6 +261,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                     pool.restore[i] = Some(Restore {
                         cmds,
                         from: conn,
+                        from_slot: slot_id,
                         noted: true,
                         attempts: 0,
                     });
@@ -269,6 +270,18 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             }
             self.gen.fetch_add(1, SeqCst);
             pool.wake_all();
+        } else {
+            // Left after a failed handoff, and closed before the fallback
+            // connection restored its subscriptions: that is a loss too.
+            let waiting = pool
+                .restore
+                .iter_mut()
+                .flatten()
+                .find(|r| r.from_slot == slot_id && !r.noted);
+            if let Some(r) = waiting {
+                r.noted = true;
+                let _ = self.push_tx.send(PushItem::SubscriptionsLost);
+            }
         }
     }
 
@@ -526,6 +539,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                     pool.restore[i] = Some(Restore {
                         cmds,
                         from: conn.clone(),
+                        from_slot: job.slot.id,
                         noted: false,
                         attempts: 0,
                     });
