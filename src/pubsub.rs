@@ -925,14 +925,17 @@ mod tests {
         for n in 0..5 {
             q.push(msg(n));
         }
+        // Gap events are kept; messages after them are still counted.
         q.push(Event::Disconnected);
         q.push(msg(9));
         assert_eq!(q.pop(), Some(msg(0)));
         assert_eq!(q.pop(), Some(msg(1)));
+        // Room again.
+        q.push(msg(10));
         assert_eq!(q.pop(), Some(Event::Lagged { missed: 3 }));
         assert_eq!(q.pop(), Some(Event::Disconnected));
-        // Room again: the message after the gap event was kept.
-        assert_eq!(q.pop(), Some(msg(9)));
+        assert_eq!(q.pop(), Some(Event::Lagged { missed: 1 }));
+        assert_eq!(q.pop(), Some(msg(10)));
         assert_eq!(q.pop(), None);
     }
 
