@@ -73,7 +73,12 @@
 //!   that is a loss like the one above, with both events.
 //! - **Slow consumer**: see below ([`Event::Lagged`]).
 //!
-//! Events go to every subscription of the `PubSub`, in the stream's order.
+//! Gap events go to every subscription of the `PubSub` that exists when
+//! they happen, in the stream's order (one made while disconnected gets
+//! only the `Reconnected`). A subscribe or unsubscribe made while the
+//! connection is being replaced waits for the new one (bounded by
+//! [`PubSub::timeout`]) and fails with the connect error if that connect
+//! fails; the reconnect keeps retrying all the same.
 //!
 //! # Backpressure
 //!

@@ -6,18 +6,15 @@
 mod support;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use redis_layers::handoff::Handoff;
 use redis_layers::pubsub::{Event, Kind, Message, PubSub, Subscription};
-use redis_layers::{cmd, Connection, Connector, Endpoint, Error, Protocol, Value};
+use redis_layers::{cmd, Connector, Endpoint, Error, Protocol, Value};
 use support::{bounded, within, RedisServer};
 use tower::Service;
 
@@ -99,7 +96,8 @@ impl Log {
     }
 
     /// Receives while `f` runs (so nothing piles up in the buffer meanwhile).
-    async fn during<F: Future>(&mut self, sub: &mut Subscription, f: F) -> F::Output {
+    #[cfg(feature = "sim")]
+    async fn during<F: std::future::Future>(&mut self, sub: &mut Subscription, f: F) -> F::Output {
         tokio::pin!(f);
         loop {
             tokio::select! {
@@ -173,24 +171,36 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
 }
 
 /// A `Connector` that counts its dials.
-#[derive(Clone)]
-struct Counting {
-    inner: Connector,
-    dials: Arc<AtomicUsize>,
-}
+#[cfg(feature = "sim")]
+mod counting {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
 
-impl Service<Endpoint> for Counting {
-    type Response = Connection;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Connection, Error>> + Send>>;
+    use redis_layers::{Connection, Connector, Endpoint, Error};
+    use tower::Service;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
+    #[derive(Clone)]
+    pub struct Counting {
+        pub inner: Connector,
+        pub dials: Arc<AtomicUsize>,
     }
 
-    fn call(&mut self, e: Endpoint) -> Self::Future {
-        self.dials.fetch_add(1, Ordering::SeqCst);
-        Box::pin(self.inner.call(e))
+    impl Service<Endpoint> for Counting {
+        type Response = Connection;
+        type Error = Error;
+        type Future = Pin<Box<dyn Future<Output = Result<Connection, Error>> + Send>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, e: Endpoint) -> Self::Future {
+            self.dials.fetch_add(1, Ordering::SeqCst);
+            Box::pin(self.inner.call(e))
+        }
     }
 }
 
@@ -295,7 +305,9 @@ async fn client_kill_reports_the_gap_and_resubscribes() {
 #[cfg(feature = "sim")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_reconnects_back_off_and_resume() {
+    use counting::Counting;
     use redis_layers::sim::Target;
+    use std::sync::atomic::AtomicUsize;
     use support::sim::SimStandalone;
 
     bounded(60, async {
