@@ -38,6 +38,7 @@ pub mod cluster;
 pub mod error;
 pub mod handoff;
 pub mod maint;
+pub mod pubsub;
 pub mod relax;
 mod request;
 pub mod resp;

@@ -39,7 +39,14 @@
 //!
 //! Subscriptions made through the service move with their connection: the
 //! replacement subscribes to the same channels before it takes commands,
-//! and [`Handoff::take_pushes`] merges the pushes of every connection. For
+//! and [`Handoff::take_pushes`] merges the pushes of every connection. They
+//! also survive the connection's death (the server closed it, the network
+//! dropped it, a handoff failed for good): the entry reconnects at once,
+//! without waiting for a command (a pure subscriber sends none), retrying
+//! with a jittered backoff (50 ms doubling up to 2 s) while the server is
+//! away, and the new connection subscribes to what the dead one was
+//! subscribed to before it takes commands. Messages published in between
+//! are lost; [`pubsub`](crate::pubsub) reports that gap. For
 //! blocking commands, `WATCH`/`MULTI` or a subscriber of its own,
 //! [`Handoff::lease`] gives a dedicated connection, handed off when given
 //! back.
@@ -93,8 +100,7 @@ use pool::{Entry, Lease, Pool, Slot};
 use crate::error::{Error, Result};
 use crate::maint::{Dedup, MaintEvent, Maintained, MaintenanceState, Resolved};
 use crate::request::{Request, Response};
-use crate::resp::Value;
-use crate::transport::{Endpoint, Lifecycle, PushReceiver};
+use crate::transport::{Endpoint, Lifecycle, PushItem, PushReceiver};
 
 /// Counter (feature `metrics`): handoff steps, by `result` (`started`,
 /// `retried`, `succeeded`, `failed`).
@@ -203,10 +209,13 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     /// `MOVING`s handled, by endpoint and sequence number.
     handled: Mutex<Dedup<Endpoint>>,
     /// The pushes of every pooled connection, merged.
-    push_tx: mpsc::UnboundedSender<Value>,
+    push_tx: mpsc::UnboundedSender<PushItem>,
     push_rx: Mutex<Option<PushReceiver>>,
     /// Dedicated connections given back and clean: the next lease takes one.
     idle: Mutex<Vec<(Arc<Slot>, M::Connection)>>,
+    /// Counts subscriptions restored on a new connection (an old one left
+    /// after a failed handoff waits for it).
+    restored: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -260,6 +269,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             push_tx,
             push_rx: Mutex::new(Some(PushReceiver::new(push_rx))),
             idle: Mutex::new(Vec::new()),
+            restored: tokio::sync::watch::channel(0).0,
             pool: Mutex::new(Pool::new(settings.pool_size, endpoint.clone())),
             endpoint,
             maker: Mutex::new(maker),
@@ -301,7 +311,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
     /// subscribed to, so messages keep coming. During the switch both
     /// connections are subscribed for a moment, so a message published
     /// then may arrive twice; none published after the new connection's
-    /// subscription is confirmed is lost. The first call takes it; later
+    /// subscription is confirmed is lost. After a connection dies, its
+    /// replacement restores its subscriptions (see the [module
+    /// docs](self)); messages published while no connection was subscribed
+    /// are lost, which [`pubsub::PubSub`](crate::pubsub::PubSub) reports
+    /// and this raw stream does not. The first call takes it; later
     /// calls return `None`.
     pub fn take_pushes(&self) -> Option<PushReceiver> {
         lock(&self.shared.push_rx).take()
@@ -312,6 +326,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
     /// now, or a clean idle one; see [`Leased`].
     pub async fn lease(&self) -> Result<Leased<M, P>> {
         self.shared.lease().await
+    }
+
+    /// How many multiplexed connections it keeps.
+    pub(crate) fn pool_size(&self) -> usize {
+        self.shared.settings.pool_size
     }
 
     /// The endpoint this service was built for.
@@ -339,8 +358,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
         let g = shared.gen.load(SeqCst);
         for i in 0..pool.entries.len() {
             if matches!(pool.entries[i], Entry::Empty) {
-                pool.entries[i] = Entry::Connecting;
-                shared.spawn_connect(i, pool.current.clone());
+                shared.start_connect(&mut pool, i);
             }
         }
         self.local.clear();
@@ -454,7 +472,19 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
                 Poll::Ready(Err(e)) => {
                     self.local[i].slot.release();
                     let id = self.local[i].slot.id;
-                    self.shared.lost(id, &e);
+                    if self.local[i].conn.resubscribe_commands().is_empty() {
+                        self.shared.lost(id, &e);
+                        continue;
+                    }
+                    // Its watcher forgets it once its last push frame is
+                    // forwarded, so that the loss of its subscriptions is
+                    // noted after them: wait for that (the generation is
+                    // bumped under the pool lock, so the wake is not missed).
+                    let mut pool = lock(&self.shared.pool);
+                    if self.shared.gen.load(SeqCst) == self.gen {
+                        pool.waiters.push(cx.waker().clone());
+                        return Poll::Pending;
+                    }
                 }
             }
         }

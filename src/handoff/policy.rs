@@ -128,7 +128,7 @@ fn default_backoff(attempt: u32) -> Duration {
 /// A random duration in `[d/2, d]` ("equal jitter"). The standard
 /// library's randomly keyed hasher is random enough for spreading retries,
 /// and saves a dependency.
-fn jittered(d: Duration) -> Duration {
+pub(super) fn jittered(d: Duration) -> Duration {
     let r = RandomState::new().build_hasher().finish();
     let half = d / 2;
     half + half.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)

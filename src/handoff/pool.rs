@@ -104,8 +104,26 @@ pub(crate) enum Entry<C> {
     },
 }
 
+/// The subscriptions of an entry's lost connection, to restore on the
+/// entry's next connection before it takes commands.
+pub(crate) struct Restore<C> {
+    pub(crate) cmds: Vec<crate::Cmd>,
+    /// The connection they were on: still open after a failed handoff
+    /// (then, if it is still open when the new one is ready, nothing was
+    /// lost), closed after a death.
+    pub(crate) from: C,
+    /// Its slot id.
+    pub(crate) from_slot: u64,
+    /// The loss was already noted in the push stream.
+    pub(crate) noted: bool,
+    /// Failed connects since the loss (for the backoff).
+    pub(crate) attempts: u32,
+}
+
 pub(crate) struct Pool<C> {
     pub(crate) entries: Vec<Entry<C>>,
+    /// Per entry: subscriptions waiting for its next connection.
+    pub(crate) restore: Vec<Option<Restore<C>>>,
     /// Where new connections go: the configured endpoint, or the target
     /// of the last successful handoff.
     pub(crate) current: Endpoint,
@@ -120,6 +138,7 @@ impl<C> Pool<C> {
     pub(crate) fn new(size: usize, endpoint: Endpoint) -> Self {
         Pool {
             entries: (0..size).map(|_| Entry::Empty).collect(),
+            restore: (0..size).map(|_| None).collect(),
             current: endpoint,
             waiters: Vec::new(),
             error: None,

@@ -12,11 +12,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{HandoffPolicy, Moving};
-use super::pool::{Entry, Slot};
+use super::pool::{Entry, Pool, Restore, Slot};
 use super::{lock, MakeConnection, Shared};
 use crate::error::{Error, Result};
 use crate::maint::{BreakerState, MaintEvent, Maintained, MovingEndpoint, Notification};
-use crate::transport::{Endpoint, Lifecycle};
+use crate::transport::{Endpoint, Lifecycle, PushItem};
 
 const SUPERSEDED: &str = "superseded by a newer MOVING";
 
@@ -43,13 +43,35 @@ impl<M: MakeConnection, P> Drop for Queued<M, P> {
 }
 
 impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
-    /// Connects pool entry `index` (marked `Connecting` by the caller).
-    pub(super) fn spawn_connect(self: &Arc<Self>, index: usize, endpoint: Endpoint) {
+    /// Connects pool entry `index` (empty): to where the pool goes now,
+    /// restoring the subscriptions its last connection lost, if any.
+    pub(super) fn start_connect(self: &Arc<Self>, pool: &mut Pool<M::Connection>, index: usize) {
+        pool.entries[index] = Entry::Connecting;
+        let endpoint = pool.current.clone();
+        let restore = pool.restore[index]
+            .as_ref()
+            .map(|r| r.cmds.clone())
+            .unwrap_or_default();
         let dial = lock(&self.maker).make_connection(endpoint.clone());
         let weak = Arc::downgrade(self);
         let started = Instant::now();
+        let limit = self.settings.handoff_timeout;
         tokio::spawn(async move {
-            let r = dial.await;
+            let r = async {
+                let mut conn = dial.await?;
+                if !restore.is_empty() {
+                    // Subscribed before it takes commands, like a handoff's
+                    // new connection; bounded, so a server that does not
+                    // answer does not stall the retries.
+                    let sent = tokio::time::timeout(limit, send_all(&mut conn, &restore)).await;
+                    if let Err(e) = sent.unwrap_or_else(|_| Err(Error::Timeout)) {
+                        conn.close();
+                        return Err(e);
+                    }
+                }
+                Ok(conn)
+            }
+            .await;
             match weak.upgrade() {
                 Some(shared) => shared.connected(index, endpoint, started, r),
                 None => {
@@ -73,6 +95,20 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             Ok(conn) => {
                 let slot = Slot::new(self.next_id.fetch_add(1, SeqCst), endpoint);
                 tracing::debug!(target: "redis_layers::handoff", event = "handoff.connected", endpoint = %slot.endpoint, "connected");
+                if let Some(r) = pool.restore[index].take() {
+                    self.restored.send_modify(|n| *n += 1);
+                    // Noted before the new connection's first push frame
+                    // (its forwarding starts below). A connection left
+                    // after a failed handoff that is still open kept the
+                    // subscriptions until now: nothing was lost.
+                    if !r.noted && r.from.is_closed() {
+                        let _ = self.push_tx.send(PushItem::SubscriptionsLost);
+                    }
+                    if r.noted || r.from.is_closed() {
+                        let _ = self.push_tx.send(PushItem::SubscriptionsRestored);
+                    }
+                    tracing::info!(target: "redis_layers::handoff", event = "handoff.resubscribed", endpoint = %slot.endpoint, commands = r.cmds.len(), "subscriptions restored on a new connection");
+                }
                 pool.entries[index] = Entry::Ready {
                     slot: slot.clone(),
                     conn: conn.clone(),
@@ -92,38 +128,59 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 let g = self.gen.fetch_add(1, SeqCst) + 1;
                 pool.error = Some((g, e));
                 pool.wake_all();
+                // Subscriptions to restore: nobody else may send a command
+                // that reconnects (a pure subscriber sends none), so retry
+                // by ourselves, with backoff.
+                if let Some(r) = pool.restore[index].as_mut() {
+                    r.attempts += 1;
+                    let wait = reconnect_backoff(r.attempts);
+                    drop(pool);
+                    self.reconnect_after(index, wait);
+                }
             }
         }
     }
 
-    /// Watches a new connection: its death, and its endpoint's events.
+    /// Reconnects entry `index` after `wait`, unless something else did.
+    fn reconnect_after(self: &Arc<Self>, index: usize, wait: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(shared) = weak.upgrade() else { return };
+            let mut pool = lock(&shared.pool);
+            if matches!(pool.entries[index], Entry::Empty) {
+                shared.start_connect(&mut pool, index);
+            }
+        });
+    }
+
+    /// Watches a new connection: forwards its push frames, then, when they
+    /// end (the connection closed), forgets it; and watches its endpoint's
+    /// events.
     fn watch(self: &Arc<Self>, slot: &Arc<Slot>, conn: &M::Connection) {
         let weak = Arc::downgrade(self);
         let closed = conn.closed();
         let id = slot.id;
+        let pushes = conn.take_pushes();
+        let tx = self.push_tx.clone();
         tokio::spawn(async move {
+            // The push channel ends when the connection closes: `lost`
+            // then runs after its last frame was forwarded, so a loss is
+            // noted in order.
+            if let Some(mut rx) = pushes {
+                while let Some(v) = rx.recv_item().await {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(tx);
             closed.await;
             if let Some(shared) = weak.upgrade() {
                 shared.lost(id, &Error::Closed);
             }
         });
-        self.forward_pushes(conn);
         self.watch_state(conn, &slot.endpoint);
-    }
-
-    /// Forwards a connection's push frames to the service's own push
-    /// channel ([`Handoff::take_pushes`](super::Handoff::take_pushes)).
-    fn forward_pushes(&self, conn: &M::Connection) {
-        if let Some(mut rx) = conn.take_pushes() {
-            let tx = self.push_tx.clone();
-            tokio::spawn(async move {
-                while let Some(v) = rx.recv().await {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
     }
 
     /// Watches the events of the endpoint `conn` is on (once per endpoint).
@@ -187,8 +244,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     }
 
     /// A ready connection failed or closed: its entry is empty again, and
-    /// the next caller reconnects.
-    pub(super) fn lost(&self, slot_id: u64, why: &Error) {
+    /// the next caller reconnects; at once when it had subscriptions,
+    /// which the new connection restores.
+    pub(super) fn lost(self: &Arc<Self>, slot_id: u64, why: &Error) {
         let mut pool = lock(&self.pool);
         if let Some(i) = pool.find(slot_id) {
             if let Entry::Ready { slot, conn } =
@@ -196,9 +254,34 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             {
                 tracing::debug!(target: "redis_layers::handoff", event = "handoff.connection_lost", endpoint = %slot.endpoint, error = %why, "connection lost");
                 conn.close();
+                let cmds = conn.resubscribe_commands();
+                if !cmds.is_empty() {
+                    tracing::info!(target: "redis_layers::handoff", event = "handoff.subscriptions_lost", endpoint = %slot.endpoint, "connection with subscriptions lost; reconnecting");
+                    let _ = self.push_tx.send(PushItem::SubscriptionsLost);
+                    pool.restore[i] = Some(Restore {
+                        cmds,
+                        from: conn,
+                        from_slot: slot_id,
+                        noted: true,
+                        attempts: 0,
+                    });
+                    self.start_connect(&mut pool, i);
+                }
             }
             self.gen.fetch_add(1, SeqCst);
             pool.wake_all();
+        } else {
+            // Left after a failed handoff, and closed before the fallback
+            // connection restored its subscriptions: that is a loss too.
+            let waiting = pool
+                .restore
+                .iter_mut()
+                .flatten()
+                .find(|r| r.from_slot == slot_id && !r.noted);
+            if let Some(r) = waiting {
+                r.noted = true;
+                let _ = self.push_tx.send(PushItem::SubscriptionsLost);
+            }
         }
     }
 
@@ -435,7 +518,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     /// configured address while the old one drains, so the server's close at
     /// the deadline finds nothing in flight. (Unless a newer `MOVING` took
     /// over the connection meanwhile.)
-    async fn fall_back(&self, job: &Job) {
+    async fn fall_back(self: &Arc<Self>, job: &Job) {
         lock(&self.pool).current = self.endpoint.clone();
         let grace = (job.time / 4).min(Duration::from_millis(500));
         tokio::time::sleep_until(job.deadline.checked_sub(grace).unwrap_or(job.deadline)).await;
@@ -446,9 +529,34 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         if let Some(i) = pool.find(job.slot.id) {
             if let Entry::Ready { conn, .. } = std::mem::replace(&mut pool.entries[i], Entry::Empty)
             {
+                // Its subscriptions go to the new connection, made now
+                // rather than by the next command; the old one keeps them
+                // until the new one has them (or the deadline).
+                let cmds = conn.resubscribe_commands();
+                let mut hold = None;
+                if !cmds.is_empty() {
+                    let mut restores = self.restored.subscribe();
+                    pool.restore[i] = Some(Restore {
+                        cmds,
+                        from: conn.clone(),
+                        from_slot: job.slot.id,
+                        noted: false,
+                        attempts: 0,
+                    });
+                    self.start_connect(&mut pool, i);
+                    let weak = Arc::downgrade(self);
+                    hold = Some(Box::pin(async move {
+                        while restores.changed().await.is_ok() {
+                            match weak.upgrade() {
+                                Some(s) if lock(&s.pool).restore[i].is_some() => {}
+                                _ => return,
+                            }
+                        }
+                    }) as Hold);
+                }
                 self.gen.fetch_add(1, SeqCst);
                 drop(pool);
-                self.retire(job.slot.clone(), conn, job.deadline, None);
+                self.retire(job.slot.clone(), conn, job.deadline, None, hold);
             }
         }
     }
@@ -523,7 +631,13 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             conn: old_conn,
         } = old
         {
-            self.retire(old_slot, old_conn, job.deadline, Some((conn, restored)));
+            self.retire(
+                old_slot,
+                old_conn,
+                job.deadline,
+                Some((conn, restored)),
+                None,
+            );
         }
         self.prune_watches();
         tracing::info!(target: "redis_layers::handoff", event = "handoff.succeeded", seq = job.seq, from = %job.from, to = %job.target, "handoff succeeded");
@@ -548,16 +662,35 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         conn: M::Connection,
         deadline: Instant,
         successor: Option<(M::Connection, Vec<crate::Cmd>)>,
+        hold: Option<Hold>,
     ) {
         tokio::spawn(async move {
+            let handed_over = successor.is_some() || hold.is_some();
             let drained = tokio::select! {
-                _ = slot.retire_and_drain() => true,
+                _ = async {
+                    slot.retire_and_drain().await;
+                    if let Some(hold) = hold {
+                        hold.await;
+                    }
+                } => true,
                 _ = tokio::time::sleep_until(deadline) => false,
             };
+            let mut conn = conn;
+            let now = conn.resubscribe_commands();
             if let Some((mut new, restored)) = successor {
-                let now = conn.resubscribe_commands();
                 if !now.is_empty() && now != restored {
                     let _ = send_all(&mut new, &now).await;
+                }
+            }
+            if handed_over {
+                // Messages the server sent the old connection before its
+                // unsubscribe confirmations are read (and forwarded) before
+                // them; closing at once would drop those still unread,
+                // some published before the new connection subscribed.
+                let unsubscribe = unsubscribe_all(&now);
+                if !unsubscribe.is_empty() {
+                    let _ =
+                        tokio::time::timeout_at(deadline, send_all(&mut conn, &unsubscribe)).await;
                 }
             }
             conn.close();
@@ -620,6 +753,31 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             state,
         });
     }
+}
+
+/// The wait before reconnect `attempt` (1 for the first retry) of an entry
+/// whose subscriptions wait for a connection: 50 ms doubling up to 2 s,
+/// jittered, so a server that is down is not dialled in a loop.
+fn reconnect_backoff(attempt: u32) -> Duration {
+    let d = Duration::from_millis(50) * (1 << attempt.saturating_sub(1).min(6));
+    super::policy::jittered(d.min(Duration::from_secs(2)))
+}
+
+/// What a retired connection waits for besides its last reply.
+type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The commands that end every subscription that `restore` (from
+/// `resubscribe_commands`) restores: a bare unsubscribe of each kind.
+fn unsubscribe_all(restore: &[crate::Cmd]) -> Vec<crate::Cmd> {
+    [
+        ("SUBSCRIBE", "UNSUBSCRIBE"),
+        ("PSUBSCRIBE", "PUNSUBSCRIBE"),
+        ("SSUBSCRIBE", "SUNSUBSCRIBE"),
+    ]
+    .into_iter()
+    .filter(|(sub, _)| restore.iter().any(|c| c.is(sub)))
+    .map(|(_, unsub)| crate::cmd(unsub))
+    .collect()
 }
 
 /// Sends `cmds` on `conn` one after the other; the first failure ends it.

@@ -374,28 +374,57 @@ impl super::Lifecycle for Connection {
 /// been received.
 #[derive(Debug)]
 pub struct PushReceiver {
-    rx: mpsc::UnboundedReceiver<Value>,
+    rx: mpsc::UnboundedReceiver<PushItem>,
+}
+
+/// What a push channel carries: the frames, and, in the merged stream of a
+/// [`Handoff`](crate::handoff::Handoff), notes on where its subscriptions
+/// were lost and restored (read by [`pubsub`](crate::pubsub); skipped by
+/// [`PushReceiver::recv`]).
+#[derive(Debug)]
+pub(crate) enum PushItem {
+    Frame(Value),
+    /// A connection closed with subscriptions that no other connection had
+    /// taken over: after the last frame it delivered.
+    SubscriptionsLost,
+    /// A new connection restored them: before its first frame.
+    SubscriptionsRestored,
 }
 
 impl PushReceiver {
     /// A receiver fed by `rx` (layers that merge the pushes of several
     /// connections hand these out).
-    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Value>) -> Self {
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<PushItem>) -> Self {
         PushReceiver { rx }
     }
 
     /// The next push frame, or `None` after the connection closed.
     pub async fn recv(&mut self) -> Option<Value> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Polls for the next push frame.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Value>> {
-        self.rx.poll_recv(cx)
+        loop {
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(PushItem::Frame(v)) => return Poll::Ready(Some(v)),
+                Some(_) => {}
+                None => return Poll::Ready(None),
+            }
+        }
     }
 
     /// The next push frame if one is waiting.
     pub fn try_recv(&mut self) -> Option<Value> {
-        self.rx.try_recv().ok()
+        loop {
+            if let PushItem::Frame(v) = self.rx.try_recv().ok()? {
+                return Some(v);
+            }
+        }
+    }
+
+    /// The next item, notes included.
+    pub(crate) async fn recv_item(&mut self) -> Option<PushItem> {
+        self.rx.recv().await
     }
 }

@@ -43,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
-use super::connection::Shared;
+use super::connection::{PushItem, Shared};
 use crate::error::{Error, ProtocolError, Result, ServerError};
 use crate::request::{Body, Response};
 use crate::resp::{Cmd, Decoder, Limits, Value};
@@ -372,7 +372,7 @@ pub(crate) struct Driver<T> {
     timer_at: Option<Instant>,
     /// The clock, read once per turn when a timed request is taken.
     turn_now: Option<Instant>,
-    pushes: mpsc::UnboundedSender<Value>,
+    pushes: mpsc::UnboundedSender<PushItem>,
     config: DriverConfig,
     shared: Arc<Shared>,
 }
@@ -393,7 +393,7 @@ where
     pub(crate) fn new(
         io: T,
         rx: mpsc::Receiver<Message>,
-        pushes: mpsc::UnboundedSender<Value>,
+        pushes: mpsc::UnboundedSender<PushItem>,
         config: DriverConfig,
         shared: Arc<Shared>,
     ) -> Self {
@@ -634,7 +634,7 @@ where
     }
 
     fn deliver_push(&mut self, v: Value) {
-        if self.pushes.send(v).is_err() {
+        if self.pushes.send(PushItem::Frame(v)).is_err() {
             tracing::trace!(target: "redis_layers::transport", "push dropped: no receiver");
         }
     }

@@ -18,6 +18,7 @@ mod endpoint;
 pub mod future;
 mod handshake;
 
+pub(crate) use connection::PushItem;
 pub use connection::{Connection, PushReceiver};
 pub(crate) use connector::dial_relaxed;
 pub use connector::Connector;
