@@ -76,6 +76,7 @@ use crate::cluster::keys::{CommandTable, Route, RouteError};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::handoff::{DefaultPolicy, Handoff, Leased};
+use crate::pubsub::{PubSub, Subscription};
 use crate::request::{Request, Response};
 use crate::resp::{cmd, Cmd, ToArg};
 use crate::transport::{Connection, Connector, Endpoint};
@@ -114,6 +115,8 @@ pub type BoxService = tower::util::BoxCloneSyncService<Request, Response, Error>
 pub struct Client {
     svc: BoxService,
     dedicated: Dedicated,
+    /// Pub/sub's own connection, made on the first subscribe.
+    pubsub: Option<Arc<LazyPubSub>>,
     /// The timeout given to requests on dedicated connections (they do not
     /// go through RelaxTimeout).
     timeout: Option<Duration>,
@@ -131,6 +134,14 @@ impl std::fmt::Debug for Client {
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`Client::pubsub`] needs to make the pub/sub connection.
+struct LazyPubSub {
+    cell: std::sync::Mutex<Option<PubSub>>,
+    connector: Connector,
+    endpoint: Endpoint,
+    config: crate::maint::MaintenanceConfig,
 }
 
 /// Where dedicated connections come from.
@@ -249,8 +260,92 @@ impl Client {
         Client {
             svc,
             dedicated: Dedicated::None,
+            pubsub: None,
             timeout: None,
         }
+    }
+
+    /// The client's [`PubSub`]: its own connection (a [`Handoff`] of its
+    /// own, so it follows `MOVING` and resubscribes after a reconnect),
+    /// made on first use and shared by every clone of the client. In a
+    /// cluster it is a connection to the first seed: `PUBLISH` reaches
+    /// every node of a cluster, so `SUBSCRIBE` and `PSUBSCRIBE` work from
+    /// any node (`SSUBSCRIBE` only for shard channels that node serves).
+    ///
+    /// Errors: [`Error::Config`] for a client made with
+    /// [`Client::from_service`], which knows no endpoint.
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
+    /// let pubsub = client.pubsub()?.buffer(10_000);
+    /// let sub = pubsub.subscribe(["news"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pubsub(&self) -> Result<PubSub> {
+        let lazy = self.pubsub.as_ref().ok_or_else(|| {
+            Error::config("pub/sub needs a client built from an endpoint (not from_service)")
+        })?;
+        let mut cell = lazy.cell.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &*cell {
+            return Ok(p.clone());
+        }
+        let p = PubSub::with_config(lazy.connector.clone(), lazy.endpoint.clone(), &lazy.config)?;
+        *cell = Some(p.clone());
+        Ok(p)
+    }
+
+    /// Subscribes to `channels` (`SUBSCRIBE`): a [`Subscription`], a
+    /// `Stream` of [`Event`](crate::pubsub::Event)s that survives handoffs
+    /// and reconnects (see [`pubsub`](crate::pubsub) for what a reconnect
+    /// may lose and how it is reported).
+    ///
+    /// ```no_run
+    /// use redis_layers::pubsub::Event;
+    /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
+    /// let mut sub = client.subscribe(["news"]).await?;
+    /// client.publish("news", "hello").await?;
+    /// if let Some(Event::Message(m)) = sub.recv().await {
+    ///     assert_eq!(&m.payload[..], b"hello");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe<I>(&self, channels: I) -> Result<Subscription>
+    where
+        I: IntoIterator,
+        I::Item: Into<bytes::Bytes>,
+    {
+        self.pubsub()?.subscribe(channels).await
+    }
+
+    /// Subscribes to `patterns` (`PSUBSCRIBE`); see [`Client::subscribe`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
+    /// let sub = client.psubscribe(["alerts.*"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn psubscribe<I>(&self, patterns: I) -> Result<Subscription>
+    where
+        I: IntoIterator,
+        I::Item: Into<bytes::Bytes>,
+    {
+        self.pubsub()?.psubscribe(patterns).await
+    }
+
+    /// Subscribes to shard `channels` (`SSUBSCRIBE`, Redis 7); see
+    /// [`Client::subscribe`] and, for a cluster, [`Client::pubsub`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
+    /// let sub = client.ssubscribe(["orders"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ssubscribe<I>(&self, channels: I) -> Result<Subscription>
+    where
+        I: IntoIterator,
+        I::Item: Into<bytes::Bytes>,
+    {
+        self.pubsub()?.ssubscribe(channels).await
     }
 
     /// The stack, as a tower service (a clone; it shares the connections).

@@ -891,3 +891,78 @@ fn client_is_clone_send_sync() {
     check::<Client>();
     check::<Script>();
 }
+
+/// The client's pub/sub: a subscription made through the client gets
+/// messages published through it, survives a server-side `CLIENT KILL`
+/// (gap reported, then messages again), and works in a cluster, where a
+/// `PUBLISH` on any node reaches the subscriber on the first seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_through_the_client() {
+    use redis_layers::pubsub::Event;
+
+    /// The next message, skipping nothing else silently.
+    async fn next_message(sub: &mut redis_layers::pubsub::Subscription) -> (Bytes, Bytes) {
+        match sub.recv().await {
+            Some(Event::Message(m)) => (m.channel, m.payload),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    bounded(60, async {
+        let server = RedisServer::start();
+        let client = Client::open(&format!("redis://{}", server.endpoint()))
+            .await
+            .unwrap();
+        let mut sub = client.subscribe(["news"]).await.unwrap();
+        let mut psub = client.psubscribe(["alerts.*"]).await.unwrap();
+        assert_eq!(client.publish("news", "one").await.unwrap(), 1);
+        assert_eq!(client.publish("alerts.eu", "two").await.unwrap(), 1);
+        assert_eq!(next_message(&mut sub).await, ("news".into(), "one".into()));
+        assert_eq!(
+            next_message(&mut psub).await,
+            ("alerts.eu".into(), "two".into())
+        );
+
+        // Killed by the server: the gap is reported, and the subscription
+        // comes back by itself (no command needed to notice).
+        let killed: i64 = client
+            .cmd(cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        assert!(matches!(sub.recv().await, Some(Event::Disconnected)));
+        assert!(matches!(sub.recv().await, Some(Event::Reconnected { .. })));
+        assert_eq!(client.publish("news", "three").await.unwrap(), 1);
+        assert_eq!(
+            next_message(&mut sub).await,
+            ("news".into(), "three".into())
+        );
+
+        // A client over a service of one's own knows no endpoint.
+        let conn = redis_layers::Connector::new()
+            .connect(server.endpoint())
+            .await
+            .unwrap();
+        let raw = Client::from_service(redis_layers::client::BoxService::new(conn));
+        assert!(matches!(
+            raw.subscribe(["news"]).await,
+            Err(Error::Config(_))
+        ));
+
+        let cluster = RedisCluster::start();
+        let client = ClientBuilder::new(cluster.endpoint(0))
+            .build()
+            .await
+            .unwrap();
+        assert!(client.is_cluster());
+        let mut sub = client.subscribe(["cluster-news"]).await.unwrap();
+        // Published through the router on some primary (whose reply counts
+        // only its own subscribers); cluster PUBLISH reaches every node.
+        client.publish("cluster-news", "hi").await.unwrap();
+        assert_eq!(
+            next_message(&mut sub).await,
+            ("cluster-news".into(), "hi".into())
+        );
+    })
+    .await;
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tower::{Layer, Service};
 
-use super::{BoxService, Client, ClusterHandle, Dedicated, FromValue};
+use super::{BoxService, Client, ClusterHandle, Dedicated, FromValue, LazyPubSub};
 use crate::cluster::keys::CommandTable;
 use crate::cluster::{Cluster, ClusterConfig, NewNode, NodeRole};
 use crate::error::{Error, Result};
@@ -235,9 +235,16 @@ impl ClientBuilder {
                 Dedicated::Standalone(Arc::new(handoff)),
             )
         };
+        let pubsub = Some(Arc::new(LazyPubSub {
+            cell: Default::default(),
+            connector: self.connector.clone(),
+            endpoint: self.seeds[0].clone(),
+            config: self.maintenance.clone(),
+        }));
         Ok(Client {
             svc: self.stack(svc),
             dedicated,
+            pubsub,
             timeout: self.timeout,
         })
     }
