@@ -639,3 +639,47 @@ async fn a_request_on_a_slot_reserved_before_the_connection_died_is_closed() {
     })
     .await
 }
+
+/// Each retry counts under `redis.client.retries`, by reason.
+#[cfg(feature = "metrics")]
+#[test]
+fn retries_are_counted() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use redis_layers::retry::RETRIES;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(bounded(30, async {
+            let (_server, proxy, _policy, mut svc) = refusing(3).await;
+            proxy.refuse_next(2, REFUSALS[1]);
+            let r = send(&mut svc, cmd("INCR").arg("counted")).await;
+            assert_eq!(r.unwrap(), Value::Integer(1));
+        }));
+    });
+    let counted: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(c) if key.key().name() == RETRIES => {
+                let labels: Vec<_> = key
+                    .key()
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                Some((labels, c))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [(vec![("reason".to_owned(), "LOADING".to_owned())], 2)]
+    );
+    assert_eq!(RETRIES, "redis.client.retries");
+}
