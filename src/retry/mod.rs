@@ -33,6 +33,16 @@
 //! goes to the policy as an [`Error::Closed`] (it was not sent), and if
 //! the policy does not retry, the caller gets the original error.
 //!
+//! Each attempt gets its own deadline from the layer below (RelaxTimeout),
+//! so a request may take up to `(max_retries + 1)` timeouts plus the waits.
+//!
+//! On the success path a request costs a copy of itself (one allocation),
+//! a clone of the inner service and of the policy, and a budget deposit
+//! (`TpsBudget` takes a lock). On the 2-core bench machine (`benches/retry.rs`,
+//! GET with 64 callers) the layer kept 0.91 of the RelaxTimeout + Handoff
+//! stack's throughput (median of paired rounds), 0.97 with a budget that
+//! keeps no books.
+//!
 //! Each retry is a `tracing` event (target `redis_layers::retry`, debug)
 //! and, with the `metrics` feature, counts in [`RETRIES`] by `reason`
 //! (`closed`, `connection`, `timeout`, or the server error code).
