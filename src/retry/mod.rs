@@ -13,7 +13,7 @@
 //! | failure | single command | pipeline |
 //! |---|---|---|
 //! | [`Error::Closed`]: never written | any | any |
-//! | the service below could not take the request (its `poll_ready` failed: a reconnect refused, ...) | any | any |
+//! | the service below could not take the request: its `poll_ready` failed with `Io`, `Protocol`, `Timeout` or `Closed` (a reconnect refused, ...) | any | any |
 //! | `TRYAGAIN`, `LOADING`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` (refused before running) | any | any, when **every** reply of the pipeline is one of these |
 //! | [`Error::Io`] (connection lost after writing), [`Error::Protocol`], [`Error::Timeout`] | idempotent only | idempotent only |
 //! | other server errors (`WRONGTYPE`, `ERR`, `NOSCRIPT`, `BUSY`, `OOM`, `MOVED`/`ASK` ...), [`Error::Auth`], [`Error::Config`] | never | never |
