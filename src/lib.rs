@@ -42,6 +42,7 @@ pub mod pubsub;
 pub mod relax;
 mod request;
 pub mod resp;
+pub mod retry;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;

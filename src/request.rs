@@ -19,6 +19,7 @@ use crate::resp::{Cmd, Pipeline, Value};
 pub struct Request {
     body: Body,
     timeout: CommandTimeout,
+    idempotent: bool,
 }
 
 /// How long a request may take, for layers that enforce timeouts
@@ -56,6 +57,7 @@ impl Request {
         Request {
             body,
             timeout: CommandTimeout::Default,
+            idempotent: false,
         }
     }
 
@@ -69,6 +71,32 @@ impl Request {
     pub fn without_timeout(mut self) -> Self {
         self.timeout = CommandTimeout::Never;
         self
+    }
+
+    /// Marks the request as safe to apply more than once (an `SET k v`, a
+    /// `DEL`, a `HSET` of fixed values: running it twice leaves the same
+    /// state as once). The [retry layer](crate::retry) then resends it
+    /// after a failure that may have applied it (a connection lost after
+    /// the request was written, a timeout), as it does for read-only
+    /// commands. Do not mark `INCR`, `LPUSH`, `XADD`, a transaction, or
+    /// anything else whose repetition is visible.
+    ///
+    /// ```
+    /// use redis_layers::{cmd, Request};
+    /// let r = Request::from(cmd("SET").arg("k").arg("v")).idempotent();
+    /// assert!(r.is_idempotent());
+    /// assert!(!Request::from(cmd("GET").arg("k")).is_idempotent());
+    /// ```
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// True when the caller marked the request with
+    /// [`idempotent`](Self::idempotent). (Read-only commands need no mark:
+    /// the retry layer recognises them by name.)
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent
     }
 
     /// The timeout asked for.

@@ -135,7 +135,7 @@ impl Connection {
             Ok(Prepared::Done(resp)) => return Ok(resp),
             Err(e) => return Err(e),
         };
-        ResponseFuture::waiting(rx).await
+        self.queued(rx).await
     }
 
     /// Sends one command and returns its reply value.
@@ -252,6 +252,22 @@ impl Connection {
         }
     }
 
+    /// The reply to a message just queued. A queue slot reserved before
+    /// the driver stopped still takes a message after the driver dropped
+    /// its end of the queue (tokio allows it), and nothing would ever
+    /// answer it: the caller would wait forever. A stopped driver writes
+    /// nothing more, so such a request was not written: [`Error::Closed`],
+    /// unless the driver answered it on its way out.
+    fn queued(&self, mut rx: oneshot::Receiver<Result<Response>>) -> ResponseFuture {
+        if self.sender.is_closed() {
+            return match rx.try_recv() {
+                Ok(r) => ResponseFuture::ready(r),
+                Err(_) => ResponseFuture::failed(Error::Closed),
+            };
+        }
+        ResponseFuture::waiting(rx)
+    }
+
     /// The endpoint this connection was made to.
     pub fn endpoint(&self) -> &Endpoint {
         &self.shared.endpoint
@@ -324,14 +340,14 @@ impl Service<Request> for Connection {
         };
         if let (true, Some(ps)) = (reserved, self.poll_sender.as_mut()) {
             return match ps.send_item(msg) {
-                Ok(()) => ResponseFuture::waiting(rx),
+                Ok(()) => self.queued(rx),
                 Err(_) => ResponseFuture::failed(Error::Closed),
             };
         }
         // A caller that skipped `poll_ready` still gets a free slot if there
         // is one, and a typed error (not a panic) if there is not.
         match self.sender.try_send(msg) {
-            Ok(()) => ResponseFuture::waiting(rx),
+            Ok(()) => self.queued(rx),
             Err(mpsc::error::TrySendError::Closed(_)) => ResponseFuture::failed(Error::Closed),
             Err(mpsc::error::TrySendError::Full(_)) => ResponseFuture::failed(Error::config(
                 "Connection::call without a successful poll_ready while the queue is full",

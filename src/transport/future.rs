@@ -32,6 +32,12 @@ impl ResponseFuture {
         }
     }
 
+    pub(crate) fn ready(r: Result<Response>) -> Self {
+        ResponseFuture {
+            state: State::Ready(Some(r)),
+        }
+    }
+
     pub(crate) fn failed(e: Error) -> Self {
         ResponseFuture {
             state: State::Ready(Some(Err(e))),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use redis_layers::Endpoint;
 pub mod cluster;
+pub mod faults;
 pub mod ledger;
 pub mod sim;
 

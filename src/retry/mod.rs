@@ -1,0 +1,343 @@
+//! Retries for Redis requests that never duplicate a write.
+//!
+//! [`Retry`] sends a request again when its [policy](RedisPolicy) says
+//! so, after a jittered exponential [`Backoff`], within a retry budget.
+//! Under it, [`Handoff`](crate::handoff::Handoff) reconnects lazily, so a
+//! retry after a lost connection goes out on a new one.
+//!
+//! # What is retried
+//!
+//! A failure is retried only if it cannot have applied the request, or the
+//! request is safe to apply twice:
+//!
+//! | failure | single command | pipeline |
+//! |---|---|---|
+//! | [`Error::Closed`]: never written | any | any |
+//! | the service below could not take the request: its `poll_ready` failed with `Io`, `Protocol`, `Timeout` or `Closed` (a reconnect refused, ...) | any | any |
+//! | `TRYAGAIN`, `LOADING`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` (refused before running) | any | any, when **every** reply of the pipeline is one of these |
+//! | [`Error::Io`] (connection lost after writing), [`Error::Protocol`], [`Error::Timeout`] | idempotent only | idempotent only |
+//! | other server errors (`WRONGTYPE`, `ERR`, `NOSCRIPT`, `BUSY`, `OOM`, `MOVED`/`ASK` ...), [`Error::Auth`], [`Error::Config`] | never | never |
+//!
+//! Idempotent means: every command read-only by the
+//! [`CommandTable`](crate::cluster::keys::CommandTable) (Redis's
+//! `readonly` flag), or marked by the caller with
+//! [`Request::idempotent`](crate::Request::idempotent). So an `INCR`
+//! whose connection died after it was written is returned as an
+//! [`Error::Io`], never sent twice; a `GET` is sent again. A pipeline
+//! with some replies is returned as it is, its per-command errors
+//! included; a transaction (`MULTI` ... `EXEC`) is idempotent only when
+//! marked.
+//!
+//! A failed `poll_ready` below (e.g. [`Handoff`](crate::handoff::Handoff)
+//! could not reconnect) does not fail [`Retry::poll_ready`]: the request
+//! goes to the policy as an [`Error::Closed`] (it was not sent), and if
+//! the policy does not retry, the caller gets the original error.
+//!
+//! Each attempt gets its own deadline from the layer below (RelaxTimeout),
+//! so a request may take up to `(max_retries + 1)` timeouts plus the waits.
+//!
+//! On the success path a request costs a copy of itself (one allocation),
+//! a clone of the inner service and of the policy, and a budget deposit
+//! (`TpsBudget` takes a lock). On the 2-core bench machine (`benches/retry.rs`,
+//! GET with 64 callers) the layer kept 0.91 of the RelaxTimeout + Handoff
+//! stack's throughput (median of paired rounds), 0.97 with a budget that
+//! keeps no books.
+//!
+//! Each retry is a `tracing` event (target `redis_layers::retry`, debug)
+//! and, with the `metrics` feature, counts in [`RETRIES`] by `reason`
+//! (`closed`, `connection`, `timeout`, or the server error code).
+//!
+//! # Settings
+//!
+//! | setting | default | |
+//! |---|---|---|
+//! | `max_retries` | 3 | per request; 0 turns retries off |
+//! | backoff `base` | 10 ms | wait before the first retry, doubled each retry |
+//! | backoff `max` | 1 s | longest wait |
+//! | backoff `jitter` | 0.5 | each wait is uniform in `[d/2, d]` |
+//! | budget | `TpsBudget::default()` | retries up to 20% of the requests of the last 10 s, plus 10 per second; shared by every service of one layer |
+//! | classifier | [`classify`] | which errors are retried for which requests |
+//!
+//! Replace any of them on [`RetryLayer`], or bring a whole
+//! `tower::retry::Policy<Request, Response, Error>` of your own with
+//! [`RetryLayer::with_policy`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redis_layers::handoff::HandoffLayer;
+//! use redis_layers::relax::RelaxTimeoutLayer;
+//! use redis_layers::retry::{classify, RetryLayer, Retryable};
+//! use redis_layers::{cmd, Connector, Endpoint, Error, Request, ServerErrorKind};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # async fn run() -> Result<(), Error> {
+//! let svc = ServiceBuilder::new()
+//!     .layer(
+//!         RetryLayer::new()
+//!             .max_retries(5)
+//!             .backoff_range(Duration::from_millis(20), Duration::from_secs(2))
+//!             .classifier(|e: &Error| match e.server_error().map(|s| s.kind()) {
+//!                 // Also wait out a running script.
+//!                 Some(ServerErrorKind::Busy) => Retryable::NotApplied,
+//!                 _ => classify(e),
+//!             }),
+//!     )
+//!     .layer(RelaxTimeoutLayer::new(Duration::from_secs(1)))
+//!     .layer(HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)))
+//!     .service(Connector::new());
+//! // SET of a fixed value: safe to repeat, so say so.
+//! let set = Request::from(cmd("SET").arg("k").arg("v")).idempotent();
+//! svc.clone().oneshot(set).await?;
+//! # Ok(()) }
+//! ```
+
+mod backoff;
+mod future;
+mod layer;
+mod policy;
+
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+pub use backoff::Backoff;
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+pub use policy::{classify, RedisPolicy, Retryable};
+pub use tower::retry::budget::{Budget, TpsBudget};
+pub use tower::retry::Policy;
+
+use crate::error::Error;
+use crate::maint::Maintained;
+use crate::request::{Request, Response};
+
+/// Counter (feature `metrics`): retries, by `reason` (`closed`,
+/// `connection`, `timeout`, `TRYAGAIN`, `LOADING`, `CLUSTERDOWN`,
+/// `MASTERDOWN`, `READONLY`, `other`).
+pub const RETRIES: &str = "redis.client.retries";
+
+/// A command service that retries failed requests as its policy says;
+/// see the [module docs](self).
+///
+/// Each request takes a clone of the inner service (for its retries) and
+/// of the policy, and a copy of the request.
+#[derive(Debug, Clone)]
+pub struct Retry<S, P = RedisPolicy> {
+    inner: S,
+    policy: P,
+    /// The inner service's `poll_ready` failed: the next request starts
+    /// as not sent.
+    unready: Option<Error>,
+}
+
+impl<S, P> Retry<S, P> {
+    /// Wraps `inner` with `policy`.
+    pub fn new(inner: S, policy: P) -> Self {
+        Retry {
+            inner,
+            policy,
+            unready: None,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, by value.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+}
+
+impl<S: Maintained, P> Maintained for Retry<S, P> {
+    fn maintenance(&self) -> &std::sync::Arc<crate::maint::MaintenanceState> {
+        self.inner.maintenance()
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::maint::MaintEvent> {
+        self.inner.subscribe()
+    }
+}
+
+impl<S, P> Service<Request> for Retry<S, P>
+where
+    S: Service<Request, Response = Response, Error = Error> + Clone,
+    P: Policy<Request, Response, Error> + Clone,
+{
+    type Response = Response;
+    type Error = Error;
+    type Future = ResponseFuture<S, P>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unready = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+            // Not the caller's failure yet: the request goes to the policy
+            // as one not sent (see the module docs).
+            Poll::Ready(Err(e)) => {
+                self.unready = Some(e);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let mut policy = self.policy.clone();
+        let copy = policy.clone_request(&req);
+        match self.unready.take() {
+            None => {
+                let fut = self.inner.call(req);
+                ResponseFuture::called(copy, self.inner.clone(), policy, fut)
+            }
+            Some(e) => {
+                // The original goes back to be sent on the first retry.
+                let copy = copy.map(|_| req);
+                ResponseFuture::unsent(copy, self.inner.clone(), policy, e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::resp::{cmd, Value};
+
+    /// A scripted service: each `poll_ready` and each call takes the next
+    /// step; it records when calls happen.
+    #[derive(Clone, Default)]
+    struct Script {
+        ready: Arc<Mutex<VecDeque<Error>>>,
+        replies: Arc<Mutex<VecDeque<Result<Response, Error>>>>,
+        calls: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl Service<Request> for Script {
+        type Response = Response;
+        type Error = Error;
+        type Future = std::future::Ready<Result<Response, Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            Poll::Ready(self.ready.lock().unwrap().pop_front().map_or(Ok(()), Err))
+        }
+
+        fn call(&mut self, _: Request) -> Self::Future {
+            self.calls.lock().unwrap().push(Instant::now());
+            let r = self.replies.lock().unwrap().pop_front();
+            std::future::ready(r.unwrap_or(Ok(Response::Value(Value::Integer(1)))))
+        }
+    }
+
+    fn reset() -> Error {
+        io::Error::from(io::ErrorKind::ConnectionReset).into()
+    }
+
+    fn layer(retries: u32) -> RetryLayer {
+        RetryLayer::new()
+            .max_retries(retries)
+            .backoff(Backoff::new(Duration::from_millis(10), Duration::from_millis(60)).jitter(0.0))
+            .budget(TpsBudget::new(Duration::from_secs(10), 1000, 1.0))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_grow_exponentially_up_to_the_cap() {
+        let script = Script::default();
+        script
+            .replies
+            .lock()
+            .unwrap()
+            .extend((0..4).map(|_| Err(Error::Closed)));
+        let svc = tower::Layer::layer(&layer(5), script.clone());
+        let reply = svc.oneshot(cmd("INCR").arg("n").into()).await.unwrap();
+        assert_eq!(reply, Response::Value(Value::Integer(1)));
+        let calls = script.calls.lock().unwrap().clone();
+        let gaps: Vec<_> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(gaps, [ms(10), ms(20), ms(40), ms(60)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_retries_with_the_last_error() {
+        let script = Script::default();
+        script
+            .replies
+            .lock()
+            .unwrap()
+            .extend((0..9).map(|_| Err(Error::Closed)));
+        let svc = tower::Layer::layer(&layer(2), script.clone());
+        let err = svc.oneshot(cmd("GET").arg("k").into()).await.unwrap_err();
+        assert!(matches!(err, Error::Closed), "{err}");
+        assert_eq!(script.calls.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_may_have_run_is_not_resent() {
+        let script = Script::default();
+        script.replies.lock().unwrap().push_back(Err(reset()));
+        let svc = tower::Layer::layer(&layer(3), script.clone());
+        let err = svc.oneshot(cmd("INCR").arg("n").into()).await.unwrap_err();
+        assert!(matches!(err, Error::Io(_)), "{err}");
+        assert_eq!(script.calls.lock().unwrap().len(), 1);
+        // The same read is resent.
+        script.replies.lock().unwrap().push_back(Err(reset()));
+        let svc = tower::Layer::layer(&layer(3), script.clone());
+        svc.oneshot(cmd("GET").arg("n").into()).await.unwrap();
+        assert_eq!(script.calls.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_readiness_means_not_sent() {
+        // Two failed reconnects, then the write goes out once.
+        let script = Script::default();
+        script.ready.lock().unwrap().extend([reset(), reset()]);
+        let svc = tower::Layer::layer(&layer(3), script.clone());
+        svc.oneshot(cmd("INCR").arg("n").into()).await.unwrap();
+        assert_eq!(script.calls.lock().unwrap().len(), 1);
+        // When the policy gives up, the caller gets the real cause.
+        let script = Script::default();
+        let refused: Error = io::Error::from(io::ErrorKind::ConnectionRefused).into();
+        script
+            .ready
+            .lock()
+            .unwrap()
+            .extend((0..5).map(|_| refused.clone()));
+        let svc = tower::Layer::layer(&layer(1), script.clone());
+        let err = svc.oneshot(cmd("INCR").arg("n").into()).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+            "{err}"
+        );
+        assert!(script.calls.lock().unwrap().is_empty());
+        // Authentication failures are not retried.
+        let script = Script::default();
+        let auth = Error::Auth(crate::ServerError::parse("WRONGPASS x"));
+        script.ready.lock().unwrap().extend([auth.clone(), auth]);
+        let svc = tower::Layer::layer(&layer(3), script.clone());
+        let err = svc.oneshot(cmd("GET").arg("n").into()).await.unwrap_err();
+        assert!(matches!(err, Error::Auth(_)), "{err}");
+        assert_eq!(script.ready.lock().unwrap().len(), 1);
+    }
+}
