@@ -50,7 +50,7 @@
 //!   built inside the closure (with a `ServiceBuilder` of their own, if you
 //!   like). RelaxTimeout over a whole cluster does not compile: relaxation
 //!   is per node.
-//! - **Retry** (to come) belongs at the top, above Cluster, so a retried
+//! - **Retry** (`.redis_retry(..)`) belongs at the top, above Cluster, so a retried
 //!   command is routed again.
 //!
 //! Leaving a layer out removes its behaviour and nothing else: without
@@ -77,7 +77,7 @@
 //! # Sealed
 //!
 //! The trait is sealed, as tower-http's is: only `ServiceBuilder`
-//! implements it, so a new method (`.redis_retry(..)` next) is never a
+//! implements it, so a new method is never a
 //! breaking change for users, and nobody has to write an implementation.
 //! For shortcuts of your own, write an extension trait of your own next to
 //! it.
@@ -90,6 +90,7 @@ use tower_layer::Stack;
 use crate::cluster::ClusterLayer;
 use crate::handoff::HandoffLayer;
 use crate::relax::RelaxTimeoutLayer;
+use crate::retry::RetryLayer;
 
 mod sealed {
     pub trait Sealed<L> {}
@@ -186,6 +187,30 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// # Ok(()) }
     /// ```
     fn redis_cluster(self, layer: ClusterLayer) -> ServiceBuilder<Stack<ClusterLayer, L>>;
+
+    /// Adds a [`RetryLayer`] (configured: retries, backoff, budget,
+    /// classifier, or a policy of your own). It goes at the top, so a
+    /// retried request is routed again and each attempt gets its own
+    /// deadline.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redis_layers::handoff::HandoffLayer;
+    /// use redis_layers::retry::RetryLayer;
+    /// use redis_layers::{cmd, Connector, Endpoint, Request, ServiceBuilderExt};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let svc = ServiceBuilder::new()
+    ///     .redis_retry(RetryLayer::new().max_retries(5))
+    ///     .redis_relax(Duration::from_secs(1))
+    ///     .redis_handoff(HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)))
+    ///     .service(Connector::new());
+    /// // A write is retried after a lost connection only when marked safe.
+    /// svc.oneshot(Request::from(cmd("SET").arg("k").arg("v")).idempotent()).await?;
+    /// # Ok(()) }
+    /// ```
+    fn redis_retry<P>(self, layer: RetryLayer<P>) -> ServiceBuilder<Stack<RetryLayer<P>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -202,6 +227,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     fn redis_cluster(self, layer: ClusterLayer) -> ServiceBuilder<Stack<ClusterLayer, L>> {
+        self.layer(layer)
+    }
+
+    fn redis_retry<P>(self, layer: RetryLayer<P>) -> ServiceBuilder<Stack<RetryLayer<P>, L>> {
         self.layer(layer)
     }
 }

@@ -14,6 +14,7 @@ use crate::maint::MaintenanceConfig;
 use crate::relax::RelaxTimeout;
 use crate::request::{Request, Response};
 use crate::resp::cmd;
+use crate::retry::RetryLayer;
 use crate::transport::{Connector, Endpoint, Protocol};
 
 /// Standalone server or cluster; see the [module docs](super) for how
@@ -64,6 +65,7 @@ pub struct ClientBuilder {
     maintenance: MaintenanceConfig,
     pool_size: usize,
     cluster: ClusterConfig,
+    retry: RetryLayer,
     layers: Vec<LayerFn>,
 }
 
@@ -75,6 +77,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("mode", &self.mode)
             .field("timeout", &self.timeout)
             .field("pool_size", &self.pool_size)
+            .field("retry", &self.retry)
             .field("layers", &self.layers.len())
             .finish_non_exhaustive()
     }
@@ -91,6 +94,7 @@ impl ClientBuilder {
             maintenance: MaintenanceConfig::default(),
             pool_size: 1,
             cluster: ClusterConfig::default(),
+            retry: RetryLayer::new(),
             layers: Vec::new(),
         }
     }
@@ -152,6 +156,27 @@ impl ClientBuilder {
     /// Multiplexed connections per endpoint (default 1; at least 1).
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
+        self
+    }
+
+    /// The retry layer at the top of the stack (default
+    /// [`RetryLayer::new`]: up to 3 retries of what cannot have been
+    /// applied, or is safe to apply twice; see [`retry`](crate::retry)).
+    /// `RetryLayer::new().max_retries(0)` turns retries off.
+    ///
+    /// ```no_run
+    /// use redis_layers::client::ClientBuilder;
+    /// use redis_layers::retry::RetryLayer;
+    ///
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// let client = ClientBuilder::from_url("redis://127.0.0.1:6379")?
+    ///     .retry(RetryLayer::new().max_retries(5))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retry(mut self, layer: RetryLayer) -> Self {
+        self.retry = layer;
         self
     }
 
@@ -251,9 +276,9 @@ impl ClientBuilder {
 
     /// The layers over the routing/endpoint service, innermost first.
     fn stack(&self, svc: BoxService) -> BoxService {
-        // Retry goes here, directly over Cluster / RelaxTimeout, once
-        // `src/retry` lands: `let svc = BoxService::new(RetryLayer::default().layer(svc));`
-        let svc = svc;
+        // Retry right over Cluster / RelaxTimeout: a retried request is
+        // routed again, and each attempt gets its own deadline.
+        let svc = BoxService::new(self.retry.clone().layer(svc));
         self.layers.iter().fold(svc, |svc, layer| layer(svc))
     }
 }
