@@ -16,6 +16,8 @@ use redis_layers::Endpoint;
 pub mod cluster;
 pub mod ledger;
 pub mod sim;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]
