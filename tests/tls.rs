@@ -299,3 +299,81 @@ fn bad_tls_settings_are_config_errors() {
         .maintenance(MaintenanceConfig::default())
         .unwrap();
 }
+
+/// Acceptance: a MOVING is followed over TLS. The simulator (plain TCP) sits
+/// behind TLS terminators whose certificate names only `localhost`; the
+/// client dials `localhost`, the policy maps the announced target to the
+/// second terminator at `localhost`, and the handoff dials it through the
+/// same connector: TLS, verified against the target's host name (an IP
+/// would be refused: the certificate has no IP SAN). Commands succeed
+/// throughout and end up on the new endpoint.
+#[cfg(feature = "sim")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_is_followed_over_tls_to_the_target_host_name() {
+    use redis_layers::handoff::{DefaultPolicy, HandoffLayer, HandoffPolicyExt};
+    use redis_layers::maint::Mode;
+    use redis_layers::sim::Moving;
+    use support::sim::SimStandalone;
+    use support::tls::Terminator;
+    use tower::{Layer, Service, ServiceExt};
+
+    bounded(40, async {
+        let env = SimStandalone::start().await;
+        let ca = Ca::new("test CA");
+        let cert = ca.server_cert(&["localhost"]);
+        let first = Terminator::start(&cert, env.sim.endpoint()).await;
+        let announced = env.sim.open_endpoint().await.unwrap();
+        let second = Terminator::start(&cert, announced).await;
+        let target = Endpoint::tcp("localhost", second.port);
+
+        let config = MaintenanceConfig::default()
+            .mode(Mode::Enabled)
+            .relaxed_timeout(Duration::from_secs(2));
+        let connector = Connector::new()
+            .maintenance(config.clone())
+            .unwrap()
+            .tls(trusting(&ca))
+            .unwrap();
+        let mapped = target.clone();
+        let policy = DefaultPolicy.map_target(move |_, _| mapped.clone());
+        let mut svc = HandoffLayer::new(Endpoint::tcp("localhost", first.port))
+            .maintenance(&config)
+            .unwrap()
+            .policy(policy)
+            .layer(connector);
+
+        let mut send = async |c: redis_layers::Cmd| {
+            within(STEP, "command", svc.ready().await.unwrap().call(c.into()))
+                .await
+                .and_then(|r| r.into_value())
+        };
+        send(cmd("SET").arg("k").arg("before")).await.unwrap();
+        within(
+            STEP,
+            "opted in",
+            env.sim.wait_for(|c| c.iter().any(|c| c.maint.is_some())),
+        )
+        .await;
+
+        let mut m = Moving::new(Duration::from_secs(2));
+        m.to = Some(announced);
+        let moved = within(STEP, "MOVING", env.sim.moving(m)).await.unwrap();
+        assert_eq!(moved.closed, 0, "the connection moved before the deadline");
+        assert_eq!(
+            send(cmd("GET").arg("k")).await.unwrap().as_bytes(),
+            Some(&b"before"[..])
+        );
+        send(cmd("SET").arg("k").arg("after")).await.unwrap();
+        assert_eq!(env.server.cli(&["GET", "k"]), "after");
+        assert_eq!(svc.connected_to(), vec![target]);
+        assert_eq!(
+            env.sim
+                .clients()
+                .iter()
+                .filter(|c| c.endpoint == announced)
+                .count(),
+            1
+        );
+    })
+    .await
+}
