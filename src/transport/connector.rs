@@ -135,10 +135,11 @@ impl Connector {
     /// - `rediss://...` (same form): TLS (feature `tls`), verified against
     ///   Mozilla's roots and the URL's host (an IP address is checked
     ///   against the certificate's IP SANs). For a private CA, replace the
-    ///   TLS settings with [`Connector::tls`] afterwards. Without the
+    ///   TLS settings with `Connector::tls` afterwards. Without the
     ///   feature, `rediss://` is an [`Error::Config`]: connecting in plain
     ///   text instead would be worse.
     /// - `unix:///path/to/redis.sock[?params]` or `redis+unix:///path[?params]`.
+    /// - `valkey://` and `valkeys://` are the same as `redis://` and `rediss://`.
     ///
     /// Parameters: `db=N` (the database; also the `/db` path),
     /// `protocol=2|3` (also `resp2`/`resp3`; see [`Connector::protocol`])
@@ -412,7 +413,8 @@ impl Connector {
 
     /// Dials `endpoint` and runs the handshake.
     ///
-    /// Errors: [`Error::Io`] (refused, unreachable, timed out),
+    /// Errors: [`Error::Io`] (refused, unreachable, timed out; with TLS, a
+    /// refused handshake too, see `Connector::tls`),
     /// [`Error::Auth`] (bad credentials), [`Error::Server`] (a handshake
     /// command refused), [`Error::Config`] (e.g. a username without a password).
     pub async fn connect(&self, endpoint: Endpoint) -> Result<Connection> {
