@@ -56,3 +56,6 @@ pub use error::{
 pub use request::{Body, CommandTimeout, Request, Response};
 pub use resp::{cmd, Cmd, Pipeline, Value};
 pub use transport::{Connection, Connector, Endpoint, Protocol, PushReceiver};
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use transport::{TlsConfig, TlsError};

@@ -60,6 +60,22 @@ pub(crate) struct Config {
     pub(crate) max_write_buffer: usize,
     pub(crate) on_connect: Vec<Cmd>,
     pub(crate) maint: Resolved,
+    /// TLS for TCP endpoints (`None`: plain text).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<super::tls::TlsConnector>,
+}
+
+impl Config {
+    /// Whether a connection to `endpoint` speaks TLS (Unix sockets never do).
+    pub(crate) fn tls_on(&self, endpoint: &Endpoint) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some() && matches!(endpoint, Endpoint::Tcp { .. });
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = endpoint;
+            false
+        }
+    }
 }
 
 impl Default for Connector {
@@ -77,6 +93,8 @@ impl Default for Connector {
                 max_write_buffer: 64 * 1024,
                 on_connect: Vec::new(),
                 maint: Resolved::default(),
+                #[cfg(feature = "tls")]
+                tls: None,
             }),
             states: Arc::default(),
         }
@@ -85,17 +103,20 @@ impl Default for Connector {
 
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The password is never printed, nor anything derived from it.
         let c = &self.config;
-        f.debug_struct("Connector")
-            .field("connect_timeout", &c.connect_timeout)
+        let mut d = f.debug_struct("Connector");
+        d.field("connect_timeout", &c.connect_timeout)
             .field("username", &c.username)
-            .field("password", &c.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &c.password.as_ref().map(|_| "***"))
             .field("client_name", &c.client_name)
             .field("database", &c.database)
             .field("protocol", &c.protocol)
             .field("queue_size", &c.queue_size)
-            .field("max_write_buffer", &c.max_write_buffer)
-            .finish_non_exhaustive()
+            .field("max_write_buffer", &c.max_write_buffer);
+        #[cfg(feature = "tls")]
+        d.field("tls", &c.tls);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -107,33 +128,54 @@ impl Connector {
         Self::default()
     }
 
-    /// A connector and endpoint from a Redis URL:
-    /// `redis://[[username]:password@]host[:port][/db]` (port 6379 when
-    /// omitted), `unix:///path/to/redis.sock[?db=N]` or
-    /// `redis+unix:///path[?db=N]`. Credentials may be percent-encoded.
+    /// A connector and endpoint from a Redis URL.
     ///
-    /// `rediss://` (TLS) is refused with [`Error::Config`]: this crate does
-    /// not speak TLS yet, and silently connecting in plain text would be worse.
+    /// - `redis://[[username]:password@]host[:port][/db][?params]`: TCP,
+    ///   port 6379 when omitted; IPv6 hosts in brackets.
+    /// - `rediss://...` (same form): TLS (feature `tls`), verified against
+    ///   Mozilla's roots and the URL's host (an IP address is checked
+    ///   against the certificate's IP SANs). For a private CA, replace the
+    ///   TLS settings with `Connector::tls` afterwards. Without the
+    ///   feature, `rediss://` is an [`Error::Config`]: connecting in plain
+    ///   text instead would be worse.
+    /// - `unix:///path/to/redis.sock[?params]` or `redis+unix:///path[?params]`.
+    /// - `valkey://` and `valkeys://` are the same as `redis://` and `rediss://`.
+    ///
+    /// Parameters: `db=N` (the database; also the `/db` path),
+    /// `protocol=2|3` (also `resp2`/`resp3`; see [`Connector::protocol`])
+    /// and `client_name=NAME` (`CLIENT SETNAME`). The user name, password
+    /// and parameter values may be percent-encoded (a password with `@`,
+    /// `:`, `/` or `?` must be).
+    ///
+    /// Errors are [`Error::Config`]; their messages never quote the URL,
+    /// its credentials or a parameter's value, and the connector's `Debug`
+    /// shows the password as `***`.
     ///
     /// ```
     /// use redis_layers::{Connector, Endpoint};
     ///
-    /// let (connector, endpoint) = Connector::from_url("redis://:s%40cret@cache.local:6380/2")?;
+    /// let (connector, endpoint) =
+    ///     Connector::from_url("redis://:s%40cret@cache.local:6380/2?client_name=billing")?;
     /// assert_eq!(endpoint, Endpoint::tcp("cache.local", 6380));
-    /// assert!(Connector::from_url("rediss://cache.local").is_err());
+    /// assert!(!format!("{connector:?}").contains("s@cret"));
     /// # Ok::<(), redis_layers::Error>(())
     /// ```
     pub fn from_url(url: &str) -> Result<(Connector, Endpoint)> {
+        // Never quote the input: it may hold the password.
         let bad = |why: &str| Error::config(format!("invalid Redis URL: {why}"));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("no scheme (expected redis://, rediss:// or unix://)"))?;
         let mut connector = Connector::new();
         let (location, query) = match rest.split_once('?') {
             Some((l, q)) => (l, Some(q)),
             None => (rest, None),
         };
         let mut db = None;
-        let endpoint = match scheme.to_ascii_lowercase().as_str() {
-            "redis" => {
+        let scheme = scheme.to_ascii_lowercase();
+        let tls = matches!(scheme.as_str(), "rediss" | "valkeys");
+        let endpoint = match scheme.as_str() {
+            "redis" | "rediss" | "valkey" | "valkeys" => {
                 let (auth, hostpart) = match location.rsplit_once('@') {
                     Some((a, h)) => (Some(a), h),
                     None => (None, location),
@@ -143,7 +185,11 @@ impl Connector {
                         Some((u, p)) => (u, Some(p)),
                         None => (auth, None),
                     };
-                    match (percent_decode(user)?, pass.map(percent_decode).transpose()?) {
+                    let user = percent_decode(user, "user name")?;
+                    match (
+                        user,
+                        pass.map(|p| percent_decode(p, "password")).transpose()?,
+                    ) {
                         (u, Some(p)) => {
                             if !u.is_empty() {
                                 connector = connector.username(u);
@@ -160,7 +206,7 @@ impl Connector {
                     None => (hostpart, ""),
                 };
                 if !path.is_empty() {
-                    db = Some(path);
+                    db = Some(path.to_owned());
                 }
                 if hostport.is_empty() {
                     return Err(bad("no host"));
@@ -170,7 +216,11 @@ impl Connector {
                     None => false,
                 };
                 if has_port {
-                    hostport.parse()?
+                    hostport
+                        .parse()
+                        .map_err(|_| bad("expected host:port after the credentials"))?
+                } else if hostport.contains(['[', ']']) && !hostport.starts_with('[') {
+                    return Err(bad("malformed host"));
                 } else {
                     Endpoint::tcp(hostport, 6379)
                 }
@@ -181,28 +231,84 @@ impl Connector {
                 }
                 Endpoint::unix(location)
             }
-            "rediss" | "valkeys" => return Err(bad("TLS (rediss://) is not supported yet")),
-            other => return Err(bad(&format!("unknown scheme {other:?}"))),
+            other
+                if other
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+            {
+                return Err(bad(&format!("unknown scheme {other:?}")))
+            }
+            _ => return Err(bad("unknown scheme")),
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("db", v)) => db = Some(v),
-                Some(("protocol", "2" | "resp2")) => {
-                    connector = connector.protocol(Protocol::Resp2)
+            // Without `=` it is not a parameter, and may be a piece of a
+            // password with an unencoded `?`: not quoted either.
+            let (key, value) = pair.split_once('=').unwrap_or(("", pair));
+            match key {
+                "db" => db = Some(percent_decode(value, "db")?),
+                "protocol" => match value {
+                    "2" | "resp2" => connector = connector.protocol(Protocol::Resp2),
+                    "3" | "resp3" => connector = connector.protocol(Protocol::Resp3),
+                    _ => return Err(bad("protocol must be 2 or 3")),
+                },
+                "client_name" => {
+                    let name = percent_decode(value, "client_name")?;
+                    if name.is_empty() || name.contains(|c: char| c.is_ascii_whitespace()) {
+                        return Err(bad("client_name must be non-empty, without spaces"));
+                    }
+                    connector = connector.client_name(name);
                 }
-                Some(("protocol", "3" | "resp3")) => {
-                    connector = connector.protocol(Protocol::Resp3)
+                k if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                    return Err(bad(&format!(
+                        "unknown parameter {k:?} (known: db, protocol, client_name)"
+                    )))
                 }
-                _ => return Err(bad(&format!("unknown parameter {pair:?}"))),
+                _ => return Err(bad("malformed query")),
             }
         }
         if let Some(db) = db {
             let n = db
                 .parse()
-                .map_err(|_| bad(&format!("database {db:?} is not a number")))?;
+                .map_err(|_| bad("the database is not a number"))?;
             connector = connector.database(n);
         }
+        if tls {
+            #[cfg(feature = "tls")]
+            {
+                connector = connector.tls(super::TlsConfig::new())?;
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(Error::config(
+                "rediss:// needs TLS: build redis-layers with the `tls` feature",
+            ));
+        }
         Ok((connector, endpoint))
+    }
+
+    /// Speaks TLS to every TCP endpoint this connector dials (Unix sockets
+    /// stay plain: Redis has no TLS on them), handoff targets and cluster
+    /// nodes included, each verified against its own host name unless
+    /// [`TlsConfig::server_name`](super::TlsConfig::server_name) says
+    /// otherwise. Feature `tls`.
+    ///
+    /// A failed handshake (unknown CA, a certificate for another name, an
+    /// alert from the server) fails the connect with [`Error::Io`] whose
+    /// inner error is a [`TlsError`](super::TlsError): see
+    /// [`Error::tls_error`].
+    ///
+    /// Errors: [`Error::Config`] when the roots or the client certificate
+    /// and key cannot be used.
+    ///
+    /// ```
+    /// use redis_layers::{Connector, TlsConfig};
+    /// let connector = Connector::new().tls(TlsConfig::new())?;
+    /// # Ok::<(), redis_layers::Error>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, tls: super::TlsConfig) -> Result<Self> {
+        self.config_mut().tls = Some(tls.build()?);
+        Ok(self)
     }
 
     /// Maintenance notifications: the opt-in handshake's mode and endpoint
@@ -307,7 +413,8 @@ impl Connector {
 
     /// Dials `endpoint` and runs the handshake.
     ///
-    /// Errors: [`Error::Io`] (refused, unreachable, timed out),
+    /// Errors: [`Error::Io`] (refused, unreachable, timed out; with TLS, a
+    /// refused handshake too, see `Connector::tls`),
     /// [`Error::Auth`] (bad credentials), [`Error::Server`] (a handshake
     /// command refused), [`Error::Config`] (e.g. a username without a password).
     pub async fn connect(&self, endpoint: Endpoint) -> Result<Connection> {
@@ -364,6 +471,15 @@ async fn connect(
             let stream = TcpStream::connect((host.as_str(), *port)).await?;
             // Batches are coalesced by the driver; Nagle would only add latency.
             stream.set_nodelay(true)?;
+            // The driver is generic over the stream: a TLS connection gets
+            // its own copy, and the plain TCP one pays nothing for it.
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &config.tls {
+                let stream = tls.connect(host, *port, stream).await?;
+                let conn =
+                    Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint);
+                return finish(conn, &config).await;
+            }
             Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint)
         }
         #[cfg(unix)]
@@ -374,7 +490,12 @@ async fn connect(
         #[cfg(not(unix))]
         Endpoint::Unix(_) => return Err(Error::config("Unix sockets need a Unix platform")),
     };
-    let info = handshake::run(&conn, &config).await?;
+    finish(conn, &config).await
+}
+
+/// Runs the handshake on a new connection.
+async fn finish(conn: Connection, config: &Config) -> Result<Connection> {
+    let info = handshake::run(&conn, config).await?;
     conn.set_info(info);
     Ok(conn)
 }
@@ -396,8 +517,14 @@ impl Service<Endpoint> for Connector {
 
 pub(crate) type BoxConnect = Pin<Box<dyn Future<Output = Result<Connection>> + Send>>;
 
-fn percent_decode(s: &str) -> Result<String> {
-    let bad = || Error::config(format!("invalid percent-encoding in Redis URL: {s:?}"));
+/// Decodes `%XX` escapes; the error names `what`, never the text (it may
+/// be a password).
+fn percent_decode(s: &str, what: &str) -> Result<String> {
+    let bad = || {
+        Error::config(format!(
+            "invalid percent-encoding in the Redis URL's {what}"
+        ))
+    };
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -441,15 +568,38 @@ mod tests {
         assert_eq!(e, Endpoint::unix("/run/redis.sock"));
         assert_eq!(c.config.database, 5);
 
+        let (c, e) =
+            Connector::from_url("unix:///tmp/r.sock?client_name=job%2D7&protocol=resp2").unwrap();
+        assert_eq!(e, Endpoint::unix("/tmp/r.sock"));
+        assert_eq!(c.config.client_name.as_deref(), Some("job-7"));
+        assert_eq!(c.config.protocol, Protocol::Resp2);
+
+        let rediss = Connector::from_url("rediss://:pw@cache.local:6380/1");
+        #[cfg(feature = "tls")]
+        {
+            let (c, e) = rediss.unwrap();
+            assert_eq!(e, Endpoint::tcp("cache.local", 6380));
+            assert!(c.config.tls_on(&e));
+            assert!(!c.config.tls_on(&Endpoint::unix("/tmp/r.sock")));
+            assert_eq!(c.config.database, 1);
+        }
+        #[cfg(not(feature = "tls"))]
+        assert!(
+            matches!(&rediss, Err(Error::Config(m)) if m.contains("`tls` feature")),
+            "{rediss:?}"
+        );
+
         for bad in [
             "localhost:6379",
-            "rediss://h",
             "http://h",
             "redis://",
             "redis://h/x",
             "redis://h:99999",
             "redis://h?foo=1",
             "redis://a:%zz@h",
+            "redis://h?protocol=4",
+            "redis://h?client_name=a%20b",
+            "redis://h?db=x",
             "unix://",
         ] {
             assert!(
@@ -457,5 +607,43 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// No error message and no `Debug` output shows the password, however
+    /// the URL around it is broken.
+    #[test]
+    fn secrets_are_never_printed() {
+        const SECRET: &str = "s3cretPW";
+        let urls = [
+            "redis://alice:s3cretPW@h:1/2",
+            "redis://:s3cretPW@h",
+            "redis://s3cretPW@h",
+            "rediss://alice:s3cretPW@h:6380",
+            "redis://alice:s3cretPW%zz@h",
+            "redis://alice:s3cretPW@h:99999",
+            "redis://alice:s3cretPW@h/x",
+            "redis://alice:s3cretPW@",
+            "redis://alice:s3cret?PW@h",
+            "redis://alice:s3cretPW@h?password=s3cretPW",
+            "redis://alice:s3cretPW@h?s3cretPW",
+            "redis://h?client_name=s3cretPW%20",
+            "redis://h?db=s3cretPW",
+            "alice:s3cretPW@h://x",
+            "s3cretPW",
+        ];
+        for url in urls {
+            let shown = match Connector::from_url(url) {
+                Ok((c, e)) => format!("{c:?} {e:?} {e}"),
+                Err(e) => format!("{e:?} {e}"),
+            };
+            assert!(!shown.contains(SECRET), "{url} -> {shown}");
+            assert!(!shown.contains("s3cret?PW"), "{url} -> {shown}");
+            assert!(!shown.contains("PW"), "{url} -> {shown}");
+        }
+        let (c, _) = Connector::from_url("redis://alice:s3cretPW@h").unwrap();
+        assert!(
+            format!("{c:?}").contains(r#"password: Some("***")"#),
+            "{c:?}"
+        );
     }
 }

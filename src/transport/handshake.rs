@@ -93,7 +93,11 @@ pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<Connection
             // A local socket: the server is on this machine.
             Endpoint::Unix(_) => "127.0.0.1",
         };
-        if let Some(t) = config.maint.endpoint_type_for(host, false).await {
+        if let Some(t) = config
+            .maint
+            .endpoint_type_for(host, config.tls_on(conn.endpoint()))
+            .await
+        {
             maint_at = Some((pipeline.len(), t));
             pipeline.push(
                 cmd("CLIENT")

@@ -17,12 +17,22 @@ pub(crate) mod driver;
 mod endpoint;
 pub mod future;
 mod handshake;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub(crate) use connection::PushItem;
 pub use connection::{Connection, PushReceiver};
 pub(crate) use connector::dial_relaxed;
 pub use connector::Connector;
 pub use endpoint::Endpoint;
+/// The rustls this crate is built with (feature `tls`), for
+/// [`TlsConfig::from_rustls`] and matching on [`TlsError::rustls_error`].
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use rustls;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::{TlsConfig, TlsError};
 
 /// The life of a connection, as the layers that own connections see it
 /// (the [handoff](crate::handoff) layer closes a connection it has moved

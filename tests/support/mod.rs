@@ -17,6 +17,8 @@ pub mod cluster;
 pub mod faults;
 pub mod ledger;
 pub mod sim;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]
