@@ -383,3 +383,41 @@ async fn moving_is_followed_over_tls_to_the_target_host_name() {
     })
     .await
 }
+
+/// The Client over `rediss://`: the default stack (Retry, RelaxTimeout,
+/// Handoff) and pub/sub dial through the TLS connector; a wrong CA fails
+/// `build`-time detection with the TLS error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_over_rediss() {
+    bounded(30, async {
+        let ca = Ca::new("test CA");
+        let tls = TlsServer::start(&ca, &ca.server_cert(&["localhost", "127.0.0.1"]), false);
+        let url = format!("rediss://127.0.0.1:{}/2", tls.tls_port);
+        let builder = redis_layers::Client::builder(&url).unwrap();
+        let (connector, _) = Connector::from_url(&url).unwrap();
+        let client = builder
+            .connector(connector.tls(trusting(&ca)).unwrap())
+            .build()
+            .await
+            .unwrap();
+        client.set("client-k", "over tls").await.unwrap();
+        assert_eq!(tls.server.cli(&["-n", "2", "GET", "client-k"]), "over tls");
+        let mut sub = client.subscribe(["tls-news"]).await.unwrap();
+        client.publish("tls-news", "hi").await.unwrap();
+        match sub.recv().await {
+            Some(redis_layers::pubsub::Event::Message(m)) => assert_eq!(&m.payload[..], b"hi"),
+            other => panic!("{other:?}"),
+        }
+
+        let other = Ca::new("another CA");
+        let (connector, _) = Connector::from_url(&url).unwrap();
+        let err = redis_layers::Client::builder(&url)
+            .unwrap()
+            .connector(connector.tls(trusting(&other)).unwrap())
+            .build()
+            .await
+            .unwrap_err();
+        assert!(err.tls_error().is_some(), "{err:?}");
+    })
+    .await
+}
