@@ -457,6 +457,63 @@ struct Entry {
     fanout: Fanout,
 }
 
+/// The route of a command whose keys are at fixed positions.
+fn slot_at(cmd: &Cmd, (first, count, step): (usize, usize, usize)) -> Result<Route, RouteError> {
+    let mut slot: Option<u16> = None;
+    for k in cmd.argv().skip(first).step_by(step).take(count) {
+        let s = key_slot(k);
+        match slot {
+            None => slot = Some(s),
+            Some(seen) if seen != s => return Err(RouteError::CrossSlot { slots: (seen, s) }),
+            Some(_) => {}
+        }
+    }
+    Ok(slot.map_or(Route::AnyPrimary, Route::Slot))
+}
+
+/// The last command one caller routed, when its keys sit at fixed
+/// positions: a caller that sends the same command again (a loop of `GET`s,
+/// the usual case) skips the table lookup. Each [`Cluster`](super::Cluster)
+/// clone keeps one, and forgets it when the table may have changed.
+#[derive(Debug, Default)]
+pub(crate) struct RouteMemo {
+    /// The name as sent (case and all); `len` 0: nothing remembered.
+    name: [u8; 16],
+    len: u8,
+    fixed: (usize, usize, usize),
+}
+
+impl RouteMemo {
+    /// Forgets the command (the table changed).
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl CommandTable {
+    /// The same as [`CommandTable::route`], remembering the command in `memo`.
+    pub(crate) fn route_memo(&self, memo: &mut RouteMemo, cmd: &Cmd) -> Result<Route, RouteError> {
+        let name = cmd.name();
+        if let Some(n) = name {
+            if memo.len > 0 && n == &memo.name[..usize::from(memo.len)] {
+                return slot_at(cmd, memo.fixed);
+            }
+        }
+        let (entry, container) = self.entry_of(cmd)?;
+        memo.len = 0;
+        if let (Some(n), Some(fixed), false, None) =
+            (name, entry.rule.fixed_positions(), container, &entry.fanout)
+        {
+            if let (Some(dst), Ok(len)) = (memo.name.get_mut(..n.len()), u8::try_from(n.len())) {
+                dst.copy_from_slice(n);
+                memo.len = len;
+                memo.fixed = fixed;
+            }
+        }
+        self.route_with(entry, cmd)
+    }
+}
+
 /// [`CommandTable::route`] for many commands; see [`CommandTable::router`].
 pub(crate) struct Router<'t, 'c> {
     table: &'t CommandTable,
@@ -804,19 +861,8 @@ impl CommandTable {
         }
         // Fast path, most commands: keys at fixed positions, read straight
         // off the command without indexing every argument.
-        if let Some((first, count, step)) = entry.rule.fixed_positions() {
-            let mut slot: Option<u16> = None;
-            for k in cmd.argv().skip(first).step_by(step).take(count) {
-                let s = key_slot(k);
-                match slot {
-                    None => slot = Some(s),
-                    Some(seen) if seen != s => {
-                        return Err(RouteError::CrossSlot { slots: (seen, s) })
-                    }
-                    Some(_) => {}
-                }
-            }
-            return Ok(slot.map_or(Route::AnyPrimary, Route::Slot));
+        if let Some(fixed) = entry.rule.fixed_positions() {
+            return slot_at(cmd, fixed);
         }
         with_args(cmd, |args| {
             let mut slot: Option<u16> = None;
@@ -1721,6 +1767,11 @@ mod router_tests {
         let mut r = t.router();
         for c in &cmds {
             assert_eq!(r.route(c), t.route(c), "{c:?}");
+        }
+        // The memo too, in this order and reversed (each name after each).
+        let mut memo = RouteMemo::default();
+        for c in cmds.iter().chain(cmds.iter().rev()).chain(cmds.iter()) {
+            assert_eq!(t.route_memo(&mut memo, c), t.route(c), "{c:?}");
         }
     }
 }

@@ -306,6 +306,8 @@ pub struct Cluster<N: NewNode> {
     waiting: Option<u64>,
     /// What the fast path's futures follow redirects with.
     fixup: Option<Arc<dyn Fixup>>,
+    /// The last command this clone routed.
+    memo: keys::RouteMemo,
 }
 
 impl<N: NewNode> Clone for Cluster<N> {
@@ -317,6 +319,7 @@ impl<N: NewNode> Clone for Cluster<N> {
             local: Vec::new(),
             waiting: None,
             fixup: None,
+            memo: Default::default(),
         }
     }
 }
@@ -359,6 +362,7 @@ impl<N: NewNode> Cluster<N> {
             local: Vec::new(),
             waiting: None,
             fixup: None,
+            memo: Default::default(),
         }
     }
 
@@ -393,6 +397,8 @@ impl<N: NewNode> Cluster<N> {
             self.gen = self.shared.gen.load(Ordering::Acquire);
             drop(topo);
             self.local.clear();
+            // The command table may have learnt something.
+            self.memo.clear();
         }
     }
 
@@ -807,9 +813,14 @@ where
 }
 
 /// Where `req` goes under `snap`.
-fn target(shared: &Shared<impl NewNode>, snap: &Snapshot, req: &Request) -> Result<Target> {
+fn target(
+    shared: &Shared<impl NewNode>,
+    snap: &Snapshot,
+    req: &Request,
+    memo: &mut keys::RouteMemo,
+) -> Result<Target> {
     match req.body() {
-        Body::Cmd(c) => match snap.table.route(c) {
+        Body::Cmd(c) => match snap.table.route_memo(memo, c) {
             Ok(Route::Slot(s)) => match snap.owner[usize::from(s)] {
                 NONE => Err(no_owner(s)),
                 i if shared.config.read_from_replicas && snap.table.is_read_only(c) => {
@@ -1023,7 +1034,7 @@ async fn general<N: NewNode>(shared: Arc<Shared<N>>, req: Request) -> Result<Res
     let mut learned = false;
     loop {
         let snap = shared.snapshot();
-        match target(&shared, &snap, &req)? {
+        match target(&shared, &snap, &req, &mut Default::default())? {
             Target::Node(i) => {
                 let node = shared.node(i).ok_or_else(|| no_node(i))?;
                 let first = send(node, req.clone()).await;
@@ -1038,7 +1049,7 @@ async fn general<N: NewNode>(shared: Arc<Shared<N>>, req: Request) -> Result<Res
                 learned = true;
                 shared.learn(&name).await?;
                 if matches!(
-                    target(&shared, &shared.snapshot(), &req),
+                    target(&shared, &shared.snapshot(), &req, &mut Default::default()),
                     Ok(Target::Learn(_))
                 ) {
                     lock(&shared.unknown).insert(name);
@@ -1169,7 +1180,7 @@ async fn split<N: NewNode>(
 }
 
 /// Commands up to this many bytes (arguments as encoded) are kept inline.
-const INLINE: usize = 80;
+const INLINE: usize = 48;
 
 /// The copy of a request the fast path keeps to follow a redirect. A
 /// pipeline's commands are kept in one buffer (two allocations, not one per
@@ -1321,7 +1332,7 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
 
     fn call(&mut self, req: Request) -> Self::Future {
         self.sync();
-        let target = match target(&self.shared, &self.snapshot, &req) {
+        let target = match target(&self.shared, &self.snapshot, &req, &mut self.memo) {
             Ok(t) => t,
             Err(e) => return ResponseFuture::failed(e),
         };
