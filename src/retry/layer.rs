@@ -67,7 +67,7 @@ impl RetryLayer {
     }
 
     /// The retry budget (default
-    /// [`TpsBudget::default`](tower::retry::budget::TpsBudget)); see
+    /// [`RetryBudget::default`](super::RetryBudget)); see
     /// [`RedisPolicy::budget`].
     pub fn budget(self, budget: impl Budget + Send + Sync + 'static) -> Self {
         self.map(|p| p.budget(budget))

@@ -3,7 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::budget::Budget;
+#[cfg(test)]
+use tower::retry::budget::TpsBudget;
+
+use super::RetryBudget;
 use tower::retry::Policy;
 
 use super::backoff::Backoff;
@@ -105,7 +109,7 @@ struct Config {
 /// |---|---|
 /// | `max_retries` | 3 (so at most 4 attempts) |
 /// | `backoff` | [`Backoff::default`]: 10 ms doubling to 1 s, jitter 0.5 |
-/// | `budget` | [`TpsBudget::default`]: retries up to 20% of requests over 10 s, plus 10 per second |
+/// | `budget` | [`RetryBudget::default`]: retries up to 20% of requests over 10 s, plus 10 per second |
 /// | `classifier` | [`classify`] |
 /// | command table | [`CommandTable::default`] |
 ///
@@ -159,7 +163,7 @@ impl RedisPolicy {
             config: Arc::new(Config {
                 max_retries: 3,
                 backoff: Backoff::default(),
-                budget: Arc::new(TpsBudget::default()),
+                budget: Arc::new(RetryBudget::default()),
                 classifier: Arc::new(classify),
                 table: CommandTable::default(),
             }),
@@ -187,7 +191,7 @@ impl RedisPolicy {
     /// The retry budget, shared by every request of every service built
     /// with this policy: a success deposits, a retry withdraws, and when it
     /// is empty the failure is returned. E.g.
-    /// `TpsBudget::new(Duration::from_secs(10), 0, 0.1)` allows retries of
+    /// `RetryBudget::new(Duration::from_secs(10), 0, 0.1)?` allows retries of
     /// 10% of the requests of the last 10 s and nothing more.
     pub fn budget(mut self, budget: impl Budget + Send + Sync + 'static) -> Self {
         self.config_mut().budget = Arc::new(budget);
