@@ -70,21 +70,9 @@ fn text(v: &Value) -> String {
     .into_owned()
 }
 
-/// xorshift64*: deterministic test data without a dependency.
-struct Rng(u64);
+use support::rng::Rng;
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     /// Up to `max` bytes, braces and binary included.
     fn bytes(&mut self, max: u64) -> Vec<u8> {
         let len = self.below(max + 1);

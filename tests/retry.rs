@@ -108,21 +108,7 @@ fn bulk(s: &str) -> Value {
     Value::BulkString(s.to_owned().into())
 }
 
-/// A small seeded PRNG (xorshift64*) for the fault schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use support::rng::Rng;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -644,41 +630,21 @@ async fn a_request_on_a_slot_reserved_before_the_connection_died_is_closed() {
 #[cfg(feature = "metrics")]
 #[test]
 fn retries_are_counted() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
     use redis_layers::retry::RETRIES;
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(bounded(30, async {
-            let (_server, proxy, _policy, mut svc) = refusing(3).await;
-            proxy.refuse_next(2, REFUSALS[1]);
-            let r = send(&mut svc, cmd("INCR").arg("counted")).await;
-            assert_eq!(r.unwrap(), Value::Integer(1));
-        }));
+    let counters = support::metrics::counted(async {
+        let (_server, proxy, _policy, mut svc) = refusing(3).await;
+        proxy.refuse_next(2, REFUSALS[1]);
+        let r = send(&mut svc, cmd("INCR").arg("counted")).await;
+        assert_eq!(r.unwrap(), Value::Integer(1));
     });
-    let counted: Vec<_> = snapshotter
-        .snapshot()
-        .into_vec()
+    let retries: Vec<_> = counters
         .into_iter()
-        .filter_map(|(key, _, _, value)| match value {
-            DebugValue::Counter(c) if key.key().name() == RETRIES => {
-                let labels: Vec<_> = key
-                    .key()
-                    .labels()
-                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                    .collect();
-                Some((labels, c))
-            }
-            _ => None,
-        })
+        .filter(|(name, _, _)| name == RETRIES)
+        .map(|(_, labels, n)| (labels, n))
         .collect();
     assert_eq!(
-        counted,
+        retries,
         [(vec![("reason".to_owned(), "LOADING".to_owned())], 2)]
     );
     assert_eq!(RETRIES, "redis.client.retries");

@@ -16,6 +16,9 @@ use redis_layers::Endpoint;
 pub mod cluster;
 pub mod faults;
 pub mod ledger;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+pub mod rng;
 pub mod sim;
 #[cfg(feature = "tls")]
 pub mod tls;
