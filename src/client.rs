@@ -18,9 +18,13 @@
 //! [`ClientBuilder::build`] assembles, with the maintenance configuration
 //! given to it (the same for every layer):
 //!
-//! - standalone: `RelaxTimeout(Handoff(Connector))`;
-//! - cluster: `Cluster` over, per node, `RelaxTimeout(Handoff(Connector))`
-//!   (replicas' connectors send `READONLY`).
+//! - standalone: `Retry(RelaxTimeout(Handoff(Connector)))`;
+//! - cluster: `Retry(Cluster)` over, per node,
+//!   `RelaxTimeout(Handoff(Connector))` (replicas' connectors send
+//!   `READONLY`).
+//!
+//! Retry is [`RetryLayer::new`](crate::retry::RetryLayer::new) unless
+//! [`ClientBuilder::retry`] says otherwise.
 //!
 //! Layers added with [`ClientBuilder::layer`] wrap the whole stack,
 //! outermost last. The stack is a [`BoxService`]
@@ -208,6 +212,17 @@ impl ClusterHandle {
 
 /// A connection of one's own: leased from Handoff, or dialled to a
 /// cluster node.
+/// Closes a connection unless disarmed (its `Option` taken) first.
+struct CloseOnDrop(Option<Connection>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.close();
+        }
+    }
+}
+
 enum DedicatedConn {
     Leased(Leased<Connector, DefaultPolicy>),
     Conn(Connection),
@@ -466,7 +481,16 @@ impl Client {
     async fn blocking<T: FromValue>(&self, c: Cmd) -> Result<T> {
         let slot = self.slot_of(std::slice::from_ref(&c))?;
         let mut conn = self.dedicated(slot).await?;
-        T::from_value(conn.send(c.into()).await?.into_value()?)
+        // A caller that gives up leaves the command blocked on the server,
+        // where it would pop an element for nobody: close the connection.
+        // (A lease is closed when given back: it had a blocking command.)
+        let mut guard = CloseOnDrop(match &conn {
+            DedicatedConn::Conn(c) => Some(c.clone()),
+            DedicatedConn::Leased(_) => None,
+        });
+        let reply = conn.send(c.into()).await;
+        guard.0 = None;
+        T::from_value(reply?.into_value()?)
     }
 
     /// A request with the client's timeout, for dedicated connections.

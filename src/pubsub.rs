@@ -576,36 +576,58 @@ impl Subscription {
         }
         let inner = self.inner.clone();
         let queue = self.queue.clone();
-        let _ops = inner.ops.lock().await;
-        // Routed before the command is sent: a message that follows the
-        // confirmation finds its subscriber.
-        let first: Vec<Bytes> = {
-            let mut reg = lock(&inner.registry);
-            let mut first = Vec::new();
+        let timeout = self.timeout;
+        // Counted as ours at once, so that `Drop` unroutes them whatever
+        // happens to this future.
+        self.own[k].extend(wanted.iter().cloned());
+        // Routing and the SUBSCRIBE run in a task of their own: a caller
+        // that gives up (a timeout, a `select!`) cannot leave a route
+        // without a server subscription behind it, which would make later
+        // subscribers of the channel wait for messages that never come.
+        let task = tokio::spawn({
+            let wanted = wanted.clone();
+            async move {
+                let _ops = inner.ops.lock().await;
+                // Routed before the command is sent: a message that follows
+                // the confirmation finds its subscriber.
+                let first: Vec<Bytes> = {
+                    let mut reg = lock(&inner.registry);
+                    let mut first = Vec::new();
+                    for c in &wanted {
+                        let list = reg.routes[k].entry(c.clone()).or_default();
+                        if list.is_empty() {
+                            first.push(c.clone());
+                        }
+                        list.push(queue.clone());
+                    }
+                    first
+                };
+                if first.is_empty() {
+                    return Ok(());
+                }
+                let mut cmd = crate::cmd(kind.subscribe());
+                for c in &first {
+                    cmd = cmd.arg(c.as_ref());
+                }
+                let sent = inner.send_within(cmd, timeout).await;
+                if sent.is_err() {
+                    let mut reg = lock(&inner.registry);
+                    for c in &wanted {
+                        unroute(&mut reg, k, c, queue.id);
+                    }
+                }
+                sent.map(drop)
+            }
+        });
+        let result = task
+            .await
+            .unwrap_or_else(|e| Err(Error::config(format!("subscribe task failed: {e}"))));
+        if result.is_err() {
             for c in &wanted {
-                let list = reg.routes[k].entry(c.clone()).or_default();
-                if list.is_empty() {
-                    first.push(c.clone());
-                }
-                list.push(queue.clone());
-            }
-            first
-        };
-        if !first.is_empty() {
-            let mut cmd = crate::cmd(kind.subscribe());
-            for c in &first {
-                cmd = cmd.arg(c.as_ref());
-            }
-            if let Err(e) = inner.send_within(cmd, self.timeout).await {
-                let mut reg = lock(&inner.registry);
-                for c in &wanted {
-                    unroute(&mut reg, k, c, queue.id);
-                }
-                return Err(e);
+                self.own[k].remove(c);
             }
         }
-        self.own[k].extend(wanted);
-        Ok(())
+        result
     }
 
     async fn remove<I>(&mut self, kind: Kind, channels: I) -> Result<()>
@@ -623,13 +645,22 @@ impl Subscription {
             return Ok(());
         }
         let inner = self.inner.clone();
-        let _ops = inner.ops.lock().await;
-        let last: Vec<Bytes> = {
+        // Unrouted together with `own`, before any wait: delivery stops at
+        // once, and a caller that gives up leaves no route behind.
+        let mut last: Vec<Bytes> = {
             let mut reg = lock(&inner.registry);
             gone.into_iter()
                 .filter(|c| unroute(&mut reg, k, c, self.queue.id))
                 .collect()
         };
+        let _ops = inner.ops.lock().await;
+        // Someone may have subscribed meanwhile (then the server keeps it);
+        // a channel left unsubscribed here because this future was dropped
+        // is unsubscribed as a stray when its next message comes.
+        {
+            let reg = lock(&inner.registry);
+            last.retain(|c| reg.routes[k].get(c).is_none_or(|l| l.is_empty()));
+        }
         if last.is_empty() {
             return Ok(());
         }

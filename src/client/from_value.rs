@@ -70,17 +70,27 @@ pub(crate) fn type_error(want: &str, got: &Value) -> Error {
     Error::Type(format!("expected {want}, got {}", describe(got)))
 }
 
+/// The shape of a reply, never its contents: an `Error::Type` message ends
+/// up in logs, and a value may be a secret (a session token, a password).
 fn describe(v: &Value) -> String {
-    let mut s = format!("{v:?}");
-    if s.len() > 80 {
-        let mut end = 77;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
+    match v {
+        Value::SimpleString(b) => format!("a simple string of {} bytes", b.len()),
+        Value::Error(_) | Value::BlobError(_) => "an error reply".into(),
+        Value::Integer(_) => "an integer".into(),
+        Value::BulkString(b) => format!("a bulk string of {} bytes", b.len()),
+        Value::Null => "nil".into(),
+        Value::Array(a) => format!("an array of {}", a.len()),
+        Value::Map(m) => format!("a map of {}", m.len()),
+        Value::Set(s) => format!("a set of {}", s.len()),
+        Value::Double(_) => "a double".into(),
+        Value::Boolean(_) => "a boolean".into(),
+        Value::BigNumber(_) => "a big number".into(),
+        Value::VerbatimString { .. } => "a verbatim string".into(),
+        Value::Push(_) => "a push".into(),
+        Value::Attribute { .. } => "an attribute".into(),
+        #[allow(unreachable_patterns)]
+        _ => "another kind of reply".into(),
     }
-    s
 }
 
 /// Strips attributes and turns an error reply into [`Error::Server`].
@@ -146,8 +156,8 @@ fn format_double(d: f64) -> String {
 fn utf8(b: Bytes) -> Result<String> {
     String::from_utf8(b.into()).map_err(|e| {
         Error::Type(format!(
-            "expected UTF-8 text, got {:?}",
-            String::from_utf8_lossy(e.as_bytes())
+            "expected UTF-8 text, got {} bytes that are not",
+            e.as_bytes().len()
         ))
     })
 }

@@ -1075,19 +1075,39 @@ async fn fanout<N: NewNode>(
     req: Request,
     agg: keys::Aggregate,
 ) -> Result<Response> {
-    let mut calls = Vec::with_capacity(snap.primaries.len());
-    for &i in &snap.primaries {
-        let node = shared.node(i).ok_or_else(|| no_node(i))?;
+    // Every node first: nothing is sent unless all of them can be.
+    let nodes = snap
+        .primaries
+        .iter()
+        .map(|&i| shared.node(i).ok_or_else(|| no_node(i)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut calls = Vec::with_capacity(nodes.len());
+    for node in nodes {
         calls.push(tokio::spawn(send(node, req.clone())));
     }
+    let several = calls.len() > 1;
     let mut replies = Vec::with_capacity(calls.len());
     for c in calls {
         let r = c
             .await
             .map_err(|e| Error::config(format!("fan-out task failed: {e}")))?;
-        replies.push(r?.into_value()?);
+        replies.push(r.map_err(|e| partial(e, several))?.into_value()?);
     }
     agg.combine(replies).map(Response::Value)
+}
+
+/// The error of one part of a request sent to several nodes: when other
+/// parts may have run, even "never sent" or "refused" no longer means the
+/// request had no effect, so it becomes an I/O error ("may have been
+/// applied": a retry layer resends it only if it is idempotent).
+fn partial(e: Error, several: bool) -> Error {
+    if several && crate::retry::classify(&e) == crate::retry::Retryable::NotApplied {
+        Error::Io(std::sync::Arc::new(std::io::Error::other(format!(
+            "one node's part failed ({e}) after other parts may have run"
+        ))))
+    } else {
+        e
+    }
 }
 
 /// Splits a pipeline per node, sends the parts at once, and puts the
@@ -1144,9 +1164,13 @@ async fn split<N: NewNode>(
         idx.push(i);
         *part = std::mem::take(part).cmd(p.cmds()[i].clone());
     }
+    // Every node first: nothing is sent unless all of them can be.
+    let parts = parts
+        .into_iter()
+        .map(|(node, idx, part)| Ok((shared.node(node).ok_or_else(|| no_node(node))?, idx, part)))
+        .collect::<Result<Vec<_>>>()?;
     let mut calls = Vec::with_capacity(parts.len());
-    for (node, idx, part) in parts {
-        let svc = shared.node(node).ok_or_else(|| no_node(node))?;
+    for (svc, idx, part) in parts {
         let sub = like(&req, part);
         let shared = shared.clone();
         calls.push((
@@ -1163,10 +1187,12 @@ async fn split<N: NewNode>(
     }
     let mut results: Vec<Option<std::result::Result<Value, ServerError>>> =
         (0..p.cmds().len()).map(|_| None).collect();
+    let several = calls.len() > 1;
     for (idx, call) in calls {
         let r = call
             .await
-            .map_err(|e| Error::config(format!("pipeline part failed: {e}")))??;
+            .map_err(|e| Error::config(format!("pipeline part failed: {e}")))?
+            .map_err(|e| partial(e, several))?;
         for (i, v) in idx.into_iter().zip(r.into_pipeline()?) {
             results[i] = Some(v);
         }
@@ -1190,6 +1216,7 @@ pub(super) enum Kept {
     /// copied into the future itself: no allocation and no free per request.
     Inline {
         timeout: crate::CommandTimeout,
+        idempotent: bool,
         len: u8,
         argc: u8,
         bytes: [u8; INLINE],
@@ -1214,6 +1241,7 @@ impl Kept {
                         bytes[..raw.len()].copy_from_slice(raw);
                         Kept::Inline {
                             timeout: req.timeout(),
+                            idempotent: req.is_idempotent(),
                             len,
                             argc,
                             bytes,
@@ -1244,16 +1272,24 @@ impl Kept {
         match self {
             Kept::Inline {
                 timeout,
+                idempotent,
                 len,
                 argc,
                 bytes,
-            } => timed(
-                Request::from(crate::Cmd::from_raw(
-                    bytes[..usize::from(len)].to_vec(),
-                    usize::from(argc),
-                )),
-                timeout,
-            ),
+            } => {
+                let r = timed(
+                    Request::from(crate::Cmd::from_raw(
+                        bytes[..usize::from(len)].to_vec(),
+                        usize::from(argc),
+                    )),
+                    timeout,
+                );
+                if idempotent {
+                    r.idempotent()
+                } else {
+                    r
+                }
+            }
             Kept::One(r) => r,
             Kept::Pipeline {
                 timeout,
@@ -1405,11 +1441,12 @@ mod tests {
             cmd("SET").arg("k").arg(vec![b'v'; INLINE]),
         ] {
             let inline = c.raw().0.len() <= INLINE;
-            let one = Request::from(c.clone()).without_timeout();
+            let one = Request::from(c.clone()).without_timeout().idempotent();
             let kept = Kept::of(&one);
             assert_eq!(matches!(kept, Kept::Inline { .. }), inline, "{c:?}");
             let back = kept.into_request();
             assert_eq!(back.timeout(), one.timeout());
+            assert!(back.is_idempotent(), "the flag comes back too");
             assert!(matches!(back.body(), Body::Cmd(b) if b == &c));
         }
     }

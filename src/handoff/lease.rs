@@ -111,7 +111,10 @@ fn stateful(req: &Request) -> bool {
         Body::Cmd(c) => std::slice::from_ref(c),
         Body::Pipeline(p) => p.cmds(),
     };
-    cmds.iter().any(|c| STATEFUL.iter().any(|name| c.is(name)))
+    // A blocking command whose caller gave up still blocks on the server
+    // (and would pop an element for nobody): not for the next lease.
+    cmds.iter()
+        .any(|c| c.is_blocking() || STATEFUL.iter().any(|name| c.is(name)))
 }
 
 impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Leased<M, P> {

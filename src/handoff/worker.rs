@@ -787,7 +787,21 @@ where
 {
     for c in cmds {
         std::future::poll_fn(|cx| conn.poll_ready(cx)).await?;
-        conn.call(c.clone().into()).await?.into_value()?;
+        match conn
+            .call(c.clone().into())
+            .await
+            .and_then(|r| r.into_value())
+        {
+            Ok(_) => {}
+            // The server refuses this one (e.g. `NOPERM` after an ACL
+            // change): the connection is fine and the rest still matter;
+            // failing here would retry a refusal forever and keep the
+            // endpoint down.
+            Err(Error::Server(e)) => {
+                tracing::warn!(target: "redis_layers::handoff", event = "handoff.resubscribe_refused", error = %e, "a subscription was refused on the new connection; carrying on without it");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -109,7 +109,8 @@ impl Backoff {
     /// The wait for a given random number `r` in `[0, 1)`.
     fn with_random(&self, retry: u32, r: f64) -> Duration {
         let d = self.delay(retry);
-        d.mul_f64(1.0 - self.jitter * r)
+        // Not `mul_f64`, which panics near `Duration::MAX`.
+        Duration::try_from_secs_f64(d.as_secs_f64() * (1.0 - self.jitter * r)).unwrap_or(d)
     }
 }
 

@@ -47,8 +47,8 @@ pub enum Retryable {
 /// |---|---|
 /// | [`Error::Closed`] (never written) | [`NotApplied`](Retryable::NotApplied) |
 /// | [`Error::Server`] `TRYAGAIN`, `LOADING`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` | [`NotApplied`](Retryable::NotApplied): the server refused the command before running it |
-/// | [`Error::Io`] (reset, aborted, broken pipe, EOF, ...), [`Error::Protocol`] (the connection was closed on garbage), [`Error::Timeout`] | [`MaybeApplied`](Retryable::MaybeApplied) |
-/// | anything else: other server errors (`WRONGTYPE`, `ERR`, `MOVED`/`ASK`, which the cluster layer handles, `NOSCRIPT`, `BUSY`, `OOM`, ...), [`Error::Auth`], [`Error::Config`] | [`Never`](Retryable::Never) |
+/// | [`Error::Io`] (reset, aborted, broken pipe, EOF, ...), [`Error::Timeout`] | [`MaybeApplied`](Retryable::MaybeApplied) |
+/// | anything else: other server errors (`WRONGTYPE`, `ERR`, `MOVED`/`ASK`, which the cluster layer handles, `NOSCRIPT`, `BUSY`, `OOM`, ...), [`Error::Protocol`] (a reply over the size limits fails the same way every time, and each failure closes the shared connection), [`Error::Auth`], [`Error::Config`] | [`Never`](Retryable::Never) |
 pub fn classify(err: &Error) -> Retryable {
     match err {
         Error::Closed => Retryable::NotApplied,
@@ -60,7 +60,7 @@ pub fn classify(err: &Error) -> Retryable {
             | ServerErrorKind::ReadOnly => Retryable::NotApplied,
             _ => Retryable::Never,
         },
-        Error::Io(_) | Error::Protocol(_) | Error::Timeout => Retryable::MaybeApplied,
+        Error::Io(_) | Error::Timeout => Retryable::MaybeApplied,
         _ => Retryable::Never,
     }
 }
@@ -387,10 +387,7 @@ mod tests {
             (io(io::ErrorKind::ConnectionReset), MaybeApplied),
             (io(io::ErrorKind::UnexpectedEof), MaybeApplied),
             (io(io::ErrorKind::ConnectionAborted), MaybeApplied),
-            (
-                Error::Protocol(crate::ProtocolError::new("bad")),
-                MaybeApplied,
-            ),
+            (Error::Protocol(crate::ProtocolError::new("bad")), Never),
             (Error::Timeout, MaybeApplied),
             (server("WRONGTYPE Operation against a key"), Never),
             (server("ERR syntax error"), Never),

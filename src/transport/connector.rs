@@ -258,10 +258,12 @@ impl Connector {
                     }
                     connector = connector.client_name(name);
                 }
+                // Not quoted: with an unencoded `?` in a password, the
+                // "parameter" may be a piece of the password.
                 k if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
-                    return Err(bad(&format!(
-                        "unknown parameter {k:?} (known: db, protocol, client_name)"
-                    )))
+                    return Err(bad(
+                        "unknown query parameter (known: db, protocol, client_name)",
+                    ))
                 }
                 _ => return Err(bad("malformed query")),
             }

@@ -1,7 +1,9 @@
 //! TLS for TCP endpoints (feature `tls`): rustls on the `ring` provider.
 //!
-//! Certificate verification is always on: there is no switch to turn it
-//! off. Trust a private CA with [`TlsConfig::root_certs_pem`] instead.
+//! Certificate verification is always on: this module has no switch to
+//! turn it off (a rustls configuration of your own, given to
+//! [`TlsConfig::from_rustls`], is taken as it is). Trust a private CA with
+//! [`TlsConfig::root_certs_pem`] instead.
 
 use std::fmt;
 use std::io;
@@ -26,7 +28,8 @@ use crate::error::{Error, Result};
 /// - The server's certificate must be valid for the name dialled: the
 ///   endpoint's host (a DNS name, or an IP address checked against the
 ///   certificate's IP SANs), or [`TlsConfig::server_name`] when set.
-/// - Verification cannot be turned off.
+/// - This type has no way to turn verification off ([`TlsConfig::from_rustls`]
+///   takes whatever rustls configuration you build, verifier included).
 ///
 /// The private key is never printed: `Debug` shows whether one is set.
 ///
