@@ -19,12 +19,15 @@
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "common/stats.rs"]
 mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use counting_alloc::{ALLOCS, COUNTING};
+use cpu::cpu_ns;
 use stats::median;
 
 use std::future::Future;
@@ -152,9 +155,9 @@ async fn measure<C: Client>(client: &C, w: Workload, window: Duration) -> Measur
         })
         .collect();
     tokio::time::sleep(window / 5).await;
-    let (c0, t0, cpu0) = (ops.load(Ordering::Relaxed), Instant::now(), cpu_ticks());
+    let (c0, t0, cpu0) = (ops.load(Ordering::Relaxed), Instant::now(), cpu_ns());
     tokio::time::sleep(window).await;
-    let (c1, t1, cpu1) = (ops.load(Ordering::Relaxed), Instant::now(), cpu_ticks());
+    let (c1, t1, cpu1) = (ops.load(Ordering::Relaxed), Instant::now(), cpu_ns());
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.await.expect("bench task");
@@ -162,7 +165,7 @@ async fn measure<C: Client>(client: &C, w: Workload, window: Duration) -> Measur
     let n = (c1 - c0).max(1) as f64;
     Measured {
         ops: n / (t1 - t0).as_secs_f64(),
-        cpu_us: (cpu1 - cpu0) as f64 * 10_000.0 / n,
+        cpu_us: cpu1.saturating_sub(cpu0) as f64 / 1_000.0 / n,
     }
 }
 
@@ -194,22 +197,6 @@ async fn allocs_per_get<C: Client>(client: &C) -> f64 {
     };
     run(false).await; // warm buffers up
     run(true).await as f64 / (TASKS * PER_TASK) as f64
-}
-
-/// This process's user + system CPU time in clock ticks (1/100 s), not
-/// counting redis-server (a child).
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // After "pid (comm) ": state ppid pgrp session tty_nr tpgid flags minflt
-    // cminflt majflt cmajflt utime stime ...
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    field(11) + field(12)
 }
 
 fn ops(v: &[Measured]) -> f64 {

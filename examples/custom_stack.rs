@@ -325,21 +325,8 @@ async fn run(
 fn main() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async {
-        let (server, connector, endpoint) = match std::env::var("REDIS_URL") {
-            Ok(url) => match Connector::from_url(&url) {
-                Ok((connector, endpoint)) => (None, connector, endpoint),
-                Err(e) => return Err(format!("REDIS_URL={url}: {e}")),
-            },
-            Err(_) => {
-                let server = support::RedisServer::start();
-                println!(
-                    "REDIS_URL unset: started redis-server on {}",
-                    server.endpoint()
-                );
-                let endpoint = server.endpoint();
-                (Some(server), Connector::new(), endpoint)
-            }
-        };
+        let (server, connector, endpoint) =
+            support::server_from_env().map_err(|e| format!("REDIS_URL: {e}"))?;
         let r = tokio::time::timeout(Duration::from_secs(60), run(connector, endpoint)).await;
         drop(server);
         match r {

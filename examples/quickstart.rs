@@ -11,26 +11,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use redis_layers::{cmd, Connector, Pipeline, Request, Value};
+use redis_layers::{cmd, Pipeline, Request, Value};
 use tower::ServiceExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (_server, connector, endpoint) = match std::env::var("REDIS_URL") {
-        Ok(url) => {
-            let (connector, endpoint) = Connector::from_url(&url)?;
-            (None, connector, endpoint)
-        }
-        Err(_) => {
-            let server = support::RedisServer::start();
-            println!(
-                "REDIS_URL unset: started redis-server on {}",
-                server.endpoint()
-            );
-            let endpoint = server.endpoint();
-            (Some(server), Connector::new(), endpoint)
-        }
-    };
+    let (_server, connector, endpoint) = support::server_from_env()?;
 
     // One connection, shared by every task that clones it.
     let conn = connector.connect(endpoint).await?;

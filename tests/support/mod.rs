@@ -263,3 +263,26 @@ pub async fn within<F: std::future::Future>(limit: Duration, what: &str, f: F) -
         .await
         .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
 }
+
+/// For the examples: the server named by `REDIS_URL`, or, when it is
+/// unset, a throwaway redis-server started here (it stops when the returned
+/// handle is dropped). The error never quotes the URL: it may hold a
+/// password.
+pub fn server_from_env(
+) -> redis_layers::Result<(Option<RedisServer>, redis_layers::Connector, Endpoint)> {
+    match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            let (connector, endpoint) = redis_layers::Connector::from_url(&url)?;
+            Ok((None, connector, endpoint))
+        }
+        Err(_) => {
+            let server = RedisServer::start();
+            println!(
+                "REDIS_URL unset: started redis-server on {}",
+                server.endpoint()
+            );
+            let endpoint = server.endpoint();
+            Ok((Some(server), redis_layers::Connector::new(), endpoint))
+        }
+    }
+}
