@@ -471,17 +471,62 @@ fn slot_at(cmd: &Cmd, (first, count, step): (usize, usize, usize)) -> Result<Rou
     Ok(slot.map_or(Route::AnyPrimary, Route::Slot))
 }
 
+/// The encoding a command's buffer starts with when its name is `name`
+/// (`$3\r\nGET\r\n`), copied into `head` if it fits; its length.
+fn head_of(raw: &[u8], name: &[u8], head: &mut [u8; MEMO_HEAD]) -> Option<u8> {
+    let end = raw.iter().position(|&b| b == b'\n')? + 1 + name.len() + 2;
+    let src = raw.get(..end).filter(|_| end <= MEMO_HEAD)?;
+    head[..end].copy_from_slice(src);
+    u8::try_from(end).ok()
+}
+
+/// True when `raw` starts with `head[..n]`. The encoding is canonical, so
+/// equal bytes mean an equal name; eight bytes at a time, because a
+/// `memcmp` call costs more than a short name.
+#[inline]
+fn starts_with_head(raw: &[u8], head: &[u8; MEMO_HEAD], n: u8) -> bool {
+    let n = usize::from(n);
+    let Some(raw) = raw.get(..n) else {
+        return false;
+    };
+    let word = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let mut i = 0;
+    while i + 8 <= n {
+        if word(raw, i) != word(head, i) {
+            return false;
+        }
+        i += 8;
+    }
+    raw[i..] == head[i..n]
+}
+
+/// The route of a command with one key, right after a name `n` bytes long
+/// (`GET k`, `INCR k`, `SET k v`): read where it is, no parsing of the rest.
+#[inline]
+fn one_key_after(raw: &[u8], n: u8) -> Route {
+    Cmd::args_at(raw, usize::from(n))
+        .next()
+        .map_or(Route::AnyPrimary, |k| Route::Slot(key_slot(k)))
+}
+
 /// The last command one caller routed, when its keys sit at fixed
 /// positions: a caller that sends the same command again (a loop of `GET`s,
 /// the usual case) skips the table lookup. Each [`Cluster`](super::Cluster)
 /// clone keeps one, and forgets it when the table may have changed.
 #[derive(Debug, Default)]
 pub(crate) struct RouteMemo {
-    /// The name as sent (case and all); `len` 0: nothing remembered.
-    name: [u8; 16],
+    /// The name's encoding as the command starts with it ([`head_of`]);
+    /// `len` 0: nothing remembered.
+    head: [u8; MEMO_HEAD],
     len: u8,
     fixed: (usize, usize, usize),
 }
+
+/// Room for the encoding of a name of up to 16 bytes.
+const MEMO_HEAD: usize = 24;
+
+/// Key positions `(first, count, step)` of a command with one key, first.
+const ONE_KEY: (usize, usize, usize) = (1, 1, 1);
 
 impl RouteMemo {
     /// Forgets the command (the table changed).
@@ -493,19 +538,22 @@ impl RouteMemo {
 impl CommandTable {
     /// The same as [`CommandTable::route`], remembering the command in `memo`.
     pub(crate) fn route_memo(&self, memo: &mut RouteMemo, cmd: &Cmd) -> Result<Route, RouteError> {
-        let name = cmd.name();
-        if let Some(n) = name {
-            if memo.len > 0 && n == &memo.name[..usize::from(memo.len)] {
-                return slot_at(cmd, memo.fixed);
+        let (raw, _) = cmd.raw();
+        if memo.len > 0 && starts_with_head(raw, &memo.head, memo.len) {
+            if memo.fixed == ONE_KEY {
+                return Ok(one_key_after(raw, memo.len));
             }
+            return slot_at(cmd, memo.fixed);
         }
         let (entry, container) = self.entry_of(cmd)?;
         memo.len = 0;
-        if let (Some(n), Some(fixed), false, None) =
-            (name, entry.rule.fixed_positions(), container, &entry.fanout)
-        {
-            if let (Some(dst), Ok(len)) = (memo.name.get_mut(..n.len()), u8::try_from(n.len())) {
-                dst.copy_from_slice(n);
+        if let (Some(name), Some(fixed), false, None) = (
+            cmd.name(),
+            entry.rule.fixed_positions(),
+            container,
+            &entry.fanout,
+        ) {
+            if let Some(len) = head_of(raw, name, &mut memo.head) {
                 memo.len = len;
                 memo.fixed = fixed;
             }
@@ -515,26 +563,40 @@ impl CommandTable {
 }
 
 /// [`CommandTable::route`] for many commands; see [`CommandTable::router`].
-pub(crate) struct Router<'t, 'c> {
+pub(crate) struct Router<'t> {
     table: &'t CommandTable,
-    /// The last name looked up (as sent) and its entry; never a command
-    /// with subcommands, whose entry depends on the next argument.
-    last: Option<(&'c [u8], &'t Entry)>,
+    /// The last name looked up (its encoding, [`head_of`]; `len` 0: none)
+    /// and its entry; never a command with subcommands, whose entry depends
+    /// on the next argument.
+    head: [u8; MEMO_HEAD],
+    len: u8,
+    last: Option<&'t Entry>,
+    /// The entry's one key follows the name (and it goes by slot).
+    one_key: bool,
 }
 
-impl<'t, 'c> Router<'t, 'c> {
+impl<'t> Router<'t> {
     /// The same as [`CommandTable::route`].
-    pub(crate) fn route(&mut self, cmd: &'c Cmd) -> Result<Route, RouteError> {
-        let name = cmd.name();
-        let entry = match (self.last, name) {
-            (Some((last, e)), Some(n)) if last == n => e,
-            _ => {
-                let (e, container) = self.table.entry_of(cmd)?;
-                self.last = name.filter(|_| !container).map(|n| (n, e));
-                e
+    pub(crate) fn route(&mut self, cmd: &Cmd) -> Result<Route, RouteError> {
+        let (raw, _) = cmd.raw();
+        if let Some(e) = self.last {
+            if starts_with_head(raw, &self.head, self.len) {
+                if self.one_key {
+                    return Ok(one_key_after(raw, self.len));
+                }
+                return self.table.route_with(e, cmd);
             }
-        };
-        self.table.route_with(entry, cmd)
+        }
+        let (e, container) = self.table.entry_of(cmd)?;
+        self.last = None;
+        if let (Some(name), false) = (cmd.name(), container) {
+            if let Some(len) = head_of(raw, name, &mut self.head) {
+                self.len = len;
+                self.last = Some(e);
+                self.one_key = e.fanout.is_none() && e.rule.fixed_positions() == Some(ONE_KEY);
+            }
+        }
+        self.table.route_with(e, cmd)
     }
 }
 
@@ -848,10 +910,13 @@ impl CommandTable {
 
     /// Routes the commands of a pipeline in turn: a run of commands with
     /// the same name (the usual pipeline) looks the name up once.
-    pub(crate) fn router(&self) -> Router<'_, '_> {
+    pub(crate) fn router(&self) -> Router<'_> {
         Router {
             table: self,
+            head: [0; MEMO_HEAD],
+            len: 0,
             last: None,
+            one_key: false,
         }
     }
 
@@ -1763,9 +1828,29 @@ mod router_tests {
             cmd("NOSUCH").arg("z"),
             cmd("SET").arg("f").arg("1"),
             cmd("SET").arg("g").arg("1"),
+            // The memo's one-key fast path: no key, a tag, a longer name
+            // with the same start, a name too long to remember.
+            cmd("GET"),
+            cmd("GET").arg("{h}x"),
+            cmd("GET").arg("{h}y"),
+            cmd("GETDEL").arg("i"),
+            cmd("GEORADIUSBYMEMBER_RO")
+                .arg("j")
+                .arg("m")
+                .arg(1)
+                .arg("km"),
+            cmd("GEORADIUSBYMEMBER_RO")
+                .arg("k")
+                .arg("m")
+                .arg(1)
+                .arg("km"),
+            cmd("ZRANGEBYSCORE").arg("l").arg(0).arg(1),
+            cmd("DBSIZE"),
+            cmd("MGET").arg("x").arg("{x}y"),
+            cmd("MGET").arg("x").arg("z"),
         ];
         let mut r = t.router();
-        for c in &cmds {
+        for c in cmds.iter().chain(cmds.iter().rev()).chain(cmds.iter()) {
             assert_eq!(r.route(c), t.route(c), "{c:?}");
         }
         // The memo too, in this order and reversed (each name after each).

@@ -131,6 +131,27 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
 /// assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
 /// ```
 pub fn key_slot(key: &[u8]) -> u16 {
+    if key.len() < SHORT_KEY {
+        // Most keys have no `{`: look for one while hashing, in one pass,
+        // and start over with the tag only when there is one.
+        let mut crc = 0u16;
+        let mut pairs = key.chunks_exact(2);
+        for pair in &mut pairs {
+            if pair[0] == b'{' || pair[1] == b'{' {
+                return crc16(hash_tag(key)) & (SLOTS - 1);
+            }
+            let hi = usize::from((crc >> 8) as u8 ^ pair[0]);
+            let lo = usize::from(crc as u8 ^ pair[1]);
+            crc = CRC16_TABLE2[hi] ^ CRC16_TABLE[lo];
+        }
+        if let [b] = pairs.remainder() {
+            if *b == b'{' {
+                return crc16(hash_tag(key)) & (SLOTS - 1);
+            }
+            crc = (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ b)];
+        }
+        return crc & (SLOTS - 1);
+    }
     crc16(hash_tag(key)) & (SLOTS - 1)
 }
 
@@ -201,6 +222,20 @@ mod tests {
         assert_eq!(hash_tag(b"{"), b"{");
         assert_eq!(hash_tag(b"x{y}"), b"y");
         assert_eq!(hash_tag(b"{\xff\x00}z"), b"\xff\x00");
+        // The one-pass path for short keys agrees with the definition for
+        // every length and every place of `{` and `}`.
+        for len in 0..SHORT_KEY + 2 {
+            let plain: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert_eq!(key_slot(&plain), crc16(&plain) % SLOTS, "{len}");
+            for open in 0..len {
+                for close in open..len {
+                    let mut k = plain.clone();
+                    k[open] = b'{';
+                    k[close] = b'}';
+                    assert_eq!(key_slot(&k), crc16(hash_tag(&k)) % SLOTS, "{k:?}");
+                }
+            }
+        }
         // Long keys take the memchr path.
         let mut long = vec![b'x'; 100];
         long.extend_from_slice(b"{tag}");

@@ -158,6 +158,14 @@ impl Cmd {
         (&self.buf, self.argc)
     }
 
+    /// The arguments of a [`Cmd::raw`] buffer from byte `at` on (which must
+    /// be where an argument starts).
+    pub(crate) fn args_at(raw: &[u8], at: usize) -> Argv<'_> {
+        Argv {
+            rest: raw.get(at..).unwrap_or_default(),
+        }
+    }
+
     /// A command from [`Cmd::raw`]'s parts.
     pub(crate) fn from_raw(buf: Vec<u8>, argc: usize) -> Cmd {
         Cmd { buf, argc }
