@@ -117,6 +117,10 @@ where
 /// needs the maintenance state of the endpoint below it, and a layer in
 /// between has to pass it on.
 impl<S: Maintained> Maintained for Counted<S> {
+    // Errors pass through untouched, so a redirect still carries its
+    // command back to a Cluster above (which then keeps no copy).
+    const RETURNS_REDIRECTED: bool = S::RETURNS_REDIRECTED;
+
     fn maintenance(&self) -> &Arc<MaintenanceState> {
         self.inner.maintenance()
     }

@@ -288,11 +288,35 @@ pub struct Redirect {
 }
 
 /// An error reply from the server (`-CODE message` or a blob error).
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Two errors are equal when their replies are.
+#[derive(Clone)]
 pub struct ServerError {
+    /// Boxed: every `Result<Response>` in every layer is as large as
+    /// [`Error`], and error replies are rare; one pointer keeps `Error` at
+    /// 32 bytes instead of 72.
+    inner: Box<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
     kind: ServerErrorKind,
     line: Bytes,
+    /// The command a `MOVED`/`ASK` answered, handed back by the connection
+    /// so that a cluster router can resend it without keeping a copy of
+    /// every command (see [`Maintained::RETURNS_REDIRECTED`]).
+    ///
+    /// [`Maintained::RETURNS_REDIRECTED`]: crate::maint::Maintained::RETURNS_REDIRECTED
+    returned: Option<crate::resp::Cmd>,
 }
+
+impl PartialEq for ServerError {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.kind == other.inner.kind && self.inner.line == other.inner.line
+    }
+}
+
+impl Eq for ServerError {}
 
 impl ServerError {
     /// Parses an error reply's text (without the leading `-`).
@@ -303,39 +327,57 @@ impl ServerError {
             Ok(code) => ServerErrorKind::from_code(code),
             Err(_) => ServerErrorKind::Other(String::from_utf8_lossy(&line[..code_end]).into()),
         };
-        ServerError { kind, line }
+        ServerError {
+            inner: Box::new(Inner {
+                kind,
+                line,
+                returned: None,
+            }),
+        }
+    }
+
+    /// This redirect carries `cmd` back to the router (the connection that
+    /// read the reply still had it).
+    pub(crate) fn with_returned(mut self, cmd: crate::resp::Cmd) -> Self {
+        self.inner.returned = Some(cmd);
+        self
+    }
+
+    /// The command handed back with a redirect, taken out.
+    pub(crate) fn take_returned(&mut self) -> Option<crate::resp::Cmd> {
+        self.inner.returned.take()
     }
 
     /// The error's kind.
     pub fn kind(&self) -> &ServerErrorKind {
-        &self.kind
+        &self.inner.kind
     }
 
     /// The code: the first word of the reply (`ERR`, `MOVED`, ...).
     pub fn code(&self) -> &str {
-        let end = memchr::memchr(b' ', &self.line).unwrap_or(self.line.len());
-        std::str::from_utf8(&self.line[..end]).unwrap_or("")
+        let end = memchr::memchr(b' ', &self.inner.line).unwrap_or(self.inner.line.len());
+        std::str::from_utf8(&self.inner.line[..end]).unwrap_or("")
     }
 
     /// The text after the code.
     pub fn detail(&self) -> String {
-        let start = memchr::memchr(b' ', &self.line).map_or(self.line.len(), |i| i + 1);
-        String::from_utf8_lossy(&self.line[start..]).into_owned()
+        let start = memchr::memchr(b' ', &self.inner.line).map_or(self.inner.line.len(), |i| i + 1);
+        String::from_utf8_lossy(&self.inner.line[start..]).into_owned()
     }
 
     /// The whole reply line, as sent.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.line
+        &self.inner.line
     }
 
     /// The redirect carried by a `MOVED` or `ASK` reply.
     pub fn redirect(&self) -> Option<Redirect> {
-        let kind = match self.kind {
+        let kind = match self.inner.kind {
             ServerErrorKind::Moved => RedirectKind::Moved,
             ServerErrorKind::Ask => RedirectKind::Ask,
             _ => return None,
         };
-        let text = std::str::from_utf8(&self.line).ok()?;
+        let text = std::str::from_utf8(&self.inner.line).ok()?;
         let mut words = text.split(' ');
         words.next()?;
         let slot = words.next()?.parse().ok()?;
@@ -345,7 +387,7 @@ impl ServerError {
 
     /// True for `NOAUTH`, `WRONGPASS`, and the pre-6.0 `ERR invalid password`.
     pub fn is_auth_error(&self) -> bool {
-        match self.kind {
+        match self.inner.kind {
             ServerErrorKind::NoAuth | ServerErrorKind::WrongPass => true,
             ServerErrorKind::Err => {
                 let d = self.detail().to_ascii_lowercase();
@@ -361,15 +403,15 @@ impl ServerError {
 impl fmt::Debug for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerError")
-            .field("kind", &self.kind)
-            .field("line", &String::from_utf8_lossy(&self.line))
+            .field("kind", &self.inner.kind)
+            .field("line", &String::from_utf8_lossy(&self.inner.line))
             .finish()
     }
 }
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(&self.line))
+        f.write_str(&String::from_utf8_lossy(&self.inner.line))
     }
 }
 
@@ -378,6 +420,14 @@ impl std::error::Error for ServerError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `Result<Response>` in every layer is as large as `Error`:
+    /// keep it small (the reason `ServerError` is boxed).
+    #[test]
+    fn errors_stay_small() {
+        assert!(std::mem::size_of::<Error>() <= 32);
+        assert!(std::mem::size_of::<Result<crate::Response>>() <= 40);
+    }
 
     #[test]
     fn parses_codes_and_redirects() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use redis_layers::cluster::{Cluster, ClusterConfig, ClusterLayer, NodeRole};
 use redis_layers::handoff::{Handoff, HandoffLayer};
-use redis_layers::maint::{MaintEvent, MaintenanceConfig, Mode};
+use redis_layers::maint::{MaintEvent, Maintained, MaintenanceConfig, Mode};
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
 use redis_layers::{cmd, Cmd, Connector, Endpoint, Error, Pipeline, Request, Response, Value};
 use support::cluster::{RedisCluster, Reply};
@@ -723,21 +723,8 @@ async fn a_redirected_pipeline_is_followed_command_by_command() {
     bounded(60, async {
         let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let mut svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
-        let tag = (0..)
-            .map(|i| format!("{{t{i}}}"))
-            .find(|t| cluster.node_for_key(t) == 0)
-            .unwrap();
-        for i in 0..20 {
-            send(&mut svc, cmd("SET").arg(format!("{tag}{i}")).arg(i))
-                .await
-                .unwrap();
-        }
         // The slot moves behind the layer's back.
-        let slot = cluster.slot_of(&tag);
-        tokio::task::block_in_place(|| {
-            cluster.migrate_slot(slot, 0, 1);
-            cluster.wait_consistent();
-        });
+        let tag = write_and_move(&cluster, &mut svc, 0).await;
         let p: Pipeline = (0..20)
             .map(|i| cmd("GET").arg(format!("{tag}{i}")))
             .collect();
@@ -750,6 +737,159 @@ async fn a_redirected_pipeline_is_followed_command_by_command() {
             assert_eq!(v.unwrap(), bulk(&i.to_string()), "{tag}{i}");
         }
         assert!(svc.stats().moved >= 1);
+    })
+    .await;
+}
+
+/// A node layer that rebuilds every server error from its text, as a
+/// user's error-mapping layer might: what the connection handed back with a
+/// redirect is lost. `LIES` declares it kept anyway.
+#[derive(Clone)]
+struct Rebuilt<S, const LIES: bool>(S);
+
+impl<S, const LIES: bool> Service<Request> for Rebuilt<S, LIES>
+where
+    S: Service<Request, Response = Response, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            fut.await.map_err(|e| match e {
+                Error::Server(s) => {
+                    Error::Server(redis_layers::ServerError::parse(s.as_bytes().to_vec()))
+                }
+                e => e,
+            })
+        })
+    }
+}
+
+impl<S: Maintained, const LIES: bool> Maintained for Rebuilt<S, LIES> {
+    const RETURNS_REDIRECTED: bool = LIES;
+
+    fn maintenance(&self) -> &std::sync::Arc<redis_layers::maint::MaintenanceState> {
+        self.0.maintenance()
+    }
+}
+
+/// Writes twenty keys `<tag><i>` = `i` through `svc`, with the first tag
+/// `{r<n>}` (from `n` on) whose slot node 0 owns, then moves that slot to
+/// node 1 behind `svc`'s back. Returns the tag.
+async fn write_and_move<S>(cluster: &RedisCluster, svc: &mut S, n: usize) -> String
+where
+    S: Service<Request, Response = Response, Error = Error>,
+{
+    let tag = (n..)
+        .map(|i| format!("{{r{i}}}"))
+        .find(|t| cluster.node_for_key(t) == 0)
+        .unwrap();
+    for i in 0..20 {
+        send(svc, cmd("SET").arg(format!("{tag}{i}")).arg(i))
+            .await
+            .unwrap();
+    }
+    let slot = cluster.slot_of(&tag);
+    tokio::task::block_in_place(|| {
+        cluster.migrate_slot(slot, 0, 1);
+        cluster.wait_consistent();
+    });
+    tag
+}
+
+/// [`write_and_move`], then reads the keys one by one: the first read
+/// after the move is answered `MOVED`. Returns the reads and the tag.
+async fn read_after_a_move<S>(
+    cluster: &RedisCluster,
+    svc: &mut Cluster<S>,
+    n: usize,
+) -> (Vec<Result<Value, Error>>, String)
+where
+    S: redis_layers::cluster::NewNode,
+{
+    let tag = write_and_move(cluster, svc, n).await;
+    (read(svc, &tag).await, tag)
+}
+
+async fn read<S>(svc: &mut Cluster<S>, tag: &str) -> Vec<Result<Value, Error>>
+where
+    S: redis_layers::cluster::NewNode,
+{
+    let mut out = Vec::new();
+    for i in 0..20 {
+        out.push(send(svc, cmd("GET").arg(format!("{tag}{i}"))).await);
+    }
+    out
+}
+
+/// The number after a `{r<n>}` tag: the next call's keys are elsewhere.
+fn after(tag: &str) -> usize {
+    tag.trim_matches(|c| c == '{' || c == '}' || c == 'r')
+        .parse::<usize>()
+        .unwrap()
+        + 1
+}
+
+/// The fast path keeps no copy of a command when the node hands it back
+/// with `MOVED` (the crate's own stack does), a copy when the node does not
+/// say so, and a node that says so wrongly costs one typed error, never a
+/// hang or a lost command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_followed_whether_or_not_the_node_hands_the_command_back() {
+    bounded(90, async {
+        let cluster = RedisCluster::builder().start();
+        let seeds = vec![cluster.endpoint(0)];
+        let expect = |r: &[Result<Value, Error>]| {
+            for (i, v) in r.iter().enumerate() {
+                assert_eq!(v.as_ref().unwrap(), &bulk(&i.to_string()), "key {i}");
+            }
+        };
+        // The crate's stack: handed back.
+        const { assert!(<Node as Maintained>::RETURNS_REDIRECTED) };
+        let mut own = cluster_over(seeds.clone(), Mode::Disabled);
+        let (r, tag) = read_after_a_move(&cluster, &mut own, 0).await;
+        expect(&r);
+        assert_eq!(own.stats().moved, 1, "{:?}", own.stats());
+
+        // A layer that rebuilds errors and says nothing: copied.
+        let maker = node_maker(Mode::Disabled);
+        let mut copied = ClusterLayer::new(seeds.clone())
+            .config(ClusterConfig::default().refresh_interval(None))
+            .layer(move |e, r| Rebuilt::<_, false>(maker(e, r)));
+        let (r, tag) = read_after_a_move(&cluster, &mut copied, after(&tag)).await;
+        expect(&r);
+        assert_eq!(copied.stats().moved, 1, "{:?}", copied.stats());
+
+        // One that claims to hand back but does not: the first read gets
+        // the redirect as an error (it was not run); the layer learns the
+        // move, and the other reads go to the new owner.
+        let maker = node_maker(Mode::Disabled);
+        let mut lying = ClusterLayer::new(seeds)
+            .config(ClusterConfig::default().refresh_interval(None))
+            .layer(move |e, r| Rebuilt::<_, true>(maker(e, r)));
+        let (r, tag) = read_after_a_move(&cluster, &mut lying, after(&tag)).await;
+        assert!(
+            matches!(&r[0], Err(Error::Server(e)) if e.redirect().is_some()),
+            "{:?}",
+            r[0]
+        );
+        for (i, v) in r.iter().enumerate().skip(1) {
+            assert_eq!(v.as_ref().unwrap(), &bulk(&i.to_string()), "key {i}");
+        }
+        // Nothing was lost: the first key reads back too.
+        expect(&read(&mut lying, &tag).await);
     })
     .await;
 }

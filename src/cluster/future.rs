@@ -80,7 +80,9 @@ where
                     let out = ready!(fut.poll(cx));
                     match fixup.take() {
                         Some((shared, kept)) if needs_fixup(&out) => {
-                            shared.fixup(kept.into_request(), out)
+                            let mut out = out;
+                            let req = kept.into_request(&mut out);
+                            shared.fixup(req, out)
                         }
                         _ => return Poll::Ready(out),
                     }

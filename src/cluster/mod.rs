@@ -37,9 +37,16 @@
 //!   Commands already queued on the old owner are not taken back: they get
 //!   `MOVED` and follow it.
 //!
-//! The hot path costs one atomic load (is the routing snapshot current?),
-//! the key's CRC16, a table lookup, and a copy of the command (kept to
-//! follow a redirect).
+//! The hot path is ours, not a crate's, because it runs for every command:
+//! one atomic load (is the routing snapshot current?); for a command this
+//! clone routed last time (a loop of `GET`s), a byte compare of its name's
+//! encoding instead of the table lookup, and the key read where it sits;
+//! the key's CRC16, hashed in the same pass that looks for a `{`. Nothing
+//! of the command is copied to follow a redirect: the crate's connection
+//! keeps each command until its reply and hands it back with a `MOVED` or
+//! `ASK` ([`Maintained::RETURNS_REDIRECTED`]); only over a node stack that
+//! does not say so is a copy kept. About 600 instructions per `GET` in all
+//! (README, "Cluster routing overhead").
 //!
 //! The building blocks are public for users who route by themselves: hash
 //! slots ([`slot`]), where a command's keys are and which node(s) it must
@@ -389,17 +396,22 @@ impl<N: NewNode> Cluster<N> {
     }
 
     /// Takes the current snapshot if it changed.
+    #[inline]
     fn sync(&mut self) {
-        let g = self.shared.gen.load(Ordering::Acquire);
-        if g != self.gen {
-            let topo = lock(&self.shared.topo);
-            self.snapshot = topo.snapshot.clone();
-            self.gen = self.shared.gen.load(Ordering::Acquire);
-            drop(topo);
-            self.local.clear();
-            // The command table may have learnt something.
-            self.memo.clear();
+        if self.shared.gen.load(Ordering::Acquire) != self.gen {
+            self.resync();
         }
+    }
+
+    #[cold]
+    fn resync(&mut self) {
+        let topo = lock(&self.shared.topo);
+        self.snapshot = topo.snapshot.clone();
+        self.gen = self.shared.gen.load(Ordering::Acquire);
+        drop(topo);
+        self.local.clear();
+        // The command table may have learnt something.
+        self.memo.clear();
     }
 
     /// This clone's service for node `i`.
@@ -973,8 +985,10 @@ fn timed(r: Request, timeout: crate::CommandTimeout) -> Request {
 }
 
 /// True when `result` holds a redirect to follow.
+#[inline]
 pub(super) fn needs_fixup(result: &Result<Response>) -> bool {
     match result {
+        Ok(Response::Value(_)) => false,
         Err(Error::Server(e)) => {
             e.redirect().is_some() || e.kind() == &ServerErrorKind::ClusterDown
         }
@@ -982,7 +996,6 @@ pub(super) fn needs_fixup(result: &Result<Response>) -> bool {
         Ok(Response::Pipeline(v)) => v
             .iter()
             .any(|r| matches!(r, Err(e) if e.redirect().is_some())),
-        _ => false,
     }
 }
 
@@ -1205,51 +1218,43 @@ async fn split<N: NewNode>(
     ))
 }
 
-/// Commands up to this many bytes (arguments as encoded) are kept inline.
-const INLINE: usize = 48;
-
-/// The copy of a request the fast path keeps to follow a redirect. A
-/// pipeline's commands are kept in one buffer (two allocations, not one per
-/// command); the request is rebuilt only when a redirect needs it.
+/// What the fast path keeps of a request to follow a redirect. It lives in
+/// every response future, so it is small: the common case keeps no bytes at
+/// all, and the copies are boxed.
 pub(super) enum Kept {
-    /// A short command (most of them: `GET k`, `INCR k`, a small `SET`),
-    /// copied into the future itself: no allocation and no free per request.
-    Inline {
+    /// Nothing but the request's settings: the node hands the command back
+    /// with a redirect ([`Maintained::RETURNS_REDIRECTED`]).
+    Returned {
         timeout: crate::CommandTimeout,
         idempotent: bool,
-        len: u8,
-        argc: u8,
-        bytes: [u8; INLINE],
     },
-    One(Request),
-    Pipeline {
-        timeout: crate::CommandTimeout,
-        bytes: Vec<u8>,
-        /// End offset and argument count of each command.
-        spans: Vec<(usize, usize)>,
-    },
+    /// A copy of one command (a node that does not hand commands back, or
+    /// a command too long for the connection to keep).
+    One(Box<Request>),
+    /// A pipeline's commands in one buffer (two allocations, not one per
+    /// command); the request is rebuilt only when a redirect needs it.
+    Pipeline(Box<KeptPipeline>),
+}
+
+pub(super) struct KeptPipeline {
+    timeout: crate::CommandTimeout,
+    bytes: Vec<u8>,
+    /// End offset and argument count of each command.
+    spans: Vec<(usize, usize)>,
 }
 
 impl Kept {
-    fn of(req: &Request) -> Kept {
+    /// What to keep of `req`; `returned`: the node hands a redirected
+    /// command back.
+    fn of(req: &Request, returned: bool) -> Kept {
         match req.body() {
-            Body::Cmd(c) => {
-                let (raw, argc) = c.raw();
-                match (u8::try_from(raw.len()), u8::try_from(argc)) {
-                    (Ok(len), Ok(argc)) if raw.len() <= INLINE => {
-                        let mut bytes = [0; INLINE];
-                        bytes[..raw.len()].copy_from_slice(raw);
-                        Kept::Inline {
-                            timeout: req.timeout(),
-                            idempotent: req.is_idempotent(),
-                            len,
-                            argc,
-                            bytes,
-                        }
-                    }
-                    _ => Kept::One(req.clone()),
+            Body::Cmd(c) if returned && c.raw().0.len() <= crate::transport::RETURN_MAX => {
+                Kept::Returned {
+                    timeout: req.timeout(),
+                    idempotent: req.is_idempotent(),
                 }
             }
+            Body::Cmd(_) => Kept::One(Box::new(req.clone())),
             Body::Pipeline(p) => {
                 let total = p.cmds().iter().map(|c| c.raw().0.len()).sum();
                 let mut bytes = Vec::with_capacity(total);
@@ -1259,43 +1264,36 @@ impl Kept {
                     bytes.extend_from_slice(raw);
                     spans.push((bytes.len(), argc));
                 }
-                Kept::Pipeline {
+                Kept::Pipeline(Box::new(KeptPipeline {
                     timeout: req.timeout(),
                     bytes,
                     spans,
-                }
+                }))
             }
         }
     }
 
-    pub(super) fn into_request(self) -> Request {
+    /// The request again: rebuilt from the copy, or from the command the
+    /// node handed back in `first` (`None` if it did not).
+    pub(super) fn into_request(self, first: &mut Result<Response>) -> Option<Request> {
         match self {
-            Kept::Inline {
+            Kept::Returned {
                 timeout,
                 idempotent,
-                len,
-                argc,
-                bytes,
             } => {
-                let r = timed(
-                    Request::from(crate::Cmd::from_raw(
-                        bytes[..usize::from(len)].to_vec(),
-                        usize::from(argc),
-                    )),
-                    timeout,
-                );
-                if idempotent {
-                    r.idempotent()
-                } else {
-                    r
-                }
+                let Err(Error::Server(e)) = first else {
+                    return None;
+                };
+                let r = timed(Request::from(e.take_returned()?), timeout);
+                Some(if idempotent { r.idempotent() } else { r })
             }
-            Kept::One(r) => r,
-            Kept::Pipeline {
-                timeout,
-                bytes,
-                spans,
-            } => {
+            Kept::One(r) => Some(*r),
+            Kept::Pipeline(k) => {
+                let KeptPipeline {
+                    timeout,
+                    bytes,
+                    spans,
+                } = *k;
                 let mut start = 0;
                 let p: Pipeline = spans
                     .into_iter()
@@ -1305,7 +1303,7 @@ impl Kept {
                         c
                     })
                     .collect();
-                timed(Request::from(p), timeout)
+                Some(timed(Request::from(p), timeout))
             }
         }
     }
@@ -1313,9 +1311,10 @@ impl Kept {
 
 /// What the fast path's future calls when a reply holds a redirect.
 pub(super) trait Fixup: Send + Sync {
+    /// `req`: the request again, `None` when the node did not hand it back.
     fn fixup(
         self: Arc<Self>,
-        req: Request,
+        req: Option<Request>,
         first: Result<Response>,
     ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
 }
@@ -1326,10 +1325,33 @@ struct Handle<N: NewNode>(Arc<Shared<N>>);
 impl<N: NewNode> Fixup for Handle<N> {
     fn fixup(
         self: Arc<Self>,
-        req: Request,
+        req: Option<Request>,
         first: Result<Response>,
     ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>> {
-        Box::pin(fixup(self.0.clone(), req, first))
+        let shared = self.0.clone();
+        match req {
+            Some(req) => Box::pin(fixup(shared, req, first)),
+            // A redirect whose command did not come back (a layer in the
+            // node's stack replaced the error): it was not run, and the
+            // caller gets the redirect as an error. The map learns the
+            // move, so the next command goes to the new owner.
+            None => {
+                let moved = match &first {
+                    Err(Error::Server(e)) => e
+                        .redirect()
+                        .filter(|r| r.kind == RedirectKind::Moved)
+                        .and_then(|r| Some((r.slot, redirect_endpoint(&r.addr)?))),
+                    _ => None,
+                };
+                match moved {
+                    Some((slot, addr)) => {
+                        shared.moved(slot, &addr);
+                    }
+                    None => shared.request_refresh(),
+                }
+                Box::pin(std::future::ready(first))
+            }
+        }
     }
 }
 
@@ -1385,7 +1407,7 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
         // takes this clone's node service along and waits for it properly.
         match node.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => {
-                let copy = Kept::of(&req);
+                let copy = Kept::of(&req, <N::Node as Maintained>::RETURNS_REDIRECTED);
                 let fut = node.call(req);
                 // This clone's own handle: a shared reference count bumped
                 // by every request on every thread costs more than routing.
@@ -1428,26 +1450,60 @@ mod tests {
             .chain([cmd("PING"), cmd("GET").arg("")])
             .collect();
         let req = Request::from(p.clone()).with_timeout(Duration::from_millis(7));
-        let back = Kept::of(&req).into_request();
+        let back = Kept::of(&req, false)
+            .into_request(&mut Err(Error::Closed))
+            .expect("kept");
         assert_eq!(back.timeout(), req.timeout());
         let Body::Pipeline(q) = back.body() else {
             panic!("not a pipeline")
         };
         assert_eq!(q.cmds(), p.cmds());
-        // Short commands are kept inline, long ones as a copy: both come back whole.
-        for c in [
-            cmd("GET").arg("k"),
-            cmd("SET").arg("k").arg(vec![b'v'; INLINE - 17]),
-            cmd("SET").arg("k").arg(vec![b'v'; INLINE]),
-        ] {
-            let inline = c.raw().0.len() <= INLINE;
-            let one = Request::from(c.clone()).without_timeout().idempotent();
-            let kept = Kept::of(&one);
-            assert_eq!(matches!(kept, Kept::Inline { .. }), inline, "{c:?}");
-            let back = kept.into_request();
-            assert_eq!(back.timeout(), one.timeout());
-            assert!(back.is_idempotent(), "the flag comes back too");
-            assert!(matches!(back.body(), Body::Cmd(b) if b == &c));
-        }
+        // A command copied (a node that does not hand it back) comes back
+        // whole, settings and all.
+        let c = cmd("SET").arg("k").arg("v");
+        let one = Request::from(c.clone()).without_timeout().idempotent();
+        let back = Kept::of(&one, false)
+            .into_request(&mut Err(Error::Closed))
+            .expect("kept");
+        assert_eq!(back.timeout(), one.timeout());
+        assert!(back.is_idempotent(), "the flag comes back too");
+        assert!(matches!(back.body(), Body::Cmd(b) if b == &c));
+    }
+
+    /// What every response future carries stays small (it is moved with
+    /// the future on every request).
+    #[test]
+    fn kept_is_small() {
+        assert!(std::mem::size_of::<Kept>() <= 24);
+    }
+
+    #[test]
+    fn a_returned_command_comes_back_from_the_redirect() {
+        let c = cmd("SET").arg("k").arg(vec![b'v'; 100]);
+        let req = Request::from(c.clone())
+            .with_timeout(Duration::from_millis(7))
+            .idempotent();
+        let kept = Kept::of(&req, true);
+        assert!(matches!(kept, Kept::Returned { .. }));
+        let moved = ServerError::parse("MOVED 1 127.0.0.1:7000");
+        let mut first = Err(Error::Server(moved.clone().with_returned(c.clone())));
+        let back = kept.into_request(&mut first).expect("handed back");
+        assert_eq!(back.timeout(), req.timeout());
+        assert!(back.is_idempotent());
+        assert!(matches!(back.body(), Body::Cmd(b) if b == &c));
+        // The error itself is still the redirect.
+        assert!(matches!(&first, Err(Error::Server(e)) if e == &moved));
+        // Not handed back (a layer replaced the error): nothing to resend.
+        let mut bare = Err(Error::Server(moved));
+        assert!(Kept::of(&req, true).into_request(&mut bare).is_none());
+        // Pipelines and very long commands are still copied.
+        let p = Request::from(Pipeline::new().cmd(c));
+        assert!(matches!(Kept::of(&p, true), Kept::Pipeline { .. }));
+        let big = Request::from(
+            cmd("SET")
+                .arg("k")
+                .arg(vec![0; crate::transport::RETURN_MAX]),
+        );
+        assert!(matches!(Kept::of(&big, true), Kept::One(_)));
     }
 }

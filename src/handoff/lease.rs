@@ -135,6 +135,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Leased<M, P> {
 }
 
 impl<M: MakeConnection, P: HandoffPolicy> Maintained for Leased<M, P> {
+    const RETURNS_REDIRECTED: bool = M::Connection::RETURNS_REDIRECTED;
+
     fn maintenance(&self) -> &Arc<MaintenanceState> {
         self.get_ref().maintenance()
     }

@@ -506,6 +506,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
 }
 
 impl<M: MakeConnection, P> Maintained for Handoff<M, P> {
+    const RETURNS_REDIRECTED: bool = M::Connection::RETURNS_REDIRECTED;
+
     /// The state of the endpoint the next request goes to.
     fn maintenance(&self) -> &Arc<MaintenanceState> {
         match self.reserved.or((!self.local.is_empty()).then_some(0)) {

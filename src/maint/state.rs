@@ -187,6 +187,31 @@ impl fmt::Debug for MaintenanceState {
 /// Services that carry the [`MaintenanceState`] of the endpoint they talk to.
 /// Layers that act on maintenance signals require it.
 pub trait Maintained {
+    /// True when the service's error for a single command answered with
+    /// `MOVED` or `ASK` carries that command back, so that a
+    /// [`Cluster`](crate::cluster::Cluster) above can resend it without
+    /// keeping a copy of every command it sends. The crate's
+    /// [`Connection`](crate::Connection) does (for commands up to 64 KiB),
+    /// and its layers pass the answer of the service they wrap on. Leave it
+    /// `false` (the default) unless the service returns its inner service's
+    /// errors unchanged and the inner service's value is `true`:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use redis_layers::maint::{Maintained, MaintenanceState};
+    ///
+    /// struct Counted<S> { inner: S }
+    ///
+    /// impl<S: Maintained> Maintained for Counted<S> {
+    ///     // Errors pass through untouched.
+    ///     const RETURNS_REDIRECTED: bool = S::RETURNS_REDIRECTED;
+    ///     fn maintenance(&self) -> &Arc<MaintenanceState> {
+    ///         self.inner.maintenance()
+    ///     }
+    /// }
+    /// ```
+    const RETURNS_REDIRECTED: bool = false;
+
     /// The state.
     fn maintenance(&self) -> &Arc<MaintenanceState>;
 

@@ -72,6 +72,8 @@ impl<S> RelaxTimeout<S> {
 }
 
 impl<S: Maintained> Maintained for RelaxTimeout<S> {
+    const RETURNS_REDIRECTED: bool = S::RETURNS_REDIRECTED;
+
     fn maintenance(&self) -> &std::sync::Arc<crate::maint::MaintenanceState> {
         self.inner.maintenance()
     }

@@ -166,6 +166,10 @@ impl<S, P> Retry<S, P> {
 }
 
 impl<S: Maintained, P> Maintained for Retry<S, P> {
+    // A redirect is never retried: the inner service's error comes back as
+    // it was.
+    const RETURNS_REDIRECTED: bool = S::RETURNS_REDIRECTED;
+
     fn maintenance(&self) -> &std::sync::Arc<crate::maint::MaintenanceState> {
         self.inner.maintenance()
     }

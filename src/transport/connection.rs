@@ -357,6 +357,10 @@ impl Service<Request> for Connection {
 }
 
 impl Maintained for Connection {
+    /// The driver keeps each command of up to 64 KiB until its reply, and
+    /// hands it back with a `MOVED`/`ASK`.
+    const RETURNS_REDIRECTED: bool = true;
+
     fn maintenance(&self) -> &Arc<MaintenanceState> {
         &self.shared.maint
     }

@@ -44,11 +44,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use super::connection::{PushItem, Shared};
-use crate::error::{Error, ProtocolError, Result, ServerError};
+use crate::error::{Error, ProtocolError, Result, ServerError, ServerErrorKind};
 use crate::request::{Body, Response};
 use crate::resp::{Cmd, Decoder, Limits, Value};
 
 pub(crate) type ReplyTx = oneshot::Sender<Result<Response>>;
+
+/// Commands up to this many bytes (as encoded) are kept until their reply,
+/// to be handed back with a redirect; longer ones are freed once written.
+pub(crate) const RETURN_MAX: usize = 64 * 1024;
 
 /// A request on its way from a caller to the driver.
 pub(crate) struct Message {
@@ -234,6 +238,9 @@ enum Pending {
         expect: Expect,
         confirms: Vec<Value>,
         result: Option<Result<Value, ServerError>>,
+        /// The command itself, up to [`RETURN_MAX`] bytes: handed back with
+        /// a `MOVED`/`ASK` (see `Maintained::RETURNS_REDIRECTED`).
+        cmd: Option<Cmd>,
     },
     Many {
         results: Vec<Result<Value, ServerError>>,
@@ -330,9 +337,16 @@ impl Pending {
 
     fn into_response(self) -> Result<Response> {
         match self {
-            Pending::One { result, .. } => match result {
+            Pending::One { result, cmd, .. } => match result {
                 Some(Ok(v)) => Ok(Response::Value(v)),
-                Some(Err(e)) => Err(Error::Server(e)),
+                Some(Err(e)) => Err(Error::Server(match cmd {
+                    Some(c)
+                        if matches!(e.kind(), ServerErrorKind::Moved | ServerErrorKind::Ask) =>
+                    {
+                        e.with_returned(c)
+                    }
+                    _ => e,
+                })),
                 None => Err(Error::Closed),
             },
             Pending::Many { results, .. } => Ok(Response::Pipeline(results)),
@@ -438,6 +452,9 @@ where
                     expect: expect_for(&cmd),
                     confirms: Vec::new(),
                     result: None,
+                    // Freed when the reply comes instead of now: the same
+                    // work, later. A router above then needs no copy.
+                    cmd: (cmd.raw().0.len() <= RETURN_MAX).then_some(cmd),
                 }
             }
             Body::Pipeline(p) => {
