@@ -529,19 +529,26 @@ impl<N: NewNode> Shared<N> {
         let mut owner = vec![NONE; usize::from(slot::SLOTS)].into_boxed_slice();
         let mut primaries = Vec::new();
         let mut by_endpoint: HashMap<Endpoint, u32> = HashMap::new();
-        for slot in 0..slot::SLOTS {
-            if let Some(p) = map.primary_for(slot) {
-                let i = match by_endpoint.get(p) {
+        // Each shard's node, found once: every `MOVED` installs a map, so
+        // the walk over 16384 slots does no hashing.
+        let mut node_of_shard = vec![NONE; map.shards().len()];
+        for (slot, &idx) in map.shard_indexes().iter().enumerate() {
+            let Some(shard) = map.shards().get(usize::from(idx)) else {
+                continue;
+            };
+            let known = &mut node_of_shard[usize::from(idx)];
+            if *known == NONE {
+                *known = match by_endpoint.get(&shard.primary) {
                     Some(&i) => i,
                     None => {
-                        let i = self.ensure_node(topo, p, NodeRole::Primary);
-                        by_endpoint.insert(p.clone(), i);
+                        let i = self.ensure_node(topo, &shard.primary, NodeRole::Primary);
+                        by_endpoint.insert(shard.primary.clone(), i);
                         primaries.push(i);
                         i
                     }
                 };
-                owner[usize::from(slot)] = i;
             }
+            owner[slot] = *known;
         }
         let mut keep: Vec<u32> = primaries.clone();
         let mut replicas: HashMap<u32, Vec<u32>> = HashMap::new();

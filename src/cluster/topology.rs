@@ -463,6 +463,12 @@ impl SlotMap {
         }
     }
 
+    /// Each slot's index into [`shards`](Self::shards) (out of range:
+    /// unassigned), for walking every slot without a lookup per slot.
+    pub(crate) fn shard_indexes(&self) -> &[u16] {
+        &self.slots[..]
+    }
+
     /// The shard serving `slot`, if any (none for slots `>= 16384`).
     ///
     /// ```
