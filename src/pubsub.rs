@@ -95,9 +95,18 @@
 //! RESP3 only: pub/sub messages arrive as push frames on the multiplexed
 //! connection, beside command replies. A RESP2 connection (a server that
 //! refused `HELLO 3`) refuses subscribe commands, and
-//! [`Subscription::subscribe`] fails with [`Error::Config`]. Sharded
-//! pub/sub (`SSUBSCRIBE`, Redis 7) works on one endpoint; across a
-//! cluster it needs routing by slot, which this type does not do.
+//! [`Subscription::subscribe`] fails with [`Error::Config`].
+//!
+//! # Sharded pub/sub
+//!
+//! `SSUBSCRIBE` (Redis 7) on a `PubSub` goes to its one endpoint, which
+//! must serve the channels' slot in a cluster. When the slot leaves that
+//! node the server ends the subscription, and its subscribers get
+//! [`Event::Unsubscribed`]: nothing more comes for that channel.
+//! [`Client::ssubscribe`](crate::Client::ssubscribe) routes shard channels
+//! by slot across a cluster instead, and subscribes again where a moved
+//! slot went, with [`Event::Disconnected`] and [`Event::Reconnected`]
+//! around the gap (to the subscriptions of that channel only).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;

@@ -170,7 +170,9 @@ async fn a_shard_subscription_follows_its_slot() {
             Some(Event::Disconnected)
         );
         match within(STEP, "the subscription on the new owner", sub.recv()).await {
-            Some(Event::Reconnected { .. }) => {}
+            Some(Event::Reconnected { downtime }) => {
+                eprintln!("shard subscription moved: downtime {downtime:?}");
+            }
             other => panic!("expected Reconnected, got {other:?}"),
         }
         assert_eq!(shard_subscribers(&cluster, 0, &channel), 0);

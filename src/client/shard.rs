@@ -8,8 +8,9 @@
 //! node each shard channel is subscribed on, so an `SUNSUBSCRIBE` reaches
 //! that connection even after the slot map changed; when the server ends
 //! a shard subscription itself (its slot left the node), the entry goes
-//! and [`pubsub`](crate::pubsub) subscribes again through the router,
-//! which asks the cluster where the slot went.
+//! and [`pubsub`](crate::pubsub) subscribes again through the router:
+//! to the primary the slot map names, following the `MOVED` that node
+//! answers when the map is behind.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use tower::{Service, ServiceExt};
 
 use super::ClusterHandle;
+use crate::cluster::redirect_endpoint;
 use crate::cluster::slot::key_slot;
 use crate::error::{Error, Result};
 use crate::handoff::Handoff;
@@ -113,13 +115,16 @@ impl Router {
         }
     }
 
-    /// On the primary of the channels' slot; a `MOVED` (the map is behind)
-    /// refreshes the map and tries again, twice at most.
+    /// On the primary of the channels' slot. A `MOVED` (the map is behind:
+    /// the slot just moved) is followed to its target, twice at most; one
+    /// without a usable address refreshes the map first. (Following it
+    /// saves the refresh's wait: the cluster refreshes at most once per
+    /// `refresh_cooldown`, 250 ms by default.)
     async fn ssubscribe(&self, c: Cmd, channels: &[Bytes]) -> Result<Value> {
         let slot = one_slot(channels)?;
+        let mut endpoint = self.cluster.endpoint_for(slot).await?;
         let mut attempt = 0;
         loop {
-            let endpoint = self.cluster.endpoint_for(slot).await?;
             match call_one(self.node(&endpoint)?, c.clone()).await {
                 Ok(v) => {
                     let mut st = lock(&self.state);
@@ -130,7 +135,13 @@ impl Router {
                 }
                 Err(Error::Server(e)) if e.kind() == &ServerErrorKind::Moved && attempt < 2 => {
                     attempt += 1;
-                    self.cluster.cluster.refresh().await?;
+                    endpoint = match e.redirect().and_then(|r| redirect_endpoint(&r.addr)) {
+                        Some(to) => to,
+                        None => {
+                            self.cluster.cluster.refresh().await?;
+                            self.cluster.endpoint_for(slot).await?
+                        }
+                    };
                 }
                 Err(e) => return Err(e),
             }
