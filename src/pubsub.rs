@@ -1141,4 +1141,19 @@ mod tests {
         assert!(parse(Value::Push(vec![b("invalidate"), b("k")])).is_none());
         assert!(parse(Value::Push(vec![b("message"), b("c")])).is_none());
     }
+
+    #[test]
+    fn recognises_a_server_sunsubscribe() {
+        let b = |s: &'static str| Value::BulkString(Bytes::from_static(s.as_bytes()));
+        let push = Value::Push(vec![b("sunsubscribe"), b("s"), Value::Integer(0)]);
+        assert_eq!(server_sunsubscribe(&push).as_deref(), Some(&b"s"[..]));
+        let msg = Value::Push(vec![b("smessage"), b("s"), b("x")]);
+        assert_eq!(server_sunsubscribe(&msg), None);
+        let unsub = Value::Push(vec![b("unsubscribe"), b("s"), Value::Integer(0)]);
+        assert_eq!(server_sunsubscribe(&unsub), None);
+        assert_eq!(
+            server_sunsubscribe(&Value::Array(vec![b("sunsubscribe"), b("s")])),
+            None
+        );
+    }
 }
