@@ -70,6 +70,7 @@ mod commands;
 mod from_value;
 mod scan;
 mod script;
+mod shard;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,6 +144,9 @@ impl std::fmt::Debug for Client {
 /// What [`Client::pubsub`] needs to make the pub/sub connection.
 struct LazyPubSub {
     cell: std::sync::Mutex<Option<PubSub>>,
+    /// A cluster's shard pub/sub: a connection per node, each made on
+    /// first use (see `shard`).
+    shard: std::sync::Mutex<Option<PubSub>>,
     connector: Connector,
     endpoint: Endpoint,
     config: crate::maint::MaintenanceConfig,
@@ -285,7 +289,8 @@ impl Client {
     /// made on first use and shared by every clone of the client. In a
     /// cluster it is a connection to the first seed: `PUBLISH` reaches
     /// every node of a cluster, so `SUBSCRIBE` and `PSUBSCRIBE` work from
-    /// any node (`SSUBSCRIBE` only for shard channels that node serves).
+    /// any node. Its `SSUBSCRIBE` works only for shard channels that node
+    /// serves; [`Client::ssubscribe`] routes shard channels by slot.
     ///
     /// Errors: [`Error::Config`] for a client made with
     /// [`Client::from_service`], which knows no endpoint.
@@ -348,11 +353,24 @@ impl Client {
     }
 
     /// Subscribes to shard `channels` (`SSUBSCRIBE`, Redis 7); see
-    /// [`Client::subscribe`] and, for a cluster, [`Client::pubsub`].
+    /// [`Client::subscribe`].
+    ///
+    /// Standalone, on the [`Client::pubsub`] connection. In a cluster, on
+    /// a connection to the primary serving the channels' slot (one per
+    /// node, made on first use and shared by every clone of the client):
+    /// the channels of one call must share a slot (use hash tags), or
+    /// [`Error::Config`] and nothing is sent. When the slot moves, Redis
+    /// ends the subscription; it is made again on the slot's new primary,
+    /// with [`Event::Disconnected`](crate::pubsub::Event::Disconnected)
+    /// and then [`Event::Reconnected`](crate::pubsub::Event::Reconnected)
+    /// around the gap (messages published to the slot in between are
+    /// lost). Channels and patterns added to the returned
+    /// [`Subscription`] go to one node of the cluster.
     ///
     /// ```no_run
     /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
-    /// let sub = client.ssubscribe(["orders"]).await?;
+    /// let sub = client.ssubscribe(["{orders}:eu", "{orders}:us"]).await?;
+    /// client.cmd::<i64>(redis_layers::cmd("SPUBLISH").arg("{orders}:eu").arg("new")).await?;
     /// # Ok(()) }
     /// ```
     pub async fn ssubscribe<I>(&self, channels: I) -> Result<Subscription>
@@ -360,7 +378,27 @@ impl Client {
         I: IntoIterator,
         I::Item: Into<bytes::Bytes>,
     {
-        self.pubsub()?.ssubscribe(channels).await
+        let Dedicated::Cluster(cluster) = &self.dedicated else {
+            return self.pubsub()?.ssubscribe(channels).await;
+        };
+        let channels: Vec<bytes::Bytes> = channels.into_iter().map(Into::into).collect();
+        shard::one_slot(&channels)?;
+        let lazy = self.pubsub.as_ref().ok_or_else(|| {
+            Error::config("pub/sub needs a client built from an endpoint (not from_service)")
+        })?;
+        let pubsub = {
+            let mut cell = lazy.shard.lock().unwrap_or_else(|e| e.into_inner());
+            cell.get_or_insert_with(|| {
+                shard::pubsub(
+                    cluster.clone(),
+                    lazy.connector.clone(),
+                    lazy.config.clone(),
+                    lazy.endpoint.clone(),
+                )
+            })
+            .clone()
+        };
+        pubsub.ssubscribe(channels).await
     }
 
     /// The stack, as a tower service (a clone; it shares the connections).

@@ -95,9 +95,18 @@
 //! RESP3 only: pub/sub messages arrive as push frames on the multiplexed
 //! connection, beside command replies. A RESP2 connection (a server that
 //! refused `HELLO 3`) refuses subscribe commands, and
-//! [`Subscription::subscribe`] fails with [`Error::Config`]. Sharded
-//! pub/sub (`SSUBSCRIBE`, Redis 7) works on one endpoint; across a
-//! cluster it needs routing by slot, which this type does not do.
+//! [`Subscription::subscribe`] fails with [`Error::Config`].
+//!
+//! # Sharded pub/sub
+//!
+//! `SSUBSCRIBE` (Redis 7) on a `PubSub` goes to its one endpoint, which
+//! must serve the channels' slot in a cluster. When the slot leaves that
+//! node the server ends the subscription, and its subscribers get
+//! [`Event::Unsubscribed`]: nothing more comes for that channel.
+//! [`Client::ssubscribe`](crate::Client::ssubscribe) routes shard channels
+//! by slot across a cluster instead, and subscribes again where a moved
+//! slot went, with [`Event::Disconnected`] and [`Event::Reconnected`]
+//! around the gap (to the subscriptions of that channel only).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -210,10 +219,21 @@ pub enum Event {
         /// How many.
         missed: u64,
     },
+    /// The server ended the subscription to `channel` on its own: a shard
+    /// channel whose slot left the node (Redis 7 cluster). Nothing more
+    /// comes for it. Only from a [`PubSub`] on one endpoint; a cluster
+    /// [`Client`](crate::Client)'s shard subscriptions follow the slot
+    /// instead ([`Event::Disconnected`], then [`Event::Reconnected`]).
+    Unsubscribed {
+        /// Which kind of subscription ([`Kind::Shard`]).
+        kind: Kind,
+        /// The channel.
+        channel: Bytes,
+    },
 }
 
-type SendFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
-type SendFn = dyn Fn(Cmd) -> SendFuture + Send + Sync;
+pub(crate) type SendFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+pub(crate) type SendFn = dyn Fn(Cmd) -> SendFuture + Send + Sync;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -222,6 +242,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What every handle of one [`PubSub`] and its subscriptions share.
 struct Inner {
     send: Box<SendFn>,
+    /// `send` routes each shard channel to the node serving its slot (a
+    /// cluster client's): a shard subscription the server ends (its slot
+    /// moved) is made again, not reported as ended.
+    reroutes: bool,
     registry: Mutex<Registry>,
     /// Subscribe and unsubscribe one at a time: the decision to send a
     /// command (first or last subscriber of a channel) and the command go
@@ -240,6 +264,8 @@ struct Registry {
     /// unsubscribe.
     cleaning: HashSet<(usize, Bytes)>,
     disconnected_at: Option<Instant>,
+    /// Shard channels being subscribed again after the server ended them.
+    resubscribing: HashSet<Bytes>,
 }
 
 impl Registry {
@@ -312,12 +338,30 @@ impl PubSub {
         endpoint: Endpoint,
         config: &MaintenanceConfig,
     ) -> Result<PubSub> {
-        let connector = connector.maintenance(config.clone())?;
-        let handoff = HandoffLayer::new(endpoint)
-            .maintenance(config)?
-            .layer(connector);
+        let handoff = PubSub::handoff(connector, endpoint, config)?;
         let pushes = handoff.take_pushes().expect("a new Handoff's pushes");
         Ok(PubSub::build(handoff, pushes))
+    }
+
+    /// The one-connection [`Handoff`] a pub/sub connection to `endpoint`
+    /// runs on.
+    pub(crate) fn handoff(
+        connector: Connector,
+        endpoint: Endpoint,
+        config: &MaintenanceConfig,
+    ) -> Result<Handoff<Connector>> {
+        let connector = connector.maintenance(config.clone())?;
+        Ok(HandoffLayer::new(endpoint)
+            .maintenance(config)?
+            .layer(connector))
+    }
+
+    /// Pub/sub whose commands go through `send`, which routes them (to
+    /// several connections: a cluster's nodes), and whose messages come
+    /// from `pushes`, those connections' merged push streams. A shard
+    /// subscription the server ends is subscribed again through `send`.
+    pub(crate) fn routed(send: Box<SendFn>, pushes: PushReceiver) -> PubSub {
+        PubSub::from_parts(send, pushes, true)
     }
 
     /// Pub/sub on the connection of `handoff`, which may also serve
@@ -364,9 +408,14 @@ impl PubSub {
                 svc.call(Request::from(c)).await?.into_value()
             })
         };
+        PubSub::from_parts(Box::new(send), pushes, false)
+    }
+
+    fn from_parts(send: Box<SendFn>, pushes: PushReceiver, reroutes: bool) -> PubSub {
         let stop = CancellationToken::new();
         let inner = Arc::new(Inner {
-            send: Box::new(send),
+            send,
+            reroutes,
             registry: Mutex::new(Registry::default()),
             ops: tokio::sync::Mutex::new(()),
             _stop: stop.clone().drop_guard(),
@@ -564,11 +613,21 @@ impl Subscription {
         I::Item: Into<Bytes>,
     {
         let k = kind.index();
+        let channels: Vec<Bytes> = channels.into_iter().map(Into::into).collect();
         let mut wanted: Vec<Bytes> = Vec::new();
-        for c in channels {
-            let c = c.into();
-            if !self.own[k].contains(&c) && !wanted.contains(&c) {
-                wanted.push(c);
+        {
+            // Ours and routed to us: a channel the server ended
+            // ([`Event::Unsubscribed`]) is ours but no longer routed.
+            let reg = lock(&self.inner.registry);
+            let id = self.queue.id;
+            for c in channels {
+                let has = self.own[k].contains(&c)
+                    && reg.routes[k]
+                        .get(&c)
+                        .is_some_and(|l| l.iter().any(|q| q.id == id));
+                if !has && !wanted.contains(&c) {
+                    wanted.push(c);
+                }
             }
         }
         if wanted.is_empty() {
@@ -797,6 +856,9 @@ async fn dispatch(inner: Weak<Inner>, mut pushes: PushReceiver, stop: Cancellati
 
 /// Delivers one push frame, if it is a message, to its subscribers.
 fn route(inner: &Arc<Inner>, v: Value) {
+    if let Some(channel) = server_sunsubscribe(&v) {
+        return shard_ended(inner, channel);
+    }
     let Some((kind, key, msg)) = parse(v) else {
         return;
     };
@@ -820,6 +882,89 @@ fn route(inner: &Arc<Inner>, v: Value) {
                 });
             }
         }
+    }
+}
+
+/// The channel of a `sunsubscribe` push. The confirmations of our own
+/// unsubscribes are replies (the transport keeps them off the push
+/// stream), so one here is the server's: Redis 7 ends the shard
+/// subscriptions of a slot the node stops serving.
+pub(crate) fn server_sunsubscribe(v: &Value) -> Option<Bytes> {
+    let Value::Push(items) = v else { return None };
+    if !items
+        .first()?
+        .as_bytes()?
+        .eq_ignore_ascii_case(b"sunsubscribe")
+    {
+        return None;
+    }
+    match items.get(1)? {
+        Value::BulkString(b) | Value::SimpleString(b) => Some(b.clone()),
+        _ => None,
+    }
+}
+
+/// The server ended the shard subscription to `channel`. Routed pub/sub
+/// subscribes again where the slot went, a gap in between; otherwise the
+/// subscribers are told it ended (nothing more will come for it).
+fn shard_ended(inner: &Arc<Inner>, channel: Bytes) {
+    let k = Kind::Shard.index();
+    let mut reg = lock(&inner.registry);
+    if !inner.reroutes {
+        let list = reg.routes[k].remove(&channel).unwrap_or_default();
+        drop(reg);
+        for q in list {
+            q.push(Event::Unsubscribed {
+                kind: Kind::Shard,
+                channel: channel.clone(),
+            });
+        }
+        return;
+    }
+    let Some(list) = reg.routes[k].get(&channel) else {
+        return;
+    };
+    for q in list {
+        q.push(Event::Disconnected);
+    }
+    if reg.resubscribing.insert(channel.clone()) {
+        drop(reg);
+        tokio::spawn(resubscribe(Arc::downgrade(inner), channel, Instant::now()));
+    }
+}
+
+/// Subscribes to shard `channel` again (`send` finds the node serving its
+/// slot now) while anyone wants it, retrying with a backoff (50 ms
+/// doubling up to 2 s) while that fails; then [`Event::Reconnected`].
+async fn resubscribe(inner: Weak<Inner>, channel: Bytes, since: Instant) {
+    let k = Kind::Shard.index();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        let error = {
+            let _ops = inner.ops.lock().await;
+            if !lock(&inner.registry).routes[k].contains_key(&channel) {
+                lock(&inner.registry).resubscribing.remove(&channel);
+                return;
+            }
+            let cmd = crate::cmd(Kind::Shard.subscribe()).arg(channel.as_ref());
+            match inner.send_within(cmd, DEFAULT_TIMEOUT).await {
+                Ok(_) => {
+                    let mut reg = lock(&inner.registry);
+                    reg.resubscribing.remove(&channel);
+                    let downtime = since.elapsed();
+                    for q in reg.routes[k].get(&channel).into_iter().flatten() {
+                        q.push(Event::Reconnected { downtime });
+                    }
+                    return;
+                }
+                Err(e) => e,
+            }
+        };
+        tracing::debug!(target: "redis_layers::pubsub", error = %error, "shard channel not subscribed again yet");
+        drop(inner);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -995,5 +1140,20 @@ mod tests {
         assert_eq!((k, m.pattern), (Kind::Channel, None));
         assert!(parse(Value::Push(vec![b("invalidate"), b("k")])).is_none());
         assert!(parse(Value::Push(vec![b("message"), b("c")])).is_none());
+    }
+
+    #[test]
+    fn recognises_a_server_sunsubscribe() {
+        let b = |s: &'static str| Value::BulkString(Bytes::from_static(s.as_bytes()));
+        let push = Value::Push(vec![b("sunsubscribe"), b("s"), Value::Integer(0)]);
+        assert_eq!(server_sunsubscribe(&push).as_deref(), Some(&b"s"[..]));
+        let msg = Value::Push(vec![b("smessage"), b("s"), b("x")]);
+        assert_eq!(server_sunsubscribe(&msg), None);
+        let unsub = Value::Push(vec![b("unsubscribe"), b("s"), Value::Integer(0)]);
+        assert_eq!(server_sunsubscribe(&unsub), None);
+        assert_eq!(
+            server_sunsubscribe(&Value::Array(vec![b("sunsubscribe"), b("s")])),
+            None
+        );
     }
 }

@@ -262,6 +262,7 @@ impl ClientBuilder {
         };
         let pubsub = Some(Arc::new(LazyPubSub {
             cell: Default::default(),
+            shard: Default::default(),
             connector: self.connector.clone(),
             endpoint: self.seeds[0].clone(),
             config: self.maintenance.clone(),

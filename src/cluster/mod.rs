@@ -907,7 +907,7 @@ fn no_owner(slot: u16) -> Error {
 }
 
 /// Parses a redirect target (`host:port`, empty host: unknown).
-fn redirect_endpoint(addr: &str) -> Option<Endpoint> {
+pub(crate) fn redirect_endpoint(addr: &str) -> Option<Endpoint> {
     let (host, port) = addr.rsplit_once(':')?;
     let port = port.parse().ok()?;
     if host.is_empty() {

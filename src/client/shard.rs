@@ -1,0 +1,244 @@
+//! Sharded pub/sub over a cluster: one [`PubSub`] whose commands go, per
+//! shard channel, to a connection of its own to the primary serving the
+//! channel's slot, and whose messages are those connections' merged push
+//! streams.
+//!
+//! Each node gets one [`Handoff`] (one connection, restored after a
+//! reconnect), made on first use and kept. The router remembers which
+//! node each shard channel is subscribed on, so an `SUNSUBSCRIBE` reaches
+//! that connection even after the slot map changed; when the server ends
+//! a shard subscription itself (its slot left the node), the entry goes
+//! and [`pubsub`](crate::pubsub) subscribes again through the router:
+//! to the primary the slot map names, following the `MOVED` that node
+//! answers when the map is behind.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tower::{Service, ServiceExt};
+
+use super::ClusterHandle;
+use crate::cluster::redirect_endpoint;
+use crate::cluster::slot::key_slot;
+use crate::error::{Error, Result};
+use crate::handoff::Handoff;
+use crate::maint::MaintenanceConfig;
+use crate::pubsub::{server_sunsubscribe, PubSub, SendFuture};
+use crate::resp::Cmd;
+use crate::transport::{Connector, Endpoint, PushItem, PushReceiver};
+use crate::{Request, ServerErrorKind, Value};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The one slot of shard `channels`: [`Error::Config`] when they are in
+/// several (one `SSUBSCRIBE` must name channels of one slot).
+pub(super) fn one_slot(channels: &[Bytes]) -> Result<Option<u16>> {
+    let mut slot = None;
+    for c in channels {
+        let s = key_slot(c);
+        match slot {
+            Some(seen) if seen != s => {
+                return Err(Error::config(format!(
+                    "shard channels in slots {seen} and {s}: in a cluster, the shard channels \
+                     of one SSUBSCRIBE must share a slot (use hash tags, or subscribe in \
+                     several calls)"
+                )))
+            }
+            _ => slot = Some(s),
+        }
+    }
+    Ok(slot)
+}
+
+/// What the router and its forwarding tasks share.
+#[derive(Default)]
+struct State {
+    /// Shard channel to the node it is subscribed on.
+    subscribed: HashMap<Bytes, Endpoint>,
+    /// Nodes whose connection lost its subscriptions and has not
+    /// restored them yet: the merged stream notes a loss when the first
+    /// goes, a restore when the last comes back.
+    lost: HashSet<Endpoint>,
+}
+
+struct Router {
+    cluster: Arc<ClusterHandle>,
+    connector: Connector,
+    config: MaintenanceConfig,
+    /// Where channels and patterns (not sharded) are subscribed: `PUBLISH`
+    /// reaches every node.
+    home: Endpoint,
+    nodes: Mutex<HashMap<Endpoint, Handoff<Connector>>>,
+    state: Arc<Mutex<State>>,
+    tx: mpsc::UnboundedSender<PushItem>,
+}
+
+/// The cluster's sharded [`PubSub`]; see the [module docs](self).
+pub(super) fn pubsub(
+    cluster: Arc<ClusterHandle>,
+    connector: Connector,
+    config: MaintenanceConfig,
+    home: Endpoint,
+) -> PubSub {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = Arc::new(Router {
+        cluster,
+        connector,
+        config,
+        home,
+        nodes: Mutex::new(HashMap::new()),
+        state: Arc::default(),
+        tx,
+    });
+    let send = move |c: Cmd| -> SendFuture {
+        let router = router.clone();
+        Box::pin(async move { router.send(c).await })
+    };
+    PubSub::routed(Box::new(send), PushReceiver::new(rx))
+}
+
+impl Router {
+    async fn send(&self, c: Cmd) -> Result<Value> {
+        let shard = c.is("SSUBSCRIBE") || c.is("SUNSUBSCRIBE");
+        if !shard {
+            return call_one(self.node(&self.home)?, c).await;
+        }
+        let channels: Vec<Bytes> = c.argv().skip(1).map(Bytes::copy_from_slice).collect();
+        if c.is("SSUBSCRIBE") {
+            self.ssubscribe(c, &channels).await
+        } else {
+            self.sunsubscribe(&channels).await
+        }
+    }
+
+    /// On the primary of the channels' slot. A `MOVED` (the map is behind:
+    /// the slot just moved) is followed to its target, twice at most; one
+    /// without a usable address refreshes the map first. (Following it
+    /// saves the refresh's wait: the cluster refreshes at most once per
+    /// `refresh_cooldown`, 250 ms by default.)
+    async fn ssubscribe(&self, c: Cmd, channels: &[Bytes]) -> Result<Value> {
+        let slot = one_slot(channels)?;
+        let mut endpoint = self.cluster.endpoint_for(slot).await?;
+        let mut attempt = 0;
+        loop {
+            match call_one(self.node(&endpoint)?, c.clone()).await {
+                Ok(v) => {
+                    let mut st = lock(&self.state);
+                    for ch in channels {
+                        st.subscribed.insert(ch.clone(), endpoint.clone());
+                    }
+                    return Ok(v);
+                }
+                Err(Error::Server(e)) if e.kind() == &ServerErrorKind::Moved && attempt < 2 => {
+                    attempt += 1;
+                    endpoint = match e.redirect().and_then(|r| redirect_endpoint(&r.addr)) {
+                        Some(to) => to,
+                        None => {
+                            self.cluster.cluster.refresh().await?;
+                            self.cluster.endpoint_for(slot).await?
+                        }
+                    };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// On the node each channel is subscribed on; channels subscribed
+    /// nowhere (the server ended them) need nothing.
+    async fn sunsubscribe(&self, channels: &[Bytes]) -> Result<Value> {
+        let mut per_node: HashMap<Endpoint, Vec<Bytes>> = HashMap::new();
+        {
+            let mut st = lock(&self.state);
+            let all: Vec<Bytes> = if channels.is_empty() {
+                st.subscribed.keys().cloned().collect()
+            } else {
+                channels.to_vec()
+            };
+            for ch in all {
+                if let Some(e) = st.subscribed.remove(&ch) {
+                    per_node.entry(e).or_default().push(ch);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (endpoint, chans) in per_node {
+            let mut c = crate::cmd("SUNSUBSCRIBE");
+            for ch in &chans {
+                c = c.arg(ch.as_ref());
+            }
+            out.push(call_one(self.node(&endpoint)?, c).await?);
+        }
+        Ok(Value::Array(out))
+    }
+
+    /// The connection to `endpoint`, made (with its forwarding task) on
+    /// first use.
+    fn node(&self, endpoint: &Endpoint) -> Result<Handoff<Connector>> {
+        let mut nodes = lock(&self.nodes);
+        if let Some(h) = nodes.get(endpoint) {
+            return Ok(h.clone());
+        }
+        let h = PubSub::handoff(self.connector.clone(), endpoint.clone(), &self.config)?;
+        let pushes = h.take_pushes().expect("a new Handoff's pushes");
+        tokio::spawn(forward(
+            endpoint.clone(),
+            pushes,
+            self.state.clone(),
+            self.tx.clone(),
+        ));
+        nodes.insert(endpoint.clone(), h.clone());
+        Ok(h)
+    }
+}
+
+/// Sends one command on a node's connection.
+async fn call_one(mut node: Handoff<Connector>, c: Cmd) -> Result<Value> {
+    node.ready()
+        .await?
+        .call(Request::from(c))
+        .await?
+        .into_value()
+}
+
+/// Forwards one node's pushes into the merged stream, noting the shard
+/// subscriptions the server ends and merging loss and restore notes.
+async fn forward(
+    endpoint: Endpoint,
+    mut pushes: PushReceiver,
+    state: Arc<Mutex<State>>,
+    tx: mpsc::UnboundedSender<PushItem>,
+) {
+    while let Some(item) = pushes.recv_item().await {
+        let item = match item {
+            PushItem::Frame(v) => {
+                if let Some(ch) = server_sunsubscribe(&v) {
+                    let mut st = lock(&state);
+                    if st.subscribed.get(&ch) == Some(&endpoint) {
+                        st.subscribed.remove(&ch);
+                    }
+                }
+                Some(PushItem::Frame(v))
+            }
+            PushItem::SubscriptionsLost => {
+                let mut st = lock(&state);
+                let first = st.lost.is_empty();
+                (st.lost.insert(endpoint.clone()) && first).then_some(PushItem::SubscriptionsLost)
+            }
+            PushItem::SubscriptionsRestored => {
+                let mut st = lock(&state);
+                (st.lost.remove(&endpoint) && st.lost.is_empty())
+                    .then_some(PushItem::SubscriptionsRestored)
+            }
+        };
+        if let Some(item) = item {
+            if tx.send(item).is_err() {
+                return;
+            }
+        }
+    }
+}

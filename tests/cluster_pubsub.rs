@@ -1,0 +1,201 @@
+//! Sharded pub/sub through a cluster `Client`: `SSUBSCRIBE` goes to the
+//! primary serving the channels' slot, one slot per call, and a shard
+//! subscription follows its slot when the slot moves. Checked against a
+//! real 3-primary Redis Cluster; where the server is subscribed is read
+//! apart from the client (`PUBSUB SHARDNUMSUB` on each node).
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis_layers::client::{Client, ClientBuilder};
+use redis_layers::pubsub::{Event, Kind, PubSub, Subscription};
+use redis_layers::{cmd, Connector, Error};
+use support::cluster::{RedisCluster, Reply};
+use support::{bounded, within};
+
+const STEP: Duration = Duration::from_secs(10);
+
+/// A shard channel whose slot primary `p` serves.
+fn channel_on(cluster: &RedisCluster, p: usize, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|c| cluster.node_for_key(c) == p)
+        .unwrap()
+}
+
+/// How many clients node `i` has subscribed to shard `channel`.
+fn shard_subscribers(cluster: &RedisCluster, i: usize, channel: &str) -> i64 {
+    match cluster.query(i, &[b"PUBSUB", b"SHARDNUMSUB", channel.as_bytes()]) {
+        Reply::Array(Some(r)) => match r.as_slice() {
+            [_, Reply::Int(n)] => *n,
+            other => panic!("PUBSUB SHARDNUMSUB: {other:?}"),
+        },
+        other => panic!("PUBSUB SHARDNUMSUB: {other:?}"),
+    }
+}
+
+/// Node `i`'s pub/sub clients (`CLIENT LIST TYPE pubsub`).
+fn pubsub_clients(cluster: &RedisCluster, i: usize) -> usize {
+    match cluster.query(i, &[b"CLIENT", b"LIST", b"TYPE", b"pubsub"]) {
+        Reply::Bulk(Some(list)) => list
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    }
+}
+
+async fn spublish(client: &Client, channel: &str, payload: &str) -> i64 {
+    client
+        .cmd(cmd("SPUBLISH").arg(channel).arg(payload))
+        .await
+        .unwrap()
+}
+
+/// The next event, which must be a message: `(channel, payload)`.
+async fn next_message(sub: &mut Subscription) -> (Bytes, Bytes) {
+    match within(STEP, "a shard message", sub.recv()).await {
+        Some(Event::Message(m)) => {
+            assert_eq!(m.kind, Kind::Shard);
+            (m.channel, m.payload)
+        }
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// A shard channel on each primary, each subscribed through the client
+/// (and one more through a clone): each subscription is on the primary
+/// serving its slot, clones share that node's connection, and a
+/// `SPUBLISH` through the client reaches exactly its subscription. Shard
+/// channels of two slots in one call are refused before anything is
+/// sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_channels_on_every_primary() {
+    bounded(60, async {
+        let cluster = RedisCluster::start();
+        let client = ClientBuilder::new(cluster.endpoint(0))
+            .build()
+            .await
+            .unwrap();
+        assert!(client.is_cluster());
+
+        let (a, b) = (channel_on(&cluster, 0, "x"), channel_on(&cluster, 1, "x"));
+        match client.ssubscribe([a.clone(), b.clone()]).await {
+            Err(Error::Config(msg)) => assert!(msg.contains("hash tags"), "{msg}"),
+            other => panic!("two slots in one SSUBSCRIBE: {other:?}"),
+        }
+        for i in 0..3 {
+            assert_eq!(pubsub_clients(&cluster, i), 0, "node {i}: nothing was sent");
+        }
+
+        let channels: Vec<String> = (0..3).map(|p| channel_on(&cluster, p, "news")).collect();
+        let mut subs = Vec::new();
+        for c in &channels {
+            subs.push(client.ssubscribe([c.clone()]).await.unwrap());
+        }
+        // A second channel on primary 0 through a clone, two in one call
+        // (one hash tag, one slot).
+        let tag = (0..)
+            .map(|i| format!("{{t{i}}}"))
+            .find(|t| cluster.node_for_key(t) == 0)
+            .unwrap();
+        let (t1, t2) = (format!("{tag}:one"), format!("{tag}:two"));
+        let mut tagged = client
+            .clone()
+            .ssubscribe([t1.clone(), t2.clone()])
+            .await
+            .unwrap();
+        for (p, c) in channels.iter().enumerate() {
+            for i in 0..3 {
+                let want = i64::from(i == p);
+                assert_eq!(shard_subscribers(&cluster, i, c), want, "{c} on node {i}");
+            }
+        }
+        for i in 0..3 {
+            assert_eq!(pubsub_clients(&cluster, i), 1, "one connection on node {i}");
+        }
+
+        for (c, sub) in channels.iter().zip(&mut subs) {
+            assert_eq!(spublish(&client, c, &format!("to {c}")).await, 1);
+            assert_eq!(
+                next_message(sub).await,
+                (c.clone().into(), format!("to {c}").into())
+            );
+        }
+        assert_eq!(spublish(&client, &t2, "tagged").await, 1);
+        assert_eq!(
+            next_message(&mut tagged).await,
+            (t2.clone().into(), "tagged".into())
+        );
+        // Nothing else arrived anywhere: each message went to its one
+        // subscription.
+        for sub in subs.iter_mut().chain([&mut tagged]) {
+            assert_eq!(sub.try_recv(), None);
+        }
+    })
+    .await;
+}
+
+/// A shard channel's slot moves to another primary while subscribed:
+/// Redis ends the subscription (a server-side `sunsubscribe`), and the
+/// client's subscription reports the gap and is made again on the new
+/// owner, where the next `SPUBLISH` reaches it. A `PubSub` on the old
+/// node alone reports the end instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_subscription_follows_its_slot() {
+    bounded(90, async {
+        let cluster = RedisCluster::start();
+        let client = ClientBuilder::new(cluster.endpoint(0))
+            .build()
+            .await
+            .unwrap();
+        let channel = channel_on(&cluster, 0, "moving");
+        let slot = cluster.slot_of(&channel);
+        let mut sub = client.ssubscribe([channel.clone()]).await.unwrap();
+        let direct = PubSub::new(Connector::new(), cluster.endpoint(0));
+        let mut pinned = direct.ssubscribe([channel.clone()]).await.unwrap();
+        assert_eq!(spublish(&client, &channel, "before").await, 2);
+        assert_eq!(next_message(&mut sub).await.1, "before");
+        assert_eq!(next_message(&mut pinned).await.1, "before");
+
+        tokio::task::block_in_place(|| {
+            cluster.migrate_slot(slot, 0, 1);
+            cluster.wait_consistent();
+        });
+
+        assert_eq!(
+            within(STEP, "the gap", sub.recv()).await,
+            Some(Event::Disconnected)
+        );
+        match within(STEP, "the subscription on the new owner", sub.recv()).await {
+            Some(Event::Reconnected { downtime }) => {
+                eprintln!("shard subscription moved: downtime {downtime:?}");
+            }
+            other => panic!("expected Reconnected, got {other:?}"),
+        }
+        assert_eq!(shard_subscribers(&cluster, 0, &channel), 0);
+        assert_eq!(shard_subscribers(&cluster, 1, &channel), 1);
+        assert_eq!(spublish(&client, &channel, "after").await, 1);
+        assert_eq!(
+            next_message(&mut sub).await,
+            (channel.clone().into(), "after".into())
+        );
+
+        // On one endpoint there is nowhere to follow the slot to.
+        assert_eq!(
+            within(STEP, "the end", pinned.recv()).await,
+            Some(Event::Unsubscribed {
+                kind: Kind::Shard,
+                channel: channel.clone().into()
+            })
+        );
+        assert_eq!(pinned.try_recv(), None);
+
+        // Unsubscribing reaches the node the channel is on now.
+        sub.sunsubscribe([channel.clone()]).await.unwrap();
+        assert_eq!(shard_subscribers(&cluster, 1, &channel), 0);
+    })
+    .await;
+}
