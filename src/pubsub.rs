@@ -39,7 +39,8 @@
 //! - when a connection dies (the server closed it, `CLIENT KILL`, a
 //!   network drop, a handoff that failed for good) it reconnects at once,
 //!   not on the next command (a subscriber sends none), with a jittered
-//!   backoff (50 ms doubling up to 2 s) while the server is away, and the
+//!   backoff (50 ms doubling up to 2 s) while the server is away or drops
+//!   each new connection (it starts over once one stays up 1 s), and the
 //!   new connection subscribes to what the dead one was subscribed to
 //!   (the subscriptions the server confirmed, as the transport tracked
 //!   them) before it takes commands.

@@ -1,7 +1,8 @@
 //! Pub/sub on real redis-server: messages keep flowing across a `MOVING`
 //! (none lost), a server-side `CLIENT KILL` (the gap is reported and
-//! measured) and refused reconnects (backoff, then resume); unsubscribe,
-//! drop, many subscribers and the slow-consumer policy.
+//! measured), refused reconnects and a server that drops each restored
+//! connection (backoff, then resume); unsubscribe, drop, many subscribers
+//! and the slow-consumer policy.
 
 mod support;
 
@@ -96,7 +97,6 @@ impl Log {
     }
 
     /// Receives while `f` runs (so nothing piles up in the buffer meanwhile).
-    #[cfg(feature = "sim")]
     async fn during<F: std::future::Future>(&mut self, sub: &mut Subscription, f: F) -> F::Output {
         tokio::pin!(f);
         loop {
@@ -370,6 +370,69 @@ async fn refused_reconnects_back_off_and_resume() {
         ));
         // Still one subscription: the reconnect did not subscribe twice.
         assert_eq!(numsub(&env.server, "news"), "1");
+    })
+    .await;
+}
+
+/// A flapping server: each reconnect is accepted, its subscription
+/// restored, and then dropped at once. The backoff is not reset by those
+/// short-lived restores, so it grows (a handful of dials in 2 s, where
+/// resetting it on every restore redials in a loop); once the server
+/// behaves, the subscription resumes. Each flap is reported as a
+/// `Disconnected`, `Reconnected` pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_server_sees_the_backoff_grow() {
+    use support::faults::FlapProxy;
+
+    bounded(60, async {
+        let server = RedisServer::start();
+        let proxy = FlapProxy::start(([127, 0, 0, 1], server.port()).into()).await;
+        let pubsub = PubSub::new(Connector::new(), proxy.endpoint());
+        let mut sub = pubsub.subscribe(["news"]).await.unwrap();
+        let publisher = Publisher::start(server.endpoint(), &["news"]).await;
+        let mut log = Log::default();
+        log.until(&mut sub, "first messages", |l| l.count("news") >= 20)
+            .await;
+        assert_eq!(proxy.accepted(), 1);
+
+        proxy.set_flapping(true);
+        proxy.close_all();
+        log.until(&mut sub, "the loss reported", |l| {
+            l.events.contains(&Event::Disconnected)
+        })
+        .await;
+        let window = Duration::from_secs(2);
+        // Nothing to wait for: this is the flapping.
+        log.during(&mut sub, tokio::time::sleep(window)).await;
+        let during = proxy.accepted() - 1;
+        proxy.set_flapping(false);
+        let mark = publisher.sent() + 50;
+        log.until(&mut sub, "messages once the server behaves", |l| {
+            l.reached("news", mark)
+        })
+        .await;
+        publisher.finish().await;
+        let flaps = log
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Reconnected { .. }))
+            .count();
+        println!("{during} dials in {window:?} of flapping; {flaps} restores reported");
+        // 50 ms doubling to 2 s, jittered down to half: at most 7 dials in
+        // 2 s; a backoff reset on every restore makes hundreds.
+        assert!((3..=8).contains(&during), "{during} dials while flapping");
+        // The gap events pair up, the last one before the resumed messages.
+        assert!(flaps >= 2, "{:?}", log.events);
+        for pair in log.events.chunks(2) {
+            assert!(
+                matches!(pair, [Event::Disconnected, Event::Reconnected { .. }]),
+                "{:?}",
+                log.events
+            );
+        }
+        let (_, disorder) = holes(&log.seqs["news"]);
+        assert_eq!(disorder, 0);
+        assert_eq!(numsub(&server, "news"), "1");
     })
     .await;
 }

@@ -44,7 +44,8 @@
 //! dropped it, a handoff failed for good): the entry reconnects at once,
 //! without waiting for a command (a pure subscriber sends none), retrying
 //! with a jittered backoff (50 ms doubling up to 2 s) while the server is
-//! away, and the new connection subscribes to what the dead one was
+//! away or drops each new connection (it starts over once one stays up
+//! 1 s), and the new connection subscribes to what the dead one was
 //! subscribed to before it takes commands. Messages published in between
 //! are lost; [`pubsub`](crate::pubsub) reports that gap. For
 //! blocking commands, `WATCH`/`MULTI` or a subscriber of its own,

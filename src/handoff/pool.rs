@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::transport::Endpoint;
@@ -24,6 +25,8 @@ use crate::transport::Endpoint;
 pub(crate) struct Slot {
     pub(crate) id: u64,
     pub(crate) endpoint: Endpoint,
+    /// When the connection joined the pool.
+    pub(crate) since: Instant,
     /// Requests reserved or in flight on this connection.
     pending: AtomicUsize,
     /// Moved away from: close once `pending` reaches 0.
@@ -42,6 +45,7 @@ impl Slot {
         Arc::new(Slot {
             id,
             endpoint,
+            since: Instant::now(),
             pending: AtomicUsize::new(0),
             retiring: AtomicBool::new(false),
             drained: Notify::new(),
@@ -116,14 +120,15 @@ pub(crate) struct Restore<C> {
     pub(crate) from_slot: u64,
     /// The loss was already noted in the push stream.
     pub(crate) noted: bool,
-    /// Failed connects since the loss (for the backoff).
-    pub(crate) attempts: u32,
 }
 
 pub(crate) struct Pool<C> {
     pub(crate) entries: Vec<Entry<C>>,
     /// Per entry: subscriptions waiting for its next connection.
     pub(crate) restore: Vec<Option<Restore<C>>>,
+    /// Per entry: reconnects for its subscriptions since it last had a
+    /// connection that stayed up (for the backoff).
+    pub(crate) attempts: Vec<u32>,
     /// Where new connections go: the configured endpoint, or the target
     /// of the last successful handoff.
     pub(crate) current: Endpoint,
@@ -139,6 +144,7 @@ impl<C> Pool<C> {
         Pool {
             entries: (0..size).map(|_| Entry::Empty).collect(),
             restore: (0..size).map(|_| None).collect(),
+            attempts: vec![0; size],
             current: endpoint,
             waiters: Vec::new(),
             error: None,

@@ -131,13 +131,24 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 // Subscriptions to restore: nobody else may send a command
                 // that reconnects (a pure subscriber sends none), so retry
                 // by ourselves, with backoff.
-                if let Some(r) = pool.restore[index].as_mut() {
-                    r.attempts += 1;
-                    let wait = reconnect_backoff(r.attempts);
-                    drop(pool);
-                    self.reconnect_after(index, wait);
+                if pool.restore[index].is_some() {
+                    self.reconnect(&mut pool, index);
                 }
             }
+        }
+    }
+
+    /// Reconnects entry `index` (empty) for the subscriptions it waits
+    /// for: at once after a connection that stayed up, else after a
+    /// growing wait, so a server that is down, or that takes each
+    /// connection and drops it, is not dialled in a loop.
+    fn reconnect(self: &Arc<Self>, pool: &mut Pool<M::Connection>, index: usize) {
+        let n = pool.attempts[index];
+        pool.attempts[index] = n.saturating_add(1);
+        if n == 0 {
+            self.start_connect(pool, index);
+        } else {
+            self.reconnect_after(index, reconnect_backoff(n));
         }
     }
 
@@ -254,6 +265,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             {
                 tracing::debug!(target: "redis_layers::handoff", event = "handoff.connection_lost", endpoint = %slot.endpoint, error = %why, "connection lost");
                 conn.close();
+                settle(&mut pool, i, &slot);
                 let cmds = conn.resubscribe_commands();
                 if !cmds.is_empty() {
                     tracing::info!(target: "redis_layers::handoff", event = "handoff.subscriptions_lost", endpoint = %slot.endpoint, "connection with subscriptions lost; reconnecting");
@@ -263,9 +275,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                         from: conn,
                         from_slot: slot_id,
                         noted: true,
-                        attempts: 0,
                     });
-                    self.start_connect(&mut pool, i);
+                    self.reconnect(&mut pool, i);
                 }
             }
             self.gen.fetch_add(1, SeqCst);
@@ -532,6 +543,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 // Its subscriptions go to the new connection, made now
                 // rather than by the next command; the old one keeps them
                 // until the new one has them (or the deadline).
+                settle(&mut pool, i, &job.slot);
                 let cmds = conn.resubscribe_commands();
                 let mut hold = None;
                 if !cmds.is_empty() {
@@ -541,8 +553,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                         from: conn.clone(),
                         from_slot: job.slot.id,
                         noted: false,
-                        attempts: 0,
                     });
+                    // At once, not after a backoff: the old connection keeps
+                    // the subscriptions only until its deadline. Counted, so
+                    // a failure waits.
+                    pool.attempts[i] = pool.attempts[i].max(1);
                     self.start_connect(&mut pool, i);
                     let weak = Arc::downgrade(self);
                     hold = Some(Box::pin(async move {
@@ -752,6 +767,21 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             endpoint: endpoint.clone(),
             state,
         });
+    }
+}
+
+/// How long a connection must stay up before its entry's reconnect backoff
+/// starts over. A restore that succeeds does not prove the server is back:
+/// one that accepts each connection and the re-subscribe, then drops it at
+/// once, would otherwise be redialled without delay, in a loop. 1 s is
+/// well past the backoff's first steps and short next to real uptime.
+const STABLE: Duration = Duration::from_secs(1);
+
+/// Entry `index` gives `slot`'s connection up: if it stayed up long enough,
+/// the entry's next reconnect is at once again.
+fn settle<C>(pool: &mut Pool<C>, index: usize, slot: &Slot) {
+    if slot.since.elapsed() >= STABLE {
+        pool.attempts[index] = 0;
     }
 }
 

@@ -6,9 +6,14 @@
 //! handled one at a time in order, so replies stay matched. The
 //! connection's handshake (`HELLO`, `AUTH`, `CLIENT`, `SELECT`) is always
 //! forwarded.
+//!
+//! [`FlapProxy`] forwards bytes as they come (pub/sub messages included)
+//! and, when told to, drops each new connection right after the server
+//! confirms its first subscription, as a flapping server would.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -16,6 +21,7 @@ use redis_layers::resp::Decoder;
 use redis_layers::{Endpoint, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 #[derive(Default)]
 struct Script {
@@ -27,38 +33,59 @@ struct Script {
     forwarded: u64,
 }
 
-/// The proxy; it stops when dropped.
-pub struct FaultProxy {
+/// A free loopback port that runs a task per accepted connection; it
+/// stops when dropped.
+struct Listener {
     addr: SocketAddr,
-    script: Arc<Mutex<Script>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for FaultProxy {
+impl Drop for Listener {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl FaultProxy {
-    /// Starts a proxy to `backend` on a free loopback port.
-    pub async fn start(backend: SocketAddr) -> Self {
+impl Listener {
+    async fn start<F, Fut>(mut serve: F) -> Self
+    where
+        F: FnMut(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
-        let script = Arc::new(Mutex::new(Script::default()));
-        let s = script.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                conns.spawn(serve(client, backend, s.clone()));
+                conns.spawn(serve(client));
             }
         });
-        FaultProxy { addr, script, task }
+        Listener { addr, task }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::tcp("127.0.0.1", self.addr.port())
+    }
+}
+
+/// The proxy; it stops when dropped.
+pub struct FaultProxy {
+    listener: Listener,
+    script: Arc<Mutex<Script>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `backend` on a free loopback port.
+    pub async fn start(backend: SocketAddr) -> Self {
+        let script = Arc::new(Mutex::new(Script::default()));
+        let s = script.clone();
+        let listener = Listener::start(move |client| serve(client, backend, s.clone())).await;
+        FaultProxy { listener, script }
     }
 
     /// Where clients connect.
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint::tcp("127.0.0.1", self.addr.port())
+        self.listener.endpoint()
     }
 
     /// The next `n` commands get `-{error}` without reaching the server.
@@ -159,5 +186,103 @@ async fn serve(mut client: TcpStream, backend: SocketAddr, script: Arc<Mutex<Scr
         if client.write_all(&reply).await.is_err() {
             return;
         }
+    }
+}
+
+/// A byte-for-byte proxy that counts its connections and can make each new
+/// one die as soon as its subscription is restored. It stops when dropped.
+pub struct FlapProxy {
+    listener: Listener,
+    state: Arc<FlapState>,
+}
+
+struct FlapState {
+    accepted: AtomicUsize,
+    flapping: AtomicBool,
+    /// Bumped to close every open connection.
+    close: watch::Sender<u64>,
+}
+
+impl FlapProxy {
+    /// Starts a proxy to `backend` on a free loopback port.
+    pub async fn start(backend: SocketAddr) -> Self {
+        let state = Arc::new(FlapState {
+            accepted: AtomicUsize::new(0),
+            flapping: AtomicBool::new(false),
+            close: watch::channel(0).0,
+        });
+        let s = state.clone();
+        let listener = Listener::start(move |client| {
+            s.accepted.fetch_add(1, SeqCst);
+            let flap = s.flapping.load(SeqCst);
+            pipe(client, backend, flap, s.close.subscribe())
+        })
+        .await;
+        FlapProxy { listener, state }
+    }
+
+    /// Where clients connect.
+    pub fn endpoint(&self) -> Endpoint {
+        self.listener.endpoint()
+    }
+
+    /// From now on, each new connection is closed right after the server's
+    /// first push frame (a subscribe confirmation) reaches the client.
+    pub fn set_flapping(&self, on: bool) {
+        self.state.flapping.store(on, SeqCst);
+    }
+
+    /// Closes every open connection.
+    pub fn close_all(&self) {
+        self.state.close.send_modify(|g| *g += 1);
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(SeqCst)
+    }
+}
+
+async fn pipe(client: TcpStream, backend: SocketAddr, flap: bool, mut close: watch::Receiver<u64>) {
+    let Ok(server) = TcpStream::connect(backend).await else {
+        return;
+    };
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+    let down = async {
+        let mut buf = BytesMut::new();
+        let mut frames = Decoder::new();
+        loop {
+            match server_rx.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if !flap {
+                if client_tx.write_all(&buf).await.is_err() {
+                    return;
+                }
+                buf.clear();
+                continue;
+            }
+            // Whole frames, up to and including the first push frame.
+            loop {
+                let n = match frames.frame_len(&buf) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(_) => return,
+                };
+                let frame = buf.split_to(n);
+                if client_tx.write_all(&frame).await.is_err() || frame[0] == b'>' {
+                    return;
+                }
+            }
+        }
+    };
+    // Whichever ends first closes both sockets (their halves drop).
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = close.changed() => {}
     }
 }
