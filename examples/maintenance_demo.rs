@@ -22,9 +22,9 @@
 //!    than the 1 s command timeout: without the relaxed timeout (3 s)
 //!    they would all time out. The "> timeout" column counts them;
 //! 5. steady: replies are fast again at once, and `FAILED_OVER` follows
-//!    1.8 s later, when no reply held 1.5 s can still be on its way (a
-//!    request still waiting when the relaxation ends gets its configured
-//!    deadline back, and would time out);
+//!    1.8 s later (a request still waiting when the relaxation ends keeps
+//!    its relaxed deadline, so this wait is not needed; it keeps the
+//!    phases' counts apart);
 //! 6. `MOVING` to a second endpoint of the simulator, which closes the
 //!    old one at the deadline (the phase ends there): the Handoff layer
 //!    moves the connection before that;
@@ -67,7 +67,8 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 const RELAXED: Duration = Duration::from_secs(3);
 /// How long the simulator holds each reply during FAILING_OVER.
 const FAILOVER_DELAY: Duration = Duration::from_millis(1500);
-/// From the end of the slow replies to FAILED_OVER: the held replies drain.
+/// From the end of the slow replies to FAILED_OVER: the held replies drain
+/// (so that they count in phase 4).
 const FAILOVER_DRAIN: Duration = Duration::from_millis(1800);
 /// How long it holds them during MIGRATING (the simulator's default).
 const MIGRATE_DELAY: Duration = Duration::from_millis(50);

@@ -436,22 +436,31 @@ async fn backstop_longer_timeouts_and_blocking_commands() {
     .await
 }
 
+/// A simulator, and a connection to it relaxed to `relaxed` (backstop 3x)
+/// that opted in, with its maintenance events.
+async fn opted_in(
+    relaxed: Duration,
+) -> (
+    SimStandalone,
+    Connection,
+    tokio::sync::broadcast::Receiver<MaintEvent>,
+) {
+    let env = SimStandalone::start().await;
+    let conn = connect(&relaxing(relaxed, relaxed * 3), &env).await;
+    let events = conn.maintenance().subscribe();
+    env.sim
+        .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
+        .await;
+    (env, conn, events)
+}
+
 /// Spec 3: a relaxation that starts while a request is in flight extends
 /// that request too (it left with the 200 ms default; its reply takes
 /// 600 ms; MIGRATING arrives meanwhile): it completes, no timeout.
 #[tokio::test]
 async fn relaxation_extends_requests_in_flight() {
     bounded(30, async {
-        let env = SimStandalone::start().await;
-        let conn = connect(
-            &relaxing(Duration::from_secs(2), Duration::from_secs(6)),
-            &env,
-        )
-        .await;
-        let mut events = conn.maintenance().subscribe();
-        env.sim
-            .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
-            .await;
+        let (env, conn, mut events) = opted_in(Duration::from_secs(2)).await;
         let svc = RelaxTimeoutLayer::new(Duration::from_millis(200)).layer(conn.clone());
         env.sim.set_delay(Target::All, Duration::from_millis(600));
         let in_flight = tokio::spawn({
@@ -481,6 +490,68 @@ async fn relaxation_extends_requests_in_flight() {
             "extended by the relaxation: {r:?} after {took:?}"
         );
         assert!(took >= Duration::from_millis(550), "{took:?}");
+    })
+    .await
+}
+
+/// The end of a relaxation does not take back the extension it gave the
+/// requests in flight: one sent before `FAILING_OVER` (timeout 500 ms,
+/// relaxed 3 s, its reply held 1.5 s), whose reply comes after
+/// `FAILED_OVER`, completes; a request sent after the end times out at
+/// 500 ms again.
+#[tokio::test]
+async fn the_end_of_a_relaxation_keeps_requests_in_flight_extended() {
+    bounded(30, async {
+        let (env, conn, mut events) = opted_in(Duration::from_secs(3)).await;
+        let svc = RelaxTimeoutLayer::new(Duration::from_millis(500)).layer(conn.clone());
+        env.sim.set_delay(Target::All, Duration::from_millis(1500));
+        let in_flight = tokio::spawn({
+            let mut s = svc.clone();
+            async move { timed(&mut s, cmd("ECHO").arg("in flight").into()).await }
+        });
+        // The server has run it (the simulator holds its reply back).
+        // Nothing announces that, so the server's counter is polled.
+        within(STEP, "ECHO ran", async {
+            while !env
+                .server
+                .cli(&["INFO", "commandstats"])
+                .contains("cmdstat_echo:calls=1")
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        // A failover starts and ends while it waits (well within 500 ms).
+        for n in [
+            Notification::FailingOver {
+                seq: env.sim.next_seq(),
+                time: 0,
+                shard_ids: None,
+            },
+            Notification::FailedOver {
+                seq: env.sim.next_seq(),
+                shard_ids: None,
+            },
+        ] {
+            let ending = matches!(n, Notification::FailedOver { .. });
+            env.sim.notify(Target::All, &n);
+            loop {
+                match within(STEP, "event", events.recv()).await.unwrap() {
+                    MaintEvent::Relaxed { .. } if !ending => break,
+                    MaintEvent::Unrelaxed { .. } if ending => break,
+                    _ => continue,
+                }
+            }
+        }
+        let (r, took) = within(STEP, "in flight", in_flight).await.unwrap();
+        assert!(r.is_ok(), "kept its extension: {r:?} after {took:?}");
+        assert!(took >= Duration::from_millis(1400), "{took:?}");
+        // Sent after the end: the normal timeout.
+        let mut s = svc.clone();
+        let (r, took) = timed(&mut s, cmd("PING").into()).await;
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        env.sim.set_delay(Target::All, Duration::ZERO);
     })
     .await
 }

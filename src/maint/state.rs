@@ -156,6 +156,12 @@ pub struct MaintenanceState {
     /// Milliseconds since `base` until which timeouts are relaxed; 0: not
     /// relaxed. The one value the hot path reads.
     relaxed_until: AtomicU64,
+    /// When the last relaxation ended (microseconds since `base`, +1; 0:
+    /// none has; finer than `relaxed_until`, because a request sent just
+    /// after the end must not count as sent before it): a request
+    /// that was in flight while the endpoint was relaxed keeps the relaxed
+    /// deadline after the end ([`relaxed_since`](Self::relaxed_since)).
+    relaxed_end: AtomicU64,
     relaxed_timeout: Duration,
     window_max: Duration,
     inner: Mutex<Inner>,
@@ -230,6 +236,7 @@ impl MaintenanceState {
         MaintenanceState {
             base: Instant::now(),
             relaxed_until: AtomicU64::new(0),
+            relaxed_end: AtomicU64::new(0),
             relaxed_timeout,
             window_max,
             inner: Mutex::new(Inner::default()),
@@ -246,6 +253,34 @@ impl MaintenanceState {
             return None;
         }
         Some(self.relaxed_timeout)
+    }
+
+    /// The relaxed timeout when the endpoint is relaxed now, or was at some
+    /// time after `since` (the relaxation ended since then): a request sent
+    /// while the server was migrating or failing over may get its reply
+    /// after the end notification, and keeps its relaxed deadline.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use redis_layers::maint::{MaintenanceState, Notification};
+    ///
+    /// let state = Arc::new(MaintenanceState::new(Duration::from_secs(10), Duration::from_secs(30)));
+    /// let sent = Instant::now() - Duration::from_millis(1); // a moment ago
+    /// assert_eq!(state.relaxed_since(sent), None);
+    /// state.on_notification(Notification::Migrating { seq: 1, time: Duration::from_secs(5), shard_ids: vec![] });
+    /// state.on_notification(Notification::Migrated { seq: 2, shard_ids: vec![] });
+    /// assert_eq!(state.relaxed_timeout(), None);
+    /// // Sent before the end: still relaxed for this request.
+    /// assert_eq!(state.relaxed_since(sent), Some(Duration::from_secs(10)));
+    /// ```
+    pub fn relaxed_since(&self, since: Instant) -> Option<Duration> {
+        if let Some(r) = self.relaxed_timeout() {
+            return Some(r);
+        }
+        let end = self.relaxed_end.load(Ordering::Acquire);
+        (end != 0 && end > self.us(since)).then_some(self.relaxed_timeout)
     }
 
     /// A state for an endpoint under `config`: its relaxed timeout, backstop
@@ -350,6 +385,10 @@ impl MaintenanceState {
         self.ms(Instant::now())
     }
 
+    fn us(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_micros() as u64 + 1
+    }
+
     fn ms(&self, t: Instant) -> u64 {
         // +1 so that 0 always means "not relaxed".
         t.saturating_duration_since(self.base).as_millis() as u64 + 1
@@ -363,8 +402,14 @@ impl MaintenanceState {
             .flatten()
             .filter(|u| *u > now)
             .max();
-        self.relaxed_until
-            .store(until.map_or(0, |u| self.ms(u)), Ordering::Release);
+        let prev = self
+            .relaxed_until
+            .swap(until.map_or(0, |u| self.ms(u)), Ordering::AcqRel);
+        if until.is_none() && prev != 0 {
+            // Ended now, or earlier at its deadline.
+            let end = self.us(now).min(prev.saturating_mul(1000));
+            self.relaxed_end.store(end, Ordering::Release);
+        }
     }
 
     /// At `until`, drop whatever relaxation has expired by then and say so.

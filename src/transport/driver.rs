@@ -567,15 +567,16 @@ where
         let Some(idx) = seq.checked_sub(self.front_seq) else {
             return;
         };
-        let relaxed = self.shared.maint.relaxed_timeout();
         let Some(f) = self.in_flight.get_mut(idx as usize) else {
             return;
         };
         let (Some((t0, d)), true) = (f.timed, f.tx.is_some()) else {
             return;
         };
-        // A relaxation that began after the request left extends it.
-        if let Some(r) = relaxed {
+        // A relaxation that began after the request left extends it, and
+        // its end does not take the extension back: the reply to a request
+        // sent during a failover may come after `FAILED_OVER`.
+        if let Some(r) = self.shared.maint.relaxed_since(t0) {
             let later = t0 + d.max(r);
             if later > now {
                 self.odd_deadlines.push(Reverse((later, seq)));
