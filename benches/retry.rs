@@ -4,16 +4,26 @@
 //! on one spawned redis-server; and heap allocations per GET with each.
 //!
 //! `cargo bench --bench retry -- --quick` takes under a minute.
-//! `BENCH_WORKERS`: tokio worker threads (default 2).
+//! `BENCH_WORKERS`: tokio worker threads (default 2). For profilers, one
+//! service alone: `BENCH_PROFILE_CALLS=<n>` makes n GETs, rounded up to
+//! a multiple of the callers (for
+//! `valgrind --tool=callgrind`: the difference of two runs with different
+//! n, divided by the difference in GETs, is the instruction count per
+//! GET); `BENCH_PROFILE_TARGET=plain` profiles RelaxTimeout over Handoff
+//! (default `retry`: with Retry on top); `BENCH_PROFILE_CALLERS` sets the
+//! callers (default 64).
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "common/stats.rs"]
 mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use counting_alloc::{ALLOCS, COUNTING};
+use cpu::cpu_ns;
 use stats::median;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,31 +84,63 @@ where
     S: Service<Request, Response = Response, Error = redis_layers::Error> + Clone + Send + 'static,
     S::Future: Send,
 {
-    const PER_TASK: usize = 500;
+    const PER_TASK: u64 = 500;
     let run = |count: bool| {
         let svc = svc.clone();
         async move {
             COUNTING.store(count, Ordering::SeqCst);
             let before = ALLOCS.load(Ordering::SeqCst);
-            let tasks: Vec<_> = (0..CALLERS)
-                .map(|_| {
-                    let mut s = svc.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..PER_TASK {
-                            get(&mut s).await;
-                        }
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.expect("alloc task");
-            }
+            gets(&svc, CALLERS, PER_TASK).await;
             COUNTING.store(false, Ordering::SeqCst);
             ALLOCS.load(Ordering::SeqCst) - before
         }
     };
     run(false).await;
-    run(true).await as f64 / (CALLERS * PER_TASK) as f64
+    run(true).await as f64 / (CALLERS as u64 * PER_TASK) as f64
+}
+
+/// `per_task` GETs from each of `callers` tasks, each with its own clone
+/// of `svc`.
+async fn gets<S>(svc: &S, callers: usize, per_task: u64)
+where
+    S: Service<Request, Response = Response, Error = redis_layers::Error> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let mut s = svc.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    get(&mut s).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("GET task");
+    }
+}
+
+/// `BENCH_PROFILE_CALLS` GETs through `svc` from `callers` tasks.
+async fn profile<S>(svc: &S, target: &str, calls: u64, callers: usize)
+where
+    S: Service<Request, Response = Response, Error = redis_layers::Error> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let per_task = calls.div_ceil(callers as u64);
+    let (t0, cpu0) = (Instant::now(), cpu_ns());
+    gets(svc, callers, per_task).await;
+    let n = per_task * callers as u64;
+    println!(
+        "{target}: {n} GETs in {:.2} s, {:.2} us CPU/GET",
+        t0.elapsed().as_secs_f64(),
+        (cpu_ns() - cpu0) as f64 / 1_000.0 / n as f64
+    );
+}
+
+/// The size of `svc`'s response future (moved on every request).
+fn future_size<S: Service<Request>>(_: &S) -> usize {
+    std::mem::size_of::<S::Future>()
 }
 
 fn main() {
@@ -122,6 +164,21 @@ fn main() {
     let stack = RelaxTimeoutLayer::new(Duration::from_secs(1))
         .layer(Handoff::new(Connector::new(), server.endpoint()));
     let retried = RetryLayer::new().layer(stack.clone());
+    let env_num = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|n| *n > 0)
+    };
+    if let Some(calls) = env_num("BENCH_PROFILE_CALLS") {
+        let callers = env_num("BENCH_PROFILE_CALLERS").unwrap_or(CALLERS as u64) as usize;
+        if std::env::var("BENCH_PROFILE_TARGET").is_ok_and(|t| t == "plain") {
+            rt.block_on(profile(&stack, "plain", calls, callers));
+        } else {
+            rt.block_on(profile(&retried, "retry", calls, callers));
+        }
+        return;
+    }
     // The same without the budget's bookkeeping, to see what it costs.
     let unbudgeted = RetryLayer::new().budget(Unlimited).layer(stack.clone());
     let (mut plain, mut with_retry, mut ratios, mut ratios_free) =
@@ -149,11 +206,14 @@ fn main() {
         "GET, {CALLERS} callers, {workers} workers: RelaxTimeout+Handoff {:.0} ops/s, \
          with Retry on top {:.0} ops/s; median ratio of {rounds} paired rounds {:.3}; \
          allocations per GET {alloc_plain:.2} -> {alloc_retry:.2}; \
-         without the budget's bookkeeping: median ratio {:.3}",
+         without the budget's bookkeeping: median ratio {:.3}; \
+         response future {} -> {} bytes",
         median(plain),
         median(with_retry),
         median(ratios),
         median(ratios_free),
+        future_size(&stack),
+        future_size(&retried),
     );
 }
 

@@ -73,6 +73,13 @@ impl Request {
         self
     }
 
+    /// This request with `timeout`, as [`Request::timeout`] gave it (for
+    /// layers that rebuild a request from a compact copy).
+    pub(crate) fn with_command_timeout(mut self, timeout: CommandTimeout) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Marks the request as safe to apply more than once (an `SET k v`, a
     /// `DEL`, a `HSET` of fixed values: running it twice leaves the same
     /// state as once). The [retry layer](crate::retry) then resends it

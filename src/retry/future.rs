@@ -8,6 +8,7 @@ use pin_project_lite::pin_project;
 use tower::retry::Policy;
 use tower_service::Service;
 
+use super::kept::{redis_policy, Kept};
 use crate::error::Error;
 use crate::request::{Request, Response};
 
@@ -19,8 +20,8 @@ pin_project! {
         S: Service<Request>,
         P: Policy<Request, Response, Error>,
     {
-        // The copy for the next attempt; `None`: no retry possible.
-        request: Option<Request>,
+        // The copy for the next attempt.
+        kept: Kept,
         service: S,
         policy: P,
         #[pin]
@@ -36,8 +37,9 @@ pin_project! {
         // The service could not take the request (its `poll_ready`
         // failed): the request was not sent.
         Unsent { error: Option<Error> },
-        // The policy's wait before the next attempt.
-        Waiting { #[pin] wait: W },
+        // The policy's wait before the next attempt (boxed: a `Sleep` is
+        // larger than the rest, and only a retry needs it).
+        Waiting { wait: Pin<Box<W>> },
         // Waiting for the service to be ready for the next attempt.
         Readying,
     }
@@ -48,18 +50,18 @@ where
     S: Service<Request>,
     P: Policy<Request, Response, Error>,
 {
-    pub(crate) fn called(request: Option<Request>, service: S, policy: P, fut: S::Future) -> Self {
+    pub(super) fn called(kept: Kept, service: S, policy: P, fut: S::Future) -> Self {
         ResponseFuture {
-            request,
+            kept,
             service,
             policy,
             state: State::Called { fut },
         }
     }
 
-    pub(crate) fn unsent(request: Option<Request>, service: S, policy: P, error: Error) -> Self {
+    pub(super) fn unsent(kept: Kept, service: S, policy: P, error: Error) -> Self {
         ResponseFuture {
-            request,
+            kept,
             service,
             policy,
             state: State::Unsent { error: Some(error) },
@@ -80,7 +82,7 @@ fn as_unsent(e: &Error) -> Error {
 impl<S, P> Future for ResponseFuture<S, P>
 where
     S: Service<Request, Response = Response, Error = Error>,
-    P: Policy<Request, Response, Error>,
+    P: Policy<Request, Response, Error> + 'static,
 {
     type Output = Result<Response, Error>;
 
@@ -90,38 +92,49 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => {
                     let mut result = ready!(fut.poll(cx));
-                    let wait = match this.request.as_mut() {
+                    // An inline copy means the RedisPolicy, which needs no
+                    // request to settle a success.
+                    if let (Kept::Inline(_), Some(p)) = (&this.kept, redis_policy(this.policy)) {
+                        if p.settled(&result) {
+                            return Poll::Ready(result);
+                        }
+                    }
+                    let wait = match this.kept.request_mut() {
                         Some(req) => this.policy.retry(req, &mut result),
                         None => None,
                     };
                     match wait {
-                        Some(wait) => this.state.set(State::Waiting { wait }),
+                        Some(wait) => this.state.set(State::Waiting {
+                            wait: Box::pin(wait),
+                        }),
                         None => return Poll::Ready(result),
                     }
                 }
                 StateProj::Unsent { error } => {
                     let original = error.take().unwrap_or(Error::Closed);
                     let mut result = Err(as_unsent(&original));
-                    let wait = match this.request.as_mut() {
+                    let wait = match this.kept.request_mut() {
                         Some(req) => this.policy.retry(req, &mut result),
                         None => None,
                     };
                     match wait {
-                        Some(wait) => this.state.set(State::Waiting { wait }),
+                        Some(wait) => this.state.set(State::Waiting {
+                            wait: Box::pin(wait),
+                        }),
                         // The caller gets the real cause (refused, ...).
                         None => return Poll::Ready(Err(original)),
                     }
                 }
                 StateProj::Waiting { wait } => {
-                    ready!(wait.poll(cx));
+                    ready!(wait.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => match ready!(this.service.poll_ready(cx)) {
                     Ok(()) => {
-                        let Some(req) = this.request.take() else {
+                        let Some(req) = this.kept.take() else {
                             return Poll::Ready(Err(Error::Closed));
                         };
-                        *this.request = this.policy.clone_request(&req);
+                        *this.kept = Kept::of(this.policy, &req);
                         let fut = this.service.call(req);
                         this.state.set(State::Called { fut });
                     }

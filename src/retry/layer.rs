@@ -96,7 +96,9 @@ impl RetryLayer {
 
 impl<P> RetryLayer<P> {
     /// A layer with a policy of your own (a configured [`RedisPolicy`], or
-    /// any `tower::retry::Policy<Request, Response, Error> + Clone`).
+    /// any `tower::retry::Policy<Request, Response, Error> + Clone +
+    /// 'static`, whose `clone_request` copies the request before every
+    /// attempt).
     ///
     /// ```
     /// use redis_layers::retry::{RedisPolicy, RetryLayer};

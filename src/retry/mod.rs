@@ -36,14 +36,18 @@
 //! Each attempt gets its own deadline from the layer below (RelaxTimeout),
 //! so a request may take up to `(max_retries + 1)` timeouts plus the waits.
 //!
-//! On the success path a request costs a copy of itself (one allocation),
-//! a clone of the inner service and of the policy, and a budget deposit
-//! (one atomic add with the default [`RetryBudget`]; tower's `TpsBudget`
-//! takes a lock and reads the clock). On the 2-core bench machine
-//! (`benches/retry.rs`, GET with 64 callers, a loopback fast enough that
-//! the client's CPU is the limit) the layer keeps 0.91 of the throughput of
-//! RelaxTimeout over Handoff, the same as with a budget that keeps no books
-//! (0.89 and 0.91 in two runs): the cost is the copy and the clones.
+//! On the success path a request costs a clone of the inner service and
+//! of the policy, and a budget deposit (one atomic add with the default
+//! [`RetryBudget`]; tower's `TpsBudget` takes a lock and reads the clock).
+//! With the [`RedisPolicy`], a single command of up to 48 encoded bytes
+//! (a `GET` of a key of up to 31 bytes) is kept in the response future
+//! and rebuilt only for a retry, so it costs no allocation; a longer
+//! command or a pipeline is copied (one allocation per command buffer).
+//! A policy of your own gets `clone_request` for every attempt, as with
+//! tower's `Retry`. On the 2-core bench machine (`benches/retry.rs`, GET
+//! with 64 callers, callgrind) the layer's own code takes about 400
+//! instructions per GET (560 when it copied every request) and no
+//! allocation.
 //!
 //! Each retry is a `tracing` event (target `redis_layers::retry`, debug)
 //! and, with the `metrics` feature, counts in [`RETRIES`] by `reason`
@@ -96,6 +100,7 @@
 mod backoff;
 mod budget;
 mod future;
+mod kept;
 mod layer;
 mod policy;
 
@@ -114,6 +119,7 @@ pub use tower::retry::Policy;
 use crate::error::Error;
 use crate::maint::Maintained;
 use crate::request::{Request, Response};
+use kept::{redis_policy, Kept};
 
 /// Counter (feature `metrics`): retries, by `reason` (`closed`,
 /// `connection`, `timeout`, `TRYAGAIN`, `LOADING`, `CLUSTERDOWN`,
@@ -124,7 +130,8 @@ pub const RETRIES: &str = "redis.client.retries";
 /// see the [module docs](self).
 ///
 /// Each request takes a clone of the inner service (for its retries) and
-/// of the policy, and a copy of the request.
+/// of the policy, and a copy of the request (kept inline for a short
+/// command with the [`RedisPolicy`]; see the [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct Retry<S, P = RedisPolicy> {
     inner: S,
@@ -182,7 +189,7 @@ impl<S: Maintained, P> Maintained for Retry<S, P> {
 impl<S, P> Service<Request> for Retry<S, P>
 where
     S: Service<Request, Response = Response, Error = Error> + Clone,
-    P: Policy<Request, Response, Error> + Clone,
+    P: Policy<Request, Response, Error> + Clone + 'static,
 {
     type Response = Response;
     type Error = Error;
@@ -206,16 +213,26 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let mut policy = self.policy.clone();
-        let copy = policy.clone_request(&req);
         match self.unready.take() {
             None => {
+                let kept = Kept::of(&mut policy, &req);
                 let fut = self.inner.call(req);
-                ResponseFuture::called(copy, self.inner.clone(), policy, fut)
+                ResponseFuture::called(kept, self.inner.clone(), policy, fut)
             }
             Some(e) => {
-                // The original goes back to be sent on the first retry.
-                let copy = copy.map(|_| req);
-                ResponseFuture::unsent(copy, self.inner.clone(), policy, e)
+                // The original goes back to be sent on the first retry (a
+                // policy of the caller's still makes its copy, as it would
+                // for any request).
+                let send = match redis_policy(&mut policy) {
+                    Some(p) => p.may_retry(),
+                    None => policy.clone_request(&req).is_some(),
+                };
+                let kept = if send {
+                    Kept::Request(req)
+                } else {
+                    Kept::Nothing
+                };
+                ResponseFuture::unsent(kept, self.inner.clone(), policy, e)
             }
         }
     }
@@ -225,6 +242,7 @@ where
 mod tests {
     use std::collections::VecDeque;
     use std::io;
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -241,6 +259,7 @@ mod tests {
         ready: Arc<Mutex<VecDeque<Error>>>,
         replies: Arc<Mutex<VecDeque<Result<Response, Error>>>>,
         calls: Arc<Mutex<Vec<Instant>>>,
+        sent: Arc<Mutex<Vec<Request>>>,
     }
 
     impl Service<Request> for Script {
@@ -252,8 +271,9 @@ mod tests {
             Poll::Ready(self.ready.lock().unwrap().pop_front().map_or(Ok(()), Err))
         }
 
-        fn call(&mut self, _: Request) -> Self::Future {
+        fn call(&mut self, req: Request) -> Self::Future {
             self.calls.lock().unwrap().push(Instant::now());
+            self.sent.lock().unwrap().push(req);
             let r = self.replies.lock().unwrap().pop_front();
             std::future::ready(r.unwrap_or(Ok(Response::Value(Value::Integer(1)))))
         }
@@ -347,5 +367,112 @@ mod tests {
         let err = svc.oneshot(cmd("GET").arg("n").into()).await.unwrap_err();
         assert!(matches!(err, Error::Auth(_)), "{err}");
         assert_eq!(script.ready.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_resends_the_request_as_it_was() {
+        // Short (kept inline), long (copied) and pipelined, with settings.
+        let short = Request::from(cmd("SET").arg("k").arg("v"))
+            .with_timeout(Duration::from_millis(70))
+            .idempotent();
+        let long = Request::from(cmd("SET").arg("k").arg("v".repeat(100)))
+            .without_timeout()
+            .idempotent();
+        let pipe = Request::from(crate::Pipeline::new().cmd(cmd("GET").arg("k")));
+        for req in [short, long, pipe] {
+            let script = Script::default();
+            // Not written, then written and lost (retried: idempotent or
+            // read-only), then refused before running.
+            script.ready.lock().unwrap().push_back(reset());
+            script.replies.lock().unwrap().extend([
+                Err(reset()),
+                Err(Error::Server(crate::ServerError::parse("LOADING x"))),
+            ]);
+            let svc = tower::Layer::layer(&layer(3), script.clone());
+            svc.oneshot(req.clone()).await.unwrap();
+            assert_eq!(*script.sent.lock().unwrap(), vec![req.clone(); 3]);
+        }
+    }
+
+    /// A policy of the caller's: RedisPolicy's decisions, and a count of
+    /// the copies it made.
+    #[derive(Clone)]
+    struct Copies(RedisPolicy, Arc<Mutex<Vec<Request>>>);
+
+    impl Policy<Request, Response, Error> for Copies {
+        type Future = <RedisPolicy as Policy<Request, Response, Error>>::Future;
+
+        fn clone_request(&mut self, req: &Request) -> Option<Request> {
+            self.1.lock().unwrap().push(req.clone());
+            self.0.clone_request(req)
+        }
+
+        fn retry(
+            &mut self,
+            req: &mut Request,
+            result: &mut Result<Response, Error>,
+        ) -> Option<Self::Future> {
+            self.0.retry(req, result)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_of_the_callers_makes_every_copy() {
+        let script = Script::default();
+        script.ready.lock().unwrap().push_back(reset());
+        script.replies.lock().unwrap().push_back(Err(Error::Closed));
+        let copies = Arc::new(Mutex::new(Vec::new()));
+        let policy = Copies(
+            RedisPolicy::new()
+                .backoff(Backoff::none())
+                .budget(TpsBudget::new(Duration::from_secs(10), 1000, 1.0)),
+            copies.clone(),
+        );
+        let svc = tower::Layer::layer(&RetryLayer::with_policy(policy), script.clone());
+        let get = Request::from(cmd("GET").arg("k"));
+        svc.oneshot(get.clone()).await.unwrap();
+        // One copy before each attempt: unsent, failed, succeeded.
+        assert_eq!(*copies.lock().unwrap(), vec![get.clone(); 3]);
+        assert_eq!(*script.sent.lock().unwrap(), vec![get; 2]);
+    }
+
+    /// A budget that counts deposits and withdrawals.
+    #[derive(Clone, Default)]
+    struct Books(Arc<(AtomicU32, AtomicU32)>);
+
+    impl Budget for Books {
+        fn deposit(&self) {
+            self.0 .0.fetch_add(1, Relaxed);
+        }
+
+        fn withdraw(&self) -> bool {
+            self.0 .1.fetch_add(1, Relaxed);
+            true
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deposit_per_request_however_it_ends() {
+        let books = Books::default();
+        let layer = layer(3).budget(books.clone());
+        let count = || (books.0 .0.load(Relaxed), books.0 .1.load(Relaxed));
+        let script = Script::default();
+        let get = || Request::from(cmd("GET").arg("k"));
+        tower::Layer::layer(&layer, script.clone())
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(count(), (1, 0));
+        script.replies.lock().unwrap().push_back(Err(Error::Closed));
+        tower::Layer::layer(&layer, script.clone())
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(count(), (2, 1));
+        script.replies.lock().unwrap().push_back(Err(reset()));
+        let incr = Request::from(cmd("INCR").arg("n"));
+        let svc = tower::Layer::layer(&layer, script.clone());
+        svc.oneshot(incr).await.unwrap_err();
+        assert_eq!(count(), (3, 1));
     }
 }

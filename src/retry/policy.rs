@@ -309,12 +309,8 @@ impl Policy<Request, Response, Error> for RedisPolicy {
         req: &mut Request,
         result: &mut Result<Response, Error>,
     ) -> Option<Self::Future> {
+        self.deposit_once();
         let config = &self.config;
-        if !self.deposited {
-            // One deposit per request, so retries are a share of requests.
-            self.deposited = true;
-            config.budget.deposit();
-        }
         let (class, reason) = self.class_of(result)?;
         let allowed = match class {
             Retryable::NotApplied => true,
@@ -344,7 +340,36 @@ impl Policy<Request, Response, Error> for RedisPolicy {
     }
 
     fn clone_request(&mut self, req: &Request) -> Option<Request> {
-        (self.config.max_retries > 0).then(|| req.clone())
+        self.may_retry().then(|| req.clone())
+    }
+}
+
+/// For the [`Retry`](super::Retry) layer, which keeps short commands inline
+/// (see `kept.rs`) and rebuilds the request only when [`Policy::retry`]
+/// must read it.
+impl RedisPolicy {
+    /// False when no request is ever retried (no copy needed).
+    pub(super) fn may_retry(&self) -> bool {
+        self.config.max_retries > 0
+    }
+
+    /// What [`Policy::retry`] does with a single command's reply, which
+    /// it needs no request for: true (and the request is settled) for
+    /// one; false: ask `retry`.
+    pub(super) fn settled(&mut self, result: &Result<Response, Error>) -> bool {
+        let ok = matches!(result, Ok(Response::Value(_)));
+        if ok {
+            self.deposit_once();
+        }
+        ok
+    }
+
+    fn deposit_once(&mut self) {
+        if !self.deposited {
+            // One deposit per request, so retries are a share of requests.
+            self.deposited = true;
+            self.config.budget.deposit();
+        }
     }
 }
 
