@@ -66,6 +66,10 @@
 //!   nothing); every other message is delivered exactly once, in order.
 //!   While the server stays away the stream just waits (it does not end);
 //!   `downtime` is the time from noticing the loss to the restore.
+//!   A subscription the server refuses to restore on the new connection
+//!   (`NOPERM`: the user lost the permission meanwhile) ends: its
+//!   subscribers get [`Event::Unsubscribed`] for it, before the
+//!   `Reconnected`; the others are restored as usual.
 //! - **Handoff that failed** for good: just before the `MOVING` deadline a
 //!   new connection to the configured address restores the subscriptions,
 //!   and the old connection keeps them until then (its remaining messages
@@ -107,7 +111,9 @@
 //! [`Client::ssubscribe`](crate::Client::ssubscribe) routes shard channels
 //! by slot across a cluster instead, and subscribes again where a moved
 //! slot went, with [`Event::Disconnected`] and [`Event::Reconnected`]
-//! around the gap (to the subscriptions of that channel only).
+//! around the gap (to the subscriptions of that channel only); so does a
+//! shard channel whose restore after a reconnect the old node refuses
+//! with `MOVED` (its slot moved while the connection was down).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -151,13 +157,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Channel, Kind::Pattern, Kind::Shard];
+    pub(crate) const ALL: [Kind; 3] = [Kind::Channel, Kind::Pattern, Kind::Shard];
 
     fn index(self) -> usize {
         self as usize
     }
 
-    fn subscribe(self) -> &'static str {
+    pub(crate) fn subscribe(self) -> &'static str {
         ["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"][self.index()]
     }
 
@@ -220,15 +226,30 @@ pub enum Event {
         /// How many.
         missed: u64,
     },
-    /// The server ended the subscription to `channel` on its own: a shard
-    /// channel whose slot left the node (Redis 7 cluster). Nothing more
-    /// comes for it. Only from a [`PubSub`] on one endpoint; a cluster
-    /// [`Client`](crate::Client)'s shard subscriptions follow the slot
-    /// instead ([`Event::Disconnected`], then [`Event::Reconnected`]).
+    /// The subscription to `channel` (or pattern) ended without being
+    /// asked to: nothing more comes for it, and this subscription no
+    /// longer has it (subscribing to it again sends the command again).
+    /// Either the server ended it on its own (a shard channel whose slot
+    /// left the node, Redis 7 cluster), or it refused to restore it on a
+    /// new connection after a loss (`NOPERM` after an ACL change; then it
+    /// comes between [`Event::Disconnected`] and [`Event::Reconnected`]).
+    /// A cluster [`Client`](crate::Client)'s shard subscriptions follow a
+    /// moved slot instead ([`Event::Disconnected`], then
+    /// [`Event::Reconnected`]).
+    ///
+    /// ```
+    /// use redis_layers::pubsub::{Event, Kind};
+    /// fn ended(e: &Event) -> Option<(Kind, &[u8])> {
+    ///     match e {
+    ///         Event::Unsubscribed { kind, channel } => Some((*kind, channel.as_ref())),
+    ///         _ => None,
+    ///     }
+    /// }
+    /// ```
     Unsubscribed {
-        /// Which kind of subscription ([`Kind::Shard`]).
+        /// Which kind of subscription.
         kind: Kind,
-        /// The channel.
+        /// The channel, or the pattern of a [`Kind::Pattern`].
         channel: Bytes,
     },
 }
@@ -272,12 +293,28 @@ struct Registry {
 impl Registry {
     /// Every subscription once.
     fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues_but(|_, _| false)
+    }
+
+    /// Every subscription once that a connection's loss or restore
+    /// concerns: not one that wants only shard channels being subscribed
+    /// again elsewhere (it was told of that gap, and is told its end).
+    fn connection_queues(&self) -> Vec<Arc<Queue>> {
+        self.queues_but(|k, c| k == Kind::Shard.index() && self.resubscribing.contains(c))
+    }
+
+    fn queues_but(&self, skip: impl Fn(usize, &Bytes) -> bool) -> Vec<Arc<Queue>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for routes in &self.routes {
-            for q in routes.values().flatten() {
-                if seen.insert(q.id) {
-                    out.push(q.clone());
+        for (k, routes) in self.routes.iter().enumerate() {
+            for (c, list) in routes {
+                if skip(k, c) {
+                    continue;
+                }
+                for q in list {
+                    if seen.insert(q.id) {
+                        out.push(q.clone());
+                    }
                 }
             }
         }
@@ -828,7 +865,7 @@ async fn dispatch(inner: Weak<Inner>, mut pushes: PushReceiver, stop: Cancellati
                 let queues = {
                     let mut reg = lock(&inner.registry);
                     reg.disconnected_at.get_or_insert_with(Instant::now);
-                    reg.queues()
+                    reg.connection_queues()
                 };
                 for q in queues {
                     q.push(Event::Disconnected);
@@ -837,13 +874,18 @@ async fn dispatch(inner: Weak<Inner>, mut pushes: PushReceiver, stop: Cancellati
             Some(PushItem::SubscriptionsRestored) => {
                 let (queues, since) = {
                     let mut reg = lock(&inner.registry);
-                    (reg.queues(), reg.disconnected_at.take())
+                    (reg.connection_queues(), reg.disconnected_at.take())
                 };
                 let downtime = since.map(|t| t.elapsed()).unwrap_or_default();
                 for q in queues {
                     q.push(Event::Reconnected { downtime });
                 }
             }
+            Some(PushItem::Refused {
+                kind,
+                channel,
+                error,
+            }) => refused(&inner, kind, channel, &error),
             None => {
                 let queues = lock(&inner.registry).queues();
                 for q in queues {
@@ -905,32 +947,58 @@ pub(crate) fn server_sunsubscribe(v: &Value) -> Option<Bytes> {
     }
 }
 
+/// The server refused to restore the subscription to `channel` on a new
+/// connection. A shard channel whose slot moved meanwhile (`MOVED`) is
+/// like one the server ended; any other refusal (`NOPERM`, ...) ends the
+/// subscription: a retry would be refused again.
+fn refused(inner: &Arc<Inner>, kind: Kind, channel: Bytes, error: &crate::ServerError) {
+    if kind == Kind::Shard && error.kind() == &crate::ServerErrorKind::Moved {
+        return shard_ended(inner, channel);
+    }
+    ended(inner, kind, channel);
+}
+
+/// The subscription to `channel` ended for good: its subscribers are told
+/// (nothing more will come for it), and the route goes, so that a later
+/// subscribe sends the command again.
+fn ended(inner: &Arc<Inner>, kind: Kind, channel: Bytes) {
+    let list = lock(&inner.registry).routes[kind.index()]
+        .remove(&channel)
+        .unwrap_or_default();
+    for q in list {
+        q.push(Event::Unsubscribed {
+            kind,
+            channel: channel.clone(),
+        });
+    }
+}
+
 /// The server ended the shard subscription to `channel`. Routed pub/sub
 /// subscribes again where the slot went, a gap in between; otherwise the
 /// subscribers are told it ended (nothing more will come for it).
 fn shard_ended(inner: &Arc<Inner>, channel: Bytes) {
+    if !inner.reroutes {
+        return ended(inner, Kind::Shard, channel);
+    }
     let k = Kind::Shard.index();
     let mut reg = lock(&inner.registry);
-    if !inner.reroutes {
-        let list = reg.routes[k].remove(&channel).unwrap_or_default();
-        drop(reg);
-        for q in list {
-            q.push(Event::Unsubscribed {
-                kind: Kind::Shard,
-                channel: channel.clone(),
-            });
-        }
-        return;
-    }
     let Some(list) = reg.routes[k].get(&channel) else {
         return;
     };
-    for q in list {
-        q.push(Event::Disconnected);
-    }
+    // During a connection's loss (its restore was refused) they were told
+    // already, and the gap started then.
+    let since = match reg.disconnected_at {
+        Some(t) => t,
+        None => {
+            for q in list {
+                q.push(Event::Disconnected);
+            }
+            Instant::now()
+        }
+    };
     if reg.resubscribing.insert(channel.clone()) {
         drop(reg);
-        tokio::spawn(resubscribe(Arc::downgrade(inner), channel, Instant::now()));
+        tokio::spawn(resubscribe(Arc::downgrade(inner), channel, since));
     }
 }
 

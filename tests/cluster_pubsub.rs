@@ -65,6 +65,29 @@ async fn next_message(sub: &mut Subscription) -> (Bytes, Bytes) {
     }
 }
 
+/// `sub`, whose shard `channel` moved from node 0 to node 1, is
+/// subscribed again there (`Reconnected`, then what is published arrives);
+/// node 0 has no subscriber left.
+async fn followed_to_node_1(
+    cluster: &RedisCluster,
+    client: &Client,
+    sub: &mut Subscription,
+    channel: &str,
+    what: &str,
+) {
+    match within(STEP, "the subscription on the new owner", sub.recv()).await {
+        Some(Event::Reconnected { downtime }) => eprintln!("{what}: downtime {downtime:?}"),
+        other => panic!("expected Reconnected, got {other:?}"),
+    }
+    assert_eq!(shard_subscribers(cluster, 0, channel), 0);
+    assert_eq!(shard_subscribers(cluster, 1, channel), 1);
+    assert_eq!(spublish(client, channel, "after").await, 1);
+    assert_eq!(
+        next_message(sub).await,
+        (channel.to_owned().into(), "after".into())
+    );
+}
+
 /// A shard channel on each primary, each subscribed through the client
 /// (and one more through a clone): each subscription is on the primary
 /// serving its slot, clones share that node's connection, and a
@@ -169,19 +192,14 @@ async fn a_shard_subscription_follows_its_slot() {
             within(STEP, "the gap", sub.recv()).await,
             Some(Event::Disconnected)
         );
-        match within(STEP, "the subscription on the new owner", sub.recv()).await {
-            Some(Event::Reconnected { downtime }) => {
-                eprintln!("shard subscription moved: downtime {downtime:?}");
-            }
-            other => panic!("expected Reconnected, got {other:?}"),
-        }
-        assert_eq!(shard_subscribers(&cluster, 0, &channel), 0);
-        assert_eq!(shard_subscribers(&cluster, 1, &channel), 1);
-        assert_eq!(spublish(&client, &channel, "after").await, 1);
-        assert_eq!(
-            next_message(&mut sub).await,
-            (channel.clone().into(), "after".into())
-        );
+        followed_to_node_1(
+            &cluster,
+            &client,
+            &mut sub,
+            &channel,
+            "shard subscription moved",
+        )
+        .await;
 
         // On one endpoint there is nowhere to follow the slot to.
         assert_eq!(
@@ -196,6 +214,64 @@ async fn a_shard_subscription_follows_its_slot() {
         // Unsubscribing reaches the node the channel is on now.
         sub.sunsubscribe([channel.clone()]).await.unwrap();
         assert_eq!(shard_subscribers(&cluster, 1, &channel), 0);
+    })
+    .await;
+}
+
+/// A shard channel's slot moves while the client's connection to its node
+/// is down (the client's ACL user is switched off on that node and its
+/// connections killed; it is switched on again once the slot moved, so
+/// the reconnect's restore meets the new map): the old node refuses the
+/// restore with `MOVED`, and the subscription is made on the new owner,
+/// the gap reported once, as when the server ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_restore_refused_with_moved_follows_the_slot() {
+    bounded(90, async {
+        let cluster = RedisCluster::start();
+        for i in 0..cluster.nodes().len() {
+            let r = cluster.query(
+                i,
+                &[
+                    b"ACL", b"SETUSER", b"sub", b"on", b">pw", b"~*", b"&*", b"+@all",
+                ],
+            );
+            assert!(matches!(r, Reply::Status(_)), "node {i}: {r:?}");
+        }
+        let client = ClientBuilder::new(cluster.endpoint(0))
+            .connector(Connector::new().username("sub").password("pw"))
+            .build()
+            .await
+            .unwrap();
+        let channel = channel_on(&cluster, 0, "held");
+        let slot = cluster.slot_of(&channel);
+        let mut sub = client.ssubscribe([channel.clone()]).await.unwrap();
+        assert_eq!(spublish(&client, &channel, "before").await, 1);
+        assert_eq!(next_message(&mut sub).await.1, "before");
+
+        // Down, and kept down: its reconnects fail until the user is on.
+        cluster.query(0, &[b"ACL", b"SETUSER", b"sub", b"off"]);
+        let killed = cluster.query(0, &[b"CLIENT", b"KILL", b"USER", b"sub"]);
+        assert!(matches!(killed, Reply::Int(n) if n >= 1), "{killed:?}");
+        assert_eq!(
+            within(STEP, "the loss", sub.recv()).await,
+            Some(Event::Disconnected)
+        );
+        tokio::task::block_in_place(|| {
+            cluster.migrate_slot(slot, 0, 1);
+            cluster.wait_consistent();
+        });
+        assert_eq!(shard_subscribers(&cluster, 0, &channel), 0);
+        cluster.query(0, &[b"ACL", b"SETUSER", b"sub", b"on"]);
+
+        followed_to_node_1(
+            &cluster,
+            &client,
+            &mut sub,
+            &channel,
+            "refused shard restore followed",
+        )
+        .await;
+        assert_eq!(sub.try_recv(), None);
     })
     .await;
 }

@@ -204,6 +204,100 @@ mod counting {
     }
 }
 
+/// The next `n` events of `sub` but the messages.
+async fn events(sub: &mut Subscription, n: usize) -> Vec<Event> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match within(STEP, "events", sub.recv()).await.expect("open") {
+            Event::Message(_) => {}
+            ev => out.push(ev),
+        }
+    }
+    out
+}
+
+/// A restore the server refuses is not a silent loss: an ACL user
+/// subscribed to `keep` and `lose` loses the permission for `lose` (Redis 7
+/// kills a client subscribed to a channel it may no longer use, so the
+/// change comes before the reconnect). The subscribers of `lose` get
+/// `Unsubscribed` and nothing more; `keep` is restored (the restore's
+/// `SUBSCRIBE keep lose` is refused whole, then tried per channel) and
+/// receives; a later subscribe to `lose` sends the command again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_restore_ends_that_channel_only() {
+    bounded(60, async {
+        let server = RedisServer::builder().acl_user("alice", "pw").start();
+        let alice = Connector::new().username("alice").password("pw");
+        let pubsub = PubSub::new(alice, server.endpoint());
+        let mut keep = pubsub.subscribe(["keep"]).await.unwrap();
+        let mut lose = pubsub.subscribe(["lose"]).await.unwrap();
+        let mut both = pubsub.subscribe(["keep", "lose"]).await.unwrap();
+        let admin = Connector::new().connect(server.endpoint()).await.unwrap();
+        let publish = |ch: &'static str, m: &'static str| {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .send_cmd(cmd("PUBLISH").arg(ch).arg(m))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(publish("lose", "before").await, Value::Integer(1));
+
+        let revoked = admin
+            .send_cmd(
+                cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("alice")
+                    .arg("resetchannels")
+                    .arg("&keep"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(revoked, Value::SimpleString("OK".into()));
+
+        let unsubscribed = Event::Unsubscribed {
+            kind: Kind::Channel,
+            channel: Bytes::from_static(b"lose"),
+        };
+        let got = events(&mut lose, 2).await;
+        assert_eq!(got, [Event::Disconnected, unsubscribed.clone()]);
+        let got = events(&mut both, 3).await;
+        assert!(
+            matches!(&got[..], [Event::Disconnected, u, Event::Reconnected { .. }] if *u == unsubscribed),
+            "{got:?}"
+        );
+        let got = events(&mut keep, 2).await;
+        assert!(
+            matches!(&got[..], [Event::Disconnected, Event::Reconnected { .. }]),
+            "{got:?}"
+        );
+
+        // Restored (confirmed before `Reconnected`): `keep` receives; `lose`
+        // is subscribed nowhere, so its message, published first on the
+        // same connection, reaches nobody.
+        assert_eq!(numsub(&server, "lose"), "0");
+        assert_eq!(publish("lose", "x").await, Value::Integer(0));
+        assert_eq!(publish("keep", "after").await, Value::Integer(1));
+        assert_eq!(next_message(&mut both).await.payload.as_ref(), b"after");
+        assert_eq!(next_message(&mut keep).await.payload.as_ref(), b"after");
+        assert!(lose.try_recv().is_none());
+
+        // Forgotten: subscribing again asks the server (refused now, then
+        // accepted once the permission is back).
+        let e = lose.subscribe(["lose"]).await.unwrap_err();
+        assert!(matches!(&e, Error::Server(_)), "{e:?}");
+        admin
+            .send_cmd(cmd("ACL").arg("SETUSER").arg("alice").arg("&lose"))
+            .await
+            .unwrap();
+        lose.subscribe(["lose"]).await.unwrap();
+        assert_eq!(publish("lose", "again").await, Value::Integer(1));
+        assert_eq!(next_message(&mut lose).await.payload.as_ref(), b"again");
+    })
+    .await;
+}
+
 #[test]
 fn handles_are_send_and_sync() {
     fn check<T: Send + Sync + 'static>() {}

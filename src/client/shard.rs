@@ -25,7 +25,7 @@ use crate::cluster::slot::key_slot;
 use crate::error::{Error, Result};
 use crate::handoff::Handoff;
 use crate::maint::MaintenanceConfig;
-use crate::pubsub::{server_sunsubscribe, PubSub, SendFuture};
+use crate::pubsub::{server_sunsubscribe, Kind, PubSub, SendFuture};
 use crate::resp::Cmd;
 use crate::transport::{Connector, Endpoint, PushItem, PushReceiver};
 use crate::{Request, ServerErrorKind, Value};
@@ -224,6 +224,20 @@ async fn forward(
                 }
                 Some(PushItem::Frame(v))
             }
+            PushItem::Refused {
+                kind: Kind::Shard,
+                ref channel,
+                ..
+            } => {
+                // Not restored here (e.g. its slot moved while the
+                // connection was down): subscribed nowhere now.
+                let mut st = lock(&state);
+                if st.subscribed.get(channel) == Some(&endpoint) {
+                    st.subscribed.remove(channel);
+                }
+                Some(item)
+            }
+            PushItem::Refused { .. } => Some(item),
             PushItem::SubscriptionsLost => {
                 let mut st = lock(&state);
                 let first = st.lost.is_empty();

@@ -16,6 +16,7 @@ use super::pool::{Entry, Pool, Restore, Slot};
 use super::{lock, MakeConnection, Shared};
 use crate::error::{Error, Result};
 use crate::maint::{BreakerState, MaintEvent, Maintained, MovingEndpoint, Notification};
+use crate::pubsub::Kind;
 use crate::transport::{Endpoint, Lifecycle, PushItem};
 
 const SUPERSEDED: &str = "superseded by a newer MOVING";
@@ -59,23 +60,27 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         tokio::spawn(async move {
             let r = async {
                 let mut conn = dial.await?;
+                let mut refused = Vec::new();
                 if !restore.is_empty() {
                     // Subscribed before it takes commands, like a handoff's
                     // new connection; bounded, so a server that does not
                     // answer does not stall the retries.
                     let sent = tokio::time::timeout(limit, send_all(&mut conn, &restore)).await;
-                    if let Err(e) = sent.unwrap_or_else(|_| Err(Error::Timeout)) {
-                        conn.close();
-                        return Err(e);
+                    match sent.unwrap_or_else(|_| Err(Error::Timeout)) {
+                        Ok(r) => refused = r,
+                        Err(e) => {
+                            conn.close();
+                            return Err(e);
+                        }
                     }
                 }
-                Ok(conn)
+                Ok((conn, refused))
             }
             .await;
             match weak.upgrade() {
                 Some(shared) => shared.connected(index, endpoint, started, r),
                 None => {
-                    if let Ok(c) = r {
+                    if let Ok((c, _)) = r {
                         c.close();
                     }
                 }
@@ -88,11 +93,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         index: usize,
         endpoint: Endpoint,
         started: Instant,
-        r: Result<M::Connection>,
+        r: Result<(M::Connection, Vec<PushItem>)>,
     ) {
         let mut pool = lock(&self.pool);
         match r {
-            Ok(conn) => {
+            Ok((conn, refused)) => {
                 let slot = Slot::new(self.next_id.fetch_add(1, SeqCst), endpoint);
                 tracing::debug!(target: "redis_layers::handoff", event = "handoff.connected", endpoint = %slot.endpoint, "connected");
                 if let Some(r) = pool.restore[index].take() {
@@ -103,6 +108,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                     // subscriptions until now: nothing was lost.
                     if !r.noted && r.from.is_closed() {
                         let _ = self.push_tx.send(PushItem::SubscriptionsLost);
+                    }
+                    // Before the restore note: a subscriber of only what
+                    // was refused is told that, not that it is back.
+                    for item in refused {
+                        let _ = self.push_tx.send(item);
                     }
                     if r.noted || r.from.is_closed() {
                         let _ = self.push_tx.send(PushItem::SubscriptionsRestored);
@@ -470,11 +480,13 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 .unwrap_or_default();
             let dial = async {
                 let mut conn = dial.await?;
-                if let Err(e) = send_all(&mut conn, &restore).await {
-                    conn.close();
-                    return Err(e);
+                match send_all(&mut conn, &restore).await {
+                    Ok(refused) => Ok((conn, refused)),
+                    Err(e) => {
+                        conn.close();
+                        Err(e)
+                    }
                 }
-                Ok(conn)
             };
             let dial = crate::transport::dial_relaxed(self.settings.relaxed_timeout, dial);
             let r = match tokio::time::timeout(self.settings.handoff_timeout, dial).await {
@@ -489,9 +501,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 .into()),
             };
             match r {
-                Ok(conn) => {
+                Ok((conn, refused)) => {
                     let _ = self.breaker_result(&job.target, true);
-                    self.install(&job, conn, dial_started, restore);
+                    self.install(&job, conn, dial_started, restore, refused);
                     return;
                 }
                 Err(e) => {
@@ -604,6 +616,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         conn: M::Connection,
         dial_started: Instant,
         restored: Vec<crate::Cmd>,
+        refused: Vec<PushItem>,
     ) {
         // Relaxed before it takes a command; watched first, so that the
         // service's subscribers see the relaxation.
@@ -639,6 +652,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         self.gen.fetch_add(1, SeqCst);
         pool.wake_all();
         drop(pool);
+        // The old connection keeps what the new one was refused only until
+        // it is retired: its subscribers are told now.
+        for item in refused {
+            let _ = self.push_tx.send(item);
+        }
         self.watch(&slot, &conn);
         self.catch_up(&slot, &conn, dial_started);
         if let Entry::Ready {
@@ -679,6 +697,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         successor: Option<(M::Connection, Vec<crate::Cmd>)>,
         hold: Option<Hold>,
     ) {
+        let push_tx = self.push_tx.clone();
         tokio::spawn(async move {
             let handed_over = successor.is_some() || hold.is_some();
             let drained = tokio::select! {
@@ -694,7 +713,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             let now = conn.resubscribe_commands();
             if let Some((mut new, restored)) = successor {
                 if !now.is_empty() && now != restored {
-                    let _ = send_all(&mut new, &now).await;
+                    for item in send_all(&mut new, &now).await.unwrap_or_default() {
+                        let _ = push_tx.send(item);
+                    }
                 }
             }
             if handed_over {
@@ -810,28 +831,74 @@ fn unsubscribe_all(restore: &[crate::Cmd]) -> Vec<crate::Cmd> {
     .collect()
 }
 
-/// Sends `cmds` on `conn` one after the other; the first failure ends it.
-async fn send_all<C>(conn: &mut C, cmds: &[crate::Cmd]) -> Result<()>
+/// Sends the subscribe commands `cmds` on `conn` one after the other; the
+/// first failure ends it. The subscriptions the server refuses come back
+/// as [`PushItem::Refused`] notes: the connection is fine and the rest
+/// still matter, and failing would retry a refusal forever (e.g. `NOPERM`
+/// after an ACL change) and keep the endpoint down. A refused command for
+/// several channels is tried again one channel at a time (an ACL check
+/// refuses the whole command for one channel), so that only those refused
+/// are lost.
+async fn send_all<C>(conn: &mut C, cmds: &[crate::Cmd]) -> Result<Vec<PushItem>>
 where
     C: tower_service::Service<crate::Request, Response = crate::Response, Error = Error>,
 {
+    let mut refused = Vec::new();
     for c in cmds {
-        std::future::poll_fn(|cx| conn.poll_ready(cx)).await?;
-        match conn
-            .call(c.clone().into())
-            .await
-            .and_then(|r| r.into_value())
-        {
-            Ok(_) => {}
-            // The server refuses this one (e.g. `NOPERM` after an ACL
-            // change): the connection is fine and the rest still matter;
-            // failing here would retry a refusal forever and keep the
-            // endpoint down.
-            Err(Error::Server(e)) => {
-                tracing::warn!(target: "redis_layers::handoff", event = "handoff.resubscribe_refused", error = %e, "a subscription was refused on the new connection; carrying on without it");
+        let Err(e) = send_one(conn, c).await? else {
+            continue;
+        };
+        let Some(kind) = subscribe_kind(c) else {
+            tracing::warn!(target: "redis_layers::handoff", event = "handoff.resubscribe_refused", error = %e, "a command was refused on the new connection; carrying on without it");
+            continue;
+        };
+        let channels: Vec<bytes::Bytes> = c
+            .argv()
+            .skip(1)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        if channels.len() == 1 {
+            refused.push((kind, channels[0].clone(), e));
+            continue;
+        }
+        for ch in channels {
+            let one = crate::cmd(kind.subscribe()).arg(ch.as_ref());
+            if let Err(e) = send_one(conn, &one).await? {
+                refused.push((kind, ch, e));
             }
-            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(refused
+        .into_iter()
+        .map(|(kind, channel, error)| {
+            tracing::warn!(target: "redis_layers::handoff", event = "handoff.resubscribe_refused", ?kind, channel = %String::from_utf8_lossy(&channel), error = %error, "a subscription was refused on the new connection; its subscribers are told");
+            PushItem::Refused {
+                kind,
+                channel,
+                error,
+            }
+        })
+        .collect())
+}
+
+/// Sends `c` on `conn`: `Ok(Err(_))` when the server refused it.
+async fn send_one<C>(conn: &mut C, c: &crate::Cmd) -> Result<Result<(), crate::ServerError>>
+where
+    C: tower_service::Service<crate::Request, Response = crate::Response, Error = Error>,
+{
+    std::future::poll_fn(|cx| conn.poll_ready(cx)).await?;
+    match conn
+        .call(c.clone().into())
+        .await
+        .and_then(|r| r.into_value())
+    {
+        Ok(_) => Ok(Ok(())),
+        Err(Error::Server(e)) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The kind of subscription subscribe command `c` makes.
+fn subscribe_kind(c: &crate::Cmd) -> Option<Kind> {
+    Kind::ALL.into_iter().find(|k| c.is(k.subscribe()))
 }

@@ -409,6 +409,18 @@ pub(crate) enum PushItem {
     SubscriptionsLost,
     /// A new connection restored them: before its first frame.
     SubscriptionsRestored,
+    /// The server refused to restore one subscription on a new connection
+    /// (`NOPERM` after an ACL change, `MOVED` for a shard channel whose
+    /// slot moved meanwhile): the connection is not subscribed to it. Comes
+    /// after `SubscriptionsLost` and before `SubscriptionsRestored`.
+    Refused {
+        /// Which kind of subscription.
+        kind: crate::pubsub::Kind,
+        /// The channel (or pattern).
+        channel: bytes::Bytes,
+        /// Why.
+        error: crate::ServerError,
+    },
 }
 
 impl PushReceiver {
