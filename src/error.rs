@@ -290,7 +290,6 @@ pub struct Redirect {
 /// An error reply from the server (`-CODE message` or a blob error).
 ///
 /// Two errors are equal when their replies are.
-#[derive(Clone)]
 pub struct ServerError {
     /// Boxed: every `Result<Response>` in every layer is as large as
     /// [`Error`], and error replies are rare; one pointer keeps `Error` at
@@ -298,7 +297,6 @@ pub struct ServerError {
     inner: Box<Inner>,
 }
 
-#[derive(Clone)]
 struct Inner {
     kind: ServerErrorKind,
     line: Bytes,
@@ -308,6 +306,20 @@ struct Inner {
     ///
     /// [`Maintained::RETURNS_REDIRECTED`]: crate::maint::Maintained::RETURNS_REDIRECTED
     returned: Option<crate::resp::Cmd>,
+}
+
+/// A clone leaves the handed-back command behind: it is for the one router
+/// that resends it, and may be up to 64 KiB.
+impl Clone for ServerError {
+    fn clone(&self) -> Self {
+        ServerError {
+            inner: Box::new(Inner {
+                kind: self.inner.kind.clone(),
+                line: self.inner.line.clone(),
+                returned: None,
+            }),
+        }
+    }
 }
 
 impl PartialEq for ServerError {

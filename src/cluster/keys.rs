@@ -522,7 +522,8 @@ pub(crate) struct RouteMemo {
     fixed: (usize, usize, usize),
 }
 
-/// Room for the encoding of a name of up to 16 bytes.
+/// Room for the encoding of a name of up to 17 bytes (`$17\r\n`, the name,
+/// `\r\n`).
 const MEMO_HEAD: usize = 24;
 
 /// Key positions `(first, count, step)` of a command with one key, first.

@@ -41,11 +41,12 @@
 //! one atomic load (is the routing snapshot current?); for a command this
 //! clone routed last time (a loop of `GET`s), a byte compare of its name's
 //! encoding instead of the table lookup, and the key read where it sits;
-//! the key's CRC16, hashed in the same pass that looks for a `{`. Nothing
-//! of the command is copied to follow a redirect: the crate's connection
-//! keeps each command until its reply and hands it back with a `MOVED` or
-//! `ASK` ([`Maintained::RETURNS_REDIRECTED`]); only over a node stack that
-//! does not say so is a copy kept. About 600 instructions per `GET` in all
+//! the key's CRC16, hashed in the same pass that looks for a `{`. A single
+//! command (up to 64 KiB) is not copied to follow a redirect: the crate's
+//! connection keeps each command until its reply and hands it back with a
+//! `MOVED` or `ASK` ([`Maintained::RETURNS_REDIRECTED`]). Pipelines, longer
+//! commands, and commands over a node stack that does not declare it are
+//! copied. About 600 instructions per `GET` in all
 //! (README, "Cluster routing overhead").
 //!
 //! The building blocks are public for users who route by themselves: hash
@@ -1338,10 +1339,12 @@ impl<N: NewNode> Fixup for Handle<N> {
         let shared = self.0.clone();
         match req {
             Some(req) => Box::pin(fixup(shared, req, first)),
-            // A redirect whose command did not come back (a layer in the
-            // node's stack replaced the error): it was not run, and the
-            // caller gets the redirect as an error. The map learns the
-            // move, so the next command goes to the new owner.
+            // No request: not a redirect (a connection error, a timeout,
+            // `CLUSTERDOWN`: the map is read again), or a redirect whose
+            // command did not come back (a layer in the node's stack
+            // replaced the error): it was not run, and the caller gets the
+            // redirect as an error; the map learns the move, so the next
+            // command goes to the new owner.
             None => {
                 let moved = match &first {
                     Err(Error::Server(e)) => e
@@ -1352,6 +1355,8 @@ impl<N: NewNode> Fixup for Handle<N> {
                 };
                 match moved {
                     Some((slot, addr)) => {
+                        shared.stats.moved.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(target: "redis_layers::cluster", event = "cluster.moved", slot, to = %addr, "MOVED (command not handed back)");
                         shared.moved(slot, &addr);
                     }
                     None => shared.request_refresh(),

@@ -199,8 +199,12 @@ pub trait Maintained {
     /// keeping a copy of every command it sends. The crate's
     /// [`Connection`](crate::Connection) does (for commands up to 64 KiB),
     /// and its layers pass the answer of the service they wrap on. Leave it
-    /// `false` (the default) unless the service returns its inner service's
-    /// errors unchanged and the inner service's value is `true`:
+    /// `false` (the default) unless the service passes requests to its inner
+    /// service unchanged (the command that comes back is resent as it is:
+    /// a layer that rewrote it, say with a key prefix, would rewrite it
+    /// twice), returns the inner service's errors unchanged, and the inner
+    /// service's value is `true`. Declared wrongly, a redirected command
+    /// fails with its `MOVED` (it was not run):
     ///
     /// ```
     /// use std::sync::Arc;
@@ -276,8 +280,11 @@ impl MaintenanceState {
     /// assert_eq!(state.relaxed_since(sent), Some(Duration::from_secs(10)));
     /// ```
     pub fn relaxed_since(&self, since: Instant) -> Option<Duration> {
-        if let Some(r) = self.relaxed_timeout() {
-            return Some(r);
+        // Relaxed now, or until a deadline that passed after `since` (its
+        // end may not be recorded yet: that waits for a task).
+        let until = self.relaxed_until.load(Ordering::Acquire);
+        if until != 0 && (self.now_ms() < until || until > self.ms(since)) {
+            return Some(self.relaxed_timeout);
         }
         let end = self.relaxed_end.load(Ordering::Acquire);
         (end != 0 && end > self.us(since)).then_some(self.relaxed_timeout)
@@ -402,14 +409,17 @@ impl MaintenanceState {
             .flatten()
             .filter(|u| *u > now)
             .max();
-        let prev = self
-            .relaxed_until
-            .swap(until.map_or(0, |u| self.ms(u)), Ordering::AcqRel);
+        // Called under the lock: no other store comes between the load and
+        // the store. The end is recorded before the relaxation is seen to
+        // end, so a reader never finds neither.
+        let prev = self.relaxed_until.load(Ordering::Acquire);
         if until.is_none() && prev != 0 {
             // Ended now, or earlier at its deadline.
             let end = self.us(now).min(prev.saturating_mul(1000));
             self.relaxed_end.store(end, Ordering::Release);
         }
+        self.relaxed_until
+            .store(until.map_or(0, |u| self.ms(u)), Ordering::Release);
     }
 
     /// At `until`, drop whatever relaxation has expired by then and say so.

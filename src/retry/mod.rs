@@ -173,8 +173,9 @@ impl<S, P> Retry<S, P> {
 }
 
 impl<S: Maintained, P> Maintained for Retry<S, P> {
-    // A redirect is never retried: the inner service's error comes back as
-    // it was.
+    // The RedisPolicy never retries a redirect: the inner service's error
+    // comes back as it was. (A policy of the caller's that rewrites it
+    // costs the Cluster's resend: the caller gets the MOVED.)
     const RETURNS_REDIRECTED: bool = S::RETURNS_REDIRECTED;
 
     fn maintenance(&self) -> &std::sync::Arc<crate::maint::MaintenanceState> {

@@ -52,6 +52,9 @@ pub(crate) type ReplyTx = oneshot::Sender<Result<Response>>;
 
 /// Commands up to this many bytes (as encoded) are kept until their reply,
 /// to be handed back with a redirect; longer ones are freed once written.
+/// The cost: a connection holds the bytes of its in-flight commands twice
+/// until they are written (the write buffer's copy), and once until their
+/// replies (a blocking `BLPOP k 0` holds its few bytes while it waits).
 pub(crate) const RETURN_MAX: usize = 64 * 1024;
 
 /// A request on its way from a caller to the driver.
