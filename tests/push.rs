@@ -8,8 +8,9 @@ mod support;
 //
 // How the connection treats subscribe-family confirmations
 // (src/transport/driver.rs): an in-flight (UN)SUBSCRIBE takes the
-// confirmation pushes of its kind as its reply, which is then
-// `Value::Array` of those pushes; every other push goes to the push channel.
+// confirmation pushes of its kind that name its channels as its reply,
+// which is then `Value::Array` of those pushes; every other push goes to
+// the push channel.
 //
 // Every test is bounded with `tokio::time::timeout`; a hang fails the test.
 
@@ -938,6 +939,58 @@ async fn unsolicited_sunsubscribe_is_a_push() {
         assert_eq!(
             send(&conn, cmd("PING")).await,
             Value::SimpleString("PONG".into())
+        );
+        assert_eq!(pushes.try_recv(), None);
+    })
+    .await
+}
+
+/// The server's own `sunsubscribe` for channel `b` (a slot left the node)
+/// that arrives while our `SUNSUBSCRIBE a` waits for its confirmation is not
+/// taken for it. The simulator holds the server's replies back and injects
+/// the push for `b` meanwhile: it reaches the push channel, and
+/// `SUNSUBSCRIBE a` gets `a`'s confirmation.
+#[cfg(feature = "sim")]
+#[tokio::test]
+async fn a_server_sunsubscribe_is_not_taken_for_our_confirmation() {
+    use redis_layers::sim::Target;
+    bounded(30, async {
+        let env = support::sim::SimStandalone::start().await;
+        let conn = within(STEP, "connect", Connector::new().connect(env.endpoint()))
+            .await
+            .expect("connect");
+        let mut pushes = conn.take_pushes().unwrap();
+        for ch in ["a", "b"] {
+            send(&conn, cmd("SSUBSCRIBE").arg(ch)).await;
+        }
+        env.sim.set_delay(Target::All, Duration::from_millis(300));
+        let unsub = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send_cmd(cmd("SUNSUBSCRIBE").arg("a")).await }
+        });
+        // Written (the server answers it; the simulator holds the answer).
+        within(STEP, "SUNSUBSCRIBE ran", async {
+            while !env
+                .server
+                .cli(&["INFO", "commandstats"])
+                .contains("cmdstat_sunsubscribe:calls=1")
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        env.sim.inject_raw(
+            Target::All,
+            &b">3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:1\r\n"[..],
+        );
+        assert_eq!(
+            next_push(&mut pushes, "the server's sunsubscribe").await,
+            push(vec![bulk("sunsubscribe"), bulk("b"), int(1)])
+        );
+        let u = within(STEP, "SUNSUBSCRIBE a", unsub).await.unwrap();
+        assert_eq!(
+            u.unwrap(),
+            Value::Array(vec![push(vec![bulk("sunsubscribe"), bulk("a"), int(1)])])
         );
         assert_eq!(pushes.try_recv(), None);
     })

@@ -275,6 +275,31 @@ impl Pending {
     /// Offers a push frame (already applied to `subs`): `Some(done)` if it
     /// was a confirmation this request was waiting for, and now holds.
     fn offer_push(&mut self, push: &Value, subs: &Subscriptions) -> Option<bool> {
+        // A confirmation names one of the command's channels. The server
+        // also sends `sunsubscribe` on its own (a slot left the node): one
+        // for another channel, arriving while our `SUNSUBSCRIBE` waits, is
+        // not ours. (A command too long to be kept is matched by kind.)
+        if let (
+            Pending::One {
+                cmd: Some(c),
+                expect:
+                    Expect::Confirm {
+                        left: Left::Count(_),
+                        ..
+                    },
+                ..
+            },
+            Value::Push(items),
+        ) = (&*self, push)
+        {
+            let named = items
+                .get(1)
+                .and_then(Value::as_bytes)
+                .is_some_and(|ch| c.argv().skip(1).any(|a| a == ch));
+            if !named {
+                return None;
+            }
+        }
         let (expect, confirms) = self.current()?;
         let Expect::Confirm { kind, left } = expect else {
             return None;
