@@ -512,16 +512,7 @@ async fn the_end_of_a_relaxation_keeps_requests_in_flight_extended() {
         });
         // The server has run it (the simulator holds its reply back).
         // Nothing announces that, so the server's counter is polled.
-        within(STEP, "ECHO ran", async {
-            while !env
-                .server
-                .cli(&["INFO", "commandstats"])
-                .contains("cmdstat_echo:calls=1")
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        within(STEP, "ECHO ran", env.server.ran("echo", 1)).await;
         // A failover starts and ends while it waits, before its own 1 s
         // would have run out (checked: a slow machine fails clearly).
         for n in [

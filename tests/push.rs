@@ -969,16 +969,7 @@ async fn a_server_sunsubscribe_is_not_taken_for_our_confirmation() {
             async move { conn.send_cmd(cmd("SUNSUBSCRIBE").arg("a")).await }
         });
         // Written (the server answers it; the simulator holds the answer).
-        within(STEP, "SUNSUBSCRIBE ran", async {
-            while !env
-                .server
-                .cli(&["INFO", "commandstats"])
-                .contains("cmdstat_sunsubscribe:calls=1")
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        within(STEP, "SUNSUBSCRIBE ran", env.server.ran("sunsubscribe", 1)).await;
         env.sim.inject_raw(
             Target::All,
             &b">3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:1\r\n"[..],

@@ -166,6 +166,16 @@ impl RedisServer {
         self.unix.as_ref().map(Endpoint::unix)
     }
 
+    /// Waits until the server has run `cmd` (lower case) `calls` times, by
+    /// `INFO commandstats`: the server announces nothing, so it is polled.
+    /// Callers bound it.
+    pub async fn ran(&self, cmd: &str, calls: u64) {
+        let needle = format!("cmdstat_{cmd}:calls={calls},");
+        while !self.cli(&["INFO", "commandstats"]).contains(&needle) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Runs a command through `redis-cli` (for setup and checks outside the
     /// crate under test) and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
