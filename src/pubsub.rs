@@ -67,9 +67,13 @@
 //!   While the server stays away the stream just waits (it does not end);
 //!   `downtime` is the time from noticing the loss to the restore.
 //!   A subscription the server refuses to restore on the new connection
-//!   (`NOPERM`: the user lost the permission meanwhile) ends: its
-//!   subscribers get [`Event::Unsubscribed`] for it, before the
-//!   `Reconnected`; the others are restored as usual.
+//!   for good (`NOPERM`: the user lost the permission meanwhile; `ERR`,
+//!   ...) ends: its subscribers get [`Event::Unsubscribed`] for it, before
+//!   the `Reconnected` if one comes; the others are restored as usual. One
+//!   refused for a while (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`,
+//!   `MASTERDOWN`) is tried again with the same backoff, and its
+//!   subscribers get their `Reconnected` once it is made (or
+//!   `Unsubscribed`, if a retry is refused for good).
 //! - **Handoff that failed** for good: just before the `MOVING` deadline a
 //!   new connection to the configured address restores the subscriptions,
 //!   and the old connection keeps them until then (its remaining messages
@@ -134,7 +138,7 @@ use crate::error::{Error, Result};
 use crate::handoff::{Handoff, HandoffLayer, HandoffPolicy, MakeConnection};
 use crate::maint::MaintenanceConfig;
 use crate::transport::{Endpoint, PushItem, PushReceiver};
-use crate::{Cmd, Connector, Request, Value};
+use crate::{Cmd, Connector, Request, ServerError, ServerErrorKind, Value};
 
 /// Messages a [`Subscription`] buffers by default before it drops new
 /// ones ([`Event::Lagged`]).
@@ -286,8 +290,9 @@ struct Registry {
     /// unsubscribe.
     cleaning: HashSet<(usize, Bytes)>,
     disconnected_at: Option<Instant>,
-    /// Shard channels being subscribed again after the server ended them.
-    resubscribing: HashSet<Bytes>,
+    /// Per kind: subscriptions being made again (a shard channel the
+    /// server ended, or one whose restore was refused for a while).
+    resubscribing: HashSet<(usize, Bytes)>,
 }
 
 impl Registry {
@@ -297,10 +302,10 @@ impl Registry {
     }
 
     /// Every subscription once that a connection's loss or restore
-    /// concerns: not one that wants only shard channels being subscribed
-    /// again elsewhere (it was told of that gap, and is told its end).
+    /// concerns: not one that wants only channels being subscribed again
+    /// (it was told of that gap, and is told its end).
     fn connection_queues(&self) -> Vec<Arc<Queue>> {
-        self.queues_but(|k, c| k == Kind::Shard.index() && self.resubscribing.contains(c))
+        self.queues_but(|k, c| self.resubscribing.contains(&(k, c.clone())))
     }
 
     fn queues_but(&self, skip: impl Fn(usize, &Bytes) -> bool) -> Vec<Arc<Queue>> {
@@ -947,13 +952,39 @@ pub(crate) fn server_sunsubscribe(v: &Value) -> Option<Bytes> {
     }
 }
 
+/// Refusals that pass on their own (a slot migrating, a failover, a
+/// loading or busy server): the subscription is tried again.
+fn passing(kind: &ServerErrorKind) -> bool {
+    matches!(
+        kind,
+        ServerErrorKind::TryAgain
+            | ServerErrorKind::Loading
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::Busy
+    )
+}
+
+/// Whether a subscribe of `kind` refused with `error` is worth another
+/// try: a passing refusal, or a routed shard channel's `MOVED` (the router
+/// follows the slot). Any other (`NOPERM`, `ERR`, ...) would be refused
+/// again.
+fn worth_retrying(inner: &Inner, kind: Kind, error: &ServerError) -> bool {
+    passing(error.kind())
+        || (kind == Kind::Shard && inner.reroutes && error.kind() == &ServerErrorKind::Moved)
+}
+
 /// The server refused to restore the subscription to `channel` on a new
 /// connection. A shard channel whose slot moved meanwhile (`MOVED`) is
-/// like one the server ended; any other refusal (`NOPERM`, ...) ends the
+/// like one the server ended; a passing refusal (`LOADING`, `TRYAGAIN`,
+/// ...) is retried with a backoff; any other (`NOPERM`, ...) ends the
 /// subscription: a retry would be refused again.
-fn refused(inner: &Arc<Inner>, kind: Kind, channel: Bytes, error: &crate::ServerError) {
-    if kind == Kind::Shard && error.kind() == &crate::ServerErrorKind::Moved {
+fn refused(inner: &Arc<Inner>, kind: Kind, channel: Bytes, error: &ServerError) {
+    if kind == Kind::Shard && error.kind() == &ServerErrorKind::Moved {
         return shard_ended(inner, channel);
+    }
+    if worth_retrying(inner, kind, error) {
+        return subscribe_again(inner, kind, channel);
     }
     ended(inner, kind, channel);
 }
@@ -980,7 +1011,14 @@ fn shard_ended(inner: &Arc<Inner>, channel: Bytes) {
     if !inner.reroutes {
         return ended(inner, Kind::Shard, channel);
     }
-    let k = Kind::Shard.index();
+    subscribe_again(inner, Kind::Shard, channel);
+}
+
+/// Subscribes to `channel` again in the background, its subscribers told
+/// of the gap ([`Event::Disconnected`] now, unless a connection's loss
+/// told them already, and [`Event::Reconnected`] once it is made).
+fn subscribe_again(inner: &Arc<Inner>, kind: Kind, channel: Bytes) {
+    let k = kind.index();
     let mut reg = lock(&inner.registry);
     let Some(list) = reg.routes[k].get(&channel) else {
         return;
@@ -996,41 +1034,50 @@ fn shard_ended(inner: &Arc<Inner>, channel: Bytes) {
             Instant::now()
         }
     };
-    if reg.resubscribing.insert(channel.clone()) {
+    if reg.resubscribing.insert((k, channel.clone())) {
         drop(reg);
-        tokio::spawn(resubscribe(Arc::downgrade(inner), channel, since));
+        tokio::spawn(resubscribe(Arc::downgrade(inner), kind, channel, since));
     }
 }
 
-/// Subscribes to shard `channel` again (`send` finds the node serving its
-/// slot now) while anyone wants it, retrying with a backoff (50 ms
-/// doubling up to 2 s) while that fails; then [`Event::Reconnected`].
-async fn resubscribe(inner: Weak<Inner>, channel: Bytes, since: Instant) {
-    let k = Kind::Shard.index();
+/// Subscribes to `channel` again (a routed `send` finds the node serving a
+/// shard channel's slot now) while anyone wants it, retrying with a
+/// backoff (50 ms doubling up to 2 s) while that fails; then
+/// [`Event::Reconnected`]. A refusal not worth retrying ends it
+/// ([`Event::Unsubscribed`]).
+async fn resubscribe(inner: Weak<Inner>, kind: Kind, channel: Bytes, since: Instant) {
+    let k = kind.index();
+    let key = (k, channel.clone());
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(inner) = inner.upgrade() else { return };
         let error = {
             let _ops = inner.ops.lock().await;
             if !lock(&inner.registry).routes[k].contains_key(&channel) {
-                lock(&inner.registry).resubscribing.remove(&channel);
+                lock(&inner.registry).resubscribing.remove(&key);
                 return;
             }
-            let cmd = crate::cmd(Kind::Shard.subscribe()).arg(channel.as_ref());
+            let cmd = crate::cmd(kind.subscribe()).arg(channel.as_ref());
             match inner.send_within(cmd, DEFAULT_TIMEOUT).await {
                 Ok(_) => {
                     let mut reg = lock(&inner.registry);
-                    reg.resubscribing.remove(&channel);
+                    reg.resubscribing.remove(&key);
                     let downtime = since.elapsed();
                     for q in reg.routes[k].get(&channel).into_iter().flatten() {
                         q.push(Event::Reconnected { downtime });
                     }
                     return;
                 }
+                Err(Error::Server(e)) if !worth_retrying(&inner, kind, &e) => {
+                    tracing::debug!(target: "redis_layers::pubsub", error = %e, "subscription refused for good");
+                    lock(&inner.registry).resubscribing.remove(&key);
+                    ended(&inner, kind, channel);
+                    return;
+                }
                 Err(e) => e,
             }
         };
-        tracing::debug!(target: "redis_layers::pubsub", error = %error, "shard channel not subscribed again yet");
+        tracing::debug!(target: "redis_layers::pubsub", error = %error, "not subscribed again yet");
         drop(inner);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
