@@ -231,12 +231,15 @@ pub enum Event {
         missed: u64,
     },
     /// The subscription to `channel` (or pattern) ended without being
-    /// asked to: nothing more comes for it, and this subscription no
-    /// longer has it (subscribing to it again sends the command again).
-    /// Either the server ended it on its own (a shard channel whose slot
-    /// left the node, Redis 7 cluster), or it refused to restore it on a
-    /// new connection after a loss (`NOPERM` after an ACL change; then it
-    /// comes between [`Event::Disconnected`] and [`Event::Reconnected`]).
+    /// asked to: nothing more comes for it, and once this event is
+    /// received the subscription no longer lists it
+    /// ([`Subscription::channels`] and the like; subscribing to it again
+    /// sends the command again). Either the server ended it on its own (a
+    /// shard channel whose slot left the node, Redis 7 cluster), or it
+    /// refused to restore it on a new connection after a loss for good
+    /// (`NOPERM` after an ACL change; then it comes after
+    /// [`Event::Disconnected`], before the [`Event::Reconnected`] if one
+    /// comes: a subscription whose only channel was refused gets none).
     /// A cluster [`Client`](crate::Client)'s shard subscriptions follow a
     /// moved slot instead ([`Event::Disconnected`], then
     /// [`Event::Reconnected`]).
@@ -642,12 +645,30 @@ impl Subscription {
     /// The next event; `None` only once the connection's push stream has
     /// ended for good (never while this subscription exists, in practice).
     pub async fn recv(&mut self) -> Option<Event> {
-        std::future::poll_fn(|cx| self.queue.poll_pop(cx)).await
+        let ev = std::future::poll_fn(|cx| self.queue.poll_pop(cx)).await;
+        self.delivered(ev)
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.queue.pop()
+        let ev = self.queue.pop();
+        self.delivered(ev)
+    }
+
+    /// An [`Event::Unsubscribed`] takes its channel out of this
+    /// subscription's own, unless it was subscribed again since (routed to
+    /// it once more).
+    fn delivered(&mut self, ev: Option<Event>) -> Option<Event> {
+        if let Some(Event::Unsubscribed { kind, channel }) = &ev {
+            let k = kind.index();
+            let routed = lock(&self.inner.registry).routes[k]
+                .get(channel)
+                .is_some_and(|l| l.iter().any(|q| q.id == self.queue.id));
+            if !routed {
+                self.own[k].remove(channel);
+            }
+        }
+        ev
     }
 
     async fn add<I>(&mut self, kind: Kind, channels: I) -> Result<()>
@@ -793,7 +814,11 @@ impl Stream for Subscription {
     type Item = Event;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.queue.poll_pop(cx)
+        let this = self.get_mut();
+        match this.queue.poll_pop(cx) {
+            Poll::Ready(ev) => Poll::Ready(this.delivered(ev)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
