@@ -67,9 +67,13 @@
 //!   While the server stays away the stream just waits (it does not end);
 //!   `downtime` is the time from noticing the loss to the restore.
 //!   A subscription the server refuses to restore on the new connection
-//!   (`NOPERM`: the user lost the permission meanwhile) ends: its
-//!   subscribers get [`Event::Unsubscribed`] for it, before the
-//!   `Reconnected`; the others are restored as usual.
+//!   for good (`NOPERM`: the user lost the permission meanwhile; `ERR`,
+//!   ...) ends: its subscribers get [`Event::Unsubscribed`] for it, before
+//!   the `Reconnected` if one comes; the others are restored as usual. One
+//!   refused for a while (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`,
+//!   `MASTERDOWN`) is tried again with the same backoff, and its
+//!   subscribers get their `Reconnected` once it is made (or
+//!   `Unsubscribed`, if a retry is refused for good).
 //! - **Handoff that failed** for good: just before the `MOVING` deadline a
 //!   new connection to the configured address restores the subscriptions,
 //!   and the old connection keeps them until then (its remaining messages
@@ -134,7 +138,7 @@ use crate::error::{Error, Result};
 use crate::handoff::{Handoff, HandoffLayer, HandoffPolicy, MakeConnection};
 use crate::maint::MaintenanceConfig;
 use crate::transport::{Endpoint, PushItem, PushReceiver};
-use crate::{Cmd, Connector, Request, Value};
+use crate::{Cmd, Connector, Request, ServerError, ServerErrorKind, Value};
 
 /// Messages a [`Subscription`] buffers by default before it drops new
 /// ones ([`Event::Lagged`]).
@@ -227,12 +231,15 @@ pub enum Event {
         missed: u64,
     },
     /// The subscription to `channel` (or pattern) ended without being
-    /// asked to: nothing more comes for it, and this subscription no
-    /// longer has it (subscribing to it again sends the command again).
-    /// Either the server ended it on its own (a shard channel whose slot
-    /// left the node, Redis 7 cluster), or it refused to restore it on a
-    /// new connection after a loss (`NOPERM` after an ACL change; then it
-    /// comes between [`Event::Disconnected`] and [`Event::Reconnected`]).
+    /// asked to: nothing more comes for it, and once this event is
+    /// received the subscription no longer lists it
+    /// ([`Subscription::channels`] and the like; subscribing to it again
+    /// sends the command again). Either the server ended it on its own (a
+    /// shard channel whose slot left the node, Redis 7 cluster), or it
+    /// refused to restore it on a new connection after a loss for good
+    /// (`NOPERM` after an ACL change; then it comes after
+    /// [`Event::Disconnected`], before the [`Event::Reconnected`] if one
+    /// comes: a subscription whose only channel was refused gets none).
     /// A cluster [`Client`](crate::Client)'s shard subscriptions follow a
     /// moved slot instead ([`Event::Disconnected`], then
     /// [`Event::Reconnected`]).
@@ -286,8 +293,9 @@ struct Registry {
     /// unsubscribe.
     cleaning: HashSet<(usize, Bytes)>,
     disconnected_at: Option<Instant>,
-    /// Shard channels being subscribed again after the server ended them.
-    resubscribing: HashSet<Bytes>,
+    /// Per kind: subscriptions being made again (a shard channel the
+    /// server ended, or one whose restore was refused for a while).
+    resubscribing: HashSet<(usize, Bytes)>,
 }
 
 impl Registry {
@@ -297,10 +305,10 @@ impl Registry {
     }
 
     /// Every subscription once that a connection's loss or restore
-    /// concerns: not one that wants only shard channels being subscribed
-    /// again elsewhere (it was told of that gap, and is told its end).
+    /// concerns: not one that wants only channels being subscribed again
+    /// (it was told of that gap, and is told its end).
     fn connection_queues(&self) -> Vec<Arc<Queue>> {
-        self.queues_but(|k, c| k == Kind::Shard.index() && self.resubscribing.contains(c))
+        self.queues_but(|k, c| self.resubscribing.contains(&(k, c.clone())))
     }
 
     fn queues_but(&self, skip: impl Fn(usize, &Bytes) -> bool) -> Vec<Arc<Queue>> {
@@ -637,12 +645,30 @@ impl Subscription {
     /// The next event; `None` only once the connection's push stream has
     /// ended for good (never while this subscription exists, in practice).
     pub async fn recv(&mut self) -> Option<Event> {
-        std::future::poll_fn(|cx| self.queue.poll_pop(cx)).await
+        let ev = std::future::poll_fn(|cx| self.queue.poll_pop(cx)).await;
+        self.delivered(ev)
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.queue.pop()
+        let ev = self.queue.pop();
+        self.delivered(ev)
+    }
+
+    /// An [`Event::Unsubscribed`] takes its channel out of this
+    /// subscription's own, unless it was subscribed again since (routed to
+    /// it once more).
+    fn delivered(&mut self, ev: Option<Event>) -> Option<Event> {
+        if let Some(Event::Unsubscribed { kind, channel }) = &ev {
+            let k = kind.index();
+            let routed = lock(&self.inner.registry).routes[k]
+                .get(channel)
+                .is_some_and(|l| l.iter().any(|q| q.id == self.queue.id));
+            if !routed {
+                self.own[k].remove(channel);
+            }
+        }
+        ev
     }
 
     async fn add<I>(&mut self, kind: Kind, channels: I) -> Result<()>
@@ -788,7 +814,11 @@ impl Stream for Subscription {
     type Item = Event;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.queue.poll_pop(cx)
+        let this = self.get_mut();
+        match this.queue.poll_pop(cx) {
+            Poll::Ready(ev) => Poll::Ready(this.delivered(ev)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -947,13 +977,39 @@ pub(crate) fn server_sunsubscribe(v: &Value) -> Option<Bytes> {
     }
 }
 
+/// Refusals that pass on their own (a slot migrating, a failover, a
+/// loading or busy server): the subscription is tried again.
+fn passing(kind: &ServerErrorKind) -> bool {
+    matches!(
+        kind,
+        ServerErrorKind::TryAgain
+            | ServerErrorKind::Loading
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::Busy
+    )
+}
+
+/// Whether a subscribe of `kind` refused with `error` is worth another
+/// try: a passing refusal, or a routed shard channel's `MOVED` (the router
+/// follows the slot). Any other (`NOPERM`, `ERR`, ...) would be refused
+/// again.
+fn worth_retrying(inner: &Inner, kind: Kind, error: &ServerError) -> bool {
+    passing(error.kind())
+        || (kind == Kind::Shard && inner.reroutes && error.kind() == &ServerErrorKind::Moved)
+}
+
 /// The server refused to restore the subscription to `channel` on a new
 /// connection. A shard channel whose slot moved meanwhile (`MOVED`) is
-/// like one the server ended; any other refusal (`NOPERM`, ...) ends the
+/// like one the server ended; a passing refusal (`LOADING`, `TRYAGAIN`,
+/// ...) is retried with a backoff; any other (`NOPERM`, ...) ends the
 /// subscription: a retry would be refused again.
-fn refused(inner: &Arc<Inner>, kind: Kind, channel: Bytes, error: &crate::ServerError) {
-    if kind == Kind::Shard && error.kind() == &crate::ServerErrorKind::Moved {
+fn refused(inner: &Arc<Inner>, kind: Kind, channel: Bytes, error: &ServerError) {
+    if kind == Kind::Shard && error.kind() == &ServerErrorKind::Moved {
         return shard_ended(inner, channel);
+    }
+    if worth_retrying(inner, kind, error) {
+        return subscribe_again(inner, kind, channel);
     }
     ended(inner, kind, channel);
 }
@@ -980,7 +1036,14 @@ fn shard_ended(inner: &Arc<Inner>, channel: Bytes) {
     if !inner.reroutes {
         return ended(inner, Kind::Shard, channel);
     }
-    let k = Kind::Shard.index();
+    subscribe_again(inner, Kind::Shard, channel);
+}
+
+/// Subscribes to `channel` again in the background, its subscribers told
+/// of the gap ([`Event::Disconnected`] now, unless a connection's loss
+/// told them already, and [`Event::Reconnected`] once it is made).
+fn subscribe_again(inner: &Arc<Inner>, kind: Kind, channel: Bytes) {
+    let k = kind.index();
     let mut reg = lock(&inner.registry);
     let Some(list) = reg.routes[k].get(&channel) else {
         return;
@@ -996,41 +1059,50 @@ fn shard_ended(inner: &Arc<Inner>, channel: Bytes) {
             Instant::now()
         }
     };
-    if reg.resubscribing.insert(channel.clone()) {
+    if reg.resubscribing.insert((k, channel.clone())) {
         drop(reg);
-        tokio::spawn(resubscribe(Arc::downgrade(inner), channel, since));
+        tokio::spawn(resubscribe(Arc::downgrade(inner), kind, channel, since));
     }
 }
 
-/// Subscribes to shard `channel` again (`send` finds the node serving its
-/// slot now) while anyone wants it, retrying with a backoff (50 ms
-/// doubling up to 2 s) while that fails; then [`Event::Reconnected`].
-async fn resubscribe(inner: Weak<Inner>, channel: Bytes, since: Instant) {
-    let k = Kind::Shard.index();
+/// Subscribes to `channel` again (a routed `send` finds the node serving a
+/// shard channel's slot now) while anyone wants it, retrying with a
+/// backoff (50 ms doubling up to 2 s) while that fails; then
+/// [`Event::Reconnected`]. A refusal not worth retrying ends it
+/// ([`Event::Unsubscribed`]).
+async fn resubscribe(inner: Weak<Inner>, kind: Kind, channel: Bytes, since: Instant) {
+    let k = kind.index();
+    let key = (k, channel.clone());
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(inner) = inner.upgrade() else { return };
         let error = {
             let _ops = inner.ops.lock().await;
             if !lock(&inner.registry).routes[k].contains_key(&channel) {
-                lock(&inner.registry).resubscribing.remove(&channel);
+                lock(&inner.registry).resubscribing.remove(&key);
                 return;
             }
-            let cmd = crate::cmd(Kind::Shard.subscribe()).arg(channel.as_ref());
+            let cmd = crate::cmd(kind.subscribe()).arg(channel.as_ref());
             match inner.send_within(cmd, DEFAULT_TIMEOUT).await {
                 Ok(_) => {
                     let mut reg = lock(&inner.registry);
-                    reg.resubscribing.remove(&channel);
+                    reg.resubscribing.remove(&key);
                     let downtime = since.elapsed();
                     for q in reg.routes[k].get(&channel).into_iter().flatten() {
                         q.push(Event::Reconnected { downtime });
                     }
                     return;
                 }
+                Err(Error::Server(e)) if !worth_retrying(&inner, kind, &e) => {
+                    tracing::debug!(target: "redis_layers::pubsub", error = %e, "subscription refused for good");
+                    lock(&inner.registry).resubscribing.remove(&key);
+                    ended(&inner, kind, channel);
+                    return;
+                }
                 Err(e) => e,
             }
         };
-        tracing::debug!(target: "redis_layers::pubsub", error = %error, "shard channel not subscribed again yet");
+        tracing::debug!(target: "redis_layers::pubsub", error = %error, "not subscribed again yet");
         drop(inner);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -65,6 +65,39 @@ async fn next_message(sub: &mut Subscription) -> (Bytes, Bytes) {
     }
 }
 
+/// A client logged in as ACL user `sub`, made on every node: switching
+/// it off on one node (and killing its connections) keeps that node's
+/// connection down until it is switched on again.
+async fn client_as_sub(cluster: &RedisCluster) -> Client {
+    for i in 0..cluster.nodes().len() {
+        let r = cluster.query(
+            i,
+            &[
+                b"ACL", b"SETUSER", b"sub", b"on", b">pw", b"~*", b"&*", b"+@all",
+            ],
+        );
+        assert!(matches!(r, Reply::Status(_)), "node {i}: {r:?}");
+    }
+    ClientBuilder::new(cluster.endpoint(0))
+        .connector(Connector::new().username("sub").password("pw"))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Takes node 0's connections of the [`client_as_sub`] down, and keeps
+/// them down (its user is off there) until the user is switched on again;
+/// `sub`, with a channel on node 0, is told of the loss.
+async fn cut_off_node_0(cluster: &RedisCluster, sub: &mut Subscription) {
+    cluster.query(0, &[b"ACL", b"SETUSER", b"sub", b"off"]);
+    let killed = cluster.query(0, &[b"CLIENT", b"KILL", b"USER", b"sub"]);
+    assert!(matches!(killed, Reply::Int(n) if n >= 1), "{killed:?}");
+    assert_eq!(
+        within(STEP, "the loss", sub.recv()).await,
+        Some(Event::Disconnected)
+    );
+}
+
 /// `sub`, whose shard `channel` moved from node 0 to node 1, is
 /// subscribed again there (`Reconnected`, then what is published arrives);
 /// node 0 has no subscriber left.
@@ -228,20 +261,7 @@ async fn a_shard_subscription_follows_its_slot() {
 async fn a_shard_restore_refused_with_moved_follows_the_slot() {
     bounded(90, async {
         let cluster = RedisCluster::start();
-        for i in 0..cluster.nodes().len() {
-            let r = cluster.query(
-                i,
-                &[
-                    b"ACL", b"SETUSER", b"sub", b"on", b">pw", b"~*", b"&*", b"+@all",
-                ],
-            );
-            assert!(matches!(r, Reply::Status(_)), "node {i}: {r:?}");
-        }
-        let client = ClientBuilder::new(cluster.endpoint(0))
-            .connector(Connector::new().username("sub").password("pw"))
-            .build()
-            .await
-            .unwrap();
+        let client = client_as_sub(&cluster).await;
         let channel = channel_on(&cluster, 0, "held");
         let slot = cluster.slot_of(&channel);
         let mut sub = client.ssubscribe([channel.clone()]).await.unwrap();
@@ -249,13 +269,7 @@ async fn a_shard_restore_refused_with_moved_follows_the_slot() {
         assert_eq!(next_message(&mut sub).await.1, "before");
 
         // Down, and kept down: its reconnects fail until the user is on.
-        cluster.query(0, &[b"ACL", b"SETUSER", b"sub", b"off"]);
-        let killed = cluster.query(0, &[b"CLIENT", b"KILL", b"USER", b"sub"]);
-        assert!(matches!(killed, Reply::Int(n) if n >= 1), "{killed:?}");
-        assert_eq!(
-            within(STEP, "the loss", sub.recv()).await,
-            Some(Event::Disconnected)
-        );
+        cut_off_node_0(&cluster, &mut sub).await;
         tokio::task::block_in_place(|| {
             cluster.migrate_slot(slot, 0, 1);
             cluster.wait_consistent();
@@ -272,6 +286,81 @@ async fn a_shard_restore_refused_with_moved_follows_the_slot() {
         )
         .await;
         assert_eq!(sub.try_recv(), None);
+    })
+    .await;
+}
+
+/// Node `i`'s count of `SUNSUBSCRIBE` commands (`INFO commandstats`)
+/// since its last `CONFIG RESETSTAT`.
+fn sunsubscribe_calls(cluster: &RedisCluster, i: usize) -> u64 {
+    let Reply::Bulk(Some(info)) = cluster.query(i, &[b"INFO", b"commandstats"]) else {
+        panic!("INFO commandstats on node {i}");
+    };
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_sunsubscribe:calls="))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Polls (bounded) until `f` holds.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    within(STEP, what, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// An `SUNSUBSCRIBE` that fails while the connection to the channel's
+/// node is down (the client's ACL user is off there) leaves the server
+/// subscription to be restored by the reconnect; the message that then
+/// comes for the unwanted channel makes exactly one `SUNSUBSCRIBE` reach
+/// that node, and the server drops the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_channel_left_by_a_failed_sunsubscribe_is_cleaned_up() {
+    bounded(90, async {
+        let cluster = RedisCluster::start();
+        let client = client_as_sub(&cluster).await;
+        let channel = channel_on(&cluster, 0, "left");
+        let kept = channel_on(&cluster, 0, "kept");
+        let mut sub = client.ssubscribe([channel.clone()]).await.unwrap();
+        // Tells when node 0's connection is restored.
+        let mut keeper = client.ssubscribe([kept.clone()]).await.unwrap();
+
+        cut_off_node_0(&cluster, &mut keeper).await;
+        let failed = within(
+            STEP,
+            "the refused unsubscribe",
+            sub.sunsubscribe([channel.clone()]),
+        )
+        .await;
+        assert!(failed.is_err(), "SUNSUBSCRIBE while down: {failed:?}");
+        cluster.query(0, &[b"ACL", b"SETUSER", b"sub", b"on"]);
+        match within(STEP, "the restore", keeper.recv()).await {
+            Some(Event::Reconnected { .. }) => {}
+            other => panic!("expected Reconnected, got {other:?}"),
+        }
+        // The transport restored what the server had confirmed.
+        assert_eq!(shard_subscribers(&cluster, 0, &channel), 1);
+
+        assert_eq!(
+            cluster.query(0, &[b"CONFIG", b"RESETSTAT"]),
+            Reply::Status("OK".into())
+        );
+        assert_eq!(spublish(&client, &channel, "stray").await, 1);
+        eventually("the stray channel unsubscribed", || {
+            shard_subscribers(&cluster, 0, &channel) == 0
+        })
+        .await;
+        assert_eq!(sunsubscribe_calls(&cluster, 0), 1);
+        assert_eq!(shard_subscribers(&cluster, 0, &kept), 1);
+        // `sub` had the channel when the connection was lost, not when it
+        // was restored; the stray never reached it.
+        assert_eq!(sub.try_recv(), Some(Event::Disconnected));
+        assert_eq!(sub.try_recv(), None);
+        assert_eq!(keeper.try_recv(), None);
     })
     .await;
 }

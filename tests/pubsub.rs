@@ -272,6 +272,9 @@ async fn a_refused_restore_ends_that_channel_only() {
             matches!(&got[..], [Event::Disconnected, Event::Reconnected { .. }]),
             "{got:?}"
         );
+        // Received, the end takes the channel off the subscription's list.
+        assert_eq!(lose.channels().count(), 0);
+        assert_eq!(both.channels().collect::<Vec<_>>(), [&Bytes::from_static(b"keep")]);
 
         // Restored (confirmed before `Reconnected`): `keep` receives; `lose`
         // is subscribed nowhere, so its message, published first on the

@@ -120,60 +120,128 @@ impl Router {
     /// without a usable address refreshes the map first. (Following it
     /// saves the refresh's wait: the cluster refreshes at most once per
     /// `refresh_cooldown`, 250 ms by default.)
+    ///
+    /// The channels are recorded on the node before the command goes, and
+    /// dropped only when the server answers with an error: a command that
+    /// timed out (its future dropped) or lost its connection may have
+    /// reached the server, whose subscription an `SUNSUBSCRIBE` must then
+    /// find.
     async fn ssubscribe(&self, c: Cmd, channels: &[Bytes]) -> Result<Value> {
         let slot = one_slot(channels)?;
         let mut endpoint = self.cluster.endpoint_for(slot).await?;
         let mut attempt = 0;
         loop {
-            match call_one(self.node(&endpoint)?, c.clone()).await {
-                Ok(v) => {
-                    let mut st = lock(&self.state);
-                    for ch in channels {
-                        st.subscribed.insert(ch.clone(), endpoint.clone());
-                    }
-                    return Ok(v);
-                }
-                Err(Error::Server(e)) if e.kind() == &ServerErrorKind::Moved && attempt < 2 => {
-                    attempt += 1;
-                    endpoint = match e.redirect().and_then(|r| redirect_endpoint(&r.addr)) {
-                        Some(to) => to,
-                        None => {
-                            self.cluster.cluster.refresh().await?;
-                            self.cluster.endpoint_for(slot).await?
-                        }
-                    };
+            let node = self.node(&endpoint)?;
+            self.record(channels, &endpoint);
+            let err = match call_one(node, c.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(Error::Server(e)) => {
+                    self.forget(channels, &endpoint);
+                    e
                 }
                 Err(e) => return Err(e),
+            };
+            if err.kind() != &ServerErrorKind::Moved || attempt >= 2 {
+                return Err(Error::Server(err));
             }
+            attempt += 1;
+            endpoint = match err.redirect().and_then(|r| redirect_endpoint(&r.addr)) {
+                Some(to) => to,
+                None => {
+                    self.cluster.cluster.refresh().await?;
+                    self.cluster.endpoint_for(slot).await?
+                }
+            };
         }
     }
 
-    /// On the node each channel is subscribed on; channels subscribed
-    /// nowhere (the server ended them) need nothing.
+    /// On the node each channel is subscribed on, every node tried (the
+    /// first error is returned); a channel leaves the record only once its
+    /// node confirmed. A channel recorded nowhere (an unsubscribe of a
+    /// stray message's channel: the server may have it though we do not
+    /// know where) goes to the primary serving its slot now, the one node
+    /// that can have it (a node ends the shard subscriptions of a slot it
+    /// gives up).
     async fn sunsubscribe(&self, channels: &[Bytes]) -> Result<Value> {
         let mut per_node: HashMap<Endpoint, Vec<Bytes>> = HashMap::new();
+        let mut per_slot: HashMap<u16, Vec<Bytes>> = HashMap::new();
         {
-            let mut st = lock(&self.state);
+            let st = lock(&self.state);
             let all: Vec<Bytes> = if channels.is_empty() {
                 st.subscribed.keys().cloned().collect()
             } else {
                 channels.to_vec()
             };
             for ch in all {
-                if let Some(e) = st.subscribed.remove(&ch) {
-                    per_node.entry(e).or_default().push(ch);
+                match st.subscribed.get(&ch) {
+                    Some(e) => per_node.entry(e.clone()).or_default().push(ch),
+                    None => per_slot.entry(key_slot(&ch)).or_default().push(ch),
                 }
             }
         }
         let mut out = Vec::new();
+        let mut first_err = None;
         for (endpoint, chans) in per_node {
-            let mut c = crate::cmd("SUNSUBSCRIBE");
-            for ch in &chans {
-                c = c.arg(ch.as_ref());
+            let sent = match self.node(&endpoint) {
+                Ok(node) => call_one(node, sunsubscribe_cmd(&chans)).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(v) => {
+                    self.forget(&chans, &endpoint);
+                    out.push(v);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
-            out.push(call_one(self.node(&endpoint)?, c).await?);
         }
-        Ok(Value::Array(out))
+        for (slot, chans) in per_slot {
+            match self.sunsubscribe_unrecorded(slot, &chans).await {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(Value::Array(out)),
+        }
+    }
+
+    /// `SUNSUBSCRIBE chans` (of one slot, recorded nowhere) on the primary
+    /// serving `slot`, following one `MOVED` (the map is behind).
+    async fn sunsubscribe_unrecorded(&self, slot: u16, chans: &[Bytes]) -> Result<Value> {
+        let endpoint = self.cluster.endpoint_for(Some(slot)).await?;
+        match call_one(self.node(&endpoint)?, sunsubscribe_cmd(chans)).await {
+            Err(Error::Server(e)) if e.kind() == &ServerErrorKind::Moved => {
+                let Some(to) = e.redirect().and_then(|r| redirect_endpoint(&r.addr)) else {
+                    return Err(Error::Server(e));
+                };
+                call_one(self.node(&to)?, sunsubscribe_cmd(chans)).await
+            }
+            r => r,
+        }
+    }
+
+    /// Records `channels` as subscribed on `endpoint`.
+    fn record(&self, channels: &[Bytes], endpoint: &Endpoint) {
+        let mut st = lock(&self.state);
+        for ch in channels {
+            st.subscribed.insert(ch.clone(), endpoint.clone());
+        }
+    }
+
+    /// Drops the record of `channels` on `endpoint` (not one made since on
+    /// another node).
+    fn forget(&self, channels: &[Bytes], endpoint: &Endpoint) {
+        let mut st = lock(&self.state);
+        for ch in channels {
+            if st.subscribed.get(ch) == Some(endpoint) {
+                st.subscribed.remove(ch);
+            }
+        }
     }
 
     /// The connection to `endpoint`, made (with its forwarding task) on
@@ -194,6 +262,12 @@ impl Router {
         nodes.insert(endpoint.clone(), h.clone());
         Ok(h)
     }
+}
+
+fn sunsubscribe_cmd(channels: &[Bytes]) -> Cmd {
+    channels
+        .iter()
+        .fold(crate::cmd("SUNSUBSCRIBE"), |c, ch| c.arg(ch.as_ref()))
 }
 
 /// Sends one command on a node's connection.
