@@ -66,33 +66,40 @@ impl<F> ResponseFuture<F> {
     }
 }
 
+/// The future that follows the redirect in `out` (kept out of the fast
+/// path's code).
+#[cold]
+fn redirect(shared: Arc<dyn Fixup>, kept: Kept, mut out: Result<Response>) -> BoxFuture {
+    let req = kept.into_request(&mut out);
+    shared.fixup(req, out)
+}
+
 impl<F> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response>>,
 {
     type Output = Result<Response>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let this = self.as_mut().project();
-            let next = match this.kind.project() {
-                KindProj::Direct { fut, fixup } => {
-                    let out = ready!(fut.poll(cx));
-                    match fixup.take() {
-                        Some((shared, kept)) if needs_fixup(&out) => {
-                            let mut out = out;
-                            let req = kept.into_request(&mut out);
-                            shared.fixup(req, out)
-                        }
-                        _ => return Poll::Ready(out),
-                    }
-                }
-                KindProj::Boxed { fut } => return fut.as_mut().poll(cx),
-                KindProj::Failed { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or(Error::Closed)))
-                }
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self.project().kind;
+        if let KindProj::Direct { fut, fixup } = kind.as_mut().project() {
+            // The fast path: the node's reply, as it is.
+            let out = ready!(fut.poll(cx));
+            if !needs_fixup(&out) {
+                return Poll::Ready(out);
+            }
+            let Some((shared, kept)) = fixup.take() else {
+                return Poll::Ready(out);
             };
-            self.as_mut().project().kind.set(Kind::Boxed { fut: next });
+            kind.set(Kind::Boxed {
+                fut: redirect(shared, kept, out),
+            });
+        }
+        match kind.project() {
+            KindProj::Boxed { fut } => fut.as_mut().poll(cx),
+            KindProj::Failed { error } => Poll::Ready(Err(error.take().unwrap_or(Error::Closed))),
+            // Left above.
+            KindProj::Direct { .. } => Poll::Ready(Err(Error::Closed)),
         }
     }
 }

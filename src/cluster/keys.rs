@@ -497,7 +497,8 @@ fn starts_with_head(raw: &[u8], head: &[u8; MEMO_HEAD], n: u8) -> bool {
         }
         i += 8;
     }
-    raw[i..] == head[i..n]
+    // The rest byte by byte (a slice compare would call `memcmp`).
+    raw[i..].iter().zip(&head[i..n]).all(|(a, b)| a == b)
 }
 
 /// The route of a command with one key, right after a name `n` bytes long
