@@ -538,6 +538,20 @@ impl RouteMemo {
 }
 
 impl CommandTable {
+    /// The slot of `cmd` when it is the command `memo` remembers and its one
+    /// key follows the name (what [`route_memo`](Self::route_memo) would
+    /// route to that slot); `None` otherwise.
+    #[inline]
+    pub(crate) fn remembered_one_key(&self, memo: &RouteMemo, cmd: &Cmd) -> Option<u16> {
+        let (raw, _) = cmd.raw();
+        if memo.len == 0 || memo.fixed != ONE_KEY || !starts_with_head(raw, &memo.head, memo.len) {
+            return None;
+        }
+        Cmd::args_at(raw, usize::from(memo.len))
+            .next()
+            .map(key_slot)
+    }
+
     /// The same as [`CommandTable::route`], remembering the command in `memo`.
     pub(crate) fn route_memo(&self, memo: &mut RouteMemo, cmd: &Cmd) -> Result<Route, RouteError> {
         let (raw, _) = cmd.raw();
@@ -1857,9 +1871,16 @@ mod router_tests {
         }
         // The memo too, in this order and reversed (each name after each).
         let mut memo = RouteMemo::default();
+        let mut fast_hits = 0;
         for c in cmds.iter().chain(cmds.iter().rev()).chain(cmds.iter()) {
+            let fast = t.remembered_one_key(&memo, c);
             assert_eq!(t.route_memo(&mut memo, c), t.route(c), "{c:?}");
+            if let Some(s) = fast {
+                fast_hits += 1;
+                assert_eq!(t.route(c), Ok(Route::Slot(s)), "{c:?}");
+            }
         }
+        assert!(fast_hits >= 3, "the one-key fast path was taken");
     }
 }
 

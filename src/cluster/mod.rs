@@ -415,6 +415,35 @@ impl<N: NewNode> Cluster<N> {
         self.memo.clear();
     }
 
+    /// `poll_ready` with no topology yet: reads it, and waits.
+    #[cold]
+    fn wait_for_topology(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        loop {
+            self.sync();
+            if !self.snapshot.primaries.is_empty() {
+                self.waiting = None;
+                return Poll::Ready(Ok(()));
+            }
+            let mut r = lock(&self.shared.refresh);
+            match self.waiting {
+                Some(since) if r.done > since => {
+                    self.waiting = None;
+                    if let Some(e) = r.error.clone() {
+                        return Poll::Ready(Err(e));
+                    }
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    self.waiting = Some(r.done);
+                    self.shared.request_refresh_locked(&mut r);
+                }
+            }
+            r.waiters.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+    }
+
     /// This clone's service for node `i`.
     fn node(&mut self, i: u32) -> Option<&mut N::Node> {
         let i = i as usize;
@@ -1373,42 +1402,33 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
     type Future = ResponseFuture<<N::Node as Service<Request>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        loop {
-            self.sync();
-            if !self.snapshot.primaries.is_empty() {
-                self.waiting = None;
-                return Poll::Ready(Ok(()));
-            }
-            // No topology yet: read it, and wait.
-            let mut r = lock(&self.shared.refresh);
-            match self.waiting {
-                Some(since) if r.done > since => {
-                    self.waiting = None;
-                    if let Some(e) = r.error.clone() {
-                        return Poll::Ready(Err(e));
-                    }
-                    continue;
-                }
-                Some(_) => {}
-                None => {
-                    self.waiting = Some(r.done);
-                    self.shared.request_refresh_locked(&mut r);
-                }
-            }
-            r.waiters.push(cx.waker().clone());
-            return Poll::Pending;
+        self.sync();
+        if self.waiting.is_none() && !self.snapshot.primaries.is_empty() {
+            return Poll::Ready(Ok(()));
         }
+        self.wait_for_topology(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
         self.sync();
-        let target = match target(&self.shared, &self.snapshot, &req, &mut self.memo) {
-            Ok(t) => t,
-            Err(e) => return ResponseFuture::failed(e),
+        // The command this clone sent last, with its one key after the
+        // name, to a primary: its slot's owner, with nothing in between.
+        let fast = match req.body() {
+            Body::Cmd(c) if !self.shared.config.read_from_replicas => self
+                .snapshot
+                .table
+                .remembered_one_key(&self.memo, c)
+                .map(|s| self.snapshot.owner[usize::from(s)])
+                .filter(|&i| i != NONE),
+            _ => None,
         };
-        let i = match target {
-            Target::Node(i) => i,
-            _ => return ResponseFuture::boxed(Box::pin(general(self.shared.clone(), req))),
+        let i = match fast {
+            Some(i) => i,
+            None => match target(&self.shared, &self.snapshot, &req, &mut self.memo) {
+                Ok(Target::Node(i)) => i,
+                Ok(_) => return ResponseFuture::boxed(Box::pin(general(self.shared.clone(), req))),
+                Err(e) => return ResponseFuture::failed(e),
+            },
         };
         if self.node(i).is_none() {
             return ResponseFuture::boxed(Box::pin(general(self.shared.clone(), req)));

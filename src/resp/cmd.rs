@@ -216,7 +216,21 @@ impl<'a> Iterator for Argv<'a> {
         // The buffer only ever holds what `push_bytes` wrote: `$`, the
         // decimal length, `\r\n`, the bytes, `\r\n`. A plain loop reads the
         // few digits faster than a `memchr` call finds the `\n` (this runs
-        // on the routing hot path for every key).
+        // on the routing hot path for every key), and a length of one or
+        // two digits (names, most keys) is read without the loop.
+        let r = self.rest;
+        let digit = |b: u8| b.checked_sub(b'0').filter(|d| *d <= 9).map(usize::from);
+        let short = match r {
+            [_, d, b'\r', ..] => digit(*d).map(|len| (len, 4)),
+            [_, d1, d2, b'\r', ..] => digit(*d1).zip(digit(*d2)).map(|(a, b)| (a * 10 + b, 5)),
+            _ => None,
+        };
+        if let Some((len, start)) = short {
+            let end = start + len;
+            let arg = r.get(start..end)?;
+            self.rest = r.get(end + 2..).unwrap_or_default();
+            return Some(arg);
+        }
         let mut len = 0usize;
         let mut at = 1;
         loop {
@@ -391,6 +405,24 @@ impl FromIterator<Cmd> for Pipeline {
 
 #[cfg(test)]
 mod tests {
+    /// Arguments whose lengths have one, two and more digits come back as
+    /// they went in.
+    #[test]
+    fn argv_reads_every_length() {
+        let lens = [0usize, 1, 9, 10, 42, 99, 100, 101, 999, 1000, 70_000];
+        let mut c = cmd("X");
+        for &n in &lens {
+            c.push_arg(vec![b'a' + (n % 26) as u8; n]);
+        }
+        let args: Vec<&[u8]> = c.argv().collect();
+        assert_eq!(args.len(), lens.len() + 1);
+        assert_eq!(args[0], b"X");
+        for (a, &n) in args[1..].iter().zip(&lens) {
+            assert_eq!(a.len(), n);
+            assert!(a.iter().all(|&b| b == b'a' + (n % 26) as u8));
+        }
+    }
+
     use super::*;
 
     #[test]
