@@ -132,11 +132,11 @@ impl Router {
         let mut attempt = 0;
         loop {
             let node = self.node(&endpoint)?;
-            self.record(channels, &endpoint);
+            let before = self.record(channels, &endpoint);
             let err = match call_one(node, c.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(Error::Server(e)) => {
-                    self.forget(channels, &endpoint);
+                    self.undo_record(channels, &endpoint, before);
                     e
                 }
                 Err(e) => return Err(e),
@@ -226,20 +226,32 @@ impl Router {
     }
 
     /// Records `channels` as subscribed on `endpoint`.
-    fn record(&self, channels: &[Bytes], endpoint: &Endpoint) {
+    fn record(&self, channels: &[Bytes], endpoint: &Endpoint) -> Vec<Option<Endpoint>> {
         let mut st = lock(&self.state);
-        for ch in channels {
-            st.subscribed.insert(ch.clone(), endpoint.clone());
-        }
+        channels
+            .iter()
+            .map(|ch| st.subscribed.insert(ch.clone(), endpoint.clone()))
+            .collect()
     }
 
     /// Drops the record of `channels` on `endpoint` (not one made since on
     /// another node).
     fn forget(&self, channels: &[Bytes], endpoint: &Endpoint) {
+        self.undo_record(channels, endpoint, vec![None; channels.len()]);
+    }
+
+    /// Undoes [`record`](Self::record) of `channels` on `endpoint` (not a
+    /// record made since on another node): each goes back to where it was
+    /// before, `before`, since a channel subscribed there already is still
+    /// subscribed there.
+    fn undo_record(&self, channels: &[Bytes], endpoint: &Endpoint, before: Vec<Option<Endpoint>>) {
         let mut st = lock(&self.state);
-        for ch in channels {
+        for (ch, was) in channels.iter().zip(before) {
             if st.subscribed.get(ch) == Some(endpoint) {
-                st.subscribed.remove(ch);
+                match was {
+                    Some(e) => st.subscribed.insert(ch.clone(), e),
+                    None => st.subscribed.remove(ch),
+                };
             }
         }
     }

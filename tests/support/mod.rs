@@ -166,12 +166,31 @@ impl RedisServer {
         self.unix.as_ref().map(Endpoint::unix)
     }
 
-    /// Waits until the server has run `cmd` (lower case) `calls` times, by
-    /// `INFO commandstats`: the server announces nothing, so it is polled.
-    /// Callers bound it.
+    /// Waits until the server has run `cmd` (lower case) at least `calls`
+    /// times, by `INFO commandstats`: the server announces nothing, so it
+    /// is polled (`redis-cli` on a blocking thread). Callers bound it.
     pub async fn ran(&self, cmd: &str, calls: u64) {
-        let needle = format!("cmdstat_{cmd}:calls={calls},");
-        while !self.cli(&["INFO", "commandstats"]).contains(&needle) {
+        let prefix = format!("cmdstat_{cmd}:calls=");
+        let port = self.port;
+        loop {
+            let info = tokio::task::spawn_blocking(move || {
+                let out = Command::new("redis-cli")
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                    .args(["INFO", "commandstats"])
+                    .output()
+                    .expect("redis-cli");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .await
+            .expect("redis-cli thread");
+            let seen = info
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if seen >= calls {
+                return;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
