@@ -79,6 +79,20 @@ fn as_unsent(e: &Error) -> Error {
     }
 }
 
+/// The policy's wait before another attempt after `result`, or `None`
+/// (no copy kept, or the policy says no).
+fn next_wait<P>(
+    kept: &mut Kept,
+    policy: &mut P,
+    result: &mut Result<Response, Error>,
+) -> Option<Pin<Box<P::Future>>>
+where
+    P: Policy<Request, Response, Error>,
+{
+    let req = kept.request_mut()?;
+    policy.retry(req, result).map(Box::pin)
+}
+
 impl<S, P> Future for ResponseFuture<S, P>
 where
     S: Service<Request, Response = Response, Error = Error>,
@@ -99,28 +113,16 @@ where
                             return Poll::Ready(result);
                         }
                     }
-                    let wait = match this.kept.request_mut() {
-                        Some(req) => this.policy.retry(req, &mut result),
-                        None => None,
-                    };
-                    match wait {
-                        Some(wait) => this.state.set(State::Waiting {
-                            wait: Box::pin(wait),
-                        }),
+                    match next_wait(this.kept, this.policy, &mut result) {
+                        Some(wait) => this.state.set(State::Waiting { wait }),
                         None => return Poll::Ready(result),
                     }
                 }
                 StateProj::Unsent { error } => {
                     let original = error.take().unwrap_or(Error::Closed);
                     let mut result = Err(as_unsent(&original));
-                    let wait = match this.kept.request_mut() {
-                        Some(req) => this.policy.retry(req, &mut result),
-                        None => None,
-                    };
-                    match wait {
-                        Some(wait) => this.state.set(State::Waiting {
-                            wait: Box::pin(wait),
-                        }),
+                    match next_wait(this.kept, this.policy, &mut result) {
+                        Some(wait) => this.state.set(State::Waiting { wait }),
                         // The caller gets the real cause (refused, ...).
                         None => return Poll::Ready(Err(original)),
                     }
