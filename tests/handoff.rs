@@ -45,15 +45,8 @@ fn stack_with<P: HandoffPolicy + Clone>(
     pool: usize,
     policy: P,
 ) -> Stack<P> {
-    let connector = Connector::new()
-        .maintenance(config.clone())
-        .expect("config");
-    let handoff = HandoffLayer::new(env.endpoint())
-        .maintenance(&config)
-        .expect("config")
-        .pool_size(pool)
-        .expect("pool size")
-        .policy(policy);
+    let (handoff, connector) = env.handoff_parts(&config, pool);
+    let handoff = handoff.policy(policy);
     RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(handoff.layer(connector))
 }
 

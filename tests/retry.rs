@@ -77,14 +77,7 @@ type Stack = Retry<RelaxTimeout<Handoff<Connector>>, Counted>;
 /// connections) over a maintenance-aware connector, to `env`'s endpoint.
 fn sim_stack(env: &SimStandalone, pool: usize, timeout: Duration, policy: &Counted) -> Stack {
     let config = MaintenanceConfig::default().mode(Mode::Enabled);
-    let connector = Connector::new()
-        .maintenance(config.clone())
-        .expect("config");
-    let handoff = HandoffLayer::new(env.endpoint())
-        .maintenance(&config)
-        .expect("config")
-        .pool_size(pool)
-        .expect("pool size");
+    let (handoff, connector) = env.handoff_parts(&config, pool);
     RetryLayer::with_policy(policy.clone())
         .layer(RelaxTimeoutLayer::new(timeout).layer(handoff.layer(connector)))
 }

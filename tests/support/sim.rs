@@ -55,6 +55,26 @@ impl SimStandalone {
     pub fn endpoint(&self) -> Endpoint {
         endpoint(self.sim.endpoint())
     }
+
+    /// A Handoff layer of `pool` connections to the simulator and the
+    /// connector it goes over, both under `config`: the parts of the
+    /// default stack of one endpoint, for tests to finish (a policy, the
+    /// layers above).
+    pub fn handoff_parts(
+        &self,
+        config: &MaintenanceConfig,
+        pool: usize,
+    ) -> (redis_layers::handoff::HandoffLayer, Connector) {
+        let connector = Connector::new()
+            .maintenance(config.clone())
+            .expect("config");
+        let handoff = redis_layers::handoff::HandoffLayer::new(self.endpoint())
+            .maintenance(config)
+            .expect("config")
+            .pool_size(pool)
+            .expect("pool size");
+        (handoff, connector)
+    }
 }
 
 /// A real 3-primary Redis Cluster with the simulator in front of it (one
