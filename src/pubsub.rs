@@ -123,7 +123,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -136,6 +136,7 @@ use tower_service::Service;
 
 use crate::error::{Error, Result};
 use crate::handoff::{Handoff, HandoffLayer, HandoffPolicy, MakeConnection};
+use crate::lock;
 use crate::maint::MaintenanceConfig;
 use crate::transport::{Endpoint, PushItem, PushReceiver};
 use crate::{Cmd, Connector, Request, ServerError, ServerErrorKind, Value};
@@ -263,10 +264,6 @@ pub enum Event {
 
 pub(crate) type SendFuture = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
 pub(crate) type SendFn = dyn Fn(Cmd) -> SendFuture + Send + Sync;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What every handle of one [`PubSub`] and its subscriptions share.
 struct Inner {

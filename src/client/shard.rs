@@ -13,7 +13,7 @@
 //! answers when the map is behind.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -24,15 +24,12 @@ use crate::cluster::redirect_endpoint;
 use crate::cluster::slot::key_slot;
 use crate::error::{Error, Result};
 use crate::handoff::Handoff;
+use crate::lock;
 use crate::maint::MaintenanceConfig;
 use crate::pubsub::{server_sunsubscribe, Kind, PubSub, SendFuture};
 use crate::resp::Cmd;
 use crate::transport::{Connector, Endpoint, PushItem, PushReceiver};
 use crate::{Request, ServerErrorKind, Value};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The one slot of shard `channels`: [`Error::Config`] when they are in
 /// several (one `SSUBSCRIBE` must name channels of one slot).

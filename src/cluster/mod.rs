@@ -65,7 +65,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -74,6 +74,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::error::{Error, Result, ServerError};
+use crate::lock;
 use crate::maint::{Dedup, MaintEvent, Maintained, Notification};
 use crate::request::{Body, Request, Response};
 use crate::resp::{cmd, Pipeline, Value};
@@ -192,10 +193,6 @@ impl ClusterConfig {
         self.read_from_replicas = yes;
         self
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What requests are routed with: the slot map, the node index of every

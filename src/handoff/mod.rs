@@ -81,7 +81,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -99,6 +99,7 @@ use breaker::{Breaker, BreakerConfig};
 use pool::{Entry, Lease, Pool, Slot};
 
 use crate::error::{Error, Result};
+use crate::lock;
 use crate::maint::{Dedup, MaintEvent, Maintained, MaintenanceState, Resolved};
 use crate::request::{Request, Response};
 use crate::transport::{Endpoint, Lifecycle, PushItem, PushReceiver};
@@ -217,10 +218,6 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     /// Counts subscriptions restored on a new connection (an old one left
     /// after a failed handoff waits for it).
     restored: tokio::sync::watch::Sender<u64>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The command service of one endpoint that hands its connections off on
