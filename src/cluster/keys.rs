@@ -505,9 +505,7 @@ fn starts_with_head(raw: &[u8], head: &[u8; MEMO_HEAD], n: u8) -> bool {
 /// (`GET k`, `INCR k`, `SET k v`): read where it is, no parsing of the rest.
 #[inline]
 fn one_key_after(raw: &[u8], n: u8) -> Route {
-    Cmd::args_at(raw, usize::from(n))
-        .next()
-        .map_or(Route::AnyPrimary, |k| Route::Slot(key_slot(k)))
+    Cmd::arg_at(raw, usize::from(n)).map_or(Route::AnyPrimary, |k| Route::Slot(key_slot(k)))
 }
 
 /// The last command one caller routed, when its keys sit at fixed
@@ -547,9 +545,7 @@ impl CommandTable {
         if memo.len == 0 || memo.fixed != ONE_KEY || !starts_with_head(raw, &memo.head, memo.len) {
             return None;
         }
-        Cmd::args_at(raw, usize::from(memo.len))
-            .next()
-            .map(key_slot)
+        Cmd::arg_at(raw, usize::from(memo.len)).map(key_slot)
     }
 
     /// The same as [`CommandTable::route`], remembering the command in `memo`.
