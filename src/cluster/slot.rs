@@ -73,16 +73,28 @@ pub fn crc16(data: &[u8]) -> u16 {
     let mut crc = 0u16;
     let mut quads = data.chunks_exact(4);
     for q in &mut quads {
-        // The register's two bytes meet the first two message bytes.
-        crc = CRC16[3][usize::from((crc >> 8) as u8 ^ q[0])]
-            ^ CRC16[2][usize::from(crc as u8 ^ q[1])]
-            ^ CRC16[1][usize::from(q[2])]
-            ^ CRC16[0][usize::from(q[3])];
+        crc = step4(crc, q.try_into().expect("4 bytes"));
     }
     for &b in quads.remainder() {
-        crc = (crc << 8) ^ CRC16[0][usize::from((crc >> 8) as u8 ^ b)];
+        crc = step1(crc, b);
     }
     crc
+}
+
+/// Four message bytes into the register at once (the register's two bytes
+/// meet the first two message bytes).
+#[inline(always)]
+fn step4(crc: u16, q: [u8; 4]) -> u16 {
+    CRC16[3][usize::from((crc >> 8) as u8 ^ q[0])]
+        ^ CRC16[2][usize::from(crc as u8 ^ q[1])]
+        ^ CRC16[1][usize::from(q[2])]
+        ^ CRC16[0][usize::from(q[3])]
+}
+
+/// One message byte into the register.
+#[inline(always)]
+fn step1(crc: u16, b: u8) -> u16 {
+    (crc << 8) ^ CRC16[0][usize::from((crc >> 8) as u8 ^ b)]
 }
 
 /// Keys shorter than this are scanned for `{` a word at a time: `memchr`'s
@@ -97,27 +109,16 @@ fn find(byte: u8, hay: &[u8]) -> Option<usize> {
     }
 }
 
-/// True when a short `key` holds a `{`: eight bytes at a time (a byte of
-/// `x` is zero where the key has a `{`; the classic zero-byte test is exact
-/// about whether there is one).
-fn has_open_brace(key: &[u8]) -> bool {
+/// True when the eight bytes of `word` hold a `{` (a byte of `x` is zero
+/// where there is one; the classic zero-byte test is exact about whether
+/// there is one).
+#[inline(always)]
+fn has_open_brace(word: u64) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const BRACES: u64 = u64::from_ne_bytes([b'{'; 8]);
-    let mut words = key.chunks_exact(8);
-    for w in &mut words {
-        let x = u64::from_ne_bytes(w.try_into().expect("8 bytes")) ^ BRACES;
-        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
-            return true;
-        }
-    }
-    // A plain loop: `contains` would call `memchr` for these few bytes.
-    for &b in words.remainder() {
-        if b == b'{' {
-            return true;
-        }
-    }
-    false
+    let x = word ^ BRACES;
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
 }
 
 /// The part of `key` that is hashed: its hash tag (the bytes between the
@@ -155,14 +156,29 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
 /// ```
 #[inline]
 pub fn key_slot(key: &[u8]) -> u16 {
-    // Most keys are short and have no `{`: a word-at-a-time check says so
-    // for less than finding where a tag would be.
-    let hashed = if key.len() < SHORT_KEY && !has_open_brace(key) {
-        key
-    } else {
-        hash_tag(key)
-    };
-    crc16(hashed) & (SLOTS - 1)
+    if key.len() < SHORT_KEY {
+        // Most keys are short and have no `{`: one pass, eight bytes at a
+        // time, looks for one while hashing, and starts over with the tag
+        // only when there is one.
+        let mut crc = 0u16;
+        let mut words = key.chunks_exact(8);
+        for w in &mut words {
+            let w: [u8; 8] = w.try_into().expect("8 bytes");
+            if has_open_brace(u64::from_ne_bytes(w)) {
+                return crc16(hash_tag(key)) & (SLOTS - 1);
+            }
+            crc = step4(crc, [w[0], w[1], w[2], w[3]]);
+            crc = step4(crc, [w[4], w[5], w[6], w[7]]);
+        }
+        for &b in words.remainder() {
+            if b == b'{' {
+                return crc16(hash_tag(key)) & (SLOTS - 1);
+            }
+            crc = step1(crc, b);
+        }
+        return crc & (SLOTS - 1);
+    }
+    crc16(hash_tag(key)) & (SLOTS - 1)
 }
 
 #[cfg(test)]
@@ -266,7 +282,12 @@ mod tests {
                     for b in 0..=255u8 {
                         let mut k = vec![fill; len];
                         k[at] = b;
-                        assert_eq!(has_open_brace(&k), k.contains(&b'{'), "{k:?}");
+                        let words = k.chunks_exact(8);
+                        let found = words
+                            .clone()
+                            .any(|w| has_open_brace(u64::from_ne_bytes(w.try_into().unwrap())))
+                            || words.remainder().contains(&b'{');
+                        assert_eq!(found, k.contains(&b'{'), "{k:?}");
                     }
                 }
             }
