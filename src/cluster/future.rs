@@ -30,7 +30,9 @@ pin_project! {
         Direct {
             #[pin]
             fut: F,
-            fixup: Option<(Arc<dyn Fixup>, Kept)>,
+            // No `Option`: dropping these is then no call of its own.
+            fixup: Arc<dyn Fixup>,
+            kept: Kept,
         },
         Boxed { fut: BoxFuture },
         Failed { error: Option<Error> },
@@ -48,7 +50,8 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             kind: Kind::Direct {
                 fut,
-                fixup: Some((shared, copy)),
+                fixup: shared,
+                kept: copy,
             },
         }
     }
@@ -85,18 +88,14 @@ where
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
-        if let KindProj::Direct { fut, fixup } = kind.as_mut().project() {
+        if let KindProj::Direct { fut, fixup, kept } = kind.as_mut().project() {
             // The fast path: the node's reply, as it is.
             let out = ready!(fut.poll(cx));
             if !needs_fixup(&out) {
                 return Poll::Ready(out);
             }
-            let Some((shared, kept)) = fixup.take() else {
-                return Poll::Ready(out);
-            };
-            kind.set(Kind::Boxed {
-                fut: redirect(shared, kept, out),
-            });
+            let next = redirect(fixup.clone(), kept.take(), out);
+            kind.set(Kind::Boxed { fut: next });
         }
         match kind.project() {
             KindProj::Boxed { fut } => fut.as_mut().poll(cx),

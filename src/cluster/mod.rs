@@ -1308,6 +1308,17 @@ impl Kept {
         }
     }
 
+    /// This, leaving a copy of nothing in its place.
+    pub(super) fn take(&mut self) -> Kept {
+        std::mem::replace(
+            self,
+            Kept::Returned {
+                timeout: crate::CommandTimeout::Default,
+                idempotent: false,
+            },
+        )
+    }
+
     /// The request again: rebuilt from the copy, or from the command the
     /// node handed back in `first` (`None` if it did not).
     pub(super) fn into_request(self, first: &mut Result<Response>) -> Option<Request> {
