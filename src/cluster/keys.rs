@@ -588,7 +588,10 @@ pub(crate) struct Router<'t> {
 }
 
 impl<'t> Router<'t> {
-    /// The same as [`CommandTable::route`].
+    /// The same as [`CommandTable::route`]. The same command as the last
+    /// one is routed inline (a pipeline of one command over and over is
+    /// the common case); another is looked up.
+    #[inline]
     pub(crate) fn route(&mut self, cmd: &Cmd) -> Result<Route, RouteError> {
         let (raw, _) = cmd.raw();
         if let Some(e) = self.last {
@@ -599,6 +602,13 @@ impl<'t> Router<'t> {
                 return self.table.route_with(e, cmd);
             }
         }
+        self.look_up(cmd)
+    }
+
+    /// [`route`](Self::route) for a command other than the last one.
+    #[inline(never)]
+    fn look_up(&mut self, cmd: &Cmd) -> Result<Route, RouteError> {
+        let (raw, _) = cmd.raw();
         let (e, container) = self.table.entry_of(cmd)?;
         self.last = None;
         if let (Some(name), false) = (cmd.name(), container) {

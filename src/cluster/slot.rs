@@ -170,7 +170,15 @@ pub fn key_slot(key: &[u8]) -> u16 {
             crc = step4(crc, [w[0], w[1], w[2], w[3]]);
             crc = step4(crc, [w[4], w[5], w[6], w[7]]);
         }
-        for &b in words.remainder() {
+        let mut rest = words.remainder();
+        if let [a, b, c, d, tail @ ..] = rest {
+            if [a, b, c, d].contains(&&b'{') {
+                return crc16(hash_tag(key)) & (SLOTS - 1);
+            }
+            crc = step4(crc, [*a, *b, *c, *d]);
+            rest = tail;
+        }
+        for &b in rest {
             if b == b'{' {
                 return crc16(hash_tag(key)) & (SLOTS - 1);
             }
