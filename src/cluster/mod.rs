@@ -412,6 +412,16 @@ impl<N: NewNode> Cluster<N> {
         self.memo.clear();
     }
 
+    /// `poll_ready` when the topology changed or there is none yet.
+    #[inline(never)]
+    fn poll_ready_slow(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.sync();
+        if self.waiting.is_none() && !self.snapshot.primaries.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.wait_for_topology(cx)
+    }
+
     /// `poll_ready` with no topology yet: reads it, and waits.
     #[cold]
     fn wait_for_topology(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -1410,12 +1420,17 @@ impl<N: NewNode> Service<Request> for Cluster<N> {
     type Error = Error;
     type Future = ResponseFuture<<N::Node as Service<Request>>::Future>;
 
+    // Inlined, with everything but the ready case out of line, so that
+    // tower's `ready()` around it is inlined into the caller too.
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.sync();
-        if self.waiting.is_none() && !self.snapshot.primaries.is_empty() {
+        if self.shared.gen.load(Ordering::Acquire) == self.gen
+            && self.waiting.is_none()
+            && !self.snapshot.primaries.is_empty()
+        {
             return Poll::Ready(Ok(()));
         }
-        self.wait_for_topology(cx)
+        self.poll_ready_slow(cx)
     }
 
     // The fast path (the command this clone sent last, to a node service
