@@ -351,8 +351,13 @@ impl ServerError {
     /// This redirect carries `cmd` back to the router (the connection that
     /// read the reply still had it).
     pub(crate) fn with_returned(mut self, cmd: crate::resp::Cmd) -> Self {
-        self.inner.returned = Some(cmd);
+        self.put_returned(cmd);
         self
+    }
+
+    /// [`with_returned`](Self::with_returned) in place.
+    pub(crate) fn put_returned(&mut self, cmd: crate::resp::Cmd) {
+        self.inner.returned = Some(cmd);
     }
 
     /// The command handed back with a redirect, taken out.

@@ -893,3 +893,85 @@ async fn redirects_are_followed_whether_or_not_the_node_hands_the_command_back()
     })
     .await;
 }
+
+/// [`write_and_move`], then reads the keys in one pipeline sent where the
+/// slot was: every command is answered `MOVED`.
+async fn pipeline_after_a_move<S>(
+    cluster: &RedisCluster,
+    svc: &mut Cluster<S>,
+    n: usize,
+) -> (Vec<Result<Value, redis_layers::ServerError>>, String)
+where
+    S: redis_layers::cluster::NewNode,
+{
+    let tag = write_and_move(cluster, svc, n).await;
+    let p: Pipeline = (0..20)
+        .map(|i| cmd("GET").arg(format!("{tag}{i}")))
+        .collect();
+    let r = within(STEP, "pipeline", async {
+        svc.ready().await?.call(p.into()).await?.into_pipeline()
+    })
+    .await
+    .unwrap();
+    (r, tag)
+}
+
+/// The commands of a pipeline answered `MOVED` are each resent to the new
+/// owner, whether the connection hands them back (the crate's stack) or
+/// the router keeps a copy (a stack that does not say it hands back); a
+/// transaction's are not resent one by one, and the map learns the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirected_pipeline_commands_are_resent_whether_or_not_handed_back() {
+    bounded(90, async {
+        let cluster = RedisCluster::builder().start();
+        let seeds = vec![cluster.endpoint(0)];
+        let expect = |r: &[Result<Value, redis_layers::ServerError>]| {
+            assert_eq!(r.len(), 20);
+            for (i, v) in r.iter().enumerate() {
+                assert_eq!(v.as_ref().unwrap(), &bulk(&i.to_string()), "key {i}");
+            }
+        };
+        let mut own = cluster_over(seeds.clone(), Mode::Disabled);
+        let (r, tag) = pipeline_after_a_move(&cluster, &mut own, 0).await;
+        expect(&r);
+        assert!(own.stats().moved >= 1, "{:?}", own.stats());
+
+        let maker = node_maker(Mode::Disabled);
+        let mut copied = ClusterLayer::new(seeds.clone())
+            .config(ClusterConfig::default().refresh_interval(None))
+            .layer(move |e, r| Rebuilt::<_, false>(maker(e, r)));
+        let (r, tag) = pipeline_after_a_move(&cluster, &mut copied, after(&tag)).await;
+        expect(&r);
+        assert!(copied.stats().moved >= 1, "{:?}", copied.stats());
+
+        // A transaction sent where its slot was: its command is refused
+        // with `MOVED` (and EXEC with EXECABORT), and nothing is resent.
+        let tag = write_and_move(&cluster, &mut own, after(&tag)).await;
+        let before = own.stats().moved;
+        let key = format!("{tag}0");
+        let tx = Pipeline::new()
+            .cmd(cmd("MULTI"))
+            .cmd(cmd("INCR").arg(key.as_str()))
+            .cmd(cmd("EXEC"));
+        let r = within(STEP, "transaction", async {
+            own.ready().await?.call(tx.into()).await?.into_pipeline()
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(&r[1], Err(e) if e.redirect().is_some()),
+            "the INCR: {:?}",
+            r[1]
+        );
+        assert!(r[2].is_err(), "EXEC: {:?}", r[2]);
+        // Not run: the key still holds what was written.
+        assert_eq!(own.stats().moved, before + 1, "{:?}", own.stats());
+        assert_eq!(
+            send(&mut own, cmd("GET").arg(key.as_str())).await.unwrap(),
+            bulk("0")
+        );
+        // The map learnt the move: that read went straight to the owner.
+        assert_eq!(own.stats().moved, before + 1, "{:?}", own.stats());
+    })
+    .await;
+}

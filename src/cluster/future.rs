@@ -72,9 +72,8 @@ impl<F> ResponseFuture<F> {
 /// The future that follows the redirect in `out` (kept out of the fast
 /// path's code).
 #[cold]
-fn redirect(shared: Arc<dyn Fixup>, kept: Kept, mut out: Result<Response>) -> BoxFuture {
-    let req = kept.into_request(&mut out);
-    shared.fixup(req, out)
+fn redirect(shared: Arc<dyn Fixup>, kept: Kept, out: Result<Response>) -> BoxFuture {
+    shared.fixup(kept, out)
 }
 
 impl<F> Future for ResponseFuture<F>

@@ -1058,32 +1058,68 @@ async fn fixup<N: NewNode>(
     }
     match (req.body(), first) {
         (Body::Cmd(_), first) => redirect_loop(shared, req, first).await,
-        (Body::Pipeline(p), Ok(Response::Pipeline(mut results))) => {
+        (Body::Pipeline(p), Ok(Response::Pipeline(results))) => {
             if p.cmds().iter().any(|c| c.is("MULTI")) {
                 return Ok(Response::Pipeline(results));
             }
-            for (i, c) in p.cmds().iter().enumerate() {
-                let Some(Err(e)) = results.get(i) else {
-                    continue;
-                };
-                if e.redirect().is_none() {
-                    continue;
-                }
-                let single = like(&req, c.clone());
-                let first = Err(Error::Server(e.clone()));
-                results[i] = match redirect_loop(shared.clone(), single, first).await {
-                    Ok(r) => r.into_value().map_err(|e| match e {
-                        Error::Server(s) => s,
-                        other => ServerError::parse(format!("ERR {other}")),
-                    }),
-                    Err(Error::Server(s)) => Err(s),
-                    Err(other) => return Err(other),
-                };
-            }
-            Ok(Response::Pipeline(results))
+            let cmds = p.cmds();
+            retry_redirected(shared, results, req.timeout(), |i, _| cmds.get(i).cloned()).await
         }
         (_, other) => other,
     }
+}
+
+/// Retries each redirected command of a pipeline's `results` alone, with
+/// `timeout`; `cmd_of` gives the command of result `i` (from a copy, or
+/// handed back in its error). One that does not come back (a transaction's,
+/// whose commands only make sense together) keeps its redirect, and the
+/// map learns the move.
+async fn retry_redirected<N: NewNode>(
+    shared: Arc<Shared<N>>,
+    mut results: Vec<std::result::Result<Value, ServerError>>,
+    timeout: crate::CommandTimeout,
+    mut cmd_of: impl FnMut(usize, &mut ServerError) -> Option<crate::Cmd>,
+) -> Result<Response> {
+    for (i, r) in results.iter_mut().enumerate() {
+        let Err(e) = r else {
+            continue;
+        };
+        if e.redirect().is_none() {
+            continue;
+        }
+        let Some(c) = cmd_of(i, e) else {
+            // An `ASK` is for this command only: nothing to learn.
+            learn_moved(&shared, e);
+            continue;
+        };
+        let first = Err(Error::Server(e.clone()));
+        *r = match redirect_loop(shared.clone(), timed(c.into(), timeout), first).await {
+            Ok(r) => r.into_value().map_err(|e| match e {
+                Error::Server(s) => s,
+                other => ServerError::parse(format!("ERR {other}")),
+            }),
+            Err(Error::Server(s)) => Err(s),
+            Err(other) => return Err(other),
+        };
+    }
+    Ok(Response::Pipeline(results))
+}
+
+/// A `MOVED` whose command is not resent: the map learns the move, so
+/// that the next command goes to the new owner. False when `e` is no
+/// `MOVED`.
+fn learn_moved<N: NewNode>(shared: &Arc<Shared<N>>, e: &ServerError) -> bool {
+    let moved = e
+        .redirect()
+        .filter(|r| r.kind == RedirectKind::Moved)
+        .and_then(|r| Some((r.slot, redirect_endpoint(&r.addr)?)));
+    let Some((slot, addr)) = moved else {
+        return false;
+    };
+    shared.stats.moved.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(target: "redis_layers::cluster", event = "cluster.moved", slot, to = %addr, "MOVED (command not resent)");
+    shared.moved(slot, &addr);
+    true
 }
 
 /// The whole routing, for requests that are not on the fast path.
@@ -1300,6 +1336,14 @@ impl Kept {
                 }
             }
             Body::Cmd(_) => Kept::One(Box::new(req.clone())),
+            // The connection hands back each redirected command of the
+            // pipeline in its error.
+            Body::Pipeline(p) if returned && crate::transport::returns_pipeline(p) => {
+                Kept::Returned {
+                    timeout: req.timeout(),
+                    idempotent: req.is_idempotent(),
+                }
+            }
             Body::Pipeline(p) => {
                 let total = p.cmds().iter().map(|c| c.raw().0.len()).sum();
                 let mut bytes = Vec::with_capacity(total);
@@ -1367,10 +1411,10 @@ impl Kept {
 
 /// What the fast path's future calls when a reply holds a redirect.
 pub(super) trait Fixup: Send + Sync {
-    /// `req`: the request again, `None` when the node did not hand it back.
+    /// `kept`: what the response future kept of the request.
     fn fixup(
         self: Arc<Self>,
-        req: Option<Request>,
+        kept: Kept,
         first: Result<Response>,
     ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
 }
@@ -1381,11 +1425,21 @@ struct Handle<N: NewNode>(Arc<Shared<N>>);
 impl<N: NewNode> Fixup for Handle<N> {
     fn fixup(
         self: Arc<Self>,
-        req: Option<Request>,
+        kept: Kept,
         first: Result<Response>,
     ) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>> {
         let shared = self.0.clone();
-        match req {
+        let (kept, mut first) = match (kept, first) {
+            // A pipeline whose redirected commands came back in their
+            // errors.
+            (Kept::Returned { timeout, .. }, Ok(Response::Pipeline(results))) => {
+                return Box::pin(retry_redirected(shared, results, timeout, |_, e| {
+                    e.take_returned()
+                }));
+            }
+            other => other,
+        };
+        match kept.into_request(&mut first) {
             Some(req) => Box::pin(fixup(shared, req, first)),
             // No request: not a redirect (a connection error, a timeout,
             // `CLUSTERDOWN`: the map is read again), or a redirect whose
@@ -1394,20 +1448,9 @@ impl<N: NewNode> Fixup for Handle<N> {
             // redirect as an error; the map learns the move, so the next
             // command goes to the new owner.
             None => {
-                let moved = match &first {
-                    Err(Error::Server(e)) => e
-                        .redirect()
-                        .filter(|r| r.kind == RedirectKind::Moved)
-                        .and_then(|r| Some((r.slot, redirect_endpoint(&r.addr)?))),
-                    _ => None,
-                };
-                match moved {
-                    Some((slot, addr)) => {
-                        shared.stats.moved.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(target: "redis_layers::cluster", event = "cluster.moved", slot, to = %addr, "MOVED (command not handed back)");
-                        shared.moved(slot, &addr);
-                    }
-                    None => shared.request_refresh(),
+                let learned = matches!(&first, Err(Error::Server(e)) if learn_moved(&shared, e));
+                if !learned {
+                    shared.request_refresh();
                 }
                 Box::pin(std::future::ready(first))
             }
@@ -1607,9 +1650,14 @@ mod tests {
         // Not handed back (a layer replaced the error): nothing to resend.
         let mut bare = Err(Error::Server(moved));
         assert!(Kept::of(&req, true).into_request(&mut bare).is_none());
-        // Pipelines and very long commands are still copied.
-        let p = Request::from(Pipeline::new().cmd(c));
-        assert!(matches!(Kept::of(&p, true), Kept::Pipeline { .. }));
+        // Pipelines are handed back too, up to the same size in all;
+        // longer ones, and very long commands, are still copied.
+        let p = Request::from(Pipeline::new().cmd(c.clone()));
+        assert!(matches!(Kept::of(&p, true), Kept::Returned { .. }));
+        assert!(matches!(Kept::of(&p, false), Kept::Pipeline { .. }));
+        let n = crate::transport::RETURN_MAX / c.raw().0.len() + 1;
+        let long = Request::from((0..n).map(|_| c.clone()).collect::<Pipeline>());
+        assert!(matches!(Kept::of(&long, true), Kept::Pipeline { .. }));
         let big = Request::from(
             cmd("SET")
                 .arg("k")

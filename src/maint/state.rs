@@ -193,12 +193,15 @@ impl fmt::Debug for MaintenanceState {
 /// Services that carry the [`MaintenanceState`] of the endpoint they talk to.
 /// Layers that act on maintenance signals require it.
 pub trait Maintained {
-    /// True when the service's error for a single command answered with
-    /// `MOVED` or `ASK` carries that command back, so that a
+    /// True when the service's error for a command answered with `MOVED`
+    /// or `ASK` carries that command back (the error of a single command,
+    /// or of each such command in a pipeline's replies), so that a
     /// [`Cluster`](crate::cluster::Cluster) above can resend it without
     /// keeping a copy of every command it sends. The crate's
-    /// [`Connection`](crate::Connection) does (for commands up to 64 KiB),
-    /// and its layers pass the answer of the service they wrap on. Leave it
+    /// [`Connection`](crate::Connection) does (for a command, or a
+    /// pipeline, of up to 64 KiB; not within a transaction, whose commands
+    /// are not resent one by one), and its layers pass the answer of the
+    /// service they wrap on. Leave it
     /// `false` (the default) unless the service passes requests to its inner
     /// service unchanged (the command that comes back is resent as it is:
     /// a layer that rewrote it, say with a key prefix, would rewrite it

@@ -57,6 +57,17 @@ pub(crate) type ReplyTx = oneshot::Sender<Result<Response>>;
 /// replies (a blocking `BLPOP k 0` holds its few bytes while it waits).
 pub(crate) const RETURN_MAX: usize = 64 * 1024;
 
+/// True when a pipeline's commands are kept until its replies, to hand
+/// back the redirected ones: up to [`RETURN_MAX`] bytes in all. A router
+/// above asks the same to know whether to keep a copy itself.
+pub(crate) fn returns_pipeline(p: &crate::resp::Pipeline) -> bool {
+    let mut total = 0;
+    p.cmds().iter().all(|c| {
+        total += c.raw().0.len();
+        total <= RETURN_MAX
+    })
+}
+
 /// A request on its way from a caller to the driver.
 pub(crate) struct Message {
     pub(crate) body: Body,
@@ -251,6 +262,9 @@ enum Pending {
         /// Per-command expectations; empty when all are plain replies.
         expects: Vec<Expect>,
         confirms: Vec<Value>,
+        /// The commands, when [`returns_pipeline`]: each redirected one
+        /// is handed back with its `MOVED`/`ASK`.
+        cmds: Vec<Cmd>,
     },
 }
 
@@ -377,7 +391,29 @@ impl Pending {
                 })),
                 None => Err(Error::Closed),
             },
-            Pending::Many { results, .. } => Ok(Response::Pipeline(results)),
+            Pending::Many {
+                mut results, cmds, ..
+            } => {
+                hand_back(&mut results, cmds);
+                Ok(Response::Pipeline(results))
+            }
+        }
+    }
+}
+
+/// Puts each redirected command of a pipeline into its `MOVED`/`ASK`. Not
+/// in a transaction: its commands only make sense together, and a router
+/// does not resend them one by one.
+fn hand_back(results: &mut [Result<Value, ServerError>], cmds: Vec<Cmd>) {
+    let redirected = |r: &Result<Value, ServerError>| matches!(r, Err(e) if matches!(e.kind(), ServerErrorKind::Moved | ServerErrorKind::Ask));
+    if cmds.is_empty() || !results.iter().any(redirected) || cmds.iter().any(|c| c.is("MULTI")) {
+        return;
+    }
+    for (r, c) in results.iter_mut().zip(cmds) {
+        if redirected(r) {
+            if let Err(e) = r {
+                e.put_returned(c);
+            }
         }
     }
 }
@@ -502,6 +538,13 @@ where
                     total: p.len(),
                     expects,
                     confirms: Vec::new(),
+                    // As for one command: freed with the replies, and a
+                    // router above needs no copy.
+                    cmds: if returns_pipeline(&p) {
+                        p.into_cmds()
+                    } else {
+                        Vec::new()
+                    },
                 }
             }
         };

@@ -24,7 +24,7 @@ pub(crate) use connection::PushItem;
 pub use connection::{Connection, PushReceiver};
 pub(crate) use connector::dial_relaxed;
 pub use connector::Connector;
-pub(crate) use driver::RETURN_MAX;
+pub(crate) use driver::{returns_pipeline, RETURN_MAX};
 pub use endpoint::Endpoint;
 /// The rustls this crate is built with (feature `tls`), for
 /// [`TlsConfig::from_rustls`] and matching on [`TlsError::rustls_error`].
