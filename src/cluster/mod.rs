@@ -44,9 +44,10 @@
 //! the key's CRC16, hashed in the same pass that looks for a `{`. A single
 //! command (up to 64 KiB) is not copied to follow a redirect: the crate's
 //! connection keeps each command until its reply and hands it back with a
-//! `MOVED` or `ASK` ([`Maintained::RETURNS_REDIRECTED`]). Pipelines, longer
-//! commands, and commands over a node stack that does not declare it are
-//! copied. About 600 instructions per `GET` in all
+//! `MOVED` or `ASK` ([`Maintained::RETURNS_REDIRECTED`]), and so is each
+//! redirected command of a pipeline of up to 64 KiB. Longer commands and
+//! pipelines, and those over a node stack that does not declare it, are
+//! copied. About 295 instructions per `GET` in all
 //! (README, "Cluster routing overhead").
 //!
 //! The building blocks are public for users who route by themselves: hash
@@ -1059,25 +1060,32 @@ async fn fixup<N: NewNode>(
     match (req.body(), first) {
         (Body::Cmd(_), first) => redirect_loop(shared, req, first).await,
         (Body::Pipeline(p), Ok(Response::Pipeline(results))) => {
+            let (timeout, idempotent) = (req.timeout(), req.is_idempotent());
             if p.cmds().iter().any(|c| c.is("MULTI")) {
-                return Ok(Response::Pipeline(results));
+                // A transaction's commands are not resent one by one.
+                return retry_redirected(shared, results, timeout, idempotent, |_, _| None).await;
             }
             let cmds = p.cmds();
-            retry_redirected(shared, results, req.timeout(), |i, _| cmds.get(i).cloned()).await
+            retry_redirected(shared, results, timeout, idempotent, |i, _| {
+                cmds.get(i).cloned()
+            })
+            .await
         }
         (_, other) => other,
     }
 }
 
 /// Retries each redirected command of a pipeline's `results` alone, with
-/// `timeout`; `cmd_of` gives the command of result `i` (from a copy, or
-/// handed back in its error). One that does not come back (a transaction's,
-/// whose commands only make sense together) keeps its redirect, and the
-/// map learns the move.
+/// the pipeline's `timeout` and `idempotent` flag; `cmd_of` gives the
+/// command of result `i` (from a copy, or handed back in its error). One
+/// that does not come back (a transaction's, whose commands only make sense
+/// together) keeps its redirect, and the map learns the move. A resend
+/// that fails is that command's error: the others ran.
 async fn retry_redirected<N: NewNode>(
     shared: Arc<Shared<N>>,
     mut results: Vec<std::result::Result<Value, ServerError>>,
     timeout: crate::CommandTimeout,
+    idempotent: bool,
     mut cmd_of: impl FnMut(usize, &mut ServerError) -> Option<crate::Cmd>,
 ) -> Result<Response> {
     for (i, r) in results.iter_mut().enumerate() {
@@ -1088,18 +1096,25 @@ async fn retry_redirected<N: NewNode>(
             continue;
         }
         let Some(c) = cmd_of(i, e) else {
-            // An `ASK` is for this command only: nothing to learn.
-            learn_moved(&shared, e);
+            if !learn_moved(&shared, e) {
+                shared.request_refresh();
+            }
             continue;
         };
         let first = Err(Error::Server(e.clone()));
-        *r = match redirect_loop(shared.clone(), timed(c.into(), timeout), first).await {
-            Ok(r) => r.into_value().map_err(|e| match e {
-                Error::Server(s) => s,
-                other => ServerError::parse(format!("ERR {other}")),
-            }),
-            Err(Error::Server(s)) => Err(s),
-            Err(other) => return Err(other),
+        let again = timed(c.into(), timeout);
+        let again = if idempotent {
+            again.idempotent()
+        } else {
+            again
+        };
+        let as_server = |e: Error| match e {
+            Error::Server(s) => s,
+            other => ServerError::parse(format!("ERR {other}")),
+        };
+        *r = match redirect_loop(shared.clone(), again, first).await {
+            Ok(r) => r.into_value().map_err(as_server),
+            Err(e) => Err(as_server(e)),
         };
     }
     Ok(Response::Pipeline(results))
@@ -1312,7 +1327,9 @@ pub(super) enum Kept {
     /// a command too long for the connection to keep).
     One(Box<Request>),
     /// A pipeline's commands in one buffer (two allocations, not one per
-    /// command); the request is rebuilt only when a redirect needs it.
+    /// command), over a node that does not hand them back or when they
+    /// are over 64 KiB in all; the request is rebuilt only when a redirect
+    /// needs it.
     Pipeline(Box<KeptPipeline>),
 }
 
@@ -1432,10 +1449,20 @@ impl<N: NewNode> Fixup for Handle<N> {
         let (kept, mut first) = match (kept, first) {
             // A pipeline whose redirected commands came back in their
             // errors.
-            (Kept::Returned { timeout, .. }, Ok(Response::Pipeline(results))) => {
-                return Box::pin(retry_redirected(shared, results, timeout, |_, e| {
-                    e.take_returned()
-                }));
+            (
+                Kept::Returned {
+                    timeout,
+                    idempotent,
+                },
+                Ok(Response::Pipeline(results)),
+            ) => {
+                return Box::pin(retry_redirected(
+                    shared,
+                    results,
+                    timeout,
+                    idempotent,
+                    |_, e| e.take_returned(),
+                ));
             }
             other => other,
         };

@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn the_brace_check_is_exact() {
         for len in 0..18 {
-            for fill in [0u8, b'z', b'|', 0xfb, 0xff, 0x7a] {
+            for fill in [0u8, b'z', b'|', 0xfb, 0xff, b'[', 0x01] {
                 for at in 0..len {
                     for b in 0..=255u8 {
                         let mut k = vec![fill; len];

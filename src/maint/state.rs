@@ -205,7 +205,8 @@ pub trait Maintained {
     /// `false` (the default) unless the service passes requests to its inner
     /// service unchanged (the command that comes back is resent as it is:
     /// a layer that rewrote it, say with a key prefix, would rewrite it
-    /// twice), returns the inner service's errors unchanged, and the inner
+    /// twice), returns the inner service's errors unchanged (the errors of
+    /// the commands inside a pipeline's reply too), and the inner
     /// service's value is `true`. Declared wrongly, a redirected command
     /// fails with its `MOVED` (it was not run):
     ///

@@ -357,8 +357,9 @@ impl Service<Request> for Connection {
 }
 
 impl Maintained for Connection {
-    /// The driver keeps each command of up to 64 KiB until its reply, and
-    /// hands it back with a `MOVED`/`ASK`.
+    /// The driver keeps each command, and each pipeline, of up to 64 KiB
+    /// until its replies, and hands a redirected command back in its
+    /// `MOVED`/`ASK` (not within a transaction).
     const RETURNS_REDIRECTED: bool = true;
 
     fn maintenance(&self) -> &Arc<MaintenanceState> {

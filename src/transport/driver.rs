@@ -50,8 +50,9 @@ use crate::resp::{Cmd, Decoder, Limits, Value};
 
 pub(crate) type ReplyTx = oneshot::Sender<Result<Response>>;
 
-/// Commands up to this many bytes (as encoded) are kept until their reply,
-/// to be handed back with a redirect; longer ones are freed once written.
+/// Commands up to this many bytes (as encoded), and pipelines up to this
+/// many in all, are kept until their replies, to be handed back with a
+/// redirect; longer ones are freed once written.
 /// The cost: a connection holds the bytes of its in-flight commands twice
 /// until they are written (the write buffer's copy), and once until their
 /// replies (a blocking `BLPOP k 0` holds its few bytes while it waits).
@@ -539,7 +540,9 @@ where
                     expects,
                     confirms: Vec::new(),
                     // As for one command: freed with the replies, and a
-                    // router above needs no copy.
+                    // router above needs no copy. (A transaction's are kept
+                    // too but not handed back: finding `MULTI` here would
+                    // cost every pipeline a scan.)
                     cmds: if returns_pipeline(&p) {
                         p.into_cmds()
                     } else {
@@ -964,6 +967,57 @@ impl<T> Drop for Driver<T> {
 mod tests {
     use super::*;
     use crate::resp::cmd;
+
+    /// Each redirected command of a pipeline comes back in its own error,
+    /// the others in none; not within a transaction.
+    #[test]
+    fn a_pipeline_hands_back_its_redirected_commands() {
+        let cmds = || {
+            vec![
+                cmd("GET").arg("a"),
+                cmd("GET").arg("b"),
+                cmd("GET").arg("c"),
+                cmd("GET").arg("d"),
+            ]
+        };
+        let replies = || {
+            vec![
+                Ok(Value::Null),
+                Err(ServerError::parse("MOVED 1 127.0.0.1:7001")),
+                Err(ServerError::parse("ERR other")),
+                Err(ServerError::parse("ASK 2 127.0.0.1:7002")),
+            ]
+        };
+        // What came back in each error.
+        let taken = |r: &mut Vec<Result<Value, ServerError>>| -> Vec<Option<Cmd>> {
+            r.iter_mut()
+                .filter_map(|x| x.as_mut().err().map(|e| e.take_returned()))
+                .collect()
+        };
+        let mut r = replies();
+        hand_back(&mut r, cmds());
+        let b = Some(cmd("GET").arg("b"));
+        let d = Some(cmd("GET").arg("d"));
+        assert_eq!(taken(&mut r), vec![b, None, d]);
+        // Not kept (too long): nothing to hand back.
+        let mut r = replies();
+        hand_back(&mut r, Vec::new());
+        assert_eq!(taken(&mut r), vec![None, None, None]);
+        // A transaction: its commands are not resent one by one.
+        let mut tx = cmds();
+        tx.insert(0, cmd("MULTI"));
+        let mut r = replies();
+        r.insert(0, Ok(Value::SimpleString("OK".into())));
+        hand_back(&mut r, tx);
+        assert_eq!(taken(&mut r), vec![None, None, None]);
+        // The limit is on the pipeline's bytes in all.
+        let small: crate::resp::Pipeline = cmds().into_iter().collect();
+        assert!(returns_pipeline(&small));
+        let big: crate::resp::Pipeline = (0..RETURN_MAX / 1024 + 1)
+            .map(|_| cmd("SET").arg("k").arg(vec![0u8; 1024]))
+            .collect();
+        assert!(!returns_pipeline(&big));
+    }
 
     #[test]
     fn expectations() {
