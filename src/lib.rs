@@ -41,13 +41,6 @@ pub mod maint;
 pub mod pubsub;
 pub mod relax;
 mod request;
-
-/// Locks `m`, taking the data of a poisoned lock as it is: the crate's
-/// locks guard bookkeeping that a panic elsewhere leaves consistent, and a
-/// connection must not fail for good because another task panicked.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 pub mod resp;
 pub mod retry;
 #[cfg(feature = "sim")]
@@ -66,3 +59,10 @@ pub use transport::{Connection, Connector, Endpoint, Protocol, PushReceiver};
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use transport::{TlsConfig, TlsError};
+
+/// Locks `m`, taking the data of a poisoned lock as it is: the crate's
+/// locks guard bookkeeping that a panic elsewhere leaves consistent, and a
+/// connection must not fail for good because another task panicked.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -413,19 +413,10 @@ impl<N: NewNode> Cluster<N> {
         self.memo.clear();
     }
 
-    /// `poll_ready` when the topology changed or there is none yet.
+    /// `poll_ready` when the topology changed (takes the new snapshot) or
+    /// there is none yet (reads it, and waits).
     #[inline(never)]
     fn poll_ready_slow(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.sync();
-        if self.waiting.is_none() && !self.snapshot.primaries.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        self.wait_for_topology(cx)
-    }
-
-    /// `poll_ready` with no topology yet: reads it, and waits.
-    #[cold]
-    fn wait_for_topology(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         loop {
             self.sync();
             if !self.snapshot.primaries.is_empty() {

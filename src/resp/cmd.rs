@@ -172,14 +172,10 @@ impl Cmd {
     /// and keys of up to 99 bytes, the routing hot path's common case).
     #[inline]
     pub(crate) fn arg_at(raw: &[u8], at: usize) -> Option<&[u8]> {
-        let (len, start) = match raw.get(at..) {
-            Some(&[_, d, b'\r', ..]) if d.is_ascii_digit() => (usize::from(d - b'0'), at + 4),
-            Some(&[_, d1, d2, b'\r', ..]) if d1.is_ascii_digit() && d2.is_ascii_digit() => {
-                (usize::from(d1 - b'0') * 10 + usize::from(d2 - b'0'), at + 5)
-            }
-            _ => return Cmd::args_at(raw, at).next(),
-        };
-        raw.get(start..start + len)
+        match raw.get(at..).and_then(short_header) {
+            Some((len, start)) => raw.get(at + start..at + start + len),
+            None => Cmd::args_at(raw, at).next(),
+        }
     }
 
     /// A command from [`Cmd::raw`]'s parts.
@@ -235,13 +231,7 @@ impl<'a> Iterator for Argv<'a> {
         // on the routing hot path for every key), and a length of one or
         // two digits (names, most keys) is read without the loop.
         let r = self.rest;
-        let digit = |b: u8| b.checked_sub(b'0').filter(|d| *d <= 9).map(usize::from);
-        let short = match r {
-            [_, d, b'\r', ..] => digit(*d).map(|len| (len, 4)),
-            [_, d1, d2, b'\r', ..] => digit(*d1).zip(digit(*d2)).map(|(a, b)| (a * 10 + b, 5)),
-            _ => None,
-        };
-        if let Some((len, start)) = short {
+        if let Some((len, start)) = short_header(r) {
             let end = start + len;
             let arg = r.get(start..end)?;
             self.rest = r.get(end + 2..).unwrap_or_default();
@@ -262,6 +252,20 @@ impl<'a> Iterator for Argv<'a> {
         let arg = self.rest.get(start..end)?;
         self.rest = self.rest.get(end + 2..).unwrap_or_default();
         Some(arg)
+    }
+}
+
+/// The header of the argument `r` starts with when its length has one or
+/// two digits (`$7\r\n`, `$42\r\n`): the length, and where the bytes
+/// start. `None` for any other header (read by the loop in
+/// [`Argv::next`]).
+#[inline]
+fn short_header(r: &[u8]) -> Option<(usize, usize)> {
+    let digit = |b: u8| b.checked_sub(b'0').filter(|d| *d <= 9).map(usize::from);
+    match r {
+        [_, d, b'\r', ..] => digit(*d).map(|len| (len, 4)),
+        [_, d1, d2, b'\r', ..] => digit(*d1).zip(digit(*d2)).map(|(a, b)| (a * 10 + b, 5)),
+        _ => None,
     }
 }
 

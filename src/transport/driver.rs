@@ -383,11 +383,7 @@ impl Pending {
             Pending::One { result, cmd, .. } => match result {
                 Some(Ok(v)) => Ok(Response::Value(v)),
                 Some(Err(e)) => Err(Error::Server(match cmd {
-                    Some(c)
-                        if matches!(e.kind(), ServerErrorKind::Moved | ServerErrorKind::Ask) =>
-                    {
-                        e.with_returned(c)
-                    }
+                    Some(c) if is_redirect(&e) => e.with_returned(c),
                     _ => e,
                 })),
                 None => Err(Error::Closed),
@@ -402,11 +398,16 @@ impl Pending {
     }
 }
 
+/// A `MOVED` or an `ASK`: its command is handed back.
+fn is_redirect(e: &ServerError) -> bool {
+    matches!(e.kind(), ServerErrorKind::Moved | ServerErrorKind::Ask)
+}
+
 /// Puts each redirected command of a pipeline into its `MOVED`/`ASK`. Not
 /// in a transaction: its commands only make sense together, and a router
 /// does not resend them one by one.
 fn hand_back(results: &mut [Result<Value, ServerError>], cmds: Vec<Cmd>) {
-    let redirected = |r: &Result<Value, ServerError>| matches!(r, Err(e) if matches!(e.kind(), ServerErrorKind::Moved | ServerErrorKind::Ask));
+    let redirected = |r: &Result<Value, ServerError>| matches!(r, Err(e) if is_redirect(e));
     if cmds.is_empty() || !results.iter().any(redirected) || cmds.iter().any(|c| c.is("MULTI")) {
         return;
     }
