@@ -95,6 +95,20 @@ where
     .await
 }
 
+/// Sends pipeline `p` (bounded by [`STEP`]) and returns its replies.
+async fn send_pipeline<S>(
+    svc: &mut S,
+    p: Pipeline,
+) -> Result<Vec<Result<Value, redis_layers::ServerError>>, Error>
+where
+    S: Service<Request, Response = Response, Error = Error>,
+{
+    within(STEP, "pipeline", async {
+        svc.ready().await?.call(p.into()).await?.into_pipeline()
+    })
+    .await
+}
+
 fn bulk(s: &str) -> Value {
     Value::BulkString(s.to_string().into())
 }
@@ -724,15 +738,7 @@ async fn a_redirected_pipeline_is_followed_command_by_command() {
         let cluster = RedisCluster::builder().replicas_per_primary(1).start();
         let mut svc = cluster_over(vec![cluster.endpoint(0)], Mode::Disabled);
         // The slot moves behind the layer's back.
-        let tag = write_and_move(&cluster, &mut svc, 0).await;
-        let p: Pipeline = (0..20)
-            .map(|i| cmd("GET").arg(format!("{tag}{i}")))
-            .collect();
-        let r = within(STEP, "pipeline", async {
-            svc.ready().await?.call(p.into()).await?.into_pipeline()
-        })
-        .await
-        .unwrap();
+        let (r, tag) = pipeline_after_a_move(&cluster, &mut svc, 0).await;
         for (i, v) in r.into_iter().enumerate() {
             assert_eq!(v.unwrap(), bulk(&i.to_string()), "{tag}{i}");
         }
@@ -908,12 +914,7 @@ where
     let p: Pipeline = (0..20)
         .map(|i| cmd("GET").arg(format!("{tag}{i}")))
         .collect();
-    let r = within(STEP, "pipeline", async {
-        svc.ready().await?.call(p.into()).await?.into_pipeline()
-    })
-    .await
-    .unwrap();
-    (r, tag)
+    (send_pipeline(svc, p).await.unwrap(), tag)
 }
 
 /// The commands of a pipeline answered `MOVED` are each resent to the new
@@ -953,11 +954,7 @@ async fn redirected_pipeline_commands_are_resent_whether_or_not_handed_back() {
             .cmd(cmd("MULTI"))
             .cmd(cmd("INCR").arg(key.as_str()))
             .cmd(cmd("EXEC"));
-        let r = within(STEP, "transaction", async {
-            own.ready().await?.call(tx.into()).await?.into_pipeline()
-        })
-        .await
-        .unwrap();
+        let r = send_pipeline(&mut own, tx).await.unwrap();
         assert!(
             matches!(&r[1], Err(e) if e.redirect().is_some()),
             "the INCR: {:?}",

@@ -140,6 +140,17 @@ pub struct RedisServer {
     unix: Option<PathBuf>,
 }
 
+/// `redis-cli` against the server on `port` (loopback): its standard
+/// output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl RedisServer {
     /// A plain server.
     pub fn start() -> Self {
@@ -173,16 +184,10 @@ impl RedisServer {
         let prefix = format!("cmdstat_{cmd}:calls=");
         let port = self.port;
         loop {
-            let info = tokio::task::spawn_blocking(move || {
-                let out = Command::new("redis-cli")
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                    .args(["INFO", "commandstats"])
-                    .output()
-                    .expect("redis-cli");
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            })
-            .await
-            .expect("redis-cli thread");
+            let info =
+                tokio::task::spawn_blocking(move || redis_cli(port, &["INFO", "commandstats"]))
+                    .await
+                    .expect("redis-cli thread");
             let seen = info
                 .lines()
                 .find_map(|l| l.strip_prefix(prefix.as_str()))
@@ -198,12 +203,7 @@ impl RedisServer {
     /// Runs a command through `redis-cli` (for setup and checks outside the
     /// crate under test) and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        redis_cli(self.port, args).trim().to_string()
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
