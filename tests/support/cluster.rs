@@ -37,12 +37,11 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::ffi::OsStrExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis_layers::Endpoint;
 
-use super::{free_port, RedisServer};
+use super::{free_port, redis_cli, RedisServer};
 
 /// Number of hash slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -736,12 +735,9 @@ fn show(args: &[&[u8]]) -> String {
 
 /// `redis-cli` with arguments that need not be UTF-8 (keys).
 fn cli_bytes(port: u16, args: &[&[u8]]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args.iter().map(|a| OsStr::from_bytes(a)))
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    redis_cli(port, args.iter().map(|a| OsStr::from_bytes(a)))
+        .trim()
+        .to_string()
 }
 
 // ===== hash slots =====

@@ -142,7 +142,7 @@ pub struct RedisServer {
 
 /// `redis-cli` against the server on `port` (loopback): its standard
 /// output.
-fn redis_cli(port: u16, args: &[&str]) -> String {
+fn redis_cli<A: AsRef<std::ffi::OsStr>>(port: u16, args: impl IntoIterator<Item = A>) -> String {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -185,7 +185,7 @@ impl RedisServer {
         let port = self.port;
         loop {
             let info =
-                tokio::task::spawn_blocking(move || redis_cli(port, &["INFO", "commandstats"]))
+                tokio::task::spawn_blocking(move || redis_cli(port, ["INFO", "commandstats"]))
                     .await
                     .expect("redis-cli thread");
             let seen = info
