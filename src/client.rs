@@ -90,7 +90,7 @@ pub use batch::{Batch, Watch};
 pub use builder::{ClientBuilder, ServerMode};
 pub use commands::{Expiry, SetOptions, StreamEntry, StreamReads};
 pub use from_value::FromValue;
-pub use scan::Scan;
+pub use scan::{Scan, ScanStream};
 pub use script::Script;
 
 use builder::NodeMaker;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use redis_layers::client::{
     BoxService, Client, ClientBuilder, Expiry, Script, ServerMode, SetOptions, StreamEntry,
 };
@@ -686,6 +687,30 @@ async fn scan(c: &Client, o: &Oracle, p: &str) {
     );
     let mut none = c.scan().pattern(format!("{p}:no-such:*"));
     assert_eq!(none.next_page::<String>().await.unwrap(), None);
+
+    // One key at a time: every key (SCAN may repeat one, never skip one).
+    let streamed: Vec<String> = c
+        .scan()
+        .pattern(format!("{p}:scan:*"))
+        .count(7)
+        .into_stream()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(streamed.len() >= want.len(), "{}", streamed.len());
+    assert_eq!(streamed.into_iter().collect::<BTreeSet<_>>(), want);
+    let mut empty = c
+        .scan()
+        .pattern(format!("{p}:no-such:*"))
+        .into_stream::<String>();
+    assert!(empty.next().await.is_none());
+    // An error is the stream's last item: keys that are not integers.
+    let mut bad = c.scan().pattern(format!("{p}:scan:*")).into_stream::<i64>();
+    match bad.next().await {
+        Some(Err(Error::Type(_))) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(bad.next().await.is_none(), "ends after the error");
 }
 
 fn standalone_oracle(server: &RedisServer) -> Oracle {
@@ -767,6 +792,47 @@ async fn cluster_every_helper_resp3_and_resp2() {
         let err = client.del([a, b]).await.unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err:?}");
         assert_eq!(oracle.int(&["EXISTS", a]), 1, "nothing was deleted");
+    })
+    .await
+}
+
+/// A cluster scan whose connection to a node is killed between pages: the
+/// failed page is asked for again (same node, same cursor), and every key
+/// comes back; none is skipped with the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_scan_goes_on_after_its_connection_is_killed() {
+    bounded(60, async {
+        let cluster = RedisCluster::start();
+        let oracle = cluster_oracle(&cluster);
+        let url = format!("redis://127.0.0.1:{}", cluster.primaries()[0].port());
+        let client = Client::open(&url).await.unwrap();
+        let want: BTreeSet<String> = (0..300).map(|i| format!("kill-scan:{i}")).collect();
+        for k in &want {
+            oracle.q(&["SET", k, "1"]);
+        }
+        let kill: [&[u8]; 6] = [b"CLIENT", b"KILL", b"TYPE", b"normal", b"SKIPME", b"yes"];
+        let mut scan = client.scan().pattern("kill-scan:*").count(10);
+        let (mut got, mut pages, mut errors) = (BTreeSet::new(), 0, 0);
+        loop {
+            match scan.next_page::<String>().await {
+                Ok(Some(keys)) => {
+                    got.extend(keys);
+                    pages += 1;
+                    if pages % 3 == 0 {
+                        for &port in &oracle.ports {
+                            query(port, &kill).unwrap();
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    errors += 1;
+                    assert!(errors <= pages, "{e:?} after {pages} pages");
+                }
+            }
+        }
+        assert!(errors > 0, "the kills were seen ({pages} pages)");
+        assert_eq!(got, want, "{pages} pages, {errors} errors");
     })
     .await
 }

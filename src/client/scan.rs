@@ -1,4 +1,11 @@
-//! [`Scan`]: every key, page by page, on one server or every primary.
+//! [`Scan`]: every key, page by page or one at a time ([`ScanStream`]), on
+//! one server or every primary.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
 
 use super::{Client, Dedicated, FromValue};
 use crate::error::Result;
@@ -19,14 +26,20 @@ use crate::transport::{Connection, Endpoint};
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// A failed page (a connection lost, a timeout) can be asked for again:
+/// the cursor and the node stay where they were, and `SCAN` cursors keep
+/// no state on the server, so nothing is skipped. [`Scan::into_stream`]
+/// gives the keys one at a time.
 #[derive(Debug)]
 pub struct Scan {
     client: Client,
     pattern: Option<String>,
     count: Option<usize>,
-    /// Cluster primaries not scanned yet (`None`: not read yet).
+    /// Cluster primaries not scanned yet, the one being scanned last
+    /// (`None`: not read yet).
     nodes: Option<Vec<Endpoint>>,
-    /// The cluster node being scanned.
+    /// A connection to the last of `nodes`.
     conn: Option<Connection>,
     cursor: u64,
     done: bool,
@@ -82,23 +95,36 @@ impl Scan {
                                 self.nodes.insert(c.cluster.slot_map().primaries())
                             }
                         };
-                        let Some(node) = nodes.pop() else {
+                        // The node leaves the list only when its scan is
+                        // over: a failed connect is tried again.
+                        let Some(node) = nodes.last() else {
                             self.done = true;
                             break;
                         };
-                        self.conn = Some(c.connector.connect(node).await?);
+                        self.conn = Some(c.connector.connect(node.clone()).await?);
                     }
                     let conn = self.conn.as_ref().expect("connected above");
                     let req = self.client.timed(self.page_cmd());
-                    FromValue::from_value(conn.send(req).await?.into_value()?)?
+                    let reply = match conn.send(req).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // Dialled again for the next try.
+                            self.conn = None;
+                            return Err(e);
+                        }
+                    };
+                    FromValue::from_value(reply.into_value()?)?
                 }
                 _ => self.client.cmd(self.page_cmd()).await?,
             };
             self.cursor = cursor;
             if cursor == 0 {
-                match &self.client.dedicated {
+                match (&self.client.dedicated, &mut self.nodes) {
                     // Next node, if any.
-                    Dedicated::Cluster(_) => self.conn = None,
+                    (Dedicated::Cluster(_), Some(nodes)) => {
+                        nodes.pop();
+                        self.conn = None;
+                    }
                     _ => self.done = true,
                 }
             }
@@ -107,5 +133,109 @@ impl Scan {
             }
         }
         Ok(None)
+    }
+
+    /// The keys one at a time, as a [`Stream`]: each page is asked for
+    /// when the one before has been taken. An error ends the stream (use
+    /// [`next_page`](Self::next_page) to try a page again).
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::client::Client) -> Result<(), redis_layers::Error> {
+    /// use futures::TryStreamExt;
+    /// let keys: Vec<String> = client.scan().pattern("session:*").into_stream().try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_stream<T: FromValue + Send + 'static>(self) -> ScanStream<T> {
+        ScanStream {
+            page: Vec::new().into_iter(),
+            state: State::Idle(Box::new(self)),
+        }
+    }
+}
+
+type Fetch<T> = Pin<Box<dyn Future<Output = (Box<Scan>, Result<Option<Vec<T>>>)> + Send>>;
+
+/// The keys of a [`Scan`], one at a time ([`Scan::into_stream`]). A key may
+/// come more than once, as with `SCAN` itself.
+///
+/// ```no_run
+/// # async fn run(client: redis_layers::client::Client) -> Result<(), redis_layers::Error> {
+/// use futures::StreamExt;
+/// let mut keys = client.scan().count(1000).into_stream::<String>();
+/// while let Some(key) = keys.next().await {
+///     let key = key?;
+///     # let _ = key;
+/// }
+/// # Ok(()) }
+/// ```
+pub struct ScanStream<T> {
+    /// The rest of the last page.
+    page: std::vec::IntoIter<T>,
+    state: State<T>,
+}
+
+enum State<T> {
+    Idle(Box<Scan>),
+    Fetching(Fetch<T>),
+    Done,
+}
+
+impl<T> std::fmt::Debug for ScanStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Idle(_) => "idle",
+            State::Fetching(_) => "fetching",
+            State::Done => "done",
+        };
+        f.debug_struct("ScanStream")
+            .field("buffered", &self.page.len())
+            .field("state", &state)
+            .finish()
+    }
+}
+
+// Nothing in it is pinned: the page fetch is boxed.
+impl<T> Unpin for ScanStream<T> {}
+
+impl<T: FromValue + Send + 'static> Stream for ScanStream<T> {
+    type Item = Result<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(key) = this.page.next() {
+                return Poll::Ready(Some(Ok(key)));
+            }
+            match std::mem::replace(&mut this.state, State::Done) {
+                State::Idle(mut scan) => {
+                    this.state = State::Fetching(Box::pin(async move {
+                        let page = scan.next_page::<T>().await;
+                        (scan, page)
+                    }));
+                }
+                State::Fetching(mut fetch) => match fetch.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        this.state = State::Fetching(fetch);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready((scan, Ok(Some(keys)))) => {
+                        this.page = keys.into_iter();
+                        this.state = State::Idle(scan);
+                    }
+                    // Done, or an error, which is the last item.
+                    Poll::Ready((_, Ok(None))) => return Poll::Ready(None),
+                    Poll::Ready((_, Err(e))) => return Poll::Ready(Some(Err(e))),
+                },
+                State::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let more = match self.state {
+            State::Done => Some(self.page.len()),
+            _ => None,
+        };
+        (self.page.len(), more)
     }
 }
