@@ -80,7 +80,9 @@ use tower::{Service, ServiceExt};
 use crate::cluster::keys::{CommandTable, Route, RouteError};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
+use crate::handoff::leaves_state;
 use crate::handoff::{DefaultPolicy, Handoff, Leased};
+use crate::maint::Maintained;
 use crate::pubsub::{PubSub, Subscription};
 use crate::request::{Request, Response};
 use crate::resp::{cmd, Cmd, ToArg};
@@ -164,6 +166,10 @@ struct ClusterHandle {
     cluster: Cluster<NodeMaker>,
     connector: Connector,
     table: CommandTable,
+    /// Clean dedicated connections, for the next one to the same node.
+    idle: std::sync::Mutex<Vec<(Endpoint, Connection)>>,
+    /// At most this many per node.
+    idle_max: usize,
 }
 
 impl ClusterHandle {
@@ -212,31 +218,196 @@ impl ClusterHandle {
             "no primary serves slot {slot:?} in the cluster's slot map"
         )))
     }
+
+    /// A dedicated connection to `endpoint`: a clean idle one, or a new one.
+    async fn node_conn(self: &Arc<Self>, endpoint: Endpoint) -> Result<NodeConn> {
+        let reuse = {
+            let mut idle = crate::lock(&self.idle);
+            // Closed meanwhile, or told to move (the server closes it at the
+            // deadline): not for a new user.
+            idle.retain(|(_, c)| {
+                let usable = !c.is_closed() && c.maintenance().active_moving().is_none();
+                if !usable {
+                    c.close();
+                }
+                usable
+            });
+            let found = idle.iter().rposition(|(e, _)| *e == endpoint);
+            found.map(|i| idle.swap_remove(i).1)
+        };
+        let reused = reuse.is_some();
+        let conn = match reuse {
+            Some(c) => c,
+            None => self.connector.connect(endpoint.clone()).await?,
+        };
+        Ok(NodeConn {
+            conn,
+            endpoint,
+            home: self.clone(),
+            dirty: false,
+            blocking: 0,
+            reused,
+        })
+    }
 }
 
-/// A connection of one's own: leased from Handoff, or dialled to a
-/// cluster node.
-/// Closes a connection unless disarmed (its `Option` taken) first.
-struct CloseOnDrop(Option<Connection>);
+/// A cluster node's dedicated connection ([`ClusterHandle::node_conn`]).
+/// Dropped, it waits for the next one when nothing is left on it, and is
+/// closed otherwise.
+struct NodeConn {
+    conn: Connection,
+    endpoint: Endpoint,
+    home: Arc<ClusterHandle>,
+    /// A command left state on it (`WATCH`, `MULTI`, ...).
+    dirty: bool,
+    /// Blocking commands sent whose reply is not in: their caller gave up,
+    /// and the server may still be blocked on them (and would pop an
+    /// element for nobody).
+    blocking: usize,
+    /// Taken from the idle ones, and not used yet.
+    reused: bool,
+}
 
-impl Drop for CloseOnDrop {
+impl std::fmt::Debug for NodeConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConn")
+            .field("endpoint", &self.endpoint)
+            .field("dirty", &self.dirty)
+            .field("blocking", &self.blocking)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeConn {
+    async fn send(&mut self, req: Request) -> Result<Response> {
+        let cmds = match req.body() {
+            crate::request::Body::Cmd(c) => std::slice::from_ref(c),
+            crate::request::Body::Pipeline(p) => p.cmds(),
+        };
+        self.dirty |= cmds.iter().any(leaves_state);
+        let blocking = cmds.iter().filter(|c| c.is_blocking()).count();
+        self.blocking += blocking;
+        let out = self.conn.send(req).await;
+        // A reply (or the server's error) ends the command on the server; a
+        // timeout or a lost connection may not.
+        if matches!(out, Ok(_) | Err(Error::Server(_))) {
+            self.blocking -= blocking;
+        }
+        out
+    }
+
+    /// A new connection to the same node in place of this one.
+    async fn replace(&mut self) -> Result<()> {
+        self.conn.close();
+        self.conn = self.home.connector.connect(self.endpoint.clone()).await?;
+        (self.dirty, self.blocking, self.reused) = (false, 0, false);
+        Ok(())
+    }
+}
+
+impl Drop for NodeConn {
     fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
-            c.close();
+        let clean = !self.dirty
+            && self.blocking == 0
+            && !self.conn.is_closed()
+            && self.conn.maintenance().active_moving().is_none();
+        let mut idle = crate::lock(&self.home.idle);
+        let kept = idle.iter().filter(|(e, _)| *e == self.endpoint).count();
+        if clean && kept < self.home.idle_max {
+            idle.push((self.endpoint.clone(), self.conn.clone()));
+        } else {
+            drop(idle);
+            self.conn.close();
         }
     }
 }
 
+/// A connection of one's own: leased from Handoff, or to a cluster node.
+/// Both count what is left on them, and are reused only when clean.
 enum DedicatedConn {
-    Leased(Leased<Connector, DefaultPolicy>),
-    Conn(Connection),
+    Leased {
+        lease: Leased<Connector, DefaultPolicy>,
+        from: Arc<Handoff<Connector>>,
+        /// Taken from the idle ones, and not used yet.
+        reused: bool,
+    },
+    Node(NodeConn),
 }
 
-impl DedicatedConn {
-    async fn send(&mut self, req: Request) -> Result<Response> {
+impl std::fmt::Debug for DedicatedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DedicatedConn::Leased(l) => l.ready().await?.call(req).await,
-            DedicatedConn::Conn(c) => c.send(req).await,
+            DedicatedConn::Leased { lease, reused, .. } => f
+                .debug_struct("Leased")
+                .field("lease", lease)
+                .field("reused", reused)
+                .finish_non_exhaustive(),
+            DedicatedConn::Node(c) => c.fmt(f),
+        }
+    }
+}
+
+/// How many idle connections in a row may turn out closed before the
+/// first request of a dedicated connection fails (more than are kept).
+const STALE_TRIES: usize = 64;
+
+impl DedicatedConn {
+    async fn leased(from: &Arc<Handoff<Connector>>) -> Result<DedicatedConn> {
+        let lease = from.lease().await?;
+        Ok(DedicatedConn::Leased {
+            reused: lease.is_reused(),
+            lease,
+            from: from.clone(),
+        })
+    }
+
+    /// Sends `req`. The first request on an idle connection taken again
+    /// that fails for the connection (the server closed it a moment before,
+    /// and the client had not seen it yet: the request never reached the
+    /// server) goes again on another connection.
+    async fn send(&mut self, req: Request) -> Result<Response> {
+        for _ in 0..STALE_TRIES {
+            let reused = match self {
+                DedicatedConn::Leased { reused, .. } => std::mem::take(reused),
+                DedicatedConn::Node(c) => std::mem::take(&mut c.reused),
+            };
+            if !reused {
+                break;
+            }
+            match self.send_once(req.clone()).await {
+                Err(Error::Io(_) | Error::Closed) => self.replace().await?,
+                out => return out,
+            }
+        }
+        self.send_once(req).await
+    }
+
+    async fn send_once(&mut self, req: Request) -> Result<Response> {
+        match self {
+            DedicatedConn::Leased { lease, .. } => lease.ready().await?.call(req).await,
+            DedicatedConn::Node(c) => c.send(req).await,
+        }
+    }
+
+    /// Another connection in place of this closed one: for a lease, the
+    /// next idle one or a new one.
+    async fn replace(&mut self) -> Result<()> {
+        match self {
+            DedicatedConn::Leased { lease, from, .. } => {
+                lease.get_ref().close();
+                *self = DedicatedConn::leased(&from.clone()).await?;
+                Ok(())
+            }
+            DedicatedConn::Node(c) => c.replace().await,
+        }
+    }
+
+    /// The client's transaction after its `WATCH` is over: nothing it did
+    /// stays on the connection.
+    fn mark_clean(&mut self) {
+        match self {
+            DedicatedConn::Leased { lease, .. } => lease.mark_clean(),
+            DedicatedConn::Node(c) => c.dirty = false,
         }
     }
 }
@@ -520,14 +691,9 @@ impl Client {
         let slot = self.slot_of(std::slice::from_ref(&c))?;
         let mut conn = self.dedicated(slot).await?;
         // A caller that gives up leaves the command blocked on the server,
-        // where it would pop an element for nobody: close the connection.
-        // (A lease is closed when given back: it had a blocking command.)
-        let mut guard = CloseOnDrop(match &conn {
-            DedicatedConn::Conn(c) => Some(c.clone()),
-            DedicatedConn::Leased(_) => None,
-        });
+        // where it would pop an element for nobody: the connection counts
+        // it until its reply is in, and is closed, not reused, without.
         let reply = conn.send(c.into()).await;
-        guard.0 = None;
         T::from_value(reply?.into_value()?)
     }
 
@@ -549,10 +715,10 @@ impl Client {
 
     async fn dedicated(&self, slot: Option<u16>) -> Result<DedicatedConn> {
         match &self.dedicated {
-            Dedicated::Standalone(h) => Ok(DedicatedConn::Leased(h.lease().await?)),
+            Dedicated::Standalone(h) => DedicatedConn::leased(h).await,
             Dedicated::Cluster(c) => {
                 let endpoint = c.endpoint_for(slot).await?;
-                Ok(DedicatedConn::Conn(c.connector.connect(endpoint).await?))
+                Ok(DedicatedConn::Node(c.node_conn(endpoint).await?))
             }
             Dedicated::None => Err(Error::config(
                 "a client made with Client::from_service has no dedicated connections \

@@ -843,6 +843,80 @@ async fn clean_leases_are_reused_and_dirty_ones_closed() {
     .await;
 }
 
+/// A lease whose `BLPOP` got its reply is reused; one whose caller gave up
+/// while it blocked is closed when given back (the server would pop the
+/// next element for nobody), and the element waits for the next `BLPOP`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_reused_after_a_blocking_reply_and_closed_after_one_given_up() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let mut svc = stack(&env, 1);
+        send(&mut svc, cmd("PING")).await.unwrap();
+        let ids = |env: &SimStandalone| {
+            let mut v: Vec<u64> = env.sim.clients().iter().map(|c| c.id).collect();
+            v.sort_unstable();
+            v
+        };
+        let blocked = |n: &'static str| {
+            let server = &env.server;
+            async move {
+                for _ in 0..500 {
+                    if server
+                        .cli(&["INFO", "clients"])
+                        .contains(&format!("blocked_clients:{n}\r"))
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("never {n} blocked clients");
+            }
+        };
+        let item = |v: &str| {
+            Value::Array(vec![
+                Value::BulkString("jobs".into()),
+                Value::BulkString(v.to_string().into()),
+            ])
+        };
+        env.server.cli(&["RPUSH", "jobs", "a"]);
+        let mut lease = svc.get_ref().lease().await.unwrap();
+        let got = send(&mut lease, cmd("BLPOP").arg("jobs").arg(1))
+            .await
+            .unwrap();
+        assert_eq!(got, item("a"));
+        drop(lease);
+        let after = ids(&env);
+        assert_eq!(after.len(), 2);
+
+        let mut lease = svc.get_ref().lease().await.unwrap();
+        assert_eq!(
+            ids(&env),
+            after,
+            "the answered BLPOP's connection was reused"
+        );
+        {
+            let blpop = send(&mut lease, cmd("BLPOP").arg("jobs").arg(0));
+            tokio::pin!(blpop);
+            tokio::select! {
+                r = &mut blpop => panic!("nothing to pop, yet {r:?}"),
+                _ = blocked("1") => {}
+            }
+        }
+        drop(lease);
+        sockets_left(&env, 1).await;
+        blocked("0").await;
+        env.server.cli(&["RPUSH", "jobs", "b"]);
+        assert_eq!(env.server.cli(&["LLEN", "jobs"]), "1", "nobody took it");
+        let mut lease = svc.get_ref().lease().await.unwrap();
+        assert!(ids(&env)[1] > after[1], "a new connection");
+        let got = send(&mut lease, cmd("BLPOP").arg("jobs").arg(1))
+            .await
+            .unwrap();
+        assert_eq!(got, item("b"));
+    })
+    .await;
+}
+
 /// Issue: leased connections are handed off when given back: an idle one
 /// is closed by the MOVING, one held during the window is closed when
 /// given back, and the next lease is dialled at the new endpoint; nothing

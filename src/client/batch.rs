@@ -191,6 +191,9 @@ pub struct Watch {
     conn: DedicatedConn,
     client: Client,
     slot: Option<u16>,
+    /// A command of the caller's own left state on the connection (other
+    /// than `WATCH`, which the transaction ends): it is not reused.
+    tainted: bool,
 }
 
 impl std::fmt::Debug for Watch {
@@ -203,11 +206,17 @@ impl std::fmt::Debug for Watch {
 
 impl Watch {
     pub(super) fn new(conn: DedicatedConn, client: Client, slot: Option<u16>) -> Self {
-        Watch { conn, client, slot }
+        Watch {
+            conn,
+            client,
+            slot,
+            tainted: false,
+        }
     }
 
     /// Sends a command on the watched connection (reads, or more `WATCH`es).
     pub async fn cmd<T: FromValue>(&mut self, c: Cmd) -> Result<T> {
+        self.tainted |= crate::handoff::leaves_state(&c) && !c.is("WATCH");
         let req = self.client.timed(c);
         T::from_value(self.conn.send(req).await?.into_value()?)
     }
@@ -231,7 +240,13 @@ impl Watch {
             }
         }
         let req = self.client.timed(tx.transaction());
-        match exec_reply(self.conn.send(req).await?.into_pipeline()?)? {
+        let reply = self.conn.send(req).await?;
+        // Every reply is in: `EXEC` (or its abort) ended the transaction
+        // and the watch, and the connection can serve the next one.
+        if !self.tainted {
+            self.conn.mark_clean();
+        }
+        match exec_reply(reply.into_pipeline()?)? {
             Some(replies) => T::from_value(Value::Array(tx.kept(replies)?)).map(Some),
             None => Ok(None),
         }

@@ -64,6 +64,7 @@ pub struct ClientBuilder {
     timeout: Option<Duration>,
     maintenance: MaintenanceConfig,
     pool_size: usize,
+    idle_dedicated: usize,
     cluster: ClusterConfig,
     retry: RetryLayer,
     layers: Vec<LayerFn>,
@@ -77,6 +78,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("mode", &self.mode)
             .field("timeout", &self.timeout)
             .field("pool_size", &self.pool_size)
+            .field("idle_dedicated", &self.idle_dedicated)
             .field("retry", &self.retry)
             .field("layers", &self.layers.len())
             .finish_non_exhaustive()
@@ -93,6 +95,7 @@ impl ClientBuilder {
             timeout: Some(Duration::from_secs(5)),
             maintenance: MaintenanceConfig::default(),
             pool_size: 1,
+            idle_dedicated: crate::handoff::IDLE_LEASES,
             cluster: ClusterConfig::default(),
             retry: RetryLayer::new(),
             layers: Vec::new(),
@@ -156,6 +159,22 @@ impl ClientBuilder {
     /// Multiplexed connections per endpoint (default 1; at least 1).
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
+        self
+    }
+
+    /// How many clean dedicated connections (those of `watch`, `blpop`,
+    /// `brpop`, and a cluster's `scan`) to keep per endpoint for the next
+    /// one (default 8; 0: a new connection each time). A connection is
+    /// kept only when nothing is left on it: a `BLPOP` whose caller gave
+    /// up, or a `WATCH` not followed by its transaction, closes it.
+    ///
+    /// ```
+    /// use redis_layers::client::ClientBuilder;
+    /// use redis_layers::Endpoint;
+    /// let builder = ClientBuilder::new(Endpoint::tcp("127.0.0.1", 6379)).idle_dedicated(32);
+    /// ```
+    pub fn idle_dedicated(mut self, n: usize) -> Self {
+        self.idle_dedicated = n;
         self
     }
 
@@ -227,7 +246,7 @@ impl ClientBuilder {
         if self.pool_size == 0 {
             return Err(Error::config("pool_size must be at least 1, got 0"));
         }
-        let settings = Settings::new(&resolved, self.pool_size);
+        let settings = Settings::new(&resolved, self.pool_size).idle_leases(self.idle_dedicated);
         let connector = self
             .connector
             .clone()
@@ -249,6 +268,8 @@ impl ClientBuilder {
                 cluster: c.clone(),
                 connector,
                 table: CommandTable::default(),
+                idle: Default::default(),
+                idle_max: self.idle_dedicated,
             };
             (BoxService::new(c), Dedicated::Cluster(Arc::new(handle)))
         } else {

@@ -7,10 +7,10 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use super::{Client, Dedicated, FromValue};
+use super::{Client, Dedicated, DedicatedConn, FromValue};
 use crate::error::Result;
 use crate::resp::{cmd, Cmd};
-use crate::transport::{Connection, Endpoint};
+use crate::transport::Endpoint;
 
 /// A `SCAN` over the whole key space ([`Client::scan`]): standalone through
 /// the stack, in a cluster on each primary in turn (a cursor belongs to one
@@ -40,7 +40,7 @@ pub struct Scan {
     /// (`None`: not read yet).
     nodes: Option<Vec<Endpoint>>,
     /// A connection to the last of `nodes`.
-    conn: Option<Connection>,
+    conn: Option<DedicatedConn>,
     cursor: u64,
     done: bool,
 }
@@ -101,10 +101,10 @@ impl Scan {
                             self.done = true;
                             break;
                         };
-                        self.conn = Some(c.connector.connect(node.clone()).await?);
+                        self.conn = Some(DedicatedConn::Node(c.node_conn(node.clone()).await?));
                     }
-                    let conn = self.conn.as_ref().expect("connected above");
                     let req = self.client.timed(self.page_cmd());
+                    let conn = self.conn.as_mut().expect("connected above");
                     let reply = match conn.send(req).await {
                         Ok(r) => r,
                         Err(e) => {

@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -61,6 +63,49 @@ where
             KindProj::Failed { error } => Err(error.take().unwrap_or(Error::Closed)),
         };
         this.lease.take();
+        Poll::Ready(out)
+    }
+}
+
+pin_project! {
+    /// The reply to a request sent on a [`Leased`](super::Leased)
+    /// connection: a [`ResponseFuture`] that also tells the lease when the
+    /// reply to a blocking command is in.
+    #[derive(Debug)]
+    pub struct LeaseFuture<F> {
+        #[pin]
+        inner: ResponseFuture<F>,
+        // The lease's count of blocking commands without their reply, and
+        // how many this request holds.
+        blocking: Option<(Arc<AtomicUsize>, usize)>,
+    }
+}
+
+impl<F> LeaseFuture<F> {
+    pub(crate) fn new(
+        inner: ResponseFuture<F>,
+        blocking: Option<(Arc<AtomicUsize>, usize)>,
+    ) -> Self {
+        LeaseFuture { inner, blocking }
+    }
+}
+
+impl<F> Future for LeaseFuture<F>
+where
+    F: Future<Output = Result<Response, Error>>,
+{
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        // A reply (or the server's error) ends the command on the server; a
+        // timeout or a lost connection may not, and the count stays.
+        if matches!(out, Ok(_) | Err(Error::Server(_))) {
+            if let Some((count, n)) = this.blocking.take() {
+                count.fetch_sub(n, Ordering::SeqCst);
+            }
+        }
         Poll::Ready(out)
     }
 }

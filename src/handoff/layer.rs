@@ -1,7 +1,7 @@
 use tower_layer::Layer;
 
 use super::policy::{DefaultPolicy, HandoffPolicy};
-use super::{Handoff, MakeConnection, Settings};
+use super::{Handoff, MakeConnection, Settings, IDLE_LEASES};
 use crate::maint::{ConfigError, MaintenanceConfig, Resolved};
 use crate::transport::Endpoint;
 
@@ -34,6 +34,7 @@ pub struct HandoffLayer<P = DefaultPolicy> {
     endpoint: Endpoint,
     config: Resolved,
     pool_size: usize,
+    idle_leases: usize,
     policy: P,
 }
 
@@ -45,6 +46,7 @@ impl HandoffLayer {
             endpoint,
             config: Resolved::default(),
             pool_size: 1,
+            idle_leases: IDLE_LEASES,
             policy: DefaultPolicy,
         }
     }
@@ -79,12 +81,27 @@ impl<P> HandoffLayer<P> {
         Ok(self)
     }
 
+    /// How many clean dedicated connections ([`Handoff::lease`]) to keep
+    /// for the next lease (default [`IDLE_LEASES`], 8); 0 closes every
+    /// lease when it is given back.
+    ///
+    /// ```
+    /// use redis_layers::handoff::HandoffLayer;
+    /// use redis_layers::Endpoint;
+    /// let layer = HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)).idle_leases(32);
+    /// ```
+    pub fn idle_leases(mut self, n: usize) -> Self {
+        self.idle_leases = n;
+        self
+    }
+
     /// Replaces the [`HandoffPolicy`].
     pub fn policy<Q: HandoffPolicy>(self, policy: Q) -> HandoffLayer<Q> {
         HandoffLayer {
             endpoint: self.endpoint,
             config: self.config,
             pool_size: self.pool_size,
+            idle_leases: self.idle_leases,
             policy,
         }
     }
@@ -101,7 +118,7 @@ where
         Handoff::with_settings(
             maker,
             self.endpoint.clone(),
-            Settings::new(&self.config, self.pool_size),
+            Settings::new(&self.config, self.pool_size).idle_leases(self.idle_leases),
             self.policy.clone(),
         )
     }

@@ -7,7 +7,8 @@
 //! to where the pool's connections are now.
 //!
 //! Given back (dropped), a lease's connection waits for the next lease when
-//! it is clean: every request answered, none that leaves state on the
+//! it is clean: every request answered (a blocking command whose caller
+//! gave up may still block on the server), none that leaves state on the
 //! connection (`WATCH`, `MULTI`, `SELECT`, `CLIENT ...`, subscriptions,
 //! ...), and still on the endpoint the pool uses. Otherwise it is closed. A
 //! `MOVING` closes the idle ones on the old endpoint; a lease held during a
@@ -16,12 +17,13 @@
 //! the deadline loses its connection when the server closes it.)
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::future::{LeaseFuture, ResponseFuture};
 use super::pool::{Lease, Slot};
 use super::{lock, HandoffPolicy, MakeConnection, Shared};
 use crate::error::{Error, Result};
@@ -54,9 +56,12 @@ const STATEFUL: &[&str] = &[
 /// shared connection), `WATCH`/`MULTI`/`EXEC` (the watch is per
 /// connection), or a subscriber that wants its pushes apart. Given back, a
 /// connection serves the next lease when it is clean: every request
-/// answered, none that leaves state on the connection (`WATCH`, `MULTI`,
+/// answered (a blocking command counts once its reply is in: one whose
+/// caller gave up may still block on the server and take an element for
+/// nobody), none that leaves state on the connection (`WATCH`, `MULTI`,
 /// `SELECT`, `CLIENT ...`, subscriptions, ...), and still on the endpoint
-/// the pool uses; otherwise it is closed. A `MOVING` closes the idle ones on
+/// the pool uses; otherwise it is closed. Up to `idle_leases` (see
+/// [`HandoffLayer::idle_leases`](super::HandoffLayer::idle_leases)) wait. A `MOVING` closes the idle ones on
 /// the old endpoint; a lease held during a `MOVING` is handed off when given
 /// back (closed, and the next lease is dialled at the new endpoint). A lease
 /// held past the deadline loses its connection when the server closes it.
@@ -78,6 +83,10 @@ pub struct Leased<M: MakeConnection, P: HandoffPolicy> {
     slot: Arc<Slot>,
     /// A request left state on the connection: do not reuse it.
     dirty: bool,
+    /// Blocking commands sent whose reply is not in.
+    blocking: Arc<AtomicUsize>,
+    /// An idle connection given back by an earlier lease.
+    reused: bool,
     shared: Arc<Shared<M, P>>,
 }
 
@@ -87,6 +96,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Leased<M, P> {
             conn: Some(conn),
             slot,
             dirty: false,
+            blocking: Arc::new(AtomicUsize::new(0)),
+            reused: false,
             shared,
         }
     }
@@ -104,33 +115,72 @@ impl<M: MakeConnection, P: HandoffPolicy> Leased<M, P> {
     fn conn(&mut self) -> &mut M::Connection {
         self.conn.as_mut().expect("present until drop")
     }
+
+    /// True when the connection served an earlier lease. The server may
+    /// have closed it a moment before it was taken, before the client saw
+    /// it: then its first request fails with [`Error::Io`] or
+    /// [`Error::Closed`] without reaching the server, and can go again on
+    /// another lease.
+    ///
+    /// ```no_run
+    /// # use redis_layers::handoff::Handoff;
+    /// # use redis_layers::{cmd, Connector, Error};
+    /// # use tower::ServiceExt;
+    /// # async fn run(svc: Handoff<Connector>) -> Result<(), Error> {
+    /// let mut lease = svc.lease().await?;
+    /// let mut reply = (&mut lease).oneshot(cmd("BLPOP").arg("jobs").arg(5).into()).await;
+    /// if matches!(reply, Err(Error::Io(_) | Error::Closed)) && lease.is_reused() {
+    ///     let mut lease = svc.lease().await?;
+    ///     reply = (&mut lease).oneshot(cmd("BLPOP").arg("jobs").arg(5).into()).await;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Nothing the requests so far did stays on the connection (the
+    /// client's transaction after its `WATCH` is over).
+    pub(crate) fn mark_clean(&mut self) {
+        self.dirty = false;
+    }
 }
 
-fn stateful(req: &Request) -> bool {
-    let cmds = match req.body() {
+fn cmds(req: &Request) -> &[crate::Cmd] {
+    match req.body() {
         Body::Cmd(c) => std::slice::from_ref(c),
         Body::Pipeline(p) => p.cmds(),
-    };
-    // A blocking command whose caller gave up still blocks on the server
-    // (and would pop an element for nobody): not for the next lease.
-    cmds.iter()
-        .any(|c| c.is_blocking() || STATEFUL.iter().any(|name| c.is(name)))
+    }
+}
+
+/// True when `cmd` leaves state on its connection.
+pub(crate) fn leaves_state(cmd: &crate::Cmd) -> bool {
+    STATEFUL.iter().any(|name| cmd.is(name))
 }
 
 impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Leased<M, P> {
     type Response = Response;
     type Error = Error;
-    type Future = ResponseFuture<<M::Connection as Service<Request>>::Future>;
+    type Future = LeaseFuture<<M::Connection as Service<Request>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.conn().poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        self.dirty |= stateful(&req);
+        let cmds = cmds(&req);
+        self.dirty |= cmds.iter().any(leaves_state);
+        let blocking = cmds.iter().filter(|c| c.is_blocking()).count();
+        let blocking = (blocking > 0).then(|| {
+            self.blocking.fetch_add(blocking, Ordering::SeqCst);
+            (self.blocking.clone(), blocking)
+        });
         self.slot.acquire();
         let fut = self.conn().call(req);
-        ResponseFuture::new(fut, Some(Lease(self.slot.clone())))
+        LeaseFuture::new(
+            ResponseFuture::new(fut, Some(Lease(self.slot.clone()))),
+            blocking,
+        )
     }
 }
 
@@ -145,7 +195,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Maintained for Leased<M, P> {
 impl<M: MakeConnection, P: HandoffPolicy> Drop for Leased<M, P> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.shared.give_back(self.slot.clone(), conn, self.dirty);
+            let dirty = self.dirty || self.blocking.load(Ordering::SeqCst) > 0;
+            self.shared.give_back(self.slot.clone(), conn, dirty);
         }
     }
 }
@@ -155,6 +206,7 @@ impl<M: MakeConnection, P: HandoffPolicy> fmt::Debug for Leased<M, P> {
         f.debug_struct("Leased")
             .field("endpoint", &self.slot.endpoint)
             .field("dirty", &self.dirty)
+            .field("blocking", &self.blocking.load(Ordering::SeqCst))
             .finish_non_exhaustive()
     }
 }
@@ -170,7 +222,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             found.map(|i| idle.swap_remove(i))
         };
         if let Some((slot, conn)) = reuse {
-            return Ok(Leased::new(self.clone(), slot, conn));
+            let mut lease = Leased::new(self.clone(), slot, conn);
+            lease.reused = true;
+            return Ok(lease);
         }
         let dial = lock(&self.maker).make_connection(current.clone());
         let conn = dial.await?;
@@ -190,7 +244,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             && conn.resubscribe_commands().is_empty()
             && slot.endpoint == lock(&self.pool).current;
         let mut idle = lock(&self.idle);
-        if reuse && idle.len() < self.settings.pool_size {
+        if reuse && idle.len() < self.settings.idle_leases {
             idle.push((slot, conn));
         } else {
             drop(idle);

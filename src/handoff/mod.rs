@@ -88,8 +88,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tower_service::Service;
 
-pub use future::ResponseFuture;
+pub use future::{LeaseFuture, ResponseFuture};
 pub use layer::HandoffLayer;
+pub(crate) use lease::leaves_state;
 pub use lease::Leased;
 pub use policy::{
     DefaultPolicy, Filter, HandoffPolicy, HandoffPolicyExt, MapTarget, Moving, Spread,
@@ -158,6 +159,8 @@ where
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pool_size: usize,
+    /// Clean dedicated connections kept for the next lease.
+    idle_leases: usize,
     handoff_timeout: Duration,
     max_retries: u32,
     relaxed_timeout: Duration,
@@ -172,6 +175,7 @@ impl Settings {
     pub(crate) fn new(config: &Resolved, pool_size: usize) -> Self {
         Settings {
             pool_size,
+            idle_leases: IDLE_LEASES,
             handoff_timeout: config.handoff_timeout(),
             max_retries: config.max_handoff_retries(),
             relaxed_timeout: config.relaxed_timeout(),
@@ -186,7 +190,17 @@ impl Settings {
             dedup_ttl: config.dedup_ttl(),
         }
     }
+
+    /// With up to `n` idle leases kept.
+    pub(crate) fn idle_leases(mut self, n: usize) -> Self {
+        self.idle_leases = n;
+        self
+    }
 }
+
+/// How many clean dedicated connections wait for the next lease, by
+/// default ([`HandoffLayer::idle_leases`]).
+pub const IDLE_LEASES: usize = 8;
 
 /// What every clone of one [`Handoff`] shares.
 pub(crate) struct Shared<M: MakeConnection, P> {
