@@ -25,7 +25,7 @@ use std::time::Instant;
 use redis_layers::client::{Client, ClientBuilder};
 use redis_layers::Endpoint;
 use stats::median;
-use support::cluster::{query, RedisCluster, Reply};
+use support::cluster::{info_field, port_serving, RedisCluster};
 use support::RedisServer;
 
 const TASKS: usize = 4;
@@ -33,17 +33,7 @@ const QUEUE: &str = "{bench}:jobs";
 
 /// The server's count of accepted connections.
 fn received(port: u16) -> u64 {
-    let Ok(Reply::Bulk(Some(info))) = query(port, &[b"INFO", b"stats"]) else {
-        panic!("INFO stats on {port}")
-    };
-    String::from_utf8(info)
-        .expect("INFO is text")
-        .lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .expect("total_connections_received")
-        .trim()
-        .parse()
-        .expect("a number")
+    info_field(port, "stats", "total_connections_received")
 }
 
 /// `n` BLPOPs spread over the tasks: (BLPOPs per second, connections the
@@ -128,12 +118,8 @@ fn main() {
     let server = RedisServer::start();
     let cluster = RedisCluster::start();
     // The primary that holds the queue.
-    let owner = cluster
-        .primaries()
-        .iter()
-        .map(|s| s.port())
-        .find(|&p| !matches!(query(p, &[b"EXISTS", QUEUE.as_bytes()]), Ok(Reply::Error(e)) if e.starts_with("MOVED")))
-        .expect("a primary serves the queue");
+    let ports: Vec<u16> = cluster.primaries().iter().map(|s| s.port()).collect();
+    let owner = port_serving(&ports, QUEUE.as_bytes());
     println!(
         "redis-layers dedicated connections ({}): {TASKS} tasks looping on BLPOP of a list \
          that always has elements; {pairs} pairs of {n} BLPOPs",

@@ -80,7 +80,7 @@ use tower::{Service, ServiceExt};
 use crate::cluster::keys::{CommandTable, Route, RouteError};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::handoff::leaves_state;
+use crate::handoff::{leaves_state, settled};
 use crate::handoff::{DefaultPolicy, Handoff, Leased};
 use crate::maint::Maintained;
 use crate::pubsub::{PubSub, Subscription};
@@ -280,17 +280,12 @@ impl std::fmt::Debug for NodeConn {
 
 impl NodeConn {
     async fn send(&mut self, req: Request) -> Result<Response> {
-        let cmds = match req.body() {
-            crate::request::Body::Cmd(c) => std::slice::from_ref(c),
-            crate::request::Body::Pipeline(p) => p.cmds(),
-        };
+        let cmds = req.cmds();
         self.dirty |= cmds.iter().any(leaves_state);
         let blocking = cmds.iter().filter(|c| c.is_blocking()).count();
         self.blocking += blocking;
         let out = self.conn.send(req).await;
-        // A reply (or the server's error) ends the command on the server; a
-        // timeout or a lost connection may not.
-        if matches!(out, Ok(_) | Err(Error::Server(_))) {
+        if settled(&out) {
             self.blocking -= blocking;
         }
         out
@@ -299,6 +294,9 @@ impl NodeConn {
     /// A new connection to the same node in place of this one.
     async fn replace(&mut self) -> Result<()> {
         self.conn.close();
+        // Until the new one is in: a drop meanwhile must not keep the old
+        // one (closing takes a moment to show).
+        self.dirty = true;
         self.conn = self.home.connector.connect(self.endpoint.clone()).await?;
         (self.dirty, self.blocking, self.reused) = (false, 0, false);
         Ok(())
@@ -310,6 +308,7 @@ impl Drop for NodeConn {
         let clean = !self.dirty
             && self.blocking == 0
             && !self.conn.is_closed()
+            && self.conn.resubscribe_commands().is_empty()
             && self.conn.maintenance().active_moving().is_none();
         let mut idle = crate::lock(&self.home.idle);
         let kept = idle.iter().filter(|(e, _)| *e == self.endpoint).count();
@@ -348,8 +347,15 @@ impl std::fmt::Debug for DedicatedConn {
 }
 
 /// How many idle connections in a row may turn out closed before the
-/// first request of a dedicated connection fails (more than are kept).
+/// first request of a dedicated connection fails. Each try takes another
+/// idle one (a cluster node's replacement is always new), so the idle ones
+/// bound it; this is a backstop.
 const STALE_TRIES: usize = 64;
+
+/// A first request that fails later than this after it was sent is not
+/// sent again: it reached a connection that was open (a `BLPOP` that
+/// waited, say), not one the server had closed before.
+const STALE_WINDOW: Duration = Duration::from_secs(1);
 
 impl DedicatedConn {
     async fn leased(from: &Arc<Handoff<Connector>>) -> Result<DedicatedConn> {
@@ -362,9 +368,13 @@ impl DedicatedConn {
     }
 
     /// Sends `req`. The first request on an idle connection taken again
-    /// that fails for the connection (the server closed it a moment before,
-    /// and the client had not seen it yet: the request never reached the
-    /// server) goes again on another connection.
+    /// that fails at once for the connection goes again on another one:
+    /// the server closed the idle connection a moment before, and the
+    /// client had not seen it yet. The request then most likely never
+    /// reached the server; if it did, running it again is harmless for the
+    /// first requests the client sends here (`WATCH`: the watch starts
+    /// over before any read; a blocking pop: no element is popped twice;
+    /// `SCAN`: a read). Do not rely on this for other first requests.
     async fn send(&mut self, req: Request) -> Result<Response> {
         for _ in 0..STALE_TRIES {
             let reused = match self {
@@ -374,8 +384,10 @@ impl DedicatedConn {
             if !reused {
                 break;
             }
+            let sent = std::time::Instant::now();
             match self.send_once(req.clone()).await {
-                Err(Error::Io(_) | Error::Closed) => self.replace().await?,
+                Err(Error::Closed) => self.replace().await?,
+                Err(Error::Io(_)) if sent.elapsed() < STALE_WINDOW => self.replace().await?,
                 out => return out,
             }
         }
@@ -395,6 +407,9 @@ impl DedicatedConn {
         match self {
             DedicatedConn::Leased { lease, from, .. } => {
                 lease.get_ref().close();
+                // Not given back as clean if dropped before the new one is
+                // in (closing takes a moment to show).
+                lease.mark_dirty();
                 *self = DedicatedConn::leased(&from.clone()).await?;
                 Ok(())
             }

@@ -120,6 +120,14 @@ impl Request {
         }
     }
 
+    /// The commands: the one, or the pipeline's.
+    pub(crate) fn cmds(&self) -> &[Cmd] {
+        match &self.body {
+            Body::Cmd(c) => std::slice::from_ref(c),
+            Body::Pipeline(p) => p.cmds(),
+        }
+    }
+
     /// The commands.
     pub fn body(&self) -> &Body {
         &self.body

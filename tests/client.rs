@@ -17,7 +17,7 @@ use redis_layers::client::{
     BoxService, Client, ClientBuilder, Expiry, Script, ServerMode, SetOptions, StreamEntry,
 };
 use redis_layers::{cmd, Error, ServerErrorKind, Value};
-use support::cluster::{query, RedisCluster, Reply};
+use support::cluster::{blocked_clients, info_field, port_serving, query, RedisCluster, Reply};
 use support::{bounded, RedisServer};
 
 /// Reads the server's state apart from the client: a fresh RESP2
@@ -403,13 +403,7 @@ async fn scripts(c: &Client, o: &Oracle, p: &str) {
 /// A command without keys, sent to the node that serves `key`.
 fn query_node_of(o: &Oracle, key: &str, args: &[&str]) -> Reply {
     let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    for &port in &o.ports {
-        if !matches!(query(port, &[b"EXISTS", key.as_bytes()]), Ok(Reply::Error(e)) if e.starts_with("MOVED"))
-        {
-            return query(port, &args).unwrap();
-        }
-    }
-    panic!("no node serves {key}")
+    query(port_serving(&o.ports, key.as_bytes()), &args).unwrap()
 }
 
 async fn streams(c: &Client, o: &Oracle, p: &str) {
@@ -643,42 +637,6 @@ async fn blocking(c: &Client, o: &Oracle, p: &str) {
     assert_eq!(o.strings(&["LRANGE", &l1, "0", "-1"]), ["a"]);
 }
 
-/// The port of the server that holds `key`.
-fn port_of(o: &Oracle, key: &str) -> u16 {
-    *o.ports
-        .iter()
-        .find(|&&port| {
-            !matches!(query(port, &[b"EXISTS", key.as_bytes()]),
-                Ok(Reply::Error(e)) if e.starts_with("MOVED"))
-        })
-        .unwrap_or_else(|| panic!("no node serves {key}"))
-}
-
-/// A field of `INFO` on the server at `port`.
-fn info_field(port: u16, section: &str, field: &str) -> u64 {
-    let Ok(Reply::Bulk(Some(info))) = query(port, &[b"INFO", section.as_bytes()]) else {
-        panic!("INFO {section} on {port}")
-    };
-    let info = String::from_utf8(info).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in {info}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Waits (bounded) until the server at `port` has `n` blocked clients.
-async fn blocked_clients(port: u16, n: u64) {
-    for _ in 0..500 {
-        if info_field(port, "clients", "blocked_clients") == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the server on {port} never had {n} blocked clients");
-}
-
 /// Dedicated connections (`blpop`, `watch`) are reused when nothing is
 /// left on them, and closed otherwise.
 async fn dedicated_reuse(c: &Client, o: &Oracle, p: &str) {
@@ -687,7 +645,7 @@ async fn dedicated_reuse(c: &Client, o: &Oracle, p: &str) {
         format!("{{{p}}}:reuse-k"),
         format!("{{{p}}}:reuse-j"),
     );
-    let port = port_of(o, &q);
+    let port = port_serving(&o.ports, q.as_bytes());
     let mut push = vec!["RPUSH", &q];
     let items: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     push.extend(items.iter().map(String::as_str));
@@ -879,6 +837,8 @@ async fn cluster_every_helper_resp3_and_resp2() {
         let client = Client::open(&url).await.unwrap();
         assert!(client.is_cluster(), "HELLO says mode cluster");
         suite(&client, &oracle, "c3").await;
+        // Gone before the next suite counts connections on its nodes.
+        drop(client);
 
         let client = Client::open(&format!("{url}?protocol=2")).await.unwrap();
         assert!(client.is_cluster(), "INFO cluster says cluster_enabled:1");
@@ -944,6 +904,52 @@ async fn a_cluster_scan_goes_on_after_its_connection_is_killed() {
         }
         assert!(errors > 0, "the kills were seen ({pages} pages)");
         assert_eq!(got, want, "{pages} pages, {errors} errors");
+    })
+    .await
+}
+
+/// An idle dedicated connection the server closes just before it is taken
+/// again: on a one-thread runtime the connection's driver cannot have seen
+/// the close when the next `BLPOP` takes it, so its first request fails,
+/// every time; the client sends it again on a new connection and the
+/// caller sees nothing. Standalone and cluster.
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_connection_closed_just_before_it_is_taken_is_replaced() {
+    bounded(60, async {
+        let server = RedisServer::start();
+        let cluster = RedisCluster::start();
+        let ports: Vec<u16> = cluster.primaries().iter().map(|s| s.port()).collect();
+        let kill: [&[u8]; 6] = [b"CLIENT", b"KILL", b"TYPE", b"normal", b"SKIPME", b"yes"];
+        let q = "{stale}:q";
+        for (url, port) in [
+            (
+                format!("redis://127.0.0.1:{}", server.port()),
+                server.port(),
+            ),
+            (
+                format!("redis://127.0.0.1:{}", ports[0]),
+                port_serving(&ports, q.as_bytes()),
+            ),
+        ] {
+            let c = Client::open(&url).await.unwrap();
+            let items: Vec<String> = (0..6).map(|i| i.to_string()).collect();
+            c.rpush(q, &items).await.unwrap();
+            // The first one leaves its connection idle for the next.
+            let got: Option<(String, String)> = c.blpop([q], 1.0).await.unwrap();
+            assert_eq!(got, Some((q.to_string(), "0".to_string())));
+            for item in &items[1..] {
+                let before = info_field(port, "stats", "total_connections_received");
+                // Blocking, on this task's only thread: the driver does not
+                // run before the BLPOP below takes the connection.
+                query(port, &kill).unwrap();
+                let got: Option<(String, String)> = c.blpop([q], 1.0).await.unwrap();
+                assert_eq!(got, Some((q.to_string(), item.clone())), "{url}");
+                let dialled = info_field(port, "stats", "total_connections_received") - before;
+                // The kill's and the INFO's own connections, and the new
+                // dedicated one (plus, at most, the shared connection again).
+                assert!((3..=4).contains(&dialled), "{url}: {dialled}");
+            }
+        }
     })
     .await
 }

@@ -21,6 +21,7 @@ use redis_layers::maint::{BreakerState, EndpointType, MaintEvent, MaintenanceCon
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
 use redis_layers::sim::{Moved, Moving};
 use redis_layers::{cmd, Connector, Endpoint, Error, Request, Value};
+use support::cluster::blocked_clients;
 use support::ledger::{self, Report};
 use support::sim::{endpoint, SimStandalone};
 use support::{bounded, within};
@@ -808,6 +809,13 @@ async fn a_lease_blocks_alone() {
     .await;
 }
 
+/// The simulator's client connections, oldest first.
+fn client_ids(env: &SimStandalone) -> Vec<u64> {
+    let mut v: Vec<u64> = env.sim.clients().iter().map(|c| c.id).collect();
+    v.sort_unstable();
+    v
+}
+
 /// A clean lease's connection serves the next lease; one that ran `WATCH`
 /// (state on the connection) is closed when given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -816,23 +824,22 @@ async fn clean_leases_are_reused_and_dirty_ones_closed() {
         let env = SimStandalone::start().await;
         let mut svc = stack(&env, 1);
         send(&mut svc, cmd("PING")).await.unwrap();
-        let ids = |env: &SimStandalone| {
-            let mut v: Vec<u64> = env.sim.clients().iter().map(|c| c.id).collect();
-            v.sort_unstable();
-            v
-        };
         let mut lease = svc.get_ref().lease().await.unwrap();
         send(&mut lease, cmd("GET").arg("k")).await.unwrap();
         drop(lease);
-        let after_first = ids(&env);
+        let after_first = client_ids(&env);
         assert_eq!(after_first.len(), 2);
         let mut lease = svc.get_ref().lease().await.unwrap();
-        assert_eq!(ids(&env), after_first, "the clean connection was reused");
+        assert_eq!(
+            client_ids(&env),
+            after_first,
+            "the clean connection was reused"
+        );
         send(&mut lease, cmd("WATCH").arg("k")).await.unwrap();
         drop(lease);
         sockets_left(&env, 1).await;
         let lease = svc.get_ref().lease().await.unwrap();
-        let now = ids(&env);
+        let now = client_ids(&env);
         assert_eq!(now.len(), 2);
         assert!(
             now[1] > after_first[1],
@@ -852,26 +859,7 @@ async fn a_lease_is_reused_after_a_blocking_reply_and_closed_after_one_given_up(
         let env = SimStandalone::start().await;
         let mut svc = stack(&env, 1);
         send(&mut svc, cmd("PING")).await.unwrap();
-        let ids = |env: &SimStandalone| {
-            let mut v: Vec<u64> = env.sim.clients().iter().map(|c| c.id).collect();
-            v.sort_unstable();
-            v
-        };
-        let blocked = |n: &'static str| {
-            let server = &env.server;
-            async move {
-                for _ in 0..500 {
-                    if server
-                        .cli(&["INFO", "clients"])
-                        .contains(&format!("blocked_clients:{n}\r"))
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                panic!("never {n} blocked clients");
-            }
-        };
+        let port = env.server.port();
         let item = |v: &str| {
             Value::Array(vec![
                 Value::BulkString("jobs".into()),
@@ -885,12 +873,12 @@ async fn a_lease_is_reused_after_a_blocking_reply_and_closed_after_one_given_up(
             .unwrap();
         assert_eq!(got, item("a"));
         drop(lease);
-        let after = ids(&env);
+        let after = client_ids(&env);
         assert_eq!(after.len(), 2);
 
         let mut lease = svc.get_ref().lease().await.unwrap();
         assert_eq!(
-            ids(&env),
+            client_ids(&env),
             after,
             "the answered BLPOP's connection was reused"
         );
@@ -899,16 +887,16 @@ async fn a_lease_is_reused_after_a_blocking_reply_and_closed_after_one_given_up(
             tokio::pin!(blpop);
             tokio::select! {
                 r = &mut blpop => panic!("nothing to pop, yet {r:?}"),
-                _ = blocked("1") => {}
+                _ = blocked_clients(port, 1) => {}
             }
         }
         drop(lease);
         sockets_left(&env, 1).await;
-        blocked("0").await;
+        blocked_clients(port, 0).await;
         env.server.cli(&["RPUSH", "jobs", "b"]);
         assert_eq!(env.server.cli(&["LLEN", "jobs"]), "1", "nobody took it");
         let mut lease = svc.get_ref().lease().await.unwrap();
-        assert!(ids(&env)[1] > after[1], "a new connection");
+        assert!(client_ids(&env)[1] > after[1], "a new connection");
         let got = send(&mut lease, cmd("BLPOP").arg("jobs").arg(1))
             .await
             .unwrap();

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use super::from_value::type_error;
 use super::{Client, Dedicated, DedicatedConn, FromValue};
 use crate::error::{Error, Result, ServerError};
+use crate::handoff::leaves_state;
 use crate::resp::{cmd, Cmd, Pipeline, Value};
 
 /// Commands sent as one request: a pipeline ([`Client::pipeline`]) or a
@@ -216,7 +217,7 @@ impl Watch {
 
     /// Sends a command on the watched connection (reads, or more `WATCH`es).
     pub async fn cmd<T: FromValue>(&mut self, c: Cmd) -> Result<T> {
-        self.tainted |= crate::handoff::leaves_state(&c) && !c.is("WATCH");
+        self.tainted |= leaves_state(&c) && !c.is("WATCH");
         let req = self.client.timed(c);
         T::from_value(self.conn.send(req).await?.into_value()?)
     }
@@ -240,13 +241,16 @@ impl Watch {
             }
         }
         let req = self.client.timed(tx.transaction());
-        let reply = self.conn.send(req).await?;
-        // Every reply is in: `EXEC` (or its abort) ended the transaction
-        // and the watch, and the connection can serve the next one.
-        if !self.tainted {
+        let replies = exec_reply(self.conn.send(req).await?.into_pipeline()?);
+        // `EXEC` ran (applied, or aborted by a watched key): the
+        // transaction and the watch are over, and the connection can serve
+        // the next user, unless a command left state on it (one of the
+        // caller's own through `cmd`, or one in the transaction). A failed
+        // `MULTI` or `EXEC` leaves it dirty.
+        if replies.is_ok() && !self.tainted && !tx.cmds.cmds().iter().any(leaves_state) {
             self.conn.mark_clean();
         }
-        match exec_reply(reply.into_pipeline()?)? {
+        match replies? {
             Some(replies) => T::from_value(Value::Array(tx.kept(replies)?)).map(Some),
             None => Ok(None),
         }

@@ -108,7 +108,10 @@ impl Scan {
                     let reply = match conn.send(req).await {
                         Ok(r) => r,
                         Err(e) => {
-                            // Dialled again for the next try.
+                            // The next try takes a connection again: a new
+                            // one if this one is closed, or this one back
+                            // (after a timeout: the late reply is read and
+                            // dropped in order).
                             self.conn = None;
                             return Err(e);
                         }

@@ -99,13 +99,18 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = ready!(this.inner.poll(cx));
-        // A reply (or the server's error) ends the command on the server; a
-        // timeout or a lost connection may not, and the count stays.
-        if matches!(out, Ok(_) | Err(Error::Server(_))) {
+        if settled(&out) {
             if let Some((count, n)) = this.blocking.take() {
                 count.fetch_sub(n, Ordering::SeqCst);
             }
         }
         Poll::Ready(out)
     }
+}
+
+/// True when `out` says the command is over on the server: a reply, or the
+/// server's error. A timeout or a lost connection may not be: a blocking
+/// command may still block there.
+pub(crate) fn settled(out: &Result<Response, Error>) -> bool {
+    matches!(out, Ok(_) | Err(Error::Server(_)))
 }

@@ -28,7 +28,7 @@ use super::pool::{Lease, Slot};
 use super::{lock, HandoffPolicy, MakeConnection, Shared};
 use crate::error::{Error, Result};
 use crate::maint::{Maintained, MaintenanceState};
-use crate::request::{Body, Request, Response};
+use crate::request::{Request, Response};
 use crate::transport::{Endpoint, Lifecycle};
 
 /// Commands after which a connection is not handed to another lease.
@@ -60,11 +60,12 @@ const STATEFUL: &[&str] = &[
 /// caller gave up may still block on the server and take an element for
 /// nobody), none that leaves state on the connection (`WATCH`, `MULTI`,
 /// `SELECT`, `CLIENT ...`, subscriptions, ...), and still on the endpoint
-/// the pool uses; otherwise it is closed. Up to `idle_leases` (see
-/// [`HandoffLayer::idle_leases`](super::HandoffLayer::idle_leases)) wait. A `MOVING` closes the idle ones on
-/// the old endpoint; a lease held during a `MOVING` is handed off when given
-/// back (closed, and the next lease is dialled at the new endpoint). A lease
-/// held past the deadline loses its connection when the server closes it.
+/// the pool uses; otherwise it is closed. Up to `idle_leases` wait (see
+/// [`HandoffLayer::idle_leases`](super::HandoffLayer::idle_leases)). A
+/// `MOVING` closes the idle ones on the old endpoint; a lease held during a
+/// `MOVING` is handed off when given back (closed, and the next lease is
+/// dialled at the new endpoint). A lease held past the deadline loses its
+/// connection when the server closes it.
 ///
 /// ```no_run
 /// use redis_layers::handoff::Handoff;
@@ -118,9 +119,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Leased<M, P> {
 
     /// True when the connection served an earlier lease. The server may
     /// have closed it a moment before it was taken, before the client saw
-    /// it: then its first request fails with [`Error::Io`] or
-    /// [`Error::Closed`] without reaching the server, and can go again on
-    /// another lease.
+    /// it: then its first request fails at once with [`Error::Closed`] or
+    /// [`Error::Io`], most likely without reaching the server. The
+    /// `Client` sends such a first request again on another lease when it
+    /// is harmless to run twice (its first requests are `WATCH` and
+    /// blocking pops, which pop nothing twice).
     ///
     /// ```no_run
     /// # use redis_layers::handoff::Handoff;
@@ -144,12 +147,10 @@ impl<M: MakeConnection, P: HandoffPolicy> Leased<M, P> {
     pub(crate) fn mark_clean(&mut self) {
         self.dirty = false;
     }
-}
 
-fn cmds(req: &Request) -> &[crate::Cmd] {
-    match req.body() {
-        Body::Cmd(c) => std::slice::from_ref(c),
-        Body::Pipeline(p) => p.cmds(),
+    /// Not to be reused, whatever ran on it.
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 }
 
@@ -168,7 +169,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Leased<M, P> {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let cmds = cmds(&req);
+        let cmds = req.cmds();
         self.dirty |= cmds.iter().any(leaves_state);
         let blocking = cmds.iter().filter(|c| c.is_blocking()).count();
         let blocking = (blocking > 0).then(|| {

@@ -767,6 +767,45 @@ pub enum Reply {
     Array(Option<Vec<Reply>>),
 }
 
+/// A numeric field of `INFO section` on the server on `port` (the query's
+/// own connection is counted in it).
+pub fn info_field(port: u16, section: &str, field: &str) -> u64 {
+    let Ok(Reply::Bulk(Some(info))) = query(port, &[b"INFO", section.as_bytes()]) else {
+        panic!("INFO {section} on port {port}")
+    };
+    let info = String::from_utf8(info).expect("INFO is text");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{field}: {e}"))
+}
+
+/// Waits (bounded: 5 s) until the server on `port` has `n` blocked
+/// clients. Polls: the server sends no event for it.
+pub async fn blocked_clients(port: u16, n: u64) {
+    for _ in 0..500 {
+        if info_field(port, "clients", "blocked_clients") == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the server on port {port} never had {n} blocked clients");
+}
+
+/// The port among `ports` whose server serves `key` (the others answer
+/// `MOVED`).
+pub fn port_serving(ports: &[u16], key: &[u8]) -> u16 {
+    *ports
+        .iter()
+        .find(|&&port| {
+            !matches!(query(port, &[b"EXISTS", key]),
+                Ok(Reply::Error(e)) if e.starts_with("MOVED"))
+        })
+        .unwrap_or_else(|| panic!("no server serves {}", String::from_utf8_lossy(key)))
+}
+
 /// Sends one command to the server on `port` over a fresh connection and
 /// reads its reply (bounded: 5 s to connect, read and write).
 pub fn query(port: u16, args: &[&[u8]]) -> Result<Reply, String> {
