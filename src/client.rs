@@ -90,7 +90,7 @@ use crate::transport::{Connection, Connector, Endpoint};
 
 pub use batch::{Batch, Watch};
 pub use builder::{ClientBuilder, ServerMode};
-pub use commands::{Expiry, SetOptions, StreamEntry, StreamReads};
+pub use commands::{Expiry, ListEnd, SetOptions, StreamEntry, StreamReads};
 pub use from_value::FromValue;
 pub use scan::{Scan, ScanStream};
 pub use script::Script;
@@ -700,6 +700,91 @@ impl Client {
     ) -> Result<Option<(String, T)>> {
         self.blocking(cmd("BRPOP").args(keys).arg(timeout_secs))
             .await
+    }
+
+    /// `BLMOVE source destination from to timeout`: the element moved from
+    /// the `from` end of `source` to the `to` end of `destination`; `None`
+    /// after `timeout_secs` (0: wait forever). In a cluster both lists
+    /// must be in one slot (hash tags). Runs on a dedicated connection.
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
+    /// use redis_layers::client::ListEnd;
+    /// let job: Option<String> =
+    ///     client.blmove("{q}:todo", "{q}:doing", ListEnd::Left, ListEnd::Right, 5.0).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn blmove<T: FromValue>(
+        &self,
+        source: impl ToArg,
+        destination: impl ToArg,
+        from: ListEnd,
+        to: ListEnd,
+        timeout_secs: f64,
+    ) -> Result<Option<T>> {
+        let c = cmd("BLMOVE").arg(source).arg(destination);
+        self.blocking(c.arg(from.as_str()).arg(to.as_str()).arg(timeout_secs))
+            .await
+    }
+
+    /// `BZPOPMIN keys... timeout`: the member with the lowest score of the
+    /// first non-empty sorted set, as `(key, member, score)`; `None` after
+    /// `timeout_secs` (0: wait forever). Runs on a dedicated connection.
+    pub async fn bzpopmin<T: FromValue>(
+        &self,
+        keys: impl IntoIterator<Item = impl ToArg>,
+        timeout_secs: f64,
+    ) -> Result<Option<(String, T, f64)>> {
+        self.blocking(cmd("BZPOPMIN").args(keys).arg(timeout_secs))
+            .await
+    }
+
+    /// `BZPOPMAX`: like [`Client::bzpopmin`], the highest score.
+    pub async fn bzpopmax<T: FromValue>(
+        &self,
+        keys: impl IntoIterator<Item = impl ToArg>,
+        timeout_secs: f64,
+    ) -> Result<Option<(String, T, f64)>> {
+        self.blocking(cmd("BZPOPMAX").args(keys).arg(timeout_secs))
+            .await
+    }
+
+    /// `XREAD BLOCK block_ms STREAMS keys... ids...`: entries after each
+    /// id (`$`: only new ones), per stream, waiting up to `block_ms` (0:
+    /// forever) for one; empty after the wait. Runs on a dedicated
+    /// connection.
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
+    /// for (stream, entries) in client.xread_block(["events"], ["$"], 5_000).await? {
+    ///     println!("{stream}: {} new", entries.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn xread_block(
+        &self,
+        keys: impl IntoIterator<Item = impl ToArg>,
+        ids: impl IntoIterator<Item = impl ToArg>,
+        block_ms: u64,
+    ) -> Result<StreamReads> {
+        let c = cmd("XREAD").arg("BLOCK").arg(block_ms).arg("STREAMS");
+        self.blocking(c.args(keys).args(ids)).await
+    }
+
+    /// `XREADGROUP GROUP group consumer BLOCK block_ms STREAMS keys...
+    /// ids...` (`>` for new entries): like [`Client::xread_block`], for a
+    /// consumer group. Runs on a dedicated connection.
+    pub async fn xreadgroup_block(
+        &self,
+        group: impl ToArg,
+        consumer: impl ToArg,
+        keys: impl IntoIterator<Item = impl ToArg>,
+        ids: impl IntoIterator<Item = impl ToArg>,
+        block_ms: u64,
+    ) -> Result<StreamReads> {
+        let c = cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer);
+        let c = c.arg("BLOCK").arg(block_ms).arg("STREAMS");
+        self.blocking(c.args(keys).args(ids)).await
     }
 
     async fn blocking<T: FromValue>(&self, c: Cmd) -> Result<T> {

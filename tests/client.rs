@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use redis_layers::client::{
-    BoxService, Client, ClientBuilder, Expiry, Script, ServerMode, SetOptions, StreamEntry,
+    BoxService, Client, ClientBuilder, Expiry, ListEnd, Script, ServerMode, SetOptions, StreamEntry,
 };
 use redis_layers::{cmd, Error, ServerErrorKind, Value};
 use support::cluster::{blocked_clients, info_field, port_serving, query, RedisCluster, Reply};
@@ -635,6 +635,65 @@ async fn blocking(c: &Client, o: &Oracle, p: &str) {
     let got: Option<(String, String)> = c.brpop([&l1], 1.0).await.unwrap();
     assert_eq!(got, Some((l1.clone(), "b".to_string())));
     assert_eq!(o.strings(&["LRANGE", &l1, "0", "-1"]), ["a"]);
+
+    // BLMOVE: from the head of one list to the tail of another; nil after
+    // the timeout.
+    o.q(&["RPUSH", &l1, "x"]);
+    o.q(&["RPUSH", &l2, "first"]);
+    let moved: Option<String> = c
+        .blmove(&l1, &l2, ListEnd::Left, ListEnd::Right, 1.0)
+        .await
+        .unwrap();
+    assert_eq!(moved.as_deref(), Some("a"));
+    assert_eq!(o.strings(&["LRANGE", &l1, "0", "-1"]), ["x"]);
+    assert_eq!(o.strings(&["LRANGE", &l2, "0", "-1"]), ["first", "a"]);
+    let empty = format!("{{{p}}}:empty");
+    let none: Option<String> = c
+        .blmove(&empty, &l2, ListEnd::Right, ListEnd::Left, 0.1)
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+
+    // BZPOPMIN / BZPOPMAX: (key, member, score); nil after the timeout.
+    let z = format!("{{{p}}}:bz");
+    o.q(&["ZADD", &z, "1", "low", "2.5", "high", "2", "mid"]);
+    let got: Option<(String, String, f64)> = c.bzpopmin([&z], 1.0).await.unwrap();
+    assert_eq!(got, Some((z.clone(), "low".to_string(), 1.0)));
+    let got: Option<(String, String, f64)> = c.bzpopmax([&z], 1.0).await.unwrap();
+    assert_eq!(got, Some((z.clone(), "high".to_string(), 2.5)));
+    assert_eq!(o.int(&["ZCARD", &z]), 1);
+    let none: Option<(String, String, f64)> = c.bzpopmin([&empty], 0.1).await.unwrap();
+    assert_eq!(none, None);
+
+    // XREAD BLOCK: empty after the wait; an entry added while it waits
+    // ends the wait.
+    let s = format!("{{{p}}}:bstream");
+    assert!(c.xread_block([&s], ["$"], 100).await.unwrap().is_empty());
+    let waiter = {
+        let (c, s) = (c.clone(), s.clone());
+        tokio::spawn(async move { c.xread_block([s], ["$"], 10_000).await })
+    };
+    blocked_clients(port_serving(&o.ports, s.as_bytes()), 1).await;
+    let id = c.xadd(&s, "*", [("f", "v")]).await.unwrap();
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, s);
+    assert_eq!(got[0].1.len(), 1);
+    assert_eq!(got[0].1[0].id, id);
+    assert_eq!(got[0].1[0].fields, [("f".to_string(), Bytes::from("v"))]);
+
+    // XREADGROUP BLOCK: new entries for the group, once.
+    c.xgroup_create(&s, "g", "0").await.unwrap();
+    let got = c
+        .xreadgroup_block("g", "alice", [&s], [">"], 1_000)
+        .await
+        .unwrap();
+    assert_eq!(got[0].1[0].id, id);
+    let again = c
+        .xreadgroup_block("g", "alice", [&s], [">"], 100)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 }
 
 /// Dedicated connections (`blpop`, `watch`) are reused when nothing is

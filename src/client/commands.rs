@@ -127,6 +127,29 @@ impl ToArg for SetOptions {
     }
 }
 
+/// An end of a list, for [`Client::blmove`](super::Client::blmove).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListEnd {
+    /// The head (`LEFT`).
+    Left,
+    /// The tail (`RIGHT`).
+    Right,
+}
+
+impl ListEnd {
+    /// `LEFT` or `RIGHT`.
+    ///
+    /// ```
+    /// assert_eq!(redis_layers::client::ListEnd::Right.as_str(), "RIGHT");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListEnd::Left => "LEFT",
+            ListEnd::Right => "RIGHT",
+        }
+    }
+}
+
 /// One stream entry: its id and its fields in order (`XRANGE`, `XREAD`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
