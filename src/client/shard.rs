@@ -11,9 +11,20 @@
 //! and [`pubsub`](crate::pubsub) subscribes again through the router:
 //! to the primary the slot map names, following the `MOVED` that node
 //! answers when the map is behind.
+//!
+//! A node whose connection is lost may be dead for good (a failover: its
+//! replica now serves its slots), and a dead node sends no
+//! `sunsubscribe`. So while a node's connection is lost, the router reads
+//! the slot map again (every 250 ms, doubling to 2 s); each shard channel
+//! whose slot another primary serves now ends on the lost node as if the
+//! server had ended it, and is subscribed again on the new primary. Once
+//! no shard channel is left on the lost node (and it is not where the
+//! plain channels are), its connection is dropped, so a dead node is not
+//! dialled forever.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -72,6 +83,8 @@ struct Router {
     nodes: Mutex<HashMap<Endpoint, Handoff<Connector>>>,
     state: Arc<Mutex<State>>,
     tx: mpsc::UnboundedSender<PushItem>,
+    /// Nodes whose connection was just lost, to [`follow_failovers`].
+    lost_tx: mpsc::UnboundedSender<Endpoint>,
 }
 
 /// The cluster's sharded [`PubSub`]; see the [module docs](self).
@@ -82,6 +95,7 @@ pub(super) fn pubsub(
     home: Endpoint,
 ) -> PubSub {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (lost_tx, lost_rx) = mpsc::unbounded_channel();
     let router = Arc::new(Router {
         cluster,
         connector,
@@ -90,7 +104,9 @@ pub(super) fn pubsub(
         nodes: Mutex::new(HashMap::new()),
         state: Arc::default(),
         tx,
+        lost_tx,
     });
+    tokio::spawn(follow_failovers(Arc::downgrade(&router), lost_rx));
     let send = move |c: Cmd| -> SendFuture {
         let router = router.clone();
         Box::pin(async move { router.send(c).await })
@@ -267,6 +283,7 @@ impl Router {
             pushes,
             self.state.clone(),
             self.tx.clone(),
+            self.lost_tx.clone(),
         ));
         nodes.insert(endpoint.clone(), h.clone());
         Ok(h)
@@ -295,6 +312,7 @@ async fn forward(
     mut pushes: PushReceiver,
     state: Arc<Mutex<State>>,
     tx: mpsc::UnboundedSender<PushItem>,
+    lost_tx: mpsc::UnboundedSender<Endpoint>,
 ) {
     while let Some(item) = pushes.recv_item().await {
         let item = match item {
@@ -324,7 +342,11 @@ async fn forward(
             PushItem::SubscriptionsLost => {
                 let mut st = lock(&state);
                 let first = st.lost.is_empty();
-                (st.lost.insert(endpoint.clone()) && first).then_some(PushItem::SubscriptionsLost)
+                let new = st.lost.insert(endpoint.clone());
+                if new {
+                    let _ = lost_tx.send(endpoint.clone());
+                }
+                (new && first).then_some(PushItem::SubscriptionsLost)
             }
             PushItem::SubscriptionsRestored => {
                 let mut st = lock(&state);
@@ -337,5 +359,78 @@ async fn forward(
                 return;
             }
         }
+    }
+}
+
+/// Follows each node whose connection is lost ([`Router::follow`]).
+async fn follow_failovers(router: Weak<Router>, mut lost: mpsc::UnboundedReceiver<Endpoint>) {
+    while let Some(endpoint) = lost.recv().await {
+        tokio::spawn(follow(router.clone(), endpoint));
+    }
+}
+
+/// While `endpoint`'s connection is lost (see the [module docs](self)):
+/// reads the slot map again, and moves the shard channels whose slot
+/// another primary serves now.
+async fn follow(router: Weak<Router>, endpoint: Endpoint) {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        if !lock(&router.state).lost.contains(&endpoint) {
+            return; // restored where it was
+        }
+        // A failed read leaves the map as it was: tried again.
+        let _ = router.cluster.cluster.refresh().await;
+        if router.move_away(&endpoint) {
+            return;
+        }
+    }
+}
+
+impl Router {
+    /// Ends, on the lost node `endpoint`, the shard channels whose slot
+    /// another primary serves now: [`pubsub`](crate::pubsub) subscribes
+    /// them again through the router, as when a server ends them. True
+    /// when none is left there: the node is forgotten (unless it holds the
+    /// plain channels), and the stream's loss ends with it.
+    fn move_away(&self, endpoint: &Endpoint) -> bool {
+        let map = self.cluster.cluster.slot_map();
+        let mut st = lock(&self.state);
+        let moved: Vec<Bytes> = st
+            .subscribed
+            .iter()
+            .filter(|(ch, e)| {
+                *e == endpoint && map.primary_for(key_slot(ch)).is_some_and(|p| p != endpoint)
+            })
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        for ch in &moved {
+            st.subscribed.remove(ch);
+        }
+        let left = st.subscribed.values().any(|e| e == endpoint);
+        let done = !left && *endpoint != self.home;
+        let restored = done && st.lost.remove(endpoint) && st.lost.is_empty();
+        drop(st);
+        for ch in moved {
+            tracing::debug!(target: "redis_layers::pubsub", node = %endpoint, "shard channel moved off a lost node");
+            let ended = Value::Push(vec![
+                Value::BulkString(Bytes::from_static(b"sunsubscribe")),
+                Value::BulkString(ch),
+                Value::Integer(0),
+            ]);
+            let _ = self.tx.send(PushItem::Frame(ended));
+        }
+        if done {
+            // Its connection would dial a dead node forever.
+            lock(&self.nodes).remove(endpoint);
+        }
+        if restored {
+            let _ = self.tx.send(PushItem::SubscriptionsRestored);
+        }
+        done
     }
 }
