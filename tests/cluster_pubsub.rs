@@ -369,50 +369,73 @@ async fn a_shard_channel_left_by_a_failed_sunsubscribe_is_cleaned_up() {
 /// and the dead node cannot end its shard subscriptions. The client reads
 /// the slot map while that node's connection is lost and subscribes again
 /// on the new primary by itself (`Disconnected`, then `Reconnected`); what
-/// is published there arrives, and the dead node is not dialled forever.
+/// is published there arrives. `seed`: the node the client starts from,
+/// which also holds its plain channels (none here).
+async fn follows_a_failover(seed: usize) -> (RedisCluster, Client, Subscription) {
+    let mut cluster = RedisCluster::builder()
+        .replicas_per_primary(1)
+        .arg("--cluster-node-timeout")
+        .arg("1000")
+        .start();
+    let client = ClientBuilder::new(cluster.endpoint(seed))
+        .build()
+        .await
+        .unwrap();
+    let channel = channel_on(&cluster, 0, "failover");
+    let mut sub = client.ssubscribe([channel.clone()]).await.unwrap();
+    assert_eq!(spublish(&client, &channel, "before").await, 1);
+    assert_eq!(next_message(&mut sub).await.1, "before");
+
+    let replica = cluster.replicas_of(0).start;
+    cluster.kill(0);
+    assert_eq!(
+        within(STEP, "the loss", sub.recv()).await,
+        Some(Event::Disconnected)
+    );
+    // The cluster fails over within a few seconds (node timeout 1 s).
+    let wait = Duration::from_secs(60);
+    match within(wait, "the subscription on the new primary", sub.recv()).await {
+        Some(Event::Reconnected { downtime }) => {
+            eprintln!("failover followed (seed {seed}): downtime {downtime:?}")
+        }
+        other => panic!("expected Reconnected, got {other:?}"),
+    }
+    assert_eq!(shard_subscribers(&cluster, replica, &channel), 1);
+    assert_eq!(spublish(&client, &channel, "after").await, 1);
+    assert_eq!(
+        next_message(&mut sub).await,
+        (channel.clone().into(), "after".into())
+    );
+    assert_eq!(sub.try_recv(), None);
+    (cluster, client, sub)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_subscription_follows_a_failover() {
-    bounded(120, async {
-        let mut cluster = RedisCluster::builder()
-            .replicas_per_primary(1)
-            .arg("--cluster-node-timeout")
-            .arg("1000")
-            .start();
-        let client = ClientBuilder::new(cluster.endpoint(1))
-            .build()
-            .await
-            .unwrap();
-        let channel = channel_on(&cluster, 0, "failover");
-        let mut sub = client.ssubscribe([channel.clone()]).await.unwrap();
-        assert_eq!(spublish(&client, &channel, "before").await, 1);
-        assert_eq!(next_message(&mut sub).await.1, "before");
+    bounded(120, follows_a_failover(1)).await;
+}
 
-        let replica = cluster.replicas_of(0).start;
-        cluster.kill(0);
+/// The same when the dead node is the one the client started from: once
+/// nothing is left on it, its loss ends, so a later loss on another node
+/// is reported again (`Disconnected`, `Reconnected`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_of_the_seed_node_is_followed_and_ends_its_loss() {
+    bounded(120, async {
+        let (cluster, client, _first) = follows_a_failover(0).await;
+        let channel = channel_on(&cluster, 1, "later");
+        let mut sub = client.ssubscribe([channel.clone()]).await.unwrap();
+        let killed = cluster.query(1, &[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
+        assert!(matches!(killed, Reply::Int(n) if n >= 1), "{killed:?}");
         assert_eq!(
-            within(STEP, "the loss", sub.recv()).await,
+            within(STEP, "the later loss", sub.recv()).await,
             Some(Event::Disconnected)
         );
-        // The cluster fails over within a few seconds (node timeout 1 s).
-        match within(
-            Duration::from_secs(60),
-            "the subscription on the new primary",
-            sub.recv(),
-        )
-        .await
-        {
-            Some(Event::Reconnected { downtime }) => {
-                eprintln!("failover followed: downtime {downtime:?}")
-            }
-            other => panic!("expected Reconnected, got {other:?}"),
-        }
-        assert_eq!(shard_subscribers(&cluster, replica, &channel), 1);
-        assert_eq!(spublish(&client, &channel, "after").await, 1);
-        assert_eq!(
-            next_message(&mut sub).await,
-            (channel.clone().into(), "after".into())
-        );
-        assert_eq!(sub.try_recv(), None);
+        assert!(matches!(
+            within(STEP, "the later restore", sub.recv()).await,
+            Some(Event::Reconnected { .. })
+        ));
+        assert_eq!(spublish(&client, &channel, "x").await, 1);
+        assert_eq!(next_message(&mut sub).await.1, "x");
     })
     .await;
 }

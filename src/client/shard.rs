@@ -4,7 +4,7 @@
 //! streams.
 //!
 //! Each node gets one [`Handoff`] (one connection, restored after a
-//! reconnect), made on first use and kept. The router remembers which
+//! reconnect), made on first use and kept while it is alive. The router remembers which
 //! node each shard channel is subscribed on, so an `SUNSUBSCRIBE` reaches
 //! that connection even after the slot map changed; when the server ends
 //! a shard subscription itself (its slot left the node), the entry goes
@@ -18,9 +18,10 @@
 //! the slot map again (every 250 ms, doubling to 2 s); each shard channel
 //! whose slot another primary serves now ends on the lost node as if the
 //! server had ended it, and is subscribed again on the new primary. Once
-//! no shard channel is left on the lost node (and it is not where the
-//! plain channels are), its connection is dropped, so a dead node is not
-//! dialled forever.
+//! nothing is left on the lost node (no shard channel, and, on the node of
+//! the plain channels and patterns, none of those), its connection is
+//! dropped, so a dead node is not dialled forever, and its loss no longer
+//! holds the merged stream's loss open.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -71,6 +72,9 @@ struct State {
     /// restored them yet: the merged stream notes a loss when the first
     /// goes, a restore when the last comes back.
     lost: HashSet<Endpoint>,
+    /// Plain channels and patterns asked for on `home` (kind index 0 or 1,
+    /// name) and not unsubscribed since.
+    plain: HashSet<(u8, Bytes)>,
 }
 
 struct Router {
@@ -118,6 +122,7 @@ impl Router {
     async fn send(&self, c: Cmd) -> Result<Value> {
         let shard = c.is("SSUBSCRIBE") || c.is("SUNSUBSCRIBE");
         if !shard {
+            self.note_plain(&c);
             return call_one(self.node(&self.home)?, c).await;
         }
         let channels: Vec<Bytes> = c.argv().skip(1).map(Bytes::copy_from_slice).collect();
@@ -238,6 +243,34 @@ impl Router {
         }
     }
 
+    /// Keeps count of the plain channels and patterns on `home` (asked
+    /// for: one that was refused is counted until unsubscribed, which
+    /// only keeps `home` followed longer).
+    fn note_plain(&self, c: &Cmd) {
+        let (kind, on) = if c.is("SUBSCRIBE") {
+            (0, true)
+        } else if c.is("UNSUBSCRIBE") {
+            (0, false)
+        } else if c.is("PSUBSCRIBE") {
+            (1, true)
+        } else if c.is("PUNSUBSCRIBE") {
+            (1, false)
+        } else {
+            return;
+        };
+        let names: Vec<Bytes> = c.argv().skip(1).map(Bytes::copy_from_slice).collect();
+        let mut st = lock(&self.state);
+        match (on, names.is_empty()) {
+            (true, _) => st.plain.extend(names.into_iter().map(|n| (kind, n))),
+            (false, true) => st.plain.retain(|(k, _)| *k != kind),
+            (false, false) => {
+                for n in names {
+                    st.plain.remove(&(kind, n));
+                }
+            }
+        }
+    }
+
     /// Records `channels` as subscribed on `endpoint`.
     fn record(&self, channels: &[Bytes], endpoint: &Endpoint) -> Vec<Option<Endpoint>> {
         let mut st = lock(&self.state);
@@ -339,6 +372,9 @@ async fn forward(
                 Some(item)
             }
             PushItem::Refused { .. } => Some(item),
+            // Loss and restore notes go out under the lock, so that they
+            // reach the stream in the order the state changed (a restore
+            // from `Router::move_away` included).
             PushItem::SubscriptionsLost => {
                 let mut st = lock(&state);
                 let first = st.lost.is_empty();
@@ -346,12 +382,20 @@ async fn forward(
                 if new {
                     let _ = lost_tx.send(endpoint.clone());
                 }
-                (new && first).then_some(PushItem::SubscriptionsLost)
+                if new && first && tx.send(PushItem::SubscriptionsLost).is_err() {
+                    return;
+                }
+                None
             }
             PushItem::SubscriptionsRestored => {
-                let mut st = lock(&state);
-                (st.lost.remove(&endpoint) && st.lost.is_empty())
-                    .then_some(PushItem::SubscriptionsRestored)
+                let st = &mut *lock(&state);
+                if st.lost.remove(&endpoint)
+                    && st.lost.is_empty()
+                    && tx.send(PushItem::SubscriptionsRestored).is_err()
+                {
+                    return;
+                }
+                None
             }
         };
         if let Some(item) = item {
@@ -362,7 +406,7 @@ async fn forward(
     }
 }
 
-/// Follows each node whose connection is lost ([`Router::follow`]).
+/// Follows each node whose connection is lost ([`follow`]).
 async fn follow_failovers(router: Weak<Router>, mut lost: mpsc::UnboundedReceiver<Endpoint>) {
     while let Some(endpoint) = lost.recv().await {
         tokio::spawn(follow(router.clone(), endpoint));
@@ -400,6 +444,9 @@ impl Router {
     fn move_away(&self, endpoint: &Endpoint) -> bool {
         let map = self.cluster.cluster.slot_map();
         let mut st = lock(&self.state);
+        if !st.lost.contains(endpoint) {
+            return true; // restored while the map was read
+        }
         let moved: Vec<Bytes> = st
             .subscribed
             .iter()
@@ -411,10 +458,12 @@ impl Router {
         for ch in &moved {
             st.subscribed.remove(ch);
         }
-        let left = st.subscribed.values().any(|e| e == endpoint);
-        let done = !left && *endpoint != self.home;
-        let restored = done && st.lost.remove(endpoint) && st.lost.is_empty();
-        drop(st);
+        let left = st.subscribed.values().any(|e| e == endpoint)
+            || (*endpoint == self.home && !st.plain.is_empty());
+        let done = !left;
+        // Under the lock, in order with `forward`'s notes: each moved
+        // channel ends (and is subscribed again elsewhere) before the
+        // stream's loss ends.
         for ch in moved {
             tracing::debug!(target: "redis_layers::pubsub", node = %endpoint, "shard channel moved off a lost node");
             let ended = Value::Push(vec![
@@ -424,12 +473,15 @@ impl Router {
             ]);
             let _ = self.tx.send(PushItem::Frame(ended));
         }
-        if done {
-            // Its connection would dial a dead node forever.
-            lock(&self.nodes).remove(endpoint);
-        }
-        if restored {
+        if done && st.lost.remove(endpoint) && st.lost.is_empty() {
             let _ = self.tx.send(PushItem::SubscriptionsRestored);
+        }
+        drop(st);
+        if done {
+            // Its connection would dial a dead node forever (dropped
+            // outside the lock).
+            let node = lock(&self.nodes).remove(endpoint);
+            drop(node);
         }
         done
     }
