@@ -80,13 +80,11 @@ use tower::{Service, ServiceExt};
 use crate::cluster::keys::{CommandTable, Route, RouteError};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::handoff::{leaves_state, settled};
 use crate::handoff::{DefaultPolicy, Handoff, Leased};
-use crate::maint::Maintained;
 use crate::pubsub::{PubSub, Subscription};
 use crate::request::{Request, Response};
 use crate::resp::{cmd, Cmd, ToArg};
-use crate::transport::{Connection, Connector, Endpoint};
+use crate::transport::{Connector, Endpoint};
 
 pub use batch::{Batch, Watch};
 pub use builder::{ClientBuilder, ServerMode};
@@ -166,10 +164,11 @@ struct ClusterHandle {
     cluster: Cluster<NodeMaker>,
     connector: Connector,
     table: CommandTable,
-    /// Clean dedicated connections, for the next one to the same node.
-    idle: std::sync::Mutex<Vec<(Endpoint, Connection)>>,
-    /// At most this many per node.
-    idle_max: usize,
+    /// For each node's dedicated connections.
+    settings: crate::handoff::Settings,
+    /// Each node's dedicated connections: leases of a Handoff of its own
+    /// (made on first use), which keeps the clean ones for the next.
+    leases: std::sync::Mutex<std::collections::HashMap<Endpoint, Arc<Handoff<Connector>>>>,
 }
 
 impl ClusterHandle {
@@ -219,137 +218,35 @@ impl ClusterHandle {
         )))
     }
 
-    /// A dedicated connection to `endpoint`: a clean idle one, or a new one.
-    async fn node_conn(self: &Arc<Self>, endpoint: Endpoint) -> Result<NodeConn> {
-        let reuse = {
-            let mut idle = crate::lock(&self.idle);
-            // Closed meanwhile, or told to move (the server closes it at the
-            // deadline): not for a new user.
-            idle.retain(|(_, c)| {
-                let usable = !c.is_closed() && c.maintenance().active_moving().is_none();
-                if !usable {
-                    c.close();
-                }
-                usable
-            });
-            let found = idle.iter().rposition(|(e, _)| *e == endpoint);
-            found.map(|i| idle.swap_remove(i).1)
-        };
-        let reused = reuse.is_some();
-        let conn = match reuse {
-            Some(c) => c,
-            None => self.connector.connect(endpoint.clone()).await?,
-        };
-        Ok(NodeConn {
-            conn,
-            endpoint,
-            home: self.clone(),
-            dirty: false,
-            blocking: 0,
-            reused,
-        })
+    /// Where the dedicated connections to `endpoint` come from.
+    fn leases(&self, endpoint: &Endpoint) -> Arc<Handoff<Connector>> {
+        crate::lock(&self.leases)
+            .entry(endpoint.clone())
+            .or_insert_with(|| {
+                Arc::new(Handoff::with_settings(
+                    self.connector.clone(),
+                    endpoint.clone(),
+                    self.settings.clone(),
+                    DefaultPolicy,
+                ))
+            })
+            .clone()
     }
 }
 
-/// A cluster node's dedicated connection ([`ClusterHandle::node_conn`]).
-/// Dropped, it waits for the next one when nothing is left on it, and is
-/// closed otherwise.
-struct NodeConn {
-    conn: Connection,
-    endpoint: Endpoint,
-    home: Arc<ClusterHandle>,
-    /// A command left state on it (`WATCH`, `MULTI`, ...).
-    dirty: bool,
-    /// Blocking commands sent whose reply is not in: their caller gave up,
-    /// and the server may still be blocked on them (and would pop an
-    /// element for nobody).
-    blocking: usize,
+/// A connection of one's own: a lease of the standalone Handoff, or of a
+/// cluster node's. Given back clean (see [`Leased`]), it serves the next.
+#[derive(Debug)]
+struct DedicatedConn {
+    lease: Leased<Connector, DefaultPolicy>,
+    from: Arc<Handoff<Connector>>,
     /// Taken from the idle ones, and not used yet.
     reused: bool,
 }
 
-impl std::fmt::Debug for NodeConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeConn")
-            .field("endpoint", &self.endpoint)
-            .field("dirty", &self.dirty)
-            .field("blocking", &self.blocking)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NodeConn {
-    async fn send(&mut self, req: Request) -> Result<Response> {
-        let cmds = req.cmds();
-        self.dirty |= cmds.iter().any(leaves_state);
-        let blocking = cmds.iter().filter(|c| c.is_blocking()).count();
-        self.blocking += blocking;
-        let out = self.conn.send(req).await;
-        if settled(&out) {
-            self.blocking -= blocking;
-        }
-        out
-    }
-
-    /// A new connection to the same node in place of this one.
-    async fn replace(&mut self) -> Result<()> {
-        self.conn.close();
-        // Until the new one is in: a drop meanwhile must not keep the old
-        // one (closing takes a moment to show).
-        self.dirty = true;
-        self.conn = self.home.connector.connect(self.endpoint.clone()).await?;
-        (self.dirty, self.blocking, self.reused) = (false, 0, false);
-        Ok(())
-    }
-}
-
-impl Drop for NodeConn {
-    fn drop(&mut self) {
-        let clean = !self.dirty
-            && self.blocking == 0
-            && !self.conn.is_closed()
-            && self.conn.resubscribe_commands().is_empty()
-            && self.conn.maintenance().active_moving().is_none();
-        let mut idle = crate::lock(&self.home.idle);
-        let kept = idle.iter().filter(|(e, _)| *e == self.endpoint).count();
-        if clean && kept < self.home.idle_max {
-            idle.push((self.endpoint.clone(), self.conn.clone()));
-        } else {
-            drop(idle);
-            self.conn.close();
-        }
-    }
-}
-
-/// A connection of one's own: leased from Handoff, or to a cluster node.
-/// Both count what is left on them, and are reused only when clean.
-enum DedicatedConn {
-    Leased {
-        lease: Leased<Connector, DefaultPolicy>,
-        from: Arc<Handoff<Connector>>,
-        /// Taken from the idle ones, and not used yet.
-        reused: bool,
-    },
-    Node(NodeConn),
-}
-
-impl std::fmt::Debug for DedicatedConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DedicatedConn::Leased { lease, reused, .. } => f
-                .debug_struct("Leased")
-                .field("lease", lease)
-                .field("reused", reused)
-                .finish_non_exhaustive(),
-            DedicatedConn::Node(c) => c.fmt(f),
-        }
-    }
-}
-
 /// How many idle connections in a row may turn out closed before the
 /// first request of a dedicated connection fails. Each try takes another
-/// idle one (a cluster node's replacement is always new), so the idle ones
-/// bound it; this is a backstop.
+/// idle one, so the idle ones bound it; this is a backstop.
 const STALE_TRIES: usize = 64;
 
 /// A first request that fails later than this after it was sent is not
@@ -360,7 +257,7 @@ const STALE_WINDOW: Duration = Duration::from_secs(1);
 impl DedicatedConn {
     async fn leased(from: &Arc<Handoff<Connector>>) -> Result<DedicatedConn> {
         let lease = from.lease().await?;
-        Ok(DedicatedConn::Leased {
+        Ok(DedicatedConn {
             reused: lease.is_reused(),
             lease,
             from: from.clone(),
@@ -377,11 +274,7 @@ impl DedicatedConn {
     /// `SCAN`: a read). Do not rely on this for other first requests.
     async fn send(&mut self, req: Request) -> Result<Response> {
         for _ in 0..STALE_TRIES {
-            let reused = match self {
-                DedicatedConn::Leased { reused, .. } => std::mem::take(reused),
-                DedicatedConn::Node(c) => std::mem::take(&mut c.reused),
-            };
-            if !reused {
+            if !std::mem::take(&mut self.reused) {
                 break;
             }
             let sent = std::time::Instant::now();
@@ -395,35 +288,24 @@ impl DedicatedConn {
     }
 
     async fn send_once(&mut self, req: Request) -> Result<Response> {
-        match self {
-            DedicatedConn::Leased { lease, .. } => lease.ready().await?.call(req).await,
-            DedicatedConn::Node(c) => c.send(req).await,
-        }
+        self.lease.ready().await?.call(req).await
     }
 
-    /// Another connection in place of this closed one: for a lease, the
-    /// next idle one or a new one.
+    /// Another connection in place of this closed one: the next idle one,
+    /// or a new one.
     async fn replace(&mut self) -> Result<()> {
-        match self {
-            DedicatedConn::Leased { lease, from, .. } => {
-                lease.get_ref().close();
-                // Not given back as clean if dropped before the new one is
-                // in (closing takes a moment to show).
-                lease.mark_dirty();
-                *self = DedicatedConn::leased(&from.clone()).await?;
-                Ok(())
-            }
-            DedicatedConn::Node(c) => c.replace().await,
-        }
+        self.lease.get_ref().close();
+        // Not given back as clean if dropped before the new one is in
+        // (closing takes a moment to show).
+        self.lease.mark_dirty();
+        *self = DedicatedConn::leased(&self.from.clone()).await?;
+        Ok(())
     }
 
     /// The client's transaction after its `WATCH` is over: nothing it did
     /// stays on the connection.
     fn mark_clean(&mut self) {
-        match self {
-            DedicatedConn::Leased { lease, .. } => lease.mark_clean(),
-            DedicatedConn::Node(c) => c.dirty = false,
-        }
+        self.lease.mark_clean();
     }
 }
 
@@ -818,7 +700,7 @@ impl Client {
             Dedicated::Standalone(h) => DedicatedConn::leased(h).await,
             Dedicated::Cluster(c) => {
                 let endpoint = c.endpoint_for(slot).await?;
-                Ok(DedicatedConn::Node(c.node_conn(endpoint).await?))
+                DedicatedConn::leased(&c.leases(&endpoint)).await
             }
             Dedicated::None => Err(Error::config(
                 "a client made with Client::from_service has no dedicated connections \

@@ -260,7 +260,7 @@ impl ClientBuilder {
         let (svc, dedicated) = if cluster {
             let maker = NodeMaker {
                 connector: connector.clone(),
-                settings,
+                settings: settings.clone(),
                 timeout: self.timeout,
             };
             let c = Cluster::new(maker, self.seeds.clone(), self.cluster.clone());
@@ -268,8 +268,8 @@ impl ClientBuilder {
                 cluster: c.clone(),
                 connector,
                 table: CommandTable::default(),
-                idle: Default::default(),
-                idle_max: self.idle_dedicated,
+                settings,
+                leases: Default::default(),
             };
             (BoxService::new(c), Dedicated::Cluster(Arc::new(handle)))
         } else {

@@ -101,7 +101,7 @@ impl Scan {
                             self.done = true;
                             break;
                         };
-                        self.conn = Some(DedicatedConn::Node(c.node_conn(node.clone()).await?));
+                        self.conn = Some(DedicatedConn::leased(&c.leases(node)).await?);
                     }
                     let req = self.client.timed(self.page_cmd());
                     let conn = self.conn.as_mut().expect("connected above");

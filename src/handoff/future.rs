@@ -111,6 +111,6 @@ where
 /// True when `out` says the command is over on the server: a reply, or the
 /// server's error. A timeout or a lost connection may not be: a blocking
 /// command may still block there.
-pub(crate) fn settled(out: &Result<Response, Error>) -> bool {
+fn settled(out: &Result<Response, Error>) -> bool {
     matches!(out, Ok(_) | Err(Error::Server(_)))
 }

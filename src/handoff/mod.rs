@@ -88,7 +88,6 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tower_service::Service;
 
-pub(crate) use future::settled;
 pub use future::{LeaseFuture, ResponseFuture};
 pub use layer::HandoffLayer;
 pub(crate) use lease::leaves_state;
