@@ -294,9 +294,8 @@ impl DedicatedConn {
     /// Another connection in place of this closed one: the next idle one,
     /// or a new one.
     async fn replace(&mut self) -> Result<()> {
-        self.lease.get_ref().close();
-        // Not given back as clean if dropped before the new one is in
-        // (closing takes a moment to show).
+        // Closed when given back: at the swap below, or if this is dropped
+        // while the next one is dialled.
         self.lease.mark_dirty();
         *self = DedicatedConn::leased(&self.from.clone()).await?;
         Ok(())

@@ -172,7 +172,7 @@ impl Kind {
         ["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"][self.index()]
     }
 
-    fn unsubscribe(self) -> &'static str {
+    pub(crate) fn unsubscribe(self) -> &'static str {
         ["UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"][self.index()]
     }
 }

@@ -72,9 +72,9 @@ struct State {
     /// restored them yet: the merged stream notes a loss when the first
     /// goes, a restore when the last comes back.
     lost: HashSet<Endpoint>,
-    /// Plain channels and patterns asked for on `home` (kind index 0 or 1,
-    /// name) and not unsubscribed since.
-    plain: HashSet<(u8, Bytes)>,
+    /// Plain channels and patterns asked for on `home`, and not
+    /// unsubscribed since.
+    plain: HashSet<(Kind, Bytes)>,
 }
 
 struct Router {
@@ -247,15 +247,16 @@ impl Router {
     /// for: one that was refused is counted until unsubscribed, which
     /// only keeps `home` followed longer).
     fn note_plain(&self, c: &Cmd) {
-        let (kind, on) = if c.is("SUBSCRIBE") {
-            (0, true)
-        } else if c.is("UNSUBSCRIBE") {
-            (0, false)
-        } else if c.is("PSUBSCRIBE") {
-            (1, true)
-        } else if c.is("PUNSUBSCRIBE") {
-            (1, false)
-        } else {
+        let found = [Kind::Channel, Kind::Pattern].into_iter().find_map(|k| {
+            if c.is(k.subscribe()) {
+                Some((k, true))
+            } else if c.is(k.unsubscribe()) {
+                Some((k, false))
+            } else {
+                None
+            }
+        });
+        let Some((kind, on)) = found else {
             return;
         };
         let names: Vec<Bytes> = c.argv().skip(1).map(Bytes::copy_from_slice).collect();
