@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use redis_layers::Endpoint;
 pub mod cluster;
 pub mod faults;
+pub mod hostile;
 pub mod ledger;
 #[cfg(feature = "metrics")]
 pub mod metrics;
