@@ -47,6 +47,7 @@ pub mod retry;
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod transport;
+pub mod trust;
 
 pub use builder::ServiceBuilderExt;
 pub use client::{Client, ClientBuilder, FromValue};

@@ -16,6 +16,7 @@ use crate::request::{Request, Response};
 use crate::resp::cmd;
 use crate::retry::RetryLayer;
 use crate::transport::{Connector, Endpoint, Protocol};
+use crate::trust::{SharedPolicy, TargetPolicy};
 
 /// Standalone server or cluster; see the [module docs](super) for how
 /// [`ServerMode::Auto`] decides.
@@ -68,6 +69,7 @@ pub struct ClientBuilder {
     cluster: ClusterConfig,
     retry: RetryLayer,
     layers: Vec<LayerFn>,
+    trust: Option<SharedPolicy>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -99,6 +101,7 @@ impl ClientBuilder {
             cluster: ClusterConfig::default(),
             retry: RetryLayer::new(),
             layers: Vec::new(),
+            trust: None,
         }
     }
 
@@ -199,6 +202,25 @@ impl ClientBuilder {
         self
     }
 
+    /// Which server-named endpoints are followed: `MOVING` targets (default
+    /// [`DefaultTargetPolicy`](crate::trust::DefaultTargetPolicy)) and, in a
+    /// cluster, `MOVED`/`ASK`/`SMIGRATED` targets too (which are followed
+    /// only to members of the cluster in any case). See
+    /// [`trust`](crate::trust).
+    ///
+    /// ```
+    /// use redis_layers::client::ClientBuilder;
+    /// use redis_layers::trust::{AllowSuffix, DefaultTargetPolicy, TargetPolicyExt};
+    /// use redis_layers::Endpoint;
+    ///
+    /// let builder = ClientBuilder::new(Endpoint::tcp("redis-1.db.example.com", 6379))
+    ///     .target_policy(DefaultTargetPolicy.or(AllowSuffix::new("failover.example.net")));
+    /// ```
+    pub fn target_policy(mut self, policy: impl TargetPolicy) -> Self {
+        self.trust = Some(SharedPolicy::new(policy));
+        self
+    }
+
     /// How the cluster routes and refreshes (cluster mode only).
     pub fn cluster_config(mut self, config: ClusterConfig) -> Self {
         self.cluster = config;
@@ -246,7 +268,13 @@ impl ClientBuilder {
         if self.pool_size == 0 {
             return Err(Error::config("pool_size must be at least 1, got 0"));
         }
-        let settings = Settings::new(&resolved, self.pool_size).idle_leases(self.idle_dedicated);
+        let mut settings =
+            Settings::new(&resolved, self.pool_size).idle_leases(self.idle_dedicated);
+        let mut cluster_config = self.cluster.clone();
+        if let Some(trust) = &self.trust {
+            settings = settings.trust(trust.clone());
+            cluster_config = cluster_config.shared_policy(trust.clone());
+        }
         let connector = self
             .connector
             .clone()
@@ -263,7 +291,7 @@ impl ClientBuilder {
                 settings: settings.clone(),
                 timeout: self.timeout,
             };
-            let c = Cluster::new(maker, self.seeds.clone(), self.cluster.clone());
+            let c = Cluster::new(maker, self.seeds.clone(), cluster_config);
             let handle = ClusterHandle {
                 cluster: c.clone(),
                 connector,

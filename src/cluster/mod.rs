@@ -76,7 +76,7 @@ use tower_service::Service;
 
 use crate::error::{Error, Result, ServerError};
 use crate::lock;
-use crate::maint::{Dedup, MaintEvent, Maintained, Notification};
+use crate::maint::{Dedup, MaintEvent, Maintained, Notification, SlotMove, SlotSet};
 use crate::request::{Body, Request, Response};
 use crate::resp::{cmd, Pipeline, Value};
 use crate::transport::Endpoint;
@@ -147,6 +147,7 @@ pub struct ClusterConfig {
     refresh_interval: Option<Duration>,
     refresh_cooldown: Duration,
     read_from_replicas: bool,
+    trust: Option<crate::trust::SharedPolicy>,
 }
 
 impl Default for ClusterConfig {
@@ -156,6 +157,7 @@ impl Default for ClusterConfig {
             refresh_interval: Some(Duration::from_secs(60)),
             refresh_cooldown: Duration::from_millis(250),
             read_from_replicas: false,
+            trust: None,
         }
     }
 }
@@ -192,6 +194,26 @@ impl ClusterConfig {
     /// when it has one. Default false.
     pub fn read_from_replicas(mut self, yes: bool) -> Self {
         self.read_from_replicas = yes;
+        self
+    }
+
+    /// A [`TargetPolicy`](crate::trust::TargetPolicy) that `MOVED`, `ASK`
+    /// and `SMIGRATED` targets must pass too, on top of the membership rule
+    /// that always holds (see the [module docs](self)). Default: none, the
+    /// membership rule alone (cluster nodes are often announced by IP under
+    /// a seed that is a name, which the default policy would refuse).
+    ///
+    /// ```
+    /// use redis_layers::cluster::ClusterConfig;
+    /// use redis_layers::trust::AllowCidr;
+    /// let config = ClusterConfig::default().target_policy(AllowCidr::new("10.0.0.0/8").unwrap());
+    /// ```
+    pub fn target_policy(self, policy: impl crate::trust::TargetPolicy) -> Self {
+        self.shared_policy(crate::trust::SharedPolicy::new(policy))
+    }
+
+    pub(crate) fn shared_policy(mut self, policy: crate::trust::SharedPolicy) -> Self {
+        self.trust = Some(policy);
         self
     }
 }
@@ -527,10 +549,15 @@ impl<N: NewNode> Shared<N> {
     }
 
     /// Applies a `SMIGRATED` (once per sequence number, cluster-wide).
-    fn smigrated(self: &Arc<Self>, from: &Endpoint, seq: i64, moves: &[crate::maint::SlotMove]) {
-        if !lock(&self.smigrated).first_time((), seq, std::time::Instant::now()) {
+    fn smigrated(self: &Arc<Self>, from: &Endpoint, seq: i64, moves: &[SlotMove]) {
+        // Checked before the dedup, so that a copy from a node that may
+        // not announce these moves does not stand in for the real one.
+        let moves = self.announceable(from, moves);
+        if moves.is_empty() || !lock(&self.smigrated).first_time((), seq, std::time::Instant::now())
+        {
             return;
         }
+        let moves = &moves[..];
         self.stats.smigrated.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: "redis_layers::cluster", event = "cluster.smigrated", seq, %from, moves = moves.len(), "slots moved; slot map updated");
         {
@@ -551,6 +578,90 @@ impl<N: NewNode> Shared<N> {
             }
         }
         self.request_refresh_locked(&mut r);
+    }
+
+    /// The part of an `SMIGRATED` that `from` may announce: a triplet
+    /// whose source is `from` (when it names one), whose destination the
+    /// target policy allows, and of its slots those that `from` serves in
+    /// the map (or that are at the destination already, taught by a
+    /// `MOVED`). A node cannot give away slots it does not have.
+    fn announceable(&self, from: &Endpoint, moves: &[SlotMove]) -> Vec<SlotMove> {
+        let topo = lock(&self.topo);
+        let Some(&me) = topo.index.get(from) else {
+            return Vec::new();
+        };
+        let owner = &topo.snapshot.owner;
+        let mut out = Vec::new();
+        for m in moves {
+            let dst = Endpoint::tcp(m.dst.host.clone(), m.dst.port);
+            let src_ok = m.src.as_ref().is_none_or(|s| {
+                s.port == from.port().unwrap_or(0)
+                    && from
+                        .host()
+                        .is_some_and(|h| crate::trust::same_host(&s.host, h))
+            });
+            if !src_ok || !self.trusts(crate::trust::Source::Smigrated, &dst, from) {
+                if !src_ok {
+                    tracing::warn!(target: "redis_layers::trust", event = "trust.refused", source = "smigrated", %from, src = ?m.src, "SMIGRATED names another node as the source; ignored");
+                }
+                continue;
+            }
+            let at_dst = topo.index.get(&dst).copied();
+            let kept = m.slots.iter().filter(|&s| {
+                let o = owner[usize::from(s)];
+                o == me || Some(o) == at_dst
+            });
+            let Ok(slots) = SlotSet::from_ranges(kept.map(|s| s..=s)) else {
+                continue;
+            };
+            if slots.len() < m.slots.len() {
+                tracing::warn!(target: "redis_layers::trust", event = "trust.refused", source = "smigrated", %from, refused = m.slots.len() - slots.len(), "SMIGRATED moves slots its sender does not serve; those are ignored");
+            }
+            if !slots.is_empty() {
+                out.push(SlotMove {
+                    src: m.src.clone(),
+                    dst: m.dst.clone(),
+                    slots,
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether a server-named node is followed: a member of the cluster
+    /// (in the last topology, or else in a fresh one read now), and allowed
+    /// by the configured target policy, if any.
+    async fn follows(self: &Arc<Self>, source: crate::trust::Source, addr: &Endpoint) -> bool {
+        if !self.is_member(addr) {
+            let _ = self.refresh_now().await;
+            if !self.is_member(addr) {
+                tracing::warn!(target: "redis_layers::trust", event = "trust.refused", source = source.as_str(), target = %addr, "redirect to a node that is not in the cluster's topology; not followed");
+                #[cfg(feature = "metrics")]
+                metrics::counter!(crate::trust::REFUSED, "source" => source.as_str()).increment(1);
+                return false;
+            }
+        }
+        self.trusts(source, addr, &self.seeds[0])
+    }
+
+    /// The configured target policy's word (true without one).
+    fn trusts(&self, source: crate::trust::Source, addr: &Endpoint, from: &Endpoint) -> bool {
+        self.config
+            .trust
+            .as_ref()
+            .is_none_or(|p| p.check(&crate::trust::Target::new(source, addr, from, false)))
+    }
+
+    /// A node of the last topology (a primary or replica of a shard), or a
+    /// seed.
+    fn is_member(&self, addr: &Endpoint) -> bool {
+        self.seeds.contains(addr)
+            || lock(&self.topo)
+                .snapshot
+                .map
+                .shards()
+                .iter()
+                .any(|s| s.primary == *addr || s.replicas.contains(addr))
     }
 
     /// Makes `map` the routing snapshot (nodes made and dropped to match).
@@ -967,6 +1078,13 @@ pub(super) async fn redirect_loop<N: NewNode>(
         let Some(addr) = redirect_endpoint(&r.addr) else {
             return result;
         };
+        let source = match r.kind {
+            RedirectKind::Moved => crate::trust::Source::Moved,
+            RedirectKind::Ask => crate::trust::Source::Ask,
+        };
+        if !shared.follows(source, &addr).await {
+            return result;
+        }
         result = match r.kind {
             RedirectKind::Moved => {
                 shared.stats.moved.fetch_add(1, Ordering::Relaxed);
@@ -1122,6 +1240,11 @@ fn learn_moved<N: NewNode>(shared: &Arc<Shared<N>>, e: &ServerError) -> bool {
     let Some((slot, addr)) = moved else {
         return false;
     };
+    if !shared.is_member(&addr) {
+        // Not followed blindly: a refresh tells where the slot is.
+        shared.request_refresh();
+        return true;
+    }
     shared.stats.moved.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(target: "redis_layers::cluster", event = "cluster.moved", slot, to = %addr, "MOVED (command not resent)");
     shared.moved(slot, &addr);

@@ -4,6 +4,7 @@ use super::policy::{DefaultPolicy, HandoffPolicy};
 use super::{Handoff, MakeConnection, Settings, IDLE_LEASES};
 use crate::maint::{ConfigError, MaintenanceConfig, Resolved};
 use crate::transport::Endpoint;
+use crate::trust::{SharedPolicy, TargetPolicy};
 
 /// Turns a connection maker (a [`Connector`](crate::Connector)) into a
 /// [`Handoff`] command service for one endpoint.
@@ -36,6 +37,7 @@ pub struct HandoffLayer<P = DefaultPolicy> {
     pool_size: usize,
     idle_leases: usize,
     policy: P,
+    trust: SharedPolicy,
 }
 
 impl HandoffLayer {
@@ -48,6 +50,7 @@ impl HandoffLayer {
             pool_size: 1,
             idle_leases: IDLE_LEASES,
             policy: DefaultPolicy,
+            trust: SharedPolicy::default(),
         }
     }
 }
@@ -103,7 +106,27 @@ impl<P> HandoffLayer<P> {
             pool_size: self.pool_size,
             idle_leases: self.idle_leases,
             policy,
+            trust: self.trust,
         }
+    }
+
+    /// Replaces the [`TargetPolicy`](crate::trust::TargetPolicy) that
+    /// decides which `MOVING` targets are followed (default:
+    /// [`DefaultTargetPolicy`](crate::trust::DefaultTargetPolicy)). A
+    /// refused target is handled like a `MOVING` without an endpoint, before
+    /// the [`HandoffPolicy`] sees it.
+    ///
+    /// ```
+    /// use redis_layers::handoff::HandoffLayer;
+    /// use redis_layers::trust::{AllowSuffix, DefaultTargetPolicy, TargetPolicyExt};
+    /// use redis_layers::Endpoint;
+    ///
+    /// let layer = HandoffLayer::new(Endpoint::tcp("10.0.0.1", 6379))
+    ///     .target_policy(DefaultTargetPolicy.or(AllowSuffix::new("redis.example.com")));
+    /// ```
+    pub fn target_policy(mut self, policy: impl TargetPolicy) -> Self {
+        self.trust = SharedPolicy::new(policy);
+        self
     }
 }
 
@@ -118,7 +141,9 @@ where
         Handoff::with_settings(
             maker,
             self.endpoint.clone(),
-            Settings::new(&self.config, self.pool_size).idle_leases(self.idle_leases),
+            Settings::new(&self.config, self.pool_size)
+                .idle_leases(self.idle_leases)
+                .trust(self.trust.clone()),
             self.policy.clone(),
         )
     }

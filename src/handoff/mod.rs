@@ -169,6 +169,8 @@ pub(crate) struct Settings {
     queue_size: usize,
     breaker: BreakerConfig,
     dedup_ttl: Duration,
+    /// Which `MOVING` targets are followed.
+    trust: crate::trust::SharedPolicy,
 }
 
 impl Settings {
@@ -188,7 +190,14 @@ impl Settings {
                 max_requests: config.circuit_breaker_max_requests(),
             },
             dedup_ttl: config.dedup_ttl(),
+            trust: Default::default(),
         }
+    }
+
+    /// With `policy` deciding which `MOVING` targets are followed.
+    pub(crate) fn trust(mut self, policy: crate::trust::SharedPolicy) -> Self {
+        self.trust = policy;
+        self
     }
 
     /// With up to `n` idle leases kept.
@@ -232,6 +241,10 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     /// Counts subscriptions restored on a new connection (an old one left
     /// after a failed handoff waits for it).
     restored: tokio::sync::watch::Sender<u64>,
+    /// Whether the connections run TLS (learnt from the first one made):
+    /// the default target policy follows any target then, verified against
+    /// the configured name.
+    tls: std::sync::atomic::AtomicBool,
 }
 
 /// The command service of one endpoint that hands its connections off on
@@ -282,6 +295,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             push_rx: Mutex::new(Some(PushReceiver::new(push_rx))),
             idle: Mutex::new(Vec::new()),
             restored: tokio::sync::watch::channel(0).0,
+            tls: Default::default(),
             pool: Mutex::new(Pool::new(settings.pool_size, endpoint.clone())),
             endpoint,
             maker: Mutex::new(maker),

@@ -183,6 +183,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         let closed = conn.closed();
         let id = slot.id;
         let pushes = conn.take_pushes();
+        self.tls.store(conn.is_tls(), SeqCst);
         let tx = self.push_tx.clone();
         tokio::spawn(async move {
             // The push channel ends when the connection closes: `lost`
@@ -323,13 +324,22 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             }
             stays
         });
+        if let Some(e) = endpoint.as_ref().filter(|e| !self.trusted(e, true)) {
+            let _ = self.events.send(MaintEvent::TargetRefused {
+                source: crate::trust::Source::Moving,
+                target: Endpoint::tcp(e.host.clone(), e.port),
+                from: from.clone(),
+            });
+        }
         let Some(target) = self.target(from, n) else {
             return;
         };
         let slots: Vec<Arc<Slot>> = {
             let mut pool = lock(&self.pool);
-            // New connections go where the pool goes.
-            if endpoint.is_some() && pool.current == *from {
+            // New connections go where the pool goes (a refused target is
+            // a null endpoint: the pool stays).
+            let followed = endpoint.as_ref().is_some_and(|e| self.trusted(e, false));
+            if followed && pool.current == *from {
                 pool.current = target.clone();
             }
             pool.entries
@@ -351,10 +361,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         if target.is_none() {
             tracing::info!(target: "redis_layers::handoff", event = "handoff.ignored", seq = m.seq, %from, "policy ignores MOVING");
         }
-        target
+        target.map(|t| self.verified_as_configured(t))
     }
 
-    /// The policy's view of `n`, a `MOVING` for the connections on `from`.
+    /// The policy's view of `n`, a `MOVING` for the connections on `from`;
+    /// an announced endpoint the target policy refuses is none.
     fn moving<'a>(&'a self, from: &'a Endpoint, n: &'a Notification) -> Option<Moving<'a>> {
         match n {
             Notification::Moving {
@@ -364,11 +375,43 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             } => Some(Moving::new(
                 *seq,
                 *time,
-                endpoint.as_ref(),
+                endpoint.as_ref().filter(|e| self.trusted(e, false)),
                 from,
                 &self.endpoint,
             )),
             _ => None,
+        }
+    }
+
+    /// Whether the target policy follows `announced`; `report` logs and
+    /// counts a refusal (once per `MOVING`).
+    fn trusted(&self, announced: &MovingEndpoint, report: bool) -> bool {
+        let target = Endpoint::tcp(announced.host.clone(), announced.port);
+        let t = crate::trust::Target::moving(&target, &self.endpoint, self.tls.load(SeqCst));
+        if report {
+            self.settings.trust.check(&t)
+        } else {
+            self.settings.trust.0.allows(&t)
+        }
+    }
+
+    /// A target on another host is verified over TLS against the configured
+    /// server's name, never its own: a host with merely some certificate of
+    /// its own cannot take the connection (and its credentials).
+    fn verified_as_configured(&self, target: Endpoint) -> Endpoint {
+        match (&target, self.endpoint.tls_name()) {
+            (
+                Endpoint::Tcp {
+                    host,
+                    tls_name: None,
+                    ..
+                },
+                Some(name),
+            ) if !host.eq_ignore_ascii_case(name) => {
+                let name = name.to_owned();
+                target.verified_as(name)
+            }
+            _ => target,
         }
     }
 

@@ -92,6 +92,18 @@ pub enum MaintEvent {
         /// Why it gave up.
         reason: String,
     },
+    /// The [`TargetPolicy`](crate::trust::TargetPolicy) refused an
+    /// endpoint a server named. A refused `MOVING` target is handled like a
+    /// `MOVING` without an endpoint (reconnect to the configured address
+    /// after half its time); a refused redirect is not followed.
+    TargetRefused {
+        /// What named it.
+        source: crate::trust::Source,
+        /// The endpoint named.
+        target: Endpoint,
+        /// The endpoint whose server named it.
+        from: Endpoint,
+    },
     /// An endpoint's handoff circuit breaker changed state.
     Breaker {
         /// The handoff target the breaker guards.

@@ -20,6 +20,7 @@ use crate::resp::{Cmd, Value};
 pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     pub(crate) closed_notify: Notify,
+    tls: AtomicBool,
     protocol: AtomicU8,
     pushes: Mutex<Option<PushReceiver>>,
     info: OnceLock<ConnectionInfo>,
@@ -103,6 +104,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
+            tls: AtomicBool::new(false),
             protocol: AtomicU8::new(Protocol::Resp3 as u8),
             pushes: Mutex::new(Some(PushReceiver { rx: push_rx })),
             info: OnceLock::new(),
@@ -291,6 +293,16 @@ impl Connection {
         self.shared.protocol.store(p as u8, Ordering::Relaxed);
     }
 
+    /// True when the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.load(Ordering::Relaxed)
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_tls(&self) {
+        self.shared.tls.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_info(&self, info: ConnectionInfo) {
         let _ = self.shared.info.set(info);
     }
@@ -386,6 +398,10 @@ impl super::Lifecycle for Connection {
 
     fn resubscribe_commands(&self) -> Vec<Cmd> {
         Connection::resubscribe_commands(self)
+    }
+
+    fn is_tls(&self) -> bool {
+        Connection::is_tls(self)
     }
 }
 

@@ -469,7 +469,7 @@ async fn connect(
         maint_routing: config.maint.mode() != crate::maint::Mode::Disabled,
     };
     let conn = match &endpoint {
-        Endpoint::Tcp { host, port } => {
+        Endpoint::Tcp { host, port, .. } => {
             let stream = TcpStream::connect((host.as_str(), *port)).await?;
             // Batches are coalesced by the driver; Nagle would only add latency.
             stream.set_nodelay(true)?;
@@ -477,9 +477,11 @@ async fn connect(
             // its own copy, and the plain TCP one pays nothing for it.
             #[cfg(feature = "tls")]
             if let Some(tls) = &config.tls {
-                let stream = tls.connect(host, *port, stream).await?;
+                let name = endpoint.tls_name().unwrap_or(host);
+                let stream = tls.connect(name, host, *port, stream).await?;
                 let conn =
                     Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint);
+                conn.set_tls();
                 return finish(conn, &config).await;
             }
             Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint)

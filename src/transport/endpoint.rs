@@ -21,11 +21,16 @@ use crate::error::Error;
 #[non_exhaustive]
 pub enum Endpoint {
     /// A TCP address; `host` is a name or an IP literal (IPv6 unbracketed).
+    #[non_exhaustive]
     Tcp {
         /// Host name or IP address.
         host: String,
         /// Port.
         port: u16,
+        /// The name a TLS connection verifies the server against, when it
+        /// is not `host`: a `MOVING` target is verified against the
+        /// configured server's name ([`Endpoint::verified_as`]).
+        tls_name: Option<String>,
     },
     /// A Unix domain socket path.
     Unix(PathBuf),
@@ -40,7 +45,53 @@ impl Endpoint {
             .and_then(|h| h.strip_suffix(']'))
             .map(str::to_owned)
             .unwrap_or(host);
-        Endpoint::Tcp { host, port }
+        Endpoint::Tcp {
+            host,
+            port,
+            tls_name: None,
+        }
+    }
+
+    /// This endpoint, verified over TLS against `name` instead of its own
+    /// host (plain TCP and Unix sockets ignore it). The handoff layer dials
+    /// a `MOVING` target this way, with the configured server's name, so a
+    /// host that only has a certificate of its own is refused.
+    ///
+    /// ```
+    /// use redis_layers::Endpoint;
+    /// let e = Endpoint::tcp("10.0.0.2", 6379).verified_as("db.example.com");
+    /// assert_eq!(e.tls_name(), Some("db.example.com"));
+    /// assert_eq!(e.to_string(), "10.0.0.2:6379");
+    /// assert_eq!(Endpoint::tcp("10.0.0.2", 6379).tls_name(), Some("10.0.0.2"));
+    /// ```
+    pub fn verified_as(mut self, name: impl Into<String>) -> Self {
+        if let Endpoint::Tcp { tls_name, .. } = &mut self {
+            *tls_name = Some(name.into());
+        }
+        self
+    }
+
+    /// The name a TLS connection to this endpoint verifies: the one given
+    /// to [`Endpoint::verified_as`], else the host. `None` for a Unix socket.
+    pub fn tls_name(&self) -> Option<&str> {
+        match self {
+            Endpoint::Tcp { host, tls_name, .. } => Some(tls_name.as_deref().unwrap_or(host)),
+            Endpoint::Unix(_) => None,
+        }
+    }
+
+    /// The port of a TCP endpoint.
+    ///
+    /// ```
+    /// use redis_layers::Endpoint;
+    /// assert_eq!(Endpoint::tcp("10.0.0.1", 6380).port(), Some(6380));
+    /// assert_eq!(Endpoint::unix("/tmp/r.sock").port(), None);
+    /// ```
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Endpoint::Tcp { port, .. } => Some(*port),
+            Endpoint::Unix(_) => None,
+        }
     }
 
     /// A Unix socket endpoint.
@@ -66,8 +117,8 @@ impl Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Tcp { host, port, .. } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Endpoint::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
             Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }

@@ -67,6 +67,12 @@ pub trait Lifecycle {
     fn resubscribe_commands(&self) -> Vec<crate::Cmd> {
         Vec::new()
     }
+    /// True when the connection runs over TLS (the default target policy
+    /// then follows a `MOVING` anywhere, verified against the configured
+    /// server name).
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 /// The RESP version a connection speaks.

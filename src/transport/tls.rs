@@ -226,17 +226,18 @@ impl fmt::Debug for TlsConnector {
 }
 
 impl TlsConnector {
-    /// Runs the TLS handshake on `tcp`, verifying the server against `host`
-    /// (or the configured server name).
+    /// Runs the TLS handshake on `tcp` to `host`, verifying the server
+    /// against `verify` (or the configured server name).
     pub(crate) async fn connect(
         &self,
+        verify: &str,
         host: &str,
         port: u16,
         tcp: TcpStream,
     ) -> Result<TlsStream<TcpStream>> {
         let name = match &self.server_name {
             Some(n) => n.clone(),
-            None => server_name(host).map_err(Error::config)?,
+            None => server_name(verify).map_err(Error::config)?,
         };
         self.inner.connect(name.clone(), tcp).await.map_err(|e| {
             let kind = e.kind();
