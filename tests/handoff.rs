@@ -939,3 +939,62 @@ async fn leases_move_when_given_back() {
     })
     .await;
 }
+
+/// Issue 14 acceptance, on the simulator: a `MOVING` to another loopback
+/// address (`127.0.0.2`, another host as far as the default target policy
+/// knows) is followed when allow-listed, with the ledger exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_listed_moving_target_is_followed_with_an_exact_ledger() {
+    use redis_layers::trust::{AllowHosts, DefaultTargetPolicy, TargetPolicyExt};
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let (handoff, connector) = env.handoff_parts(&config(), 1);
+        let handoff = handoff.target_policy(DefaultTargetPolicy.or(AllowHosts::new(["127.0.0.2"])));
+        let svc = RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(handoff.layer(connector));
+        let mut events = Events::of(&svc);
+        let load = ledger::start(&svc, 16, "ledger:allowed");
+        opted_in(&env, 1).await;
+        load.run_for(500).await;
+        let mut m = moving(None, Duration::from_secs(2));
+        m.to = Some("127.0.0.2:0".parse().unwrap());
+        let moved = env.sim.moving(m).await.unwrap();
+        assert_eq!(moved.closed, 0);
+        assert_eq!(moved.to.ip().to_string(), "127.0.0.2");
+        assert_eq!(svc.get_ref().connected_to(), vec![endpoint(moved.to)]);
+        load.run_for(500).await;
+        check_ledger(&env, &load.finish().await);
+        assert_eq!(
+            events.count(|e| matches!(e, MaintEvent::TargetRefused { .. })),
+            0
+        );
+    })
+    .await;
+}
+
+/// The same `MOVING` under the default target policy: refused, handled as
+/// a null endpoint (the configured address, which stays open here, after
+/// half the time), reported as an event, and no command fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_moving_target_fails_no_command() {
+    bounded(30, async {
+        let env = SimStandalone::start().await;
+        let svc = stack(&env, 1);
+        let mut events = Events::of(&svc);
+        let load = ledger::start(&svc, 16, "ledger:refused-target");
+        opted_in(&env, 1).await;
+        load.run_for(500).await;
+        let mut m = moving(None, Duration::from_secs(2));
+        m.to = Some("127.0.0.2:0".parse().unwrap());
+        m.stay_open = true;
+        let moved = env.sim.moving(m).await.unwrap();
+        events
+            .wait("refused", |e| matches!(e, MaintEvent::TargetRefused { .. }))
+            .await;
+        events.wait("reconnected", succeeded).await;
+        assert_eq!(svc.get_ref().connected_to(), vec![env.endpoint()]);
+        assert_eq!(clients_on(&env, moved.to), 0);
+        load.run_for(500).await;
+        check_ledger(&env, &load.finish().await);
+    })
+    .await;
+}

@@ -41,6 +41,7 @@ use crate::maint::MaintenanceConfig;
 use crate::pubsub::{server_sunsubscribe, Kind, PubSub, SendFuture};
 use crate::resp::Cmd;
 use crate::transport::{Connector, Endpoint, PushItem, PushReceiver};
+use crate::trust::Source;
 use crate::{Request, ServerErrorKind, Value};
 
 /// The one slot of shard `channels`: [`Error::Config`] when they are in
@@ -163,9 +164,10 @@ impl Router {
                 return Err(Error::Server(err));
             }
             attempt += 1;
-            endpoint = match err.redirect().and_then(|r| redirect_endpoint(&r.addr)) {
-                Some(to) => to,
-                None => {
+            let to = err.redirect().and_then(|r| redirect_endpoint(&r.addr));
+            endpoint = match to {
+                Some(to) if self.cluster.cluster.follows(Source::Moved, &to).await => to,
+                _ => {
                     self.cluster.cluster.refresh().await?;
                     self.cluster.endpoint_for(slot).await?
                 }
@@ -234,9 +236,13 @@ impl Router {
         let endpoint = self.cluster.endpoint_for(Some(slot)).await?;
         match call_one(self.node(&endpoint)?, sunsubscribe_cmd(chans)).await {
             Err(Error::Server(e)) if e.kind() == &ServerErrorKind::Moved => {
-                let Some(to) = e.redirect().and_then(|r| redirect_endpoint(&r.addr)) else {
+                let to = e.redirect().and_then(|r| redirect_endpoint(&r.addr));
+                let Some(to) = to else {
                     return Err(Error::Server(e));
                 };
+                if !self.cluster.cluster.follows(Source::Moved, &to).await {
+                    return Err(Error::Server(e));
+                }
                 call_one(self.node(&to)?, sunsubscribe_cmd(chans)).await
             }
             r => r,

@@ -36,6 +36,16 @@
 //!   several nodes is applied once (cluster-wide dedup by sequence number).
 //!   Commands already queued on the old owner are not taken back: they get
 //!   `MOVED` and follow it.
+//! - **Trust** (see [`trust`](crate::trust)): a redirect is followed only
+//!   to a member of the cluster. A `MOVED` or `ASK` naming an address that
+//!   is not a node of the last topology (nor a seed) reads the topology
+//!   again first, and is followed only if the new map has that node;
+//!   otherwise the caller gets the redirect error and nothing is sent
+//!   there (a `trust.refused` warning). An `SMIGRATED` moves only slots its
+//!   sender serves, and only in triplets that name the sender as the
+//!   source (or none); this is checked before the cluster-wide dedup, so a
+//!   copy from another node cannot stand in for the source's own. A
+//!   [`ClusterConfig::target_policy`] applies on top of that.
 //!
 //! The hot path is ours, not a crate's, because it runs for every command:
 //! one atomic load (is the routing snapshot current?); for a command this
@@ -414,6 +424,13 @@ impl<N: NewNode> Cluster<N> {
     /// and waits for it.
     pub async fn refresh(&self) -> Result<()> {
         self.shared.refresh_now().await
+    }
+
+    /// Whether a redirect to `addr` is followed (see
+    /// [`trust`](crate::trust)): a member of the cluster, in the last
+    /// topology or in one read now, and allowed by the target policy.
+    pub(crate) async fn follows(&self, source: crate::trust::Source, addr: &Endpoint) -> bool {
+        self.shared.follows(source, addr).await
     }
 
     /// Takes the current snapshot if it changed.

@@ -399,6 +399,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     /// server's name, never its own: a host with merely some certificate of
     /// its own cannot take the connection (and its credentials).
     fn verified_as_configured(&self, target: Endpoint) -> Endpoint {
+        if !self.tls.load(SeqCst) {
+            return target;
+        }
         match (&target, self.endpoint.tls_name()) {
             (
                 Endpoint::Tcp {
