@@ -383,3 +383,46 @@ async fn smigrated_moves_only_what_its_sender_serves() {
     })
     .await;
 }
+
+/// Nodes that leave make room for the ones that come: after the cluster's
+/// only node is replaced 30 times, the node entries are few (2: the live
+/// node and one free), not one per address ever named.
+#[tokio::test]
+async fn node_entries_do_not_grow_with_every_node_ever_seen() {
+    use redis_layers::cluster::{ClusterConfig, ClusterLayer, NodeRole};
+    use redis_layers::relax::RelaxTimeout;
+    use tower::Layer;
+
+    bounded(60, async {
+        let layout = Arc::new(Mutex::new(Vec::new()));
+        let first = FakeNode::start(&layout, None);
+        *layout.lock().unwrap() = vec![(0, 16383, first.server.port())];
+        let maker =
+            |e: Endpoint, _: NodeRole| RelaxTimeout::new(Handoff::new(Connector::new(), e), None);
+        let cluster = ClusterLayer::new(vec![first.server.endpoint()])
+            .config(
+                ClusterConfig::default()
+                    .refresh_interval(None)
+                    .refresh_cooldown(std::time::Duration::from_millis(1)),
+            )
+            .layer(maker);
+        cluster.refresh().await.unwrap();
+        let mut nodes = vec![first];
+        for _ in 0..30 {
+            let next = FakeNode::start(&layout, None);
+            *layout.lock().unwrap() = vec![(0, 16383, next.server.port())];
+            cluster.refresh().await.unwrap();
+            let got = cluster
+                .clone()
+                .oneshot(cmd("GET").arg("k").into())
+                .await
+                .unwrap();
+            assert_eq!(got.into_value().unwrap(), Value::Null);
+            assert_eq!(next.gets_of("k"), 1);
+            nodes.push(next);
+        }
+        let entries = cluster.stats().node_entries;
+        assert!(entries <= 3, "{entries} node entries after 31 nodes");
+    })
+    .await;
+}

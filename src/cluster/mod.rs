@@ -328,6 +328,10 @@ pub struct ClusterStats {
     pub refreshes: u64,
     /// `SMIGRATED` notifications applied (after dedup).
     pub smigrated: u64,
+    /// Node entries kept (live nodes and the room left by nodes that left,
+    /// which new nodes reuse): bounded by the largest topology seen, not by
+    /// how many addresses servers have named.
+    pub node_entries: usize,
 }
 
 /// The routing command service of a Redis Cluster; see the
@@ -412,6 +416,7 @@ impl<N: NewNode> Cluster<N> {
             ask: c.ask.load(Ordering::Relaxed),
             refreshes: c.refreshes.load(Ordering::Relaxed),
             smigrated: c.smigrated.load(Ordering::Relaxed),
+            node_entries: lock(&self.shared.topo).nodes.len(),
         }
     }
 
@@ -532,11 +537,24 @@ impl<N: NewNode> Shared<N> {
         }
         let svc = self.new_node.new_node(endpoint.clone(), role);
         self.watch(&svc, endpoint);
-        let i = topo.nodes.len() as u32;
-        topo.nodes.push(NodeEntry {
+        let entry = NodeEntry {
             endpoint: endpoint.clone(),
             svc: Some(svc),
-        });
+        };
+        // The entry of a node that left, if any: the routing snapshot
+        // refers only to live nodes, so no route leads there, and the
+        // entries stay as many as the largest topology.
+        let i = match topo.nodes.iter().position(|n| n.svc.is_none()) {
+            Some(free) => {
+                let old = std::mem::replace(&mut topo.nodes[free], entry);
+                topo.index.remove(&old.endpoint);
+                free as u32
+            }
+            None => {
+                topo.nodes.push(entry);
+                topo.nodes.len() as u32 - 1
+            }
+        };
         topo.index.insert(endpoint.clone(), i);
         i
     }
