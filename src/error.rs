@@ -49,6 +49,13 @@ pub enum Error {
     /// server cannot do what the configuration requires (e.g. maintenance
     /// notifications in mode `Enabled`); the message names the cause.
     Config(String),
+    /// The request is not allowed where it was sent (nothing was sent): a
+    /// command that would change a shared connection's state for every
+    /// caller on it (`MULTI` alone, `SELECT`, `CLIENT TRACKING`, ...; see
+    /// [`transport`](crate::transport#shared-connections)), or one the
+    /// transport cannot carry (`MONITOR`). The message names what to use
+    /// instead.
+    Usage(String),
     /// A reply could not be converted to the Rust type asked for (e.g. a
     /// string that is not a number into `i64`, `nil` into `String`); the
     /// message names both. Nothing is wrong with the connection.
@@ -59,6 +66,11 @@ impl Error {
     /// A configuration or usage error with the given message.
     pub fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())
+    }
+
+    /// A usage error with the given message: [`Error::Usage`].
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
     }
 
     /// The server error reply, if this is [`Error::Server`] or [`Error::Auth`].
@@ -105,6 +117,7 @@ impl fmt::Display for Error {
             Error::Timeout => f.pad("request timed out"),
             Error::Closed => f.pad("connection closed"),
             Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
+            Error::Usage(msg) => write!(f, "not allowed here: {msg}"),
             Error::Type(msg) => write!(f, "unexpected reply: {msg}"),
         }
     }

@@ -191,7 +191,7 @@ async fn hello_refused_falls_back_to_resp2() {
         let e = within(STEP, "SUBSCRIBE", conn.send_cmd(cmd("SUBSCRIBE").arg("ch")))
             .await
             .unwrap_err();
-        assert!(matches!(e, Error::Config(_)), "{e:?}");
+        assert!(matches!(e, Error::Usage(_)), "{e:?}");
         assert_eq!(
             send(&conn, cmd("PING")).await.as_bytes(),
             Some(&b"PONG"[..])

@@ -395,6 +395,7 @@ fn during_a_migration_the_source_answers_ask_for_moved_keys() {
         block_on(async {
             let src = connect(c, from).await;
             let dst = connect(c, to).await;
+            dst.dedicate();
             for key in gone {
                 let (kind, s, target) = redirect_of(&src, key).await;
                 assert_eq!((kind, s, target), (RedirectKind::Ask, slot, addr(c, to)));
@@ -472,6 +473,7 @@ fn cluster_with_a_replica_per_primary_comes_up() {
                     .await
                     .unwrap();
                 let replica = connect(c, 3 + p).await;
+                replica.dedicate();
                 replica.send_cmd(cmd("READONLY")).await.unwrap();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {

@@ -785,7 +785,7 @@ async fn resp2_is_refused() {
             server.endpoint(),
         );
         let r = pubsub.subscribe(["news"]).await;
-        assert!(matches!(r, Err(Error::Config(_))), "{r:?}");
+        assert!(matches!(r, Err(Error::Usage(_))), "{r:?}");
         assert_eq!(numsub(&server, "news"), "0");
     })
     .await;

@@ -25,14 +25,18 @@ use tower::{Service, ServiceExt};
 
 const STEP: Duration = Duration::from_secs(3);
 
+/// A connection of the test's own: these tests drive the transport's
+/// framing with commands a shared connection refuses (`CLIENT TRACKING`).
 async fn connect(server: &RedisServer) -> Connection {
-    within(
+    let conn = within(
         Duration::from_secs(5),
         "connect",
         Connector::new().connect(server.endpoint()),
     )
     .await
-    .expect("connect")
+    .expect("connect");
+    conn.dedicate();
+    conn
 }
 
 /// Sends one command, bounded, and unwraps its reply.

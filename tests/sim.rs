@@ -34,7 +34,7 @@ fn endpoint(addr: SocketAddr) -> Endpoint {
 }
 
 async fn connect(addr: SocketAddr, name: &str) -> Connection {
-    within(
+    let conn = within(
         STEP,
         "connect",
         support::sim::raw_connector()
@@ -42,7 +42,10 @@ async fn connect(addr: SocketAddr, name: &str) -> Connection {
             .connect(endpoint(addr)),
     )
     .await
-    .expect("connect through the simulator")
+    .expect("connect through the simulator");
+    // The test opts in and out by hand: a connection of its own.
+    conn.dedicate();
+    conn
 }
 
 async fn send(conn: &Connection, c: redis_layers::Cmd) -> Value {
@@ -361,6 +364,7 @@ async fn handshake_errors() {
         )
         .await
         .unwrap();
+        resp2.dedicate();
         let e = within(
             STEP,
             "resp2 opt in",

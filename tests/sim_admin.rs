@@ -85,13 +85,16 @@ fn endpoint(addr: SocketAddr) -> Endpoint {
 }
 
 async fn connect(addr: SocketAddr, name: &str) -> Connection {
-    within(
+    let conn = within(
         STEP,
         "connect",
         Connector::new().client_name(name).connect(endpoint(addr)),
     )
     .await
-    .expect("connect")
+    .expect("connect");
+    // Admin commands and hand-made opt-ins: a connection of the test's own.
+    conn.dedicate();
+    conn
 }
 
 fn opt_in(t: EndpointType) -> Cmd {
@@ -430,6 +433,7 @@ async fn protocol_and_errors() {
         )
         .await
         .unwrap();
+        resp2.dedicate();
         let eps = admin(&resp2, &["SIM.ENDPOINTS"]).await;
         let Value::Array(list) = &eps else { panic!() };
         assert!(

@@ -22,13 +22,16 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 async fn connect(a: SocketAddr) -> Connection {
-    within(
+    let conn = within(
         STEP,
         "connect",
         support::sim::raw_connector().connect(Endpoint::tcp("127.0.0.1", a.port())),
     )
     .await
-    .expect("connect")
+    .expect("connect");
+    // The test opts in by hand: a connection of its own.
+    conn.dedicate();
+    conn
 }
 
 async fn send(conn: &Connection, c: redis_layers::Cmd) -> Value {

@@ -93,6 +93,7 @@ pub struct Leased<M: MakeConnection, P: HandoffPolicy> {
 
 impl<M: MakeConnection, P: HandoffPolicy> Leased<M, P> {
     pub(super) fn new(shared: Arc<Shared<M, P>>, slot: Arc<Slot>, conn: M::Connection) -> Self {
+        conn.dedicate();
         Leased {
             conn: Some(conn),
             slot,

@@ -21,6 +21,9 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     pub(crate) closed_notify: Notify,
     tls: AtomicBool,
+    /// Used by one caller at a time: state commands are allowed (see
+    /// `guard.rs`). True during the handshake, which sends them.
+    dedicated: AtomicBool,
     protocol: AtomicU8,
     pushes: Mutex<Option<PushReceiver>>,
     info: OnceLock<ConnectionInfo>,
@@ -105,6 +108,7 @@ impl Connection {
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
             tls: AtomicBool::new(false),
+            dedicated: AtomicBool::new(true),
             protocol: AtomicU8::new(Protocol::Resp3 as u8),
             pushes: Mutex::new(Some(PushReceiver { rx: push_rx })),
             info: OnceLock::new(),
@@ -163,6 +167,9 @@ impl Connection {
         for c in cmds {
             self.check(c)?;
         }
+        if !self.shared.dedicated.load(Ordering::Relaxed) {
+            super::guard::check_shared(cmds)?;
+        }
         let (tx, rx) = oneshot::channel();
         Ok(Prepared::Send(Message { body, tx, timeout }, rx))
     }
@@ -177,18 +184,18 @@ impl Connection {
             if a.next().is_some_and(|s| s.eq_ignore_ascii_case(b"REPLY"))
                 && a.next().is_some_and(|s| !s.eq_ignore_ascii_case(b"ON"))
             {
-                return Err(Error::config(
-                    "CLIENT REPLY OFF/SKIP would desynchronise a multiplexed connection",
+                return Err(Error::usage(
+                    "CLIENT REPLY OFF/SKIP would leave commands without replies; the transport matches one reply to each command",
                 ));
             }
         }
         if c.is("MONITOR") {
-            return Err(Error::config(
-                "MONITOR needs a dedicated connection; it is refused on a multiplexed one",
+            return Err(Error::usage(
+                "MONITOR streams replies nobody asked for; the transport matches one reply to each command",
             ));
         }
         if self.protocol() == Protocol::Resp2 && driver::is_subscribe_family(c) {
-            return Err(Error::config(
+            return Err(Error::usage(
                 "pub/sub on a shared connection needs RESP3; this connection runs RESP2",
             ));
         }
@@ -291,6 +298,33 @@ impl Connection {
 
     pub(crate) fn set_protocol(&self, p: Protocol) {
         self.shared.protocol.store(p as u8, Ordering::Relaxed);
+    }
+
+    /// Marks the connection (every clone of it) as used by one caller at
+    /// a time: commands that change the connection's state (`WATCH`,
+    /// `MULTI`, `SELECT`, `CLIENT TRACKING`, ...) are allowed on it from now
+    /// on; on a shared one they fail with [`Error::Usage`] (see
+    /// [the transport docs](super#shared-connections)).
+    /// [`Handoff::lease`](crate::handoff::Handoff::lease) hands out
+    /// connections marked so.
+    ///
+    /// ```no_run
+    /// use redis_layers::{cmd, Connector, Endpoint};
+    ///
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// let conn = Connector::new().connect(Endpoint::tcp("127.0.0.1", 6379)).await?;
+    /// assert!(conn.send(cmd("SELECT").arg(2)).await.is_err()); // shared by default
+    /// conn.dedicate();
+    /// conn.send(cmd("SELECT").arg(2)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn dedicate(&self) {
+        self.shared.dedicated.store(true, Ordering::Relaxed);
+    }
+
+    /// A connection handed out to share: the handshake is done.
+    pub(crate) fn share(&self) {
+        self.shared.dedicated.store(false, Ordering::Relaxed);
     }
 
     /// True when the connection runs over TLS.
@@ -402,6 +436,10 @@ impl super::Lifecycle for Connection {
 
     fn is_tls(&self) -> bool {
         Connection::is_tls(self)
+    }
+
+    fn dedicate(&self) {
+        Connection::dedicate(self)
     }
 }
 

@@ -501,6 +501,7 @@ async fn connect(
 async fn finish(conn: Connection, config: &Config) -> Result<Connection> {
     let info = handshake::run(&conn, config).await?;
     conn.set_info(info);
+    conn.share();
     Ok(conn)
 }
 

@@ -10,12 +10,48 @@
 //! path, and it must keep several write batches on the wire, route push
 //! frames away from the reply queue (see `spec/resp3-transport.md`), and
 //! fail every waiting caller at once when the socket dies.
+//!
+//! # Shared connections
+//!
+//! A multiplexed [`Connection`] carries the requests of
+//! many tasks. A `MULTI` sent alone would queue another task's `SET`
+//! (which its `DISCARD` then drops), a `SELECT` would move every caller to
+//! another database (and a handoff's new connection would not be moved),
+//! `CLIENT TRACKING`, `READONLY`, `HELLO`, `AUTH`, `RESET`, `WATCH`,
+//! `CLIENT SETNAME` likewise. So, on a shared connection, these are refused
+//! before anything is sent, with [`Error::Usage`](crate::Error::Usage) naming the tool that does
+//! the job:
+//!
+//! | command | instead |
+//! |---|---|
+//! | `MULTI`, `EXEC`, `DISCARD` alone | the transaction API: `MULTI ... EXEC` as one request ([`Client::transaction`](crate::Client::transaction)) |
+//! | `WATCH`, `UNWATCH` | [`Client::watch`](crate::Client::watch), or a dedicated connection |
+//! | `SELECT` | [`Connector::database`] |
+//! | `CLIENT SETNAME` | [`Connector::client_name`] |
+//! | `CLIENT TRACKING`, `READONLY`, `READWRITE`, `CLIENT NO-EVICT`, `CLIENT NO-TOUCH` | [`Connector::on_connect`]: replayed on every new connection, after a handoff or a reconnect too |
+//! | `CLIENT MAINT_NOTIFICATIONS` | [`MaintenanceConfig`](crate::maint::MaintenanceConfig) ([`Connector::maintenance`]) |
+//! | `HELLO`, `AUTH` | [`Connector::password`], [`Connector::protocol`] |
+//! | `RESET`, `QUIT`, `SYNC`, `PSYNC` | a dedicated connection |
+//!
+//! (`MONITOR` and `CLIENT REPLY OFF/SKIP` are refused on every connection:
+//! the transport matches one reply to each command.)
+//!
+//! One request is written whole (nothing comes between its commands), so a
+//! request that *is* a transaction, `MULTI` first and `EXEC` (or
+//! `DISCARD`) last with nothing stateful inside, is allowed, and so are
+//! `ASKING` and `CLIENT CACHING`, which apply to the next command only,
+//! when that command follows in the same request. Subscriptions are
+//! allowed (the connection tracks and restores them).
+//!
+//! A dedicated connection ([`Handoff::lease`](crate::handoff::Handoff::lease),
+//! [`Connection::dedicate`]) allows them all.
 
 mod connection;
 mod connector;
 pub(crate) mod driver;
 mod endpoint;
 pub mod future;
+mod guard;
 mod handshake;
 #[cfg(feature = "tls")]
 mod tls;
@@ -73,6 +109,9 @@ pub trait Lifecycle {
     fn is_tls(&self) -> bool {
         false
     }
+    /// Marks the connection as used by one caller at a time (see
+    /// [`Connection::dedicate`]); leases call it.
+    fn dedicate(&self) {}
 }
 
 /// The RESP version a connection speaks.

@@ -1,0 +1,200 @@
+//! One caller can never change another caller's connection: commands that
+//! change a shared connection's state are refused before anything is sent
+//! (`Error::Usage`), the settings a user legitimately wants are builder
+//! settings replayed on every new connection, and dedicated connections
+//! allow everything. Real redis-server, and the simulator for `MOVING`.
+
+mod support;
+
+use std::time::Duration;
+
+use redis_layers::client::ClientBuilder;
+use redis_layers::{cmd, Connector, Error};
+use support::{bounded, RedisServer};
+
+async fn client(server: &RedisServer, connector: Connector) -> redis_layers::Client {
+    ClientBuilder::new(server.endpoint())
+        .connector(connector)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Task A's `MULTI` would queue unrelated task B's `SET`, and A's
+/// `DISCARD` drop it. Refused now, with 32 tasks at it: every write lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_alone_never_swallows_another_callers_write() {
+    bounded(30, async {
+        let server = RedisServer::start();
+        let client = client(&server, Connector::new()).await;
+        let mut tasks = Vec::new();
+        for t in 0..32 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    if t % 2 == 0 {
+                        let e = client.cmd::<()>(cmd("MULTI")).await.unwrap_err();
+                        assert!(matches!(e, Error::Usage(_)), "{e}");
+                        assert!(e.to_string().contains("transaction"), "{e}");
+                        let e = client.cmd::<()>(cmd("DISCARD")).await.unwrap_err();
+                        assert!(matches!(e, Error::Usage(_)), "{e}");
+                    } else {
+                        client.set(format!("w:{t}:{i}"), i).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for t in (1..32).step_by(2) {
+            for i in 0..20 {
+                assert_eq!(server.cli(&["GET", &format!("w:{t}:{i}")]), i.to_string());
+            }
+        }
+        // The transaction API still sends MULTI ... EXEC, as one request.
+        let (a, b): (i64, i64) = client
+            .transaction()
+            .cmd(cmd("INCR").arg("tx"))
+            .cmd(cmd("INCR").arg("tx"))
+            .query()
+            .await
+            .unwrap();
+        assert_eq!((a, b), (1, 2));
+    })
+    .await;
+}
+
+/// Every connection-state command is refused on the shared connection and
+/// names what to use instead; nothing reaches the server.
+#[tokio::test]
+async fn state_commands_are_refused_on_a_shared_connection() {
+    bounded(30, async {
+        let server = RedisServer::start();
+        let client = client(&server, Connector::new().client_name("mine")).await;
+        client.set("k", 1).await.unwrap();
+        for (c, hint) in [
+            (cmd("SELECT").arg(5), "Connector::database"),
+            (cmd("HELLO").arg(2), "Connector::"),
+            (cmd("AUTH").arg("x"), "Connector::"),
+            (cmd("CLIENT").arg("TRACKING").arg("ON"), "on_connect"),
+            (cmd("READONLY"), "on_connect"),
+            (cmd("READWRITE"), "on_connect"),
+            (cmd("CLIENT").arg("SETNAME").arg("theirs"), "client_name"),
+            (cmd("RESET"), "dedicated"),
+            (cmd("WATCH").arg("k"), "Client::watch"),
+            (cmd("UNWATCH"), "Client::watch"),
+            (cmd("EXEC"), "transaction"),
+        ] {
+            let name = format!("{c:?}");
+            let e = client.cmd::<redis_layers::Value>(c).await.unwrap_err();
+            assert!(
+                matches!(&e, Error::Usage(m) if m.contains(hint)),
+                "{name}: {e}"
+            );
+        }
+        // The connection is as it was: same name, database 0, same key.
+        let name: Option<String> = client.cmd(cmd("CLIENT").arg("GETNAME")).await.unwrap();
+        assert_eq!(name.as_deref(), Some("mine"));
+        assert_eq!(client.get::<i64>("k").await.unwrap(), 1);
+        let calls = server.cli(&["INFO", "commandstats"]);
+        for refused in ["select", "reset", "readonly", "watch", "exec"] {
+            assert!(
+                !calls.contains(&format!("cmdstat_{refused}:")),
+                "{refused} reached the server"
+            );
+        }
+    })
+    .await;
+}
+
+/// A dedicated connection allows them: a lease may `SELECT`, and is not
+/// handed to the next lease afterwards (it is not clean).
+#[tokio::test]
+async fn a_lease_allows_state_commands_and_is_not_reused_after_them() {
+    use redis_layers::handoff::Handoff;
+    use tower::ServiceExt;
+    bounded(30, async {
+        let server = RedisServer::start();
+        let svc = Handoff::new(Connector::new(), server.endpoint());
+        let mut lease = svc.lease().await.unwrap();
+        (&mut lease)
+            .oneshot(cmd("SELECT").arg(3).into())
+            .await
+            .unwrap();
+        (&mut lease)
+            .oneshot(cmd("SET").arg("in3").arg("x").into())
+            .await
+            .unwrap();
+        drop(lease);
+        assert_eq!(server.cli(&["-n", "3", "GET", "in3"]), "x");
+        let lease = svc.lease().await.unwrap();
+        assert!(!lease.is_reused(), "a connection left in db 3 was reused");
+    })
+    .await;
+}
+
+/// The database is a builder setting, replayed on the connection a
+/// `MOVING` hands off to: 32 tasks write before and after the move, and
+/// every key lands in database 5.
+#[cfg(feature = "sim")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_database_survives_a_moving() {
+    use redis_layers::maint::{MaintenanceConfig, Mode};
+    use redis_layers::sim::Moving;
+    use support::sim::SimStandalone;
+
+    bounded(40, async {
+        let env = SimStandalone::start().await;
+        let client = ClientBuilder::new(env.endpoint())
+            .connector(Connector::new().database(5))
+            .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
+            .build()
+            .await
+            .unwrap();
+        let write = |phase: &'static str| {
+            let tasks: Vec<_> = (0..32)
+                .map(|t| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let e = client.cmd::<()>(cmd("SELECT").arg(0)).await.unwrap_err();
+                        assert!(matches!(e, Error::Usage(_)));
+                        client.set(format!("{phase}:{t}"), t).await.unwrap();
+                    })
+                })
+                .collect();
+            async move {
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        };
+        write("before").await;
+        env.sim
+            .wait_for(|c| c.iter().any(|c| c.maint.is_some()))
+            .await;
+        let moved = env
+            .sim
+            .moving(Moving::new(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(moved.closed, 0);
+        write("after").await;
+        for phase in ["before", "after"] {
+            for t in 0..32 {
+                let key = format!("{phase}:{t}");
+                assert_eq!(
+                    env.server.cli(&["-n", "5", "GET", &key]),
+                    t.to_string(),
+                    "{key}"
+                );
+                assert_eq!(
+                    env.server.cli(&["-n", "0", "EXISTS", &key]),
+                    "0",
+                    "{key} in db 0"
+                );
+            }
+        }
+    })
+    .await;
+}
