@@ -7,10 +7,65 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::Duration;
+
 use redis_layers::client::{ClientBuilder, ServerMode};
-use redis_layers::{cmd, Client, Error, ServerErrorKind, Value};
+use redis_layers::maint::{MaintenanceConfig, Mode};
+use redis_layers::relax::RelaxTimeoutLayer;
+use redis_layers::{cmd, Client, Connector, Error, Request, ServerErrorKind, Value};
 use support::bounded;
-use support::hostile::{HostileServer, Received};
+use support::hostile::{self, HostileServer, Received};
+use tower::{Layer, Service, ServiceExt};
+
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts every panic in this test binary, on any thread or task: a panic
+/// in a connection's driver task fails no caller directly (the connection
+/// is made again), so the tests look here.
+fn watch_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            prev(info)
+        }));
+    });
+}
+
+fn assert_no_panic(what: &str) {
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        0,
+        "{what}: something panicked"
+    );
+}
+
+/// A standalone client of `server` with maintenance notifications on.
+async fn standalone(server: &HostileServer, config: MaintenanceConfig) -> Client {
+    ClientBuilder::new(server.endpoint())
+        .mode(ServerMode::Standalone)
+        .maintenance(config)
+        .build()
+        .await
+        .expect("standalone client")
+}
+
+/// The client still serves: a write and a read back.
+async fn serves(client: &Client, what: &str) {
+    let key = format!("k-{}", PANICS.load(Ordering::SeqCst));
+    client
+        .cmd::<()>(cmd("SET").arg(&key).arg("v"))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: SET failed: {e}"));
+    let v: String = client
+        .cmd(cmd("GET").arg(&key))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: GET failed: {e}"));
+    assert_eq!(v, "v", "{what}");
+}
 
 /// A `CLUSTER SLOTS` reply: the node at `port` serves every slot.
 fn all_slots(port: u16) -> Vec<u8> {
@@ -74,6 +129,108 @@ async fn a_redirect_to_a_slot_out_of_range_is_a_typed_error() {
                 .await
                 .expect("the client still serves");
         }
+    })
+    .await;
+}
+
+/// Server-announced times near `i64::MAX` (and negative ones): the driver
+/// computed `now + time` and panicked. Now they are clamped at parse time
+/// (`MAX_NOTIFICATION_TIME`) and every deadline saturates.
+#[tokio::test]
+async fn huge_and_negative_maintenance_times_do_not_panic() {
+    watch_panics();
+    bounded(30, async {
+        let server = HostileServer::start();
+        let me = server.addr().to_string();
+        let client = standalone(&server, MaintenanceConfig::default().mode(Mode::Enabled)).await;
+        serves(&client, "before").await;
+        let max = i64::MAX.to_string();
+        let huge = format!(":{max}");
+        let frames = [
+            hostile::push(&["MIGRATING", ":1", &huge]),
+            hostile::push(&["MIGRATED", ":2"]),
+            hostile::push(&["FAILING_OVER", ":3", &huge]),
+            hostile::push(&["FAILED_OVER", ":4"]),
+            hostile::push(&["FAILING_OVER", ":5", ":-9223372036854775808"]),
+            hostile::push(&["FAILED_OVER", ":6"]),
+            hostile::push(&["MIGRATING", ":7", "99999999999999999999999"]),
+            hostile::push(&["MIGRATED", ":8"]),
+            hostile::push(&["MOVING", ":9", &huge, "_"]),
+            hostile::push(&["MOVING", ":10", &huge, &me]),
+            hostile::push(&["MOVING", ":11", ":-1", &me]),
+        ];
+        for f in &frames {
+            server.inject(f);
+            serves(&client, &String::from_utf8_lossy(f)).await;
+            assert_no_panic(&String::from_utf8_lossy(f));
+        }
+    })
+    .await;
+}
+
+/// `Duration::MAX` as a timeout, wherever a caller can give one: the driver
+/// computed `now + timeout` and panicked, failing every caller of the
+/// connection. Now timeouts are clamped to `MAX_TIMEOUT` and every deadline
+/// saturates.
+#[tokio::test]
+async fn duration_max_timeouts_do_not_panic() {
+    watch_panics();
+    bounded(30, async {
+        let server = HostileServer::start();
+        let max = Duration::MAX;
+
+        // A request's own timeout, through the client.
+        let client = standalone(&server, MaintenanceConfig::default()).await;
+        let r = Request::from(cmd("SET").arg("a").arg("1")).with_timeout(max);
+        client.send(r).await.expect("with_timeout(MAX)");
+        serves(&client, "with_timeout(MAX)").await;
+        assert_no_panic("with_timeout(MAX)");
+
+        // The builder's command timeout.
+        let client = ClientBuilder::new(server.endpoint())
+            .mode(ServerMode::Standalone)
+            .command_timeout(Some(max))
+            .build()
+            .await
+            .expect("command_timeout(MAX)");
+        serves(&client, "command_timeout(MAX)").await;
+        assert_no_panic("command_timeout(MAX)");
+
+        // Every maintenance duration, then a relaxation (its backstop is
+        // 3 x relaxed_timeout) and a handoff.
+        let config = MaintenanceConfig::default()
+            .mode(Mode::Enabled)
+            .relaxed_timeout(max)
+            .handoff_timeout(max)
+            .circuit_breaker_reset_timeout(max)
+            .dns_lookup_timeout(max)
+            .dedup_ttl(max)
+            .post_handoff_relaxed_duration(max);
+        let client = standalone(&server, config).await;
+        serves(&client, "maintenance durations MAX").await;
+        server.inject(&hostile::push(&["MIGRATING", ":1", ":5"]));
+        serves(&client, "relaxed with MAX").await;
+        let me = server.addr().to_string();
+        server.inject(&hostile::push(&["MOVING", ":2", ":1", &me]));
+        serves(&client, "handoff with MAX").await;
+        assert_no_panic("maintenance durations MAX");
+
+        // The connector and the RelaxTimeout layer.
+        let conn = Connector::new()
+            .connect_timeout(max)
+            .connect(server.endpoint())
+            .await
+            .expect("connect_timeout(MAX)");
+        let mut svc = RelaxTimeoutLayer::new(max).layer(conn);
+        let v = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::from(cmd("PING")))
+            .await
+            .expect("RelaxTimeoutLayer::new(MAX)");
+        assert_eq!(v.into_value().unwrap(), Value::SimpleString("PONG".into()));
+        assert_no_panic("connector and layer");
     })
     .await;
 }

@@ -558,7 +558,7 @@ where
             .map(|d| (*self.turn_now.get_or_insert_with(Instant::now), d));
         if let Some((t0, d)) = timed {
             let seq = self.front_seq + self.in_flight.len() as u64;
-            let at = t0 + d;
+            let at = crate::time::after(t0, d);
             if self.deadlines.back().is_none_or(|b| b.0 <= at) {
                 self.deadlines.push_back((at, seq));
             } else {
@@ -652,7 +652,7 @@ where
         // its end does not take the extension back: the reply to a request
         // sent during a failover may come after `FAILED_OVER`.
         if let Some(r) = self.shared.maint.relaxed_since(t0) {
-            let later = t0 + d.max(r);
+            let later = crate::time::after(t0, d.max(r));
             if later > now {
                 self.odd_deadlines.push(Reverse((later, seq)));
                 return;
