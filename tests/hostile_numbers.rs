@@ -234,3 +234,39 @@ async fn duration_max_timeouts_do_not_panic() {
     })
     .await;
 }
+
+/// A reply nested 10,000 levels deep with the depth limit raised to
+/// `usize::MAX`: the recursive value builder overflowed the stack and
+/// aborted the process. The depth is capped (`Limits::MAX_DEPTH`), so it
+/// is a protocol error for that connection and nothing else.
+#[tokio::test]
+async fn a_deep_reply_with_the_depth_limit_raised_is_a_protocol_error() {
+    watch_panics();
+    bounded(20, async {
+        let mut deep = b"*1\r\n".repeat(10_000);
+        deep.extend_from_slice(b":1\r\n");
+        let server = HostileServer::scripted(move |r| (r.name() == "GET").then(|| deep.clone()));
+        let limits = redis_layers::resp::Limits {
+            max_depth: usize::MAX,
+            ..Default::default()
+        };
+        let conn = Connector::new()
+            .limits(limits)
+            .connect(server.endpoint())
+            .await
+            .expect("connect");
+        match conn.send_cmd(cmd("GET").arg("k")).await {
+            Err(Error::Protocol(e)) => assert!(e.message().contains("nesting"), "{e}"),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        // A new connection serves.
+        let conn = Connector::new()
+            .limits(limits)
+            .connect(server.endpoint())
+            .await
+            .unwrap();
+        conn.send_cmd(cmd("SET").arg("a").arg("1")).await.unwrap();
+        assert_no_panic("deep reply");
+    })
+    .await;
+}

@@ -844,9 +844,14 @@ where
             self.batch_yielded = true;
             return Ok(Turn::Yield);
         }
+        // A large reply's buffer grows towards its size as bytes arrive, at
+        // most doubling what is buffered: the size is the server's word
+        // (`$536870912` alone must not reserve 512 MiB), and doubling keeps
+        // the copies O(size).
         let need = self.decoder.bytes_needed();
-        if need > self.read_buf.len() {
-            self.read_buf.reserve(need - self.read_buf.len());
+        let len = self.read_buf.len();
+        if need > len {
+            self.read_buf.reserve((need - len).min(len.max(READ_CHUNK)));
         }
         if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
             self.read_buf.reserve(READ_CHUNK);
