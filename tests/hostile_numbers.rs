@@ -270,3 +270,48 @@ async fn a_deep_reply_with_the_depth_limit_raised_is_a_protocol_error() {
     })
     .await;
 }
+
+/// `+RESET` is the `RESET` command's reply only when `RESET` was sent: a
+/// script returning the status `RESET` cleared the connection's record of
+/// its subscriptions, which were then lost at the next handoff. On a real
+/// redis-server.
+#[tokio::test]
+async fn a_reset_status_from_another_command_keeps_the_subscriptions() {
+    bounded(20, async {
+        let server = support::RedisServer::start();
+        let conn = Connector::new()
+            .connect(server.endpoint())
+            .await
+            .expect("connect");
+        conn.send_cmd(cmd("SUBSCRIBE").arg("news")).await.unwrap();
+        let restore = |c: &redis_layers::Connection| -> Vec<String> {
+            c.resubscribe_commands()
+                .iter()
+                .map(|c| {
+                    c.argv()
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        };
+        assert_eq!(restore(&conn), ["SUBSCRIBE news"]);
+        let v = conn
+            .send_cmd(cmd("EVAL").arg("return {ok='RESET'}").arg(0))
+            .await
+            .unwrap();
+        assert_eq!(v, Value::SimpleString("RESET".into()));
+        assert_eq!(restore(&conn), ["SUBSCRIBE news"], "EVAL's +RESET");
+        // In a pipeline too.
+        let p = redis_layers::Pipeline::new()
+            .cmd(cmd("PING"))
+            .cmd(cmd("EVAL").arg("return {ok='RESET'}").arg(0));
+        conn.send(p).await.unwrap();
+        assert_eq!(restore(&conn), ["SUBSCRIBE news"], "a pipeline's +RESET");
+        // The RESET command itself still ends them.
+        let v = conn.send_cmd(cmd("RESET")).await.unwrap();
+        assert_eq!(v, Value::SimpleString("RESET".into()));
+        assert!(restore(&conn).is_empty(), "RESET ends every subscription");
+    })
+    .await;
+}
