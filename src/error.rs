@@ -495,6 +495,29 @@ mod tests {
         assert_eq!(ServerError::parse("").code(), "");
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any `MOVED`/`ASK` line: no panic, and a redirect only to a slot
+        /// that exists.
+        #[test]
+        fn redirects_never_name_a_slot_out_of_range(
+            kind in proptest::sample::select(vec!["MOVED", "ASK", "moved", "ERR"]),
+            slot in prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                "[0-9]{0,25}",
+                ".{0,8}",
+            ],
+            addr in ".{0,24}",
+        ) {
+            let e = ServerError::parse(format!("{kind} {slot} {addr}"));
+            if let Some(r) = e.redirect() {
+                prop_assert!(r.slot < crate::maint::SLOT_COUNT);
+                prop_assert_eq!(slot.parse::<u16>().ok(), Some(r.slot));
+            }
+        }
+    }
+
     #[test]
     fn io_retryable() {
         let e: Error = io::Error::from(io::ErrorKind::ConnectionReset).into();

@@ -80,4 +80,19 @@ mod tests {
         assert_eq!(clamp(Duration::MAX), MAX_TIMEOUT);
         assert_eq!(clamp(Duration::ZERO), Duration::ZERO);
     }
+
+    proptest::proptest! {
+        /// Any duration: no panic, never earlier than now, never more than
+        /// `MAX_TIMEOUT` later, exact below it.
+        #[test]
+        fn after_never_panics(secs in proptest::prelude::any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            let now = std::time::Instant::now();
+            let at = after(now, d);
+            proptest::prop_assert!(at >= now && at <= now + MAX_TIMEOUT);
+            if d <= MAX_TIMEOUT {
+                proptest::prop_assert_eq!(at, now + d);
+            }
+        }
+    }
 }

@@ -315,3 +315,264 @@ async fn a_reset_status_from_another_command_keeps_the_subscriptions() {
     })
     .await;
 }
+
+// ===== property: random hostile numbers at the whole stack =====
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    /// Stands for the hostile server's port, known only once it runs.
+    const ME: &str = "<me>";
+
+    /// Numbers as a server may send them: extremes, any integer, and
+    /// strings that are numbers, almost numbers, or not numbers.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(format!(":{}", i64::MIN)),
+            Just(":-1".to_string()),
+            Just(":0".to_string()),
+            Just(":1".to_string()),
+            Just(":30".to_string()),
+            Just(format!(":{}", i64::MAX)),
+            any::<i64>().prop_map(|n| format!(":{n}")),
+            Just("99999999999999999999999".to_string()),
+            Just("-99999999999999999999999".to_string()),
+            Just("1.5".to_string()),
+            Just("-0.5".to_string()),
+            Just("1e308".to_string()),
+            Just("".to_string()),
+            Just("x".to_string()),
+            Just("_".to_string()),
+        ]
+    }
+
+    /// Slots: in range, just out, far out, negative, not numbers.
+    fn slot() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_string()),
+            Just("16383".to_string()),
+            Just("16384".to_string()),
+            Just("20000".to_string()),
+            Just("65535".to_string()),
+            Just("65536".to_string()),
+            Just("-1".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("x".to_string()),
+            Just("".to_string()),
+            any::<u32>().prop_map(|n| n.to_string()),
+        ]
+    }
+
+    /// Endpoints: the server itself, refused ports, bad ports, no port,
+    /// empty hosts. IP literals only: no DNS lookups in a test.
+    fn endpoint() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(format!("127.0.0.1:{ME}")),
+            Just("127.0.0.1:1".to_string()),
+            Just("127.0.0.1:0".to_string()),
+            Just("127.0.0.1:65536".to_string()),
+            Just("127.0.0.1:-1".to_string()),
+            Just("127.0.0.1:99999999999999999999".to_string()),
+            Just("127.0.0.1".to_string()),
+            Just(":6379".to_string()),
+            Just(":".to_string()),
+            Just("".to_string()),
+            Just("[::1]:0".to_string()),
+            Just("::1:1".to_string()),
+            Just("[::1".to_string()),
+            Just("_".to_string()),
+        ]
+    }
+
+    /// What the server does next.
+    #[derive(Debug, Clone)]
+    enum Act {
+        /// A push of these elements (as `hostile::push` reads them) to
+        /// every connection.
+        Push(Vec<String>),
+        /// `SMIGRATED seq [[src dst slots]]` to every connection.
+        SMigrated([String; 4]),
+        /// These bytes to every connection.
+        Raw(Vec<u8>),
+        /// The answer to the next `GET`: this error.
+        Redirect(String),
+    }
+
+    impl Act {
+        /// Its bytes, the server's port in place of [`ME`].
+        fn frame(&self, port: u16) -> Vec<u8> {
+            let me = |s: &String| s.replace(ME, &port.to_string());
+            match self {
+                Act::Push(elems) => {
+                    let elems: Vec<String> = elems.iter().map(me).collect();
+                    let refs: Vec<&str> = elems.iter().map(String::as_str).collect();
+                    hostile::push(&refs)
+                }
+                Act::SMigrated([seq, src, dst, slots]) => {
+                    let mut f = b">3\r\n".to_vec();
+                    f.extend_from_slice(&hostile::bulk(b"SMIGRATED"));
+                    // The sequence number as `push` encodes an element.
+                    f.extend_from_slice(&hostile::push(&[seq])[4..]);
+                    f.extend_from_slice(b"*1\r\n*3\r\n");
+                    for s in [me(src), me(dst), slots.clone()] {
+                        f.extend_from_slice(&hostile::bulk(s.as_bytes()));
+                    }
+                    f
+                }
+                Act::Raw(b) => b.clone(),
+                Act::Redirect(e) => format!("-{}\r\n", me(e)).into_bytes(),
+            }
+        }
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        let kinds = prop_oneof![
+            Just("MOVING"),
+            Just("MIGRATING"),
+            Just("MIGRATED"),
+            Just("FAILING_OVER"),
+            Just("FAILED_OVER"),
+            Just("SMIGRATING"),
+            Just("SMIGRATED"),
+        ];
+        let element = prop_oneof![number(), slot(), endpoint(), Just("0-16383".to_string())];
+        // Any arity, any element.
+        let push = (kinds, proptest::collection::vec(element, 0..5)).prop_map(|(kind, rest)| {
+            let mut elems = vec![kind.to_string()];
+            elems.extend(rest);
+            Act::Push(elems)
+        });
+        // The forms the notifications take, with hostile numbers.
+        let shaped = (
+            prop_oneof![Just("MOVING"), Just("MIGRATING"), Just("FAILING_OVER")],
+            number(),
+            number(),
+            endpoint(),
+        )
+            .prop_map(|(kind, seq, time, ep)| Act::Push(vec![kind.into(), seq, time, ep]));
+        let smigrated = (number(), endpoint(), endpoint(), slot(), slot())
+            .prop_map(|(seq, src, dst, a, b)| Act::SMigrated([seq, src, dst, format!("{a}-{b}")]));
+        let redirect = (prop_oneof![Just("MOVED"), Just("ASK")], slot(), endpoint())
+            .prop_map(|(k, s, ep)| Act::Redirect(format!("{k} {s} {ep}")));
+        // Complete frames that are no valid RESP, or no valid reply: the
+        // connection fails with a protocol error and is made again.
+        let malformed = prop_oneof![
+            Just(b">0\r\n".to_vec()),
+            Just(b">1\r\n:x\r\n".to_vec()),
+            Just(b">1\r\n_\r\n".to_vec()),
+            Just(b">2\r\n$6\r\nMOVING\r\n*0\r\n".to_vec()),
+            Just(b":99999999999999999999\r\n".to_vec()),
+            Just(b"$-5\r\n".to_vec()),
+            Just(b"*-7\r\n".to_vec()),
+            Just(b"$4000000000\r\n".to_vec()),
+            Just(b"*4000000000\r\n".to_vec()),
+            Just(b"?\r\n".to_vec()),
+        ]
+        .prop_map(Act::Raw);
+        prop_oneof![push, shaped, smigrated, redirect, malformed]
+    }
+
+    /// Timeouts a caller may give, extremes included (`None`: the
+    /// client's default).
+    fn timeout() -> impl Strategy<Value = Option<Duration>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(Duration::ZERO)),
+            Just(Some(Duration::from_nanos(1))),
+            Just(Some(Duration::from_millis(200))),
+            Just(Some(Duration::from_secs(u64::MAX))),
+            Just(Some(Duration::MAX)),
+            any::<u64>().prop_map(|n| Some(Duration::from_nanos(n))),
+        ]
+    }
+
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        RT.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+    }
+
+    /// One case: a standalone and a cluster client of one hostile server,
+    /// which does each of `acts` in turn, each followed by a `GET` from
+    /// both clients with the next of `timeouts`.
+    async fn run_case(acts: Vec<Act>, timeouts: Vec<Option<Duration>>) -> Result<(), String> {
+        let next_get: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let port = Arc::new(OnceLock::<u16>::new());
+        let (n, p) = (next_get.clone(), port.clone());
+        let server = HostileServer::scripted(move |r| match r.name().as_str() {
+            "CLUSTER" if r.text().eq_ignore_ascii_case("CLUSTER SLOTS") => {
+                Some(all_slots(*p.get()?))
+            }
+            "CLUSTER" => Some(b"-ERR unknown subcommand\r\n".to_vec()),
+            "GET" => n.lock().unwrap().take(),
+            _ => None,
+        });
+        port.set(server.port()).unwrap();
+        let standalone = standalone(&server, MaintenanceConfig::default()).await;
+        let cluster = cluster_client(&server).await;
+        for (i, act) in acts.iter().enumerate() {
+            let frame = act.frame(server.port());
+            match act {
+                Act::Redirect(_) => *next_get.lock().unwrap() = Some(frame),
+                _ => server.inject(&frame),
+            }
+            for client in [&standalone, &cluster] {
+                let mut req = Request::from(cmd("GET").arg("k"));
+                if let Some(t) = timeouts.get(i).copied().flatten() {
+                    req = req.with_timeout(t);
+                }
+                // Any outcome will do but a panic or a hang: the hostile
+                // server answers every command at once.
+                let c = client.clone();
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tokio::spawn(async move { c.send(req).await }),
+                )
+                .await
+                .map_err(|_| format!("act {i}: no answer in 10 s"))?;
+                let _ = r.map_err(|e| format!("act {i}: the caller's task failed: {e}"))?;
+            }
+        }
+        // Whatever happened, the server is still there to connect to.
+        let conn = Connector::new()
+            .connect(server.endpoint())
+            .await
+            .map_err(|e| format!("a fresh connection: {e}"))?;
+        conn.send_cmd(cmd("PING"))
+            .await
+            .map_err(|e| format!("a fresh connection: {e}"))?;
+        Ok(())
+    }
+
+    proptest! {
+        // Each case starts a server and two clients: a few dozen cases
+        // keep the test within a few seconds.
+        #![proptest_config(ProptestConfig {
+            cases: 40,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Random `MOVED`/`ASK`/`MOVING`/`SMIGRATED`... with extreme and
+        /// garbage numbers, malformed frames and extreme timeouts: the
+        /// process never panics or aborts, and every request ends (with a
+        /// value or a typed error) in bounded time.
+        #[test]
+        fn hostile_numbers_never_panic(
+            acts in proptest::collection::vec(act(), 1..8),
+            timeouts in proptest::collection::vec(timeout(), 8),
+        ) {
+            watch_panics();
+            let r = runtime().block_on(run_case(acts, timeouts));
+            prop_assert_eq!(PANICS.load(Ordering::SeqCst), 0, "something panicked");
+            prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        }
+    }
+}
