@@ -293,7 +293,7 @@ pub enum RedirectKind {
 pub struct Redirect {
     /// MOVED or ASK.
     pub kind: RedirectKind,
-    /// The hash slot.
+    /// The hash slot, always in `0..=16383`.
     pub slot: u16,
     /// The target as the server announced it (`host:port`, IPv6 unbracketed
     /// as Redis sends it; an empty host means "the same host").
@@ -401,6 +401,17 @@ impl ServerError {
     }
 
     /// The redirect carried by a `MOVED` or `ASK` reply.
+    ///
+    /// `None` when the reply is no well-formed redirect, including a slot
+    /// outside `0..=16383`: such a reply stays the caller's error and is
+    /// never followed (a slot from the server indexes the slot table).
+    ///
+    /// ```
+    /// use redis_layers::ServerError;
+    /// assert!(ServerError::parse("MOVED 16383 127.0.0.1:7000").redirect().is_some());
+    /// assert!(ServerError::parse("MOVED 16384 127.0.0.1:7000").redirect().is_none());
+    /// assert!(ServerError::parse("ASK -1 127.0.0.1:7000").redirect().is_none());
+    /// ```
     pub fn redirect(&self) -> Option<Redirect> {
         let kind = match self.inner.kind {
             ServerErrorKind::Moved => RedirectKind::Moved,
@@ -410,7 +421,11 @@ impl ServerError {
         let text = std::str::from_utf8(&self.inner.line).ok()?;
         let mut words = text.split(' ');
         words.next()?;
-        let slot = words.next()?.parse().ok()?;
+        let slot = words
+            .next()?
+            .parse::<u16>()
+            .ok()
+            .filter(|s| *s < crate::maint::SLOT_COUNT)?;
         let addr = words.next()?.to_owned();
         Some(Redirect { kind, slot, addr })
     }
@@ -469,12 +484,51 @@ mod tests {
         assert_eq!(r.slot, 12);
         assert_eq!(r.addr, "10.0.0.1:7000");
         assert!(ServerError::parse("MOVED x").redirect().is_none());
+        // Slots are 0..=16383: anything else is no redirect.
+        for bad in [
+            "MOVED 16384 h:1",
+            "ASK 20000 h:1",
+            "MOVED 99999999999 h:1",
+            "MOVED -1 h:1",
+        ] {
+            assert!(ServerError::parse(bad).redirect().is_none(), "{bad}");
+        }
+        assert_eq!(
+            ServerError::parse("MOVED 16383 h:1")
+                .redirect()
+                .unwrap()
+                .slot,
+            16383
+        );
         assert!(ServerError::parse("ERR x").redirect().is_none());
         let e = ServerError::parse("WRONGPASS invalid username-password pair");
         assert!(e.is_auth_error());
         assert_eq!(e.detail(), "invalid username-password pair");
         assert!(!ServerError::parse("ERR syntax error").is_auth_error());
         assert_eq!(ServerError::parse("").code(), "");
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any `MOVED`/`ASK` line: no panic, and a redirect only to a slot
+        /// that exists.
+        #[test]
+        fn redirects_never_name_a_slot_out_of_range(
+            kind in proptest::sample::select(vec!["MOVED", "ASK", "moved", "ERR"]),
+            slot in prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                "[0-9]{0,25}",
+                ".{0,8}",
+            ],
+            addr in ".{0,24}",
+        ) {
+            let e = ServerError::parse(format!("{kind} {slot} {addr}"));
+            if let Some(r) = e.redirect() {
+                prop_assert!(r.slot < crate::maint::SLOT_COUNT);
+                prop_assert_eq!(slot.parse::<u16>().ok(), Some(r.slot));
+            }
+        }
     }
 
     #[test]

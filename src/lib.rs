@@ -46,6 +46,7 @@ pub mod retry;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
+mod time;
 pub mod transport;
 pub mod trust;
 
@@ -56,6 +57,7 @@ pub use error::{
 };
 pub use request::{Body, CommandTimeout, Request, Response};
 pub use resp::{cmd, Cmd, Pipeline, Value};
+pub use time::MAX_TIMEOUT;
 pub use transport::{Connection, Connector, Endpoint, Protocol, PushReceiver};
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]

@@ -479,9 +479,10 @@ impl PubSub {
     }
 
     /// Sets how long a subscribe or unsubscribe through this handle may
-    /// take, a reconnect in progress included ([`Error::Timeout`]).
+    /// take, a reconnect in progress included ([`Error::Timeout`]). At most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT): a longer one is clamped to it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = crate::time::clamp(timeout);
         self
     }
 

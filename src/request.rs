@@ -61,9 +61,10 @@ impl Request {
         }
     }
 
-    /// This request may take `d`, whatever the layer's default.
+    /// This request may take `d`, whatever the layer's default; at most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) (a longer `d` is clamped to it).
     pub fn with_timeout(mut self, d: std::time::Duration) -> Self {
-        self.timeout = CommandTimeout::After(d);
+        self.timeout = CommandTimeout::After(crate::time::clamp(d));
         self
     }
 

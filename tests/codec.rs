@@ -693,6 +693,7 @@ fn small_limits() -> Limits {
         max_aggregate_len: 3,
         max_depth: 3,
         max_inline_len: 8,
+        ..Limits::DEFAULT
     }
 }
 
@@ -738,13 +739,27 @@ fn oversize_declarations_allocate_nothing() {
     assert!(r.unwrap_err().is_connection_error());
     assert!(largest < 64 * 1024, "allocated {largest} bytes");
 
+    // Past the default element limit (2^24 in a frame): refused at once,
+    // nothing allocated.
+    for input in [&b"*4294967295\r\n:1\r\n"[..], b"%4294967295\r\n:1\r\n"] {
+        let mut dec = Decoder::new();
+        let mut buf = BytesMut::from(input);
+        let (r, largest) = largest_alloc_during(|| dec.decode(&mut buf));
+        assert!(r.unwrap_err().message().contains("elements"));
+        assert!(largest < 64 * 1024, "allocated {largest} bytes");
+    }
+
     // Within the limits: nothing allocated while waiting for the body.
+    let unlimited = Limits {
+        max_elements: usize::MAX,
+        ..Limits::default()
+    };
     for input in [
         &b"*4294967295\r\n:1\r\n"[..],
         b"%4294967295\r\n:1\r\n",
         b"$536870912\r\nabc",
     ] {
-        let mut dec = Decoder::new();
+        let mut dec = Decoder::with_limits(unlimited);
         let mut buf = BytesMut::from(input);
         let (r, largest) = largest_alloc_during(|| dec.decode(&mut buf));
         assert_eq!(r.unwrap(), None);
@@ -1387,7 +1402,7 @@ proptest! {
                 _ => wire.truncate(i),
             }
         }
-        let limits = Limits { max_bulk_len, max_aggregate_len, max_depth, max_inline_len };
+        let limits = Limits { max_bulk_len, max_aggregate_len, max_depth, max_inline_len, ..Limits::DEFAULT };
         let whole: Outcome = decode_chunks(limits, [&wire[..]]);
         let at = split.index(wire.len() + 1);
         let halves = decode_chunks(limits, [&wire[..at], &wire[at..]]);

@@ -21,6 +21,8 @@ pub const FUZZ_LIMITS: Limits = Limits {
     max_aggregate_len: 1 << 16,
     max_depth: 32,
     max_inline_len: 1024,
+    max_frame_len: 1 << 24,
+    max_elements: 1 << 18,
 };
 
 /// What a decoder made of a byte stream.

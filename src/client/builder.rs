@@ -146,9 +146,10 @@ impl ClientBuilder {
     }
 
     /// The per-command timeout (default 5 s; `None`: none), relaxed during
-    /// maintenance. Blocking commands get none.
+    /// maintenance. Blocking commands get none. At most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) (a longer one is clamped to it).
     pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.timeout = timeout;
+        self.timeout = timeout.map(crate::time::clamp);
         self
     }
 

@@ -187,16 +187,18 @@ impl ClusterConfig {
 
     /// How often the topology is read again with no reason; `None`: only
     /// when a redirect, a maintenance notification or a failure says so.
-    /// Default 60 s.
+    /// Default 60 s; at most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) (a longer
+    /// one is clamped to it).
     pub fn refresh_interval(mut self, every: Option<Duration>) -> Self {
-        self.refresh_interval = every;
+        self.refresh_interval = every.map(crate::time::clamp);
         self
     }
 
     /// The least time between two refreshes (more reasons within it are
-    /// served by one refresh at its end). Default 250 ms.
+    /// served by one refresh at its end). Default 250 ms; at most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) (a longer one is clamped to it).
     pub fn refresh_cooldown(mut self, d: Duration) -> Self {
-        self.refresh_cooldown = d;
+        self.refresh_cooldown = crate::time::clamp(d);
         self
     }
 
@@ -603,7 +605,7 @@ impl<N: NewNode> Shared<N> {
             }
             self.install(&mut topo, map);
         }
-        let until = Instant::now() + SMIGRATED_WINS_FOR;
+        let until = crate::time::after(Instant::now(), SMIGRATED_WINS_FOR);
         lock(&self.recent_moves).extend(moves.iter().map(|m| (m.clone(), until)));
         let mut r = lock(&self.refresh);
         for m in moves {
@@ -815,7 +817,10 @@ impl<N: NewNode> Shared<N> {
         }
         let wait = r
             .last
-            .map(|l| (l + self.config.refresh_cooldown).saturating_duration_since(Instant::now()))
+            .map(|l| {
+                crate::time::after(l, self.config.refresh_cooldown)
+                    .saturating_duration_since(Instant::now())
+            })
             .unwrap_or_default();
         let shared = self.clone();
         tokio::spawn(async move {

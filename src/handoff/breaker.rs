@@ -51,7 +51,9 @@ impl Breaker {
         now: Instant,
     ) -> (bool, Option<BreakerState>) {
         let mut changed = None;
-        if self.state == BreakerState::Open && now >= self.opened_at + cfg.reset_timeout {
+        if self.state == BreakerState::Open
+            && now.saturating_duration_since(self.opened_at) >= cfg.reset_timeout
+        {
             self.state = BreakerState::HalfOpen;
             self.trials = 0;
             self.successes = 0;

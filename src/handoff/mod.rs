@@ -307,7 +307,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             queued: AtomicUsize::new(0),
             idle_state: Arc::new(MaintenanceState::new(
                 settings.relaxed_timeout,
-                settings.relaxed_timeout * 3,
+                settings.relaxed_timeout.saturating_mul(3),
             )),
             next_id: AtomicU64::new(1),
             watched: Mutex::new(Vec::new()),

@@ -233,7 +233,8 @@ impl<P: HandoffPolicy> HandoffPolicy for Spread<P> {
         let base = self.inner.delay(moving, index, count);
         let half = (moving.time / 2).saturating_sub(base);
         let step = half.checked_div(count.max(1) as u32).unwrap_or_default();
-        base + step * index.min(u32::MAX as usize) as u32
+        // Saturating: `base` comes from another policy, `index` may pass `count`.
+        base.saturating_add(step.saturating_mul(index.min(u32::MAX as usize) as u32))
     }
 
     fn backoff(&self, moving: &Moving<'_>, attempt: u32) -> Duration {

@@ -242,7 +242,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                     vetoed: false,
                 } = &ev
                 {
-                    shared.on_moving(&endpoint, n, Instant::now() + *time);
+                    shared.on_moving(&endpoint, n, crate::time::after(Instant::now(), *time));
                 }
                 let _ = shared.events.send(ev);
             }
@@ -462,7 +462,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 announced: m.endpoint.cloned(),
                 from: from.clone(),
                 target: target.clone(),
-                start: now + self.policy.delay(&m, k, count),
+                start: crate::time::after(now, self.policy.delay(&m, k, count)),
                 deadline,
             };
             if self.queued.fetch_add(1, SeqCst) >= self.settings.queue_size {
@@ -560,7 +560,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                         );
                     }
                     let wait = self.policy.backoff(&m, attempt + 1);
-                    if attempt >= self.settings.max_retries || Instant::now() + wait >= job.deadline
+                    if attempt >= self.settings.max_retries
+                        || crate::time::after(Instant::now(), wait) >= job.deadline
                     {
                         break format!("dial failed after {attempt} attempt(s): {e}");
                     }

@@ -719,7 +719,9 @@ impl MaintenanceConfig {
     }
 
     /// Checks every field and computes the effective values. Errors name
-    /// the field; nothing is silently replaced.
+    /// the field; nothing is silently replaced, except that every duration
+    /// (given or derived) is clamped to [`MAX_TIMEOUT`](crate::MAX_TIMEOUT)
+    /// (365 days), so `Duration::MAX` can mean "no practical limit".
     ///
     /// Rejected: zero durations (every duration field, including explicit
     /// `relaxed_window_max` and `post_handoff_relaxed_duration`),
@@ -744,7 +746,7 @@ impl MaintenanceConfig {
                     format!("{field} must be greater than zero, got {d:?}"),
                 ));
             }
-            Ok(d)
+            Ok(crate::time::clamp(d))
         }
         fn at_least_one<T: Copy + PartialEq + Default + fmt::Display>(
             field: &'static str,
@@ -765,7 +767,7 @@ impl MaintenanceConfig {
         let relaxed_timeout = nonzero("relaxed_timeout", self.relaxed_timeout)?;
         let relaxed_window_max = match self.relaxed_window_max {
             Some(d) => nonzero("relaxed_window_max", d)?,
-            None => relaxed_timeout.saturating_mul(3),
+            None => crate::time::clamp(relaxed_timeout.saturating_mul(3)),
         };
         let handoff_timeout = nonzero("handoff_timeout", self.handoff_timeout)?;
         if !Self::MAX_HANDOFF_RETRIES_RANGE.contains(&self.max_handoff_retries) {
@@ -782,7 +784,7 @@ impl MaintenanceConfig {
         let max_active_conns = opt("max_active_conns", self.max_active_conns)?;
         let post_handoff_relaxed_duration = match self.post_handoff_relaxed_duration {
             Some(d) => nonzero("post_handoff_relaxed_duration", d)?,
-            None => relaxed_timeout.saturating_mul(2),
+            None => crate::time::clamp(relaxed_timeout.saturating_mul(2)),
         };
         let circuit_breaker_failure_threshold = at_least_one(
             "circuit_breaker_failure_threshold",
@@ -1278,12 +1280,14 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(r.relaxed_window_max(), secs(30));
-        // Huge values saturate instead of overflowing.
+        // Huge values are clamped to MAX_TIMEOUT instead of overflowing.
         let r = MaintenanceConfig::default()
             .relaxed_timeout(Duration::MAX)
             .validate()
             .unwrap();
-        assert_eq!(r.relaxed_window_max(), Duration::MAX);
+        assert_eq!(r.relaxed_timeout(), crate::MAX_TIMEOUT);
+        assert_eq!(r.relaxed_window_max(), crate::MAX_TIMEOUT);
+        assert_eq!(r.post_handoff_relaxed_duration(), crate::MAX_TIMEOUT);
     }
 
     #[test]

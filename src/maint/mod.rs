@@ -23,7 +23,8 @@ pub use config::{
     Resolved, ResolvedEndpointType,
 };
 pub use notification::{
-    Dedup, Kind, MovingEndpoint, Notification, ParseError, SlotMove, SlotSet, SLOT_COUNT,
+    Dedup, Kind, MovingEndpoint, Notification, ParseError, SlotMove, SlotSet,
+    MAX_NOTIFICATION_TIME, SLOT_COUNT,
 };
 pub use state::{
     BreakerState, MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED,

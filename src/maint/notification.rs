@@ -22,6 +22,28 @@ use crate::resp::Value;
 /// ```
 pub const SLOT_COUNT: u16 = 16384;
 
+/// The longest `time` a notification may announce: 1 hour.
+///
+/// The `time` of `MOVING`, `MIGRATING` and `FAILING_OVER` comes from the
+/// server, and deadlines are computed from it; real maintenance announces
+/// seconds (`MOVING` 15 to 30 s). [`Notification::parse`] clamps a longer
+/// time to this, and a negative one to zero, so no server can push a
+/// deadline past the clock's range.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_layers::maint::{Notification, MAX_NOTIFICATION_TIME};
+/// use redis_layers::Value;
+///
+/// assert_eq!(MAX_NOTIFICATION_TIME, Duration::from_secs(3600));
+/// let moving = |t| Value::Push(vec![Value::BulkString("MOVING".into()), Value::Integer(1), Value::Integer(t)]);
+/// let time = |t| Notification::parse(&moving(t)).unwrap().unwrap().time().unwrap();
+/// assert_eq!(time(i64::MAX), MAX_NOTIFICATION_TIME);
+/// assert_eq!(time(-5), Duration::ZERO);
+/// assert_eq!(time(30), Duration::from_secs(30));
+/// ```
+pub const MAX_NOTIFICATION_TIME: Duration = Duration::from_secs(3600);
+
 /// The kind of a maintenance notification: the first element of its push
 /// frame.
 ///
@@ -523,7 +545,9 @@ pub struct SlotMove {
 /// A parsed maintenance notification.
 ///
 /// Build one from a push frame with [`Notification::parse`]. Times are exact
-/// [`Duration`]s: `"1.5"` seconds stays 1.5 s. Shard ids are the
+/// [`Duration`]s: `"1.5"` seconds stays 1.5 s. A parsed time is at most
+/// [`MAX_NOTIFICATION_TIME`] (1 hour; longer ones are clamped to it) and a
+/// negative one is zero: the server's numbers are not trusted. Shard ids are the
 /// comma-separated ids as strings (empty when the server sent none).
 ///
 /// ```
@@ -616,7 +640,8 @@ impl Notification {
     ///   a warning.
     ///
     /// Leniency: sequence numbers are integers or numeric strings; times are
-    /// non-negative integers, numeric strings (`"30"`, `"1.5"`) or doubles;
+    /// integers, numeric strings (`"30"`, `"1.5"`) or doubles, clamped to
+    /// `0..=`[`MAX_NOTIFICATION_TIME`] (a negative time is zero);
     /// strings may be simple, bulk or verbatim; attributes are ignored.
     /// Arity is checked exactly (extra elements are an error, because they
     /// would mean a format this parser does not know).
@@ -867,27 +892,31 @@ fn parse_seq(v: &Value) -> Result<i64, ParseError> {
 }
 
 fn parse_time(v: &Value) -> Result<Duration, ParseError> {
-    let bad = || {
-        ParseError::new(format!(
-            "time must be a non-negative number of seconds, got {}",
-            show(v)
-        ))
-    };
-    match unattr(v) {
-        Value::Integer(i) => u64::try_from(*i)
-            .map(Duration::from_secs)
-            .map_err(|_| bad()),
-        Value::Double(d) if *d >= 0.0 => Duration::try_from_secs_f64(*d).map_err(|_| bad()),
+    let bad = || ParseError::new(format!("time must be a number of seconds, got {}", show(v)));
+    // The server's number is clamped, never trusted: deadlines are computed
+    // from it (`now + time`), and a negative one means "now".
+    let time = match unattr(v) {
+        Value::Integer(i) => Duration::from_secs(u64::try_from(*i).unwrap_or(0)),
+        Value::Double(d) if d.is_nan() => return Err(bad()),
+        Value::Double(d) if *d <= 0.0 => Duration::ZERO,
+        Value::Double(d) => Duration::try_from_secs_f64(*d).unwrap_or(Duration::MAX),
         _ => match utf8(v, "time")? {
-            Some(s) => parse_decimal_secs(s.trim()).ok_or_else(bad),
-            None => Err(bad()),
+            Some(s) => parse_decimal_secs(s.trim()).ok_or_else(bad)?,
+            None => return Err(bad()),
         },
-    }
+    };
+    Ok(time.min(MAX_NOTIFICATION_TIME))
 }
 
 /// `"30"`, `"1.5"`, `".25"`, `"2."` as an exact duration; digits beyond
-/// nanosecond precision are truncated.
+/// nanosecond precision are truncated. A leading `-` makes it zero, and
+/// more seconds than a `u64` holds make it [`Duration::MAX`] (the caller
+/// clamps).
 fn parse_decimal_secs(s: &str) -> Option<Duration> {
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     if int.is_empty() && frac.is_empty() {
         return None;
@@ -895,7 +924,18 @@ fn parse_decimal_secs(s: &str) -> Option<Duration> {
     if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let secs = if int.is_empty() { 0 } else { int.parse().ok()? };
+    if negative {
+        return Some(Duration::ZERO);
+    }
+    let secs = if int.is_empty() {
+        0
+    } else {
+        match int.parse() {
+            Ok(n) => n,
+            // Only digits: too many of them.
+            Err(_) => return Some(Duration::MAX),
+        }
+    };
     let mut nanos = 0u32;
     for i in 0..9 {
         let digit = frac.as_bytes().get(i).map_or(0, |b| u32::from(b - b'0'));
@@ -1458,23 +1498,49 @@ mod tests {
                 .starts_with("malformed MIGRATED notification: "));
         }
         for time in [
-            int(-1),
-            bulk("-1"),
             bulk("1e3"),
             bulk("."),
+            bulk("-"),
+            bulk("-x"),
             bulk(""),
             bulk("1.2.3"),
             bulk("inf"),
             bulk("+5"),
-            bulk("99999999999999999999"),
-            Value::Double(-1.0),
             Value::Double(f64::NAN),
-            Value::Double(f64::INFINITY),
             Value::Null,
             Value::Boolean(true),
         ] {
             let e = parse_err(&push(vec![bulk("MIGRATING"), int(1), time.clone()]));
             assert!(e.message().contains("time"), "{time:?}: {e}");
+        }
+    }
+
+    /// Server-announced times are clamped, never trusted: a deadline is
+    /// computed from them.
+    #[test]
+    fn times_are_clamped() {
+        let max = MAX_NOTIFICATION_TIME;
+        for (time, want) in [
+            (int(-1), Duration::ZERO),
+            (int(i64::MIN), Duration::ZERO),
+            (bulk("-1"), Duration::ZERO),
+            (bulk("-0.5"), Duration::ZERO),
+            (Value::Double(-1.0), Duration::ZERO),
+            (Value::Double(f64::NEG_INFINITY), Duration::ZERO),
+            (int(0), Duration::ZERO),
+            (int(3600), max),
+            (int(3601), max),
+            (int(i64::MAX), max),
+            (bulk("99999999999999999999"), max),
+            (bulk("99999999999999999999.5"), max),
+            (Value::Double(1e300), max),
+            (Value::Double(f64::INFINITY), max),
+            (bulk("1.5"), Duration::from_millis(1500)),
+        ] {
+            for name in ["MOVING", "MIGRATING", "FAILING_OVER"] {
+                let n = parse(&push(vec![bulk(name), int(1), time.clone()]));
+                assert_eq!(n.time(), Some(want), "{name} {time:?}");
+            }
         }
     }
 
@@ -2183,7 +2249,7 @@ mod tests {
             shards in proptest::collection::vec(0u32..1000, 0..4),
             with_endpoint in any::<bool>(),
         ) {
-            let time = Duration::new(secs_, millis * 1_000_000);
+            let time = Duration::new(secs_, millis * 1_000_000).min(MAX_NOTIFICATION_TIME);
             let num = |i: i64, e: u8| match e {
                 0 => int(i),
                 1 => bulk(&i.to_string()),

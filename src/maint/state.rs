@@ -251,8 +251,11 @@ pub trait Maintained {
 
 impl MaintenanceState {
     /// A state whose relaxations use `relaxed_timeout` and end at the latest
-    /// after `window_max` (the backstop) when their end never comes.
+    /// after `window_max` (the backstop) when their end never comes. Both
+    /// are at most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) (clamped).
     pub fn new(relaxed_timeout: Duration, window_max: Duration) -> Self {
+        let relaxed_timeout = crate::time::clamp(relaxed_timeout);
+        let window_max = crate::time::clamp(window_max);
         MaintenanceState {
             base: Instant::now(),
             relaxed_until: AtomicU64::new(0),
@@ -329,7 +332,7 @@ impl MaintenanceState {
     /// Relaxes timeouts for `d` (the post-handoff window; the handoff layer
     /// calls it). Never shortens a relaxation already under way.
     pub fn relax_for(self: &Arc<Self>, reason: &'static str, d: Duration) {
-        let until = Instant::now() + d;
+        let until = crate::time::after(Instant::now(), d);
         let mut inner = self.lock();
         inner.post_until = Some(inner.post_until.map_or(until, |u| u.max(until)));
         self.publish(&inner);
@@ -371,7 +374,7 @@ impl MaintenanceState {
         metrics::counter!(NOTIFICATIONS, "kind" => n.kind().as_str()).increment(1);
         let kind = n.kind();
         if let (false, Some(time)) = (vetoed, n.time().filter(|_| kind == Kind::Moving)) {
-            self.lock().moving = Some((n.clone(), now + time));
+            self.lock().moving = Some((n.clone(), crate::time::after(now, time)));
         }
         self.event(MaintEvent::Notification {
             notification: n,
@@ -381,7 +384,7 @@ impl MaintenanceState {
             return;
         }
         if kind.is_start() {
-            let until = now + self.window_max;
+            let until = crate::time::after(now, self.window_max);
             let mut inner = self.lock();
             inner.window_until = Some(until);
             inner.backstop_generation += 1;

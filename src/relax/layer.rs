@@ -19,10 +19,11 @@ pub struct RelaxTimeoutLayer {
 }
 
 impl RelaxTimeoutLayer {
-    /// Requests without their own timeout get `default`.
+    /// Requests without their own timeout get `default` (at most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT): a longer one is clamped to it).
     pub fn new(default: Duration) -> Self {
         RelaxTimeoutLayer {
-            default: Some(default),
+            default: Some(crate::time::clamp(default)),
         }
     }
 

@@ -55,9 +55,13 @@ pub struct RelaxTimeout<S> {
 
 impl<S> RelaxTimeout<S> {
     /// Wraps `inner`; requests without their own timeout get `default`
-    /// (`None`: no timeout unless a request asks for one).
+    /// (`None`: no timeout unless a request asks for one). At most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT): a longer one is clamped to it.
     pub fn new(inner: S, default: Option<Duration>) -> Self {
-        RelaxTimeout { inner, default }
+        RelaxTimeout {
+            inner,
+            default: default.map(crate::time::clamp),
+        }
     }
 
     /// The wrapped service.

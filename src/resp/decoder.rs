@@ -23,6 +23,14 @@ use crate::error::ProtocolError;
 /// Bounds on what one frame may contain. Breaking one is a
 /// [`ProtocolError`]; nothing is allocated for the offending frame.
 ///
+/// A server controls every length it sends, so each is checked as soon as
+/// its header is read, before any byte of the body has to arrive: a header
+/// like `$536870912` or `*4000000000` is an error at once, or (within the
+/// limits) waits for its data with no reservation beyond what has arrived
+/// and a bounded chunk. In the worst case one frame holds
+/// [`max_frame_len`](Self::max_frame_len) bytes of buffer plus
+/// [`max_elements`](Self::max_elements) values (about 40 bytes each).
+///
 /// ```
 /// use redis_layers::resp::{Decoder, Limits};
 /// use bytes::BytesMut;
@@ -39,20 +47,57 @@ pub struct Limits {
     /// Most elements in one array, set or push, or pairs in one map
     /// (default 2^32 - 1).
     pub max_aggregate_len: usize,
-    /// Deepest nesting of aggregates (default 128).
+    /// Deepest nesting of aggregates (default 128). A decoder never goes
+    /// deeper than [`Limits::MAX_DEPTH`] (512), whatever is set here: a
+    /// value is built by recursion, and deeper nesting could overflow the
+    /// stack.
     pub max_depth: usize,
     /// Longest line-typed value: simple string, error, number (default 64 KiB).
     pub max_inline_len: usize,
+    /// Longest frame, in bytes, all its parts together (default 1 GiB):
+    /// what one reply may make the client buffer.
+    pub max_frame_len: usize,
+    /// Most elements in one frame, at every level together, pairs of a
+    /// map counting two (default 2^24 = 16,777,216, about 640 MiB of
+    /// values): what one reply may make the client build.
+    pub max_elements: usize,
+}
+
+impl Limits {
+    /// The deepest nesting any decoder accepts: 512 levels, whatever
+    /// [`max_depth`](Self::max_depth) says. Redis replies nest a few
+    /// levels; a script's reply may nest deeper, but not this deep.
+    ///
+    /// ```
+    /// use redis_layers::resp::{Decoder, Limits};
+    /// let d = Decoder::with_limits(Limits { max_depth: usize::MAX, ..Limits::default() });
+    /// assert_eq!(d.limits().max_depth, Limits::MAX_DEPTH);
+    /// ```
+    pub const MAX_DEPTH: usize = 512;
+
+    /// The default limits, as a constant (for `const` contexts:
+    /// `Limits { max_depth: 8, ..Limits::DEFAULT }`).
+    ///
+    /// ```
+    /// use redis_layers::resp::Limits;
+    /// assert_eq!(Limits::DEFAULT, Limits::default());
+    /// assert_eq!(Limits::DEFAULT.max_bulk_len, 512 * 1024 * 1024);
+    /// assert_eq!(Limits::DEFAULT.max_frame_len, 1 << 30);
+    /// assert_eq!(Limits::DEFAULT.max_elements, 1 << 24);
+    /// ```
+    pub const DEFAULT: Limits = Limits {
+        max_bulk_len: 512 * 1024 * 1024,
+        max_aggregate_len: u32::MAX as usize,
+        max_depth: 128,
+        max_inline_len: 64 * 1024,
+        max_frame_len: 1 << 30,
+        max_elements: 1 << 24,
+    };
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bulk_len: 512 * 1024 * 1024,
-            max_aggregate_len: u32::MAX as usize,
-            max_depth: 128,
-            max_inline_len: 64 * 1024,
-        }
+        Limits::DEFAULT
     }
 }
 
@@ -97,6 +142,8 @@ pub struct Decoder {
     stack: Vec<Level>,
     /// Bytes the current frame needs at least, when known (bulk bodies).
     need: usize,
+    /// Elements of the current frame scanned so far, at every level.
+    elements: usize,
     /// Frames ready to return: lifted nested pushes, then their container.
     ready: VecDeque<Value>,
 }
@@ -107,10 +154,14 @@ impl Decoder {
         Self::default()
     }
 
-    /// A decoder with the given limits.
+    /// A decoder with the given limits (`max_depth` at most
+    /// [`Limits::MAX_DEPTH`]).
     pub fn with_limits(limits: Limits) -> Self {
         Decoder {
-            limits,
+            limits: Limits {
+                max_depth: limits.max_depth.min(Limits::MAX_DEPTH),
+                ..limits
+            },
             ..Self::default()
         }
     }
@@ -121,8 +172,9 @@ impl Decoder {
     }
 
     /// How many bytes the buffer must hold before the current frame can
-    /// complete, when the decoder knows (a bulk string's body). Use it to
-    /// reserve a large reply's buffer once instead of growing it many times.
+    /// complete, when the decoder knows (a bulk string's body). The number
+    /// comes from the peer: grow a buffer towards it as bytes arrive (at
+    /// most doubling), never reserve it up front.
     pub fn bytes_needed(&self) -> usize {
         self.need
     }
@@ -172,6 +224,7 @@ impl Decoder {
         if !matches!(res, Ok(None)) {
             self.pos = 0;
             self.need = 0;
+            self.elements = 0;
             self.stack.clear();
         }
         res
@@ -214,6 +267,13 @@ impl Decoder {
             };
             let line = &buf[p + 1..line_end];
             let next = line_end + 2;
+            if next > self.limits.max_frame_len {
+                return Err(frame_too_long(&self.limits));
+            }
+            if self.elements >= self.limits.max_elements {
+                return Err(too_many_elements(&self.limits));
+            }
+            self.elements += 1;
             let counted = match tag {
                 b'+' | b'-' | b':' | b',' | b'#' | b'(' | b'_' => {
                     self.pos = next;
@@ -232,6 +292,9 @@ impl Decoder {
                             )));
                         }
                         let end = next.saturating_add(len).saturating_add(2);
+                        if end > self.limits.max_frame_len {
+                            return Err(frame_too_long(&self.limits));
+                        }
                         if buf.len() < end {
                             self.need = end;
                             return Ok(None);
@@ -271,6 +334,11 @@ impl Decoder {
                             b'|' => n as u64 * 2 + 1,
                             _ => n as u64,
                         };
+                        // Checked against what is left of the frame's
+                        // element budget before anything waits for them.
+                        if remaining > (self.limits.max_elements - self.elements) as u64 {
+                            return Err(too_many_elements(&self.limits));
+                        }
                         if remaining == 0 {
                             kind == LevelKind::Counted
                         } else {
@@ -310,6 +378,20 @@ impl Decoder {
             self.stack.pop();
         }
     }
+}
+
+fn frame_too_long(limits: &Limits) -> ProtocolError {
+    ProtocolError::new(format!(
+        "frame longer than the limit of {} bytes",
+        limits.max_frame_len
+    ))
+}
+
+fn too_many_elements(limits: &Limits) -> ProtocolError {
+    ProtocolError::new(format!(
+        "frame of more than the limit of {} elements",
+        limits.max_elements
+    ))
 }
 
 fn bad_len(tag: u8, line: &[u8]) -> ProtocolError {
@@ -587,9 +669,79 @@ mod tests {
         assert!(Decoder::with_limits(limits).decode(&mut buf).is_err());
         let mut buf = BytesMut::from(&b"+0123456789"[..]);
         assert!(Decoder::with_limits(limits).decode(&mut buf).is_err());
-        // A huge declared count with no data allocates nothing and waits.
+        // A huge declared count breaks the element limit at once...
         let mut buf = BytesMut::from(&b"*4000000000\r\n"[..]);
-        assert_eq!(Decoder::new().decode(&mut buf).unwrap(), None);
+        assert!(Decoder::new().decode(&mut buf).is_err());
+        // ... and within the limits, allocates nothing and waits.
+        let unlimited = Limits {
+            max_elements: usize::MAX,
+            ..Limits::default()
+        };
+        let mut buf = BytesMut::from(&b"*4000000000\r\n"[..]);
+        assert_eq!(
+            Decoder::with_limits(unlimited).decode(&mut buf).unwrap(),
+            None
+        );
+    }
+
+    /// Nesting far deeper than any stack holds, with the depth limit
+    /// raised to `usize::MAX`: a protocol error (it aborted the process
+    /// with a stack overflow in the recursive builder).
+    #[test]
+    fn depth_is_capped_whatever_the_limit() {
+        let limits = Limits {
+            max_depth: usize::MAX,
+            ..Limits::default()
+        };
+        let mut input = b"*1\r\n".repeat(10_000);
+        input.extend_from_slice(b":1\r\n");
+        let mut buf = BytesMut::from(&input[..]);
+        let e = Decoder::with_limits(limits).decode(&mut buf).unwrap_err();
+        assert!(e.message().contains("nesting"), "{e}");
+        // The deepest allowed still decodes.
+        let mut input = b"*1\r\n".repeat(Limits::MAX_DEPTH);
+        input.extend_from_slice(b":1\r\n");
+        let mut buf = BytesMut::from(&input[..]);
+        assert!(Decoder::with_limits(limits)
+            .decode(&mut buf)
+            .unwrap()
+            .is_some());
+    }
+
+    /// The frame and element limits apply to the whole frame, every level,
+    /// and fail as soon as a header breaks them.
+    #[test]
+    fn frame_and_element_limits() {
+        let limits = Limits {
+            max_frame_len: 32,
+            max_elements: 4,
+            ..Limits::default()
+        };
+        let dec = || Decoder::with_limits(limits);
+        let ok = |input: &[u8]| dec().decode(&mut BytesMut::from(input)).unwrap().is_some();
+        let err = |input: &[u8]| dec().decode(&mut BytesMut::from(input)).unwrap_err();
+        // Frame: 4 values in all, 32 bytes.
+        assert!(ok(b"*3\r\n:1\r\n:2\r\n:3\r\n"));
+        assert!(err(b"*4\r\n").message().contains("elements"));
+        assert!(err(b"*1\r\n*3\r\n").message().contains("elements"));
+        assert!(err(b"%2\r\n").message().contains("elements"));
+        assert!(err(b"*2\r\n*1\r\n:1\r\n*1\r\n:1\r\n")
+            .message()
+            .contains("elements"));
+        // A bulk header whose body would end past the frame limit: at once.
+        assert!(err(b"$30\r\n").message().contains("frame longer"));
+        assert!(ok(b"$23\r\naaaaaaaaaaaaaaaaaaaaaaa\r\n"));
+        assert!(err(b"*2\r\n$12\r\naaaaaaaaaaaa\r\n$9\r\n")
+            .message()
+            .contains("frame longer"));
+        // Limits apply per frame: the next one starts afresh.
+        let mut d = dec();
+        let mut buf = BytesMut::from(&b"*3\r\n:1\r\n:2\r\n:3\r\n*3\r\n:1\r\n:2\r\n:3\r\n"[..]);
+        assert!(d.decode(&mut buf).unwrap().is_some());
+        assert!(d.decode(&mut buf).unwrap().is_some());
+        // Defaults: a 2e9-element header is refused before any data.
+        let mut buf = BytesMut::from(&b"*2000000000\r\n"[..]);
+        assert!(Decoder::new().decode(&mut buf).is_err());
     }
 
     #[test]

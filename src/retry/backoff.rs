@@ -48,8 +48,10 @@ impl Default for Backoff {
 
 impl Backoff {
     /// Doubling from `base` up to `max` (a `max` below `base` is raised to
-    /// `base`), with the default jitter (0.5).
+    /// `base`), with the default jitter (0.5). Both are at most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) (longer ones are clamped to it).
     pub fn new(base: Duration, max: Duration) -> Self {
+        let (base, max) = (crate::time::clamp(base), crate::time::clamp(max));
         Backoff {
             base,
             max: max.max(base),
@@ -147,7 +149,7 @@ mod tests {
         assert_eq!(b.delay(u32::MAX), 300 * MS);
         assert_eq!(
             Backoff::new(Duration::MAX, Duration::MAX).delay(40),
-            Duration::MAX
+            crate::MAX_TIMEOUT
         );
         // A max below base is raised to base.
         assert_eq!(Backoff::new(10 * MS, MS).delay(3), 10 * MS);

@@ -125,7 +125,7 @@ impl RetryBudget {
         }
         let windows = u32::try_from(windows).unwrap_or(u32::MAX);
         *clock = match self.window.checked_mul(windows) {
-            Some(d) => (clock.0 + d, at),
+            Some(d) => (crate::time::after(clock.0, d), at),
             None => (now, at),
         };
     }

@@ -243,6 +243,7 @@ async fn connection(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) 
         max_aggregate_len: 1024 * 1024,
         max_depth: 8,
         max_inline_len: MAX_INLINE,
+        ..Limits::DEFAULT
     });
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();

@@ -731,7 +731,7 @@ impl Simulator {
         let seq = self.next_seq();
         // The wire speaks whole seconds; the deadline keeps to what it says.
         let time = whole_secs(m.time);
-        let deadline = Instant::now() + Duration::from_secs(time);
+        let deadline = crate::time::after(Instant::now(), Duration::from_secs(time));
         let window = {
             let mut st = self.inner.lock();
             let window = MovingWindow {
@@ -1520,7 +1520,7 @@ fn slot_ranges(slots: &[u16]) -> String {
 
 /// Whole seconds, rounded up: a `time` field cannot say less than a second.
 fn whole_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// A random number for the marker token, from the standard library's

@@ -332,7 +332,7 @@ async fn downstream(
                     } else {
                         frame
                     };
-                    pending.push_back((Instant::now() + delay(), frame, effect));
+                    pending.push_back((crate::time::after(Instant::now(), delay()), frame, effect));
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -348,9 +348,10 @@ impl Connector {
         Arc::make_mut(&mut self.config)
     }
 
-    /// Bound on dialling plus the handshake (default 5 s).
+    /// Bound on dialling plus the handshake (default 5 s; at most
+    /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT), a longer one is clamped to it).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.config_mut().connect_timeout = timeout;
+        self.config_mut().connect_timeout = crate::time::clamp(timeout);
         self
     }
 

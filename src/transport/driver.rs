@@ -93,6 +93,9 @@ pub(crate) struct DriverConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
     Reply,
+    /// The reply of `RESET`: a `+RESET` then ends every subscription
+    /// (another command's `+RESET`, a script's status, does not).
+    Reset,
     /// Subscribe-family confirmations (push frames of `kind`).
     Confirm {
         kind: SubKind,
@@ -167,7 +170,11 @@ pub(crate) fn is_subscribe_family(cmd: &Cmd) -> bool {
 
 fn expect_for(cmd: &Cmd) -> Expect {
     let Some(kind) = cmd.name().and_then(SubKind::of) else {
-        return Expect::Reply;
+        return if cmd.is("RESET") {
+            Expect::Reset
+        } else {
+            Expect::Reply
+        };
     };
     let channels = cmd.arg_count() - 1;
     let left = match kind {
@@ -349,6 +356,11 @@ impl Pending {
         } else {
             Some(false)
         }
+    }
+
+    /// True when the reply awaited now is `RESET`'s.
+    fn awaits_reset(&mut self) -> bool {
+        matches!(self.current(), Some((Expect::Reset, _)))
     }
 
     /// Records an ordinary reply; true when the request is complete.
@@ -558,7 +570,7 @@ where
             .map(|d| (*self.turn_now.get_or_insert_with(Instant::now), d));
         if let Some((t0, d)) = timed {
             let seq = self.front_seq + self.in_flight.len() as u64;
-            let at = t0 + d;
+            let at = crate::time::after(t0, d);
             if self.deadlines.back().is_none_or(|b| b.0 <= at) {
                 self.deadlines.push_back((at, seq));
             } else {
@@ -652,7 +664,7 @@ where
         // its end does not take the extension back: the reply to a request
         // sent during a failover may come after `FAILED_OVER`.
         if let Some(r) = self.shared.maint.relaxed_since(t0) {
-            let later = t0 + d.max(r);
+            let later = crate::time::after(t0, d.max(r));
             if later > now {
                 self.odd_deadlines.push(Reverse((later, seq)));
                 return;
@@ -706,19 +718,22 @@ where
             }
             return Ok(());
         }
-        if matches!(&v, Value::SimpleString(s) if s.as_ref() == b"RESET") {
-            // RESET ended every subscription without confirmations.
-            *self
-                .shared
-                .subscriptions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Subscriptions::default();
-        }
         let Some(front) = self.in_flight.front_mut() else {
             return Err(ProtocolError::new("reply received with no request in flight").into());
         };
         if front.start >= self.written {
             return Err(ProtocolError::new("reply received before its request was written").into());
+        }
+        if matches!(&v, Value::SimpleString(s) if s.as_ref() == b"RESET")
+            && front.state.awaits_reset()
+        {
+            // RESET ended every subscription without confirmations. Only
+            // RESET's own reply says so: any command may answer `+RESET`.
+            *self
+                .shared
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Subscriptions::default();
         }
         if front.state.reply(v) {
             self.complete_front();
@@ -844,9 +859,14 @@ where
             self.batch_yielded = true;
             return Ok(Turn::Yield);
         }
+        // A large reply's buffer grows towards its size as bytes arrive, at
+        // most doubling what is buffered: the size is the server's word
+        // (`$536870912` alone must not reserve 512 MiB), and doubling keeps
+        // the copies O(size).
         let need = self.decoder.bytes_needed();
-        if need > self.read_buf.len() {
-            self.read_buf.reserve(need - self.read_buf.len());
+        let len = self.read_buf.len();
+        if need > len {
+            self.read_buf.reserve((need - len).min(len.max(READ_CHUNK)));
         }
         if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
             self.read_buf.reserve(READ_CHUNK);
@@ -1039,6 +1059,11 @@ mod tests {
         );
         assert_eq!(expect_for(&cmd("SUBSCRIBE")), Expect::Reply);
         assert_eq!(expect_for(&cmd("SUNSUBSCRIBEX")), Expect::Reply);
+        assert_eq!(expect_for(&cmd("reset")), Expect::Reset);
+        assert_eq!(
+            expect_for(&cmd("EVAL").arg("return 'RESET'")),
+            Expect::Reply
+        );
         for (k, n) in SubKind::ALL {
             assert_eq!(k.name(), n);
         }
