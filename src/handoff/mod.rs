@@ -85,7 +85,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, Semaphore};
 use tower_service::Service;
 
 pub use future::{LeaseFuture, ResponseFuture};
@@ -103,7 +103,7 @@ use crate::error::{Error, Result};
 use crate::lock;
 use crate::maint::{Dedup, MaintEvent, Maintained, MaintenanceState, Resolved};
 use crate::request::{Request, Response};
-use crate::transport::{Endpoint, Lifecycle, PushItem, PushReceiver};
+use crate::transport::{push_channel, Endpoint, Lifecycle, PushReceiver, PushSender};
 
 /// Counter (feature `metrics`): handoff steps, by `result` (`started`,
 /// `retried`, `succeeded`, `failed`).
@@ -169,6 +169,8 @@ pub(crate) struct Settings {
     queue_size: usize,
     breaker: BreakerConfig,
     dedup_ttl: Duration,
+    /// Frames the merged push stream keeps for its reader.
+    push_capacity: usize,
 }
 
 impl Settings {
@@ -188,12 +190,19 @@ impl Settings {
                 max_requests: config.circuit_breaker_max_requests(),
             },
             dedup_ttl: config.dedup_ttl(),
+            push_capacity: PushReceiver::DEFAULT_CAPACITY,
         }
     }
 
     /// With up to `n` idle leases kept.
     pub(crate) fn idle_leases(mut self, n: usize) -> Self {
         self.idle_leases = n;
+        self
+    }
+
+    /// With up to `frames` push frames kept in the merged push stream.
+    pub(crate) fn push_capacity(mut self, frames: usize) -> Self {
+        self.push_capacity = frames.max(1);
         self
     }
 }
@@ -224,8 +233,9 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     watched: Mutex<Vec<(Arc<MaintenanceState>, tokio_util::sync::CancellationToken)>>,
     /// `MOVING`s handled, by endpoint and sequence number.
     handled: Mutex<Dedup<Endpoint>>,
-    /// The pushes of every pooled connection, merged.
-    push_tx: mpsc::UnboundedSender<PushItem>,
+    /// The pushes of every pooled connection, merged (bounded: a stream
+    /// nobody takes keeps at most its capacity).
+    push_tx: PushSender,
     push_rx: Mutex<Option<PushReceiver>>,
     /// Dedicated connections given back and clean: the next lease takes one.
     idle: Mutex<Vec<(Arc<Slot>, M::Connection)>>,
@@ -276,10 +286,10 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
         settings: Settings,
         policy: P,
     ) -> Self {
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let (push_tx, push_rx) = push_channel(settings.push_capacity, endpoint.to_string());
         let shared = Shared {
             push_tx,
-            push_rx: Mutex::new(Some(PushReceiver::new(push_rx))),
+            push_rx: Mutex::new(Some(push_rx)),
             idle: Mutex::new(Vec::new()),
             restored: tokio::sync::watch::channel(0).0,
             pool: Mutex::new(Pool::new(settings.pool_size, endpoint.clone())),
@@ -329,6 +339,13 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
     /// are lost, which [`pubsub::PubSub`](crate::pubsub::PubSub) reports
     /// and this raw stream does not. The first call takes it; later
     /// calls return `None`.
+    ///
+    /// It keeps at most [`HandoffLayer::push_capacity`] frames (default
+    /// [`PushReceiver::DEFAULT_CAPACITY`]) for its reader, dropping and
+    /// counting newer ones ([`PushReceiver::dropped`], which also counts
+    /// those a connection's own channel dropped). Once it is dropped, the
+    /// connections' pushes are discarded as they arrive: take it and drop
+    /// it when nobody reads pushes.
     pub fn take_pushes(&self) -> Option<PushReceiver> {
         lock(&self.shared.push_rx).take()
     }
