@@ -23,7 +23,10 @@
 //! pool size). A failed dial is retried after the policy's backoff, up to
 //! `max_handoff_retries` attempts, each bounded by `handoff_timeout`; a
 //! per-target circuit breaker stops dialling an endpoint that keeps
-//! failing. When a handoff finally fails (or finds the queue full), the old
+//! failing (breakers closed and idle for their reset timeout are
+//! forgotten, and at most 1024 are kept; so are at most 1024 handled
+//! `MOVING`s, for the dedup TTL: a server naming endless new targets does
+//! not grow them). When a handoff finally fails (or finds the queue full), the old
 //! connection serves until just before its deadline, then drains and
 //! closes while the next command reconnects: to the configured address, or
 //! to where the last successful handoff of this pool went. A connection
@@ -76,7 +79,6 @@ mod policy;
 mod pool;
 mod worker;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -96,7 +98,7 @@ pub use policy::{
     DefaultPolicy, Filter, HandoffPolicy, HandoffPolicyExt, MapTarget, Moving, Spread,
 };
 
-use breaker::{Breaker, BreakerConfig};
+use breaker::{BreakerConfig, Breakers};
 use pool::{Entry, Lease, Pool, Slot};
 
 use crate::error::{Error, Result};
@@ -211,6 +213,16 @@ impl Settings {
 /// default ([`HandoffLayer::idle_leases`]).
 pub const IDLE_LEASES: usize = 8;
 
+/// At most this many `MOVING`s are remembered as handled (per endpoint
+/// and sequence number, for the dedup TTL). A handoff sees a few per
+/// maintenance; only a server naming endless new endpoints gets near it.
+const HANDLED_MAX: usize = 1024;
+
+/// The memory of handled `MOVING`s: pruned by TTL, and bounded.
+fn handled(ttl: Duration) -> Dedup<Endpoint> {
+    Dedup::new(ttl).with_max_entries(HANDLED_MAX)
+}
+
 /// What every clone of one [`Handoff`] shares.
 pub(crate) struct Shared<M: MakeConnection, P> {
     endpoint: Endpoint,
@@ -222,7 +234,7 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     gen: AtomicU64,
     pool: Mutex<Pool<M::Connection>>,
     events: broadcast::Sender<MaintEvent>,
-    breakers: Mutex<HashMap<Endpoint, Breaker>>,
+    breakers: Mutex<Breakers<Endpoint>>,
     workers: Arc<Semaphore>,
     /// Handoff jobs queued or running.
     queued: AtomicUsize,
@@ -298,7 +310,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             policy,
             gen: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
-            breakers: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(Breakers::new()),
             workers: Arc::new(Semaphore::new(settings.workers)),
             queued: AtomicUsize::new(0),
             idle_state: Arc::new(MaintenanceState::new(
@@ -307,7 +319,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             )),
             next_id: AtomicU64::new(1),
             watched: Mutex::new(Vec::new()),
-            handled: Mutex::new(Dedup::new(settings.dedup_ttl)),
+            handled: Mutex::new(handled(settings.dedup_ttl)),
             settings,
         };
         Handoff {
@@ -549,5 +561,26 @@ impl<M: MakeConnection, P> Maintained for Handoff<M, P> {
     /// connections from endpoint to endpoint.
     fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
         self.shared.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_thousand_moving_endpoints_do_not_leave_ten_thousand_entries() {
+        let t0 = std::time::Instant::now();
+        let mut d = handled(Duration::from_secs(600));
+        for port in 0..10_000u16 {
+            assert!(d.first_time(Endpoint::tcp("10.0.0.1", port), 1, t0));
+            assert!(d.len() <= HANDLED_MAX);
+        }
+        // The newest are still remembered.
+        assert!(!d.first_time(Endpoint::tcp("10.0.0.1", 9_999), 1, t0));
+        // And, past the TTL, one call prunes them all.
+        let later = t0 + Duration::from_secs(601);
+        assert!(d.first_time(Endpoint::tcp("10.0.0.2", 1), 1, later));
+        assert_eq!(d.len(), 1);
     }
 }
