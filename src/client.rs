@@ -223,12 +223,15 @@ impl ClusterHandle {
         crate::lock(&self.leases)
             .entry(endpoint.clone())
             .or_insert_with(|| {
-                Arc::new(Handoff::with_settings(
+                let h = Handoff::with_settings(
                     self.connector.clone(),
                     endpoint.clone(),
                     self.settings.clone(),
                     DefaultPolicy,
-                ))
+                );
+                // Only leases: nobody reads pushes.
+                drop(h.take_pushes());
+                Arc::new(h)
             })
             .clone()
     }
@@ -257,6 +260,10 @@ const STALE_WINDOW: Duration = Duration::from_secs(1);
 impl DedicatedConn {
     async fn leased(from: &Arc<Handoff<Connector>>) -> Result<DedicatedConn> {
         let lease = from.lease().await?;
+        // Nobody reads a dedicated connection's pushes (invalidations of
+        // `CLIENT TRACKING` from `on_connect`, say): discarded as they
+        // arrive. A no-op for one taken again.
+        drop(lease.get_ref().take_pushes());
         Ok(DedicatedConn {
             reused: lease.is_reused(),
             lease,

@@ -226,7 +226,11 @@ pub enum Event {
         downtime: Duration,
     },
     /// This many messages were dropped here because the subscription's
-    /// buffer was full (a slow consumer).
+    /// buffer was full (a slow consumer); or, at most this many, because
+    /// the connection's push channel was full (the `PubSub` itself fell
+    /// behind; see [`Connector::push_capacity`](crate::Connector::push_capacity)):
+    /// then every subscription gets it, as the frames dropped may have
+    /// been for any channel.
     Lagged {
         /// How many.
         missed: u64,
@@ -360,7 +364,11 @@ impl PubSub {
     /// # }
     /// ```
     pub fn new(connector: Connector, endpoint: Endpoint) -> PubSub {
-        let handoff = Handoff::new(connector, endpoint);
+        // The merged push stream as bounded as the connection's.
+        let settings = crate::handoff::Settings::new(&Default::default(), 1)
+            .push_capacity(connector.config.push_capacity);
+        let handoff =
+            Handoff::with_settings(connector, endpoint, settings, crate::handoff::DefaultPolicy);
         let pushes = handoff.take_pushes().expect("a new Handoff's pushes");
         PubSub::build(handoff, pushes)
     }
@@ -396,6 +404,7 @@ impl PubSub {
         let connector = connector.maintenance(config.clone())?;
         Ok(HandoffLayer::new(endpoint)
             .maintenance(config)?
+            .push_capacity(connector.config.push_capacity)
             .layer(connector))
     }
 
@@ -914,6 +923,14 @@ async fn dispatch(inner: Weak<Inner>, mut pushes: PushReceiver, stop: Cancellati
                 channel,
                 error,
             }) => refused(&inner, kind, channel, &error),
+            // Frames the push channel dropped here, for any channel:
+            // every subscription may have lost messages.
+            Some(PushItem::Lagged(missed)) => {
+                let queues = lock(&inner.registry).queues();
+                for q in queues {
+                    q.push(Event::Lagged { missed });
+                }
+            }
             None => {
                 let queues = lock(&inner.registry).queues();
                 for q in queues {

@@ -283,6 +283,8 @@ async fn a_reset_status_from_another_command_keeps_the_subscriptions() {
             .connect(server.endpoint())
             .await
             .expect("connect");
+        // The test sends RESET itself at the end: a connection of its own.
+        conn.dedicate();
         conn.send_cmd(cmd("SUBSCRIBE").arg("news")).await.unwrap();
         let restore = |c: &redis_layers::Connection| -> Vec<String> {
             c.resubscribe_commands()

@@ -99,3 +99,33 @@ fn handoffs_are_counted() {
     }
     assert_eq!(HANDOFF, "redis.client.connection.handoff");
 }
+
+/// Push frames a full push channel drops count under
+/// `redis.client.pushes.dropped`, one per frame.
+#[test]
+fn dropped_pushes_are_counted() {
+    use redis_layers::transport::PUSHES_DROPPED;
+    use support::hostile::{push, HostileServer};
+
+    let counters = counted(async {
+        let server = HostileServer::start();
+        let conn = Connector::new()
+            .push_capacity(3)
+            .connect(server.endpoint())
+            .await
+            .unwrap();
+        let pushes = conn.take_pushes().unwrap();
+        let burst: Vec<u8> = (0..10)
+            .flat_map(|i| push(&["message", "news", &i.to_string()]))
+            .collect();
+        server.inject(&burst);
+        // Answered after the pushes were read.
+        conn.send_cmd(redis_layers::cmd("PING")).await.unwrap();
+        assert_eq!(pushes.dropped(), 7);
+    });
+    assert!(
+        counters.contains(&(PUSHES_DROPPED.into(), vec![], 7)),
+        "{counters:?}"
+    );
+    assert_eq!(PUSHES_DROPPED, "redis.client.pushes.dropped");
+}

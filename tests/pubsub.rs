@@ -850,3 +850,48 @@ async fn a_failed_handoff_falls_back_with_none_lost() {
     })
     .await;
 }
+
+/// Messages the connection's bounded push channel drops (the `PubSub`
+/// fell behind a burst) reach every subscription as `Lagged`, where they
+/// were lost: every message is either delivered or counted.
+#[tokio::test]
+async fn frames_dropped_by_the_push_channel_are_reported_as_lagged() {
+    use support::hostile::{push, HostileServer};
+    bounded(20, async {
+        let server = HostileServer::scripted(|r| {
+            (r.name() == "SUBSCRIBE").then(|| push(&["subscribe", "news", ":1"]))
+        });
+        let pubsub = PubSub::new(Connector::new().push_capacity(2), server.endpoint());
+        let mut sub = within(STEP, "subscribe", pubsub.subscribe(["news"]))
+            .await
+            .expect("subscribe");
+        const BURST: u64 = 50;
+        let burst: Vec<u8> = (0..BURST)
+            .flat_map(|i| push(&["message", "news", &i.to_string()]))
+            .collect();
+        server.inject(&burst);
+        // A gap is reported before the next message that gets through:
+        // once the burst is drained, one more marks the end.
+        let (mut delivered, mut missed, mut marked) = (0, 0, false);
+        loop {
+            let ev = match tokio::time::timeout(Duration::from_millis(300), sub.recv()).await {
+                Ok(ev) => ev.expect("stream open"),
+                Err(_) if !marked => {
+                    marked = true;
+                    server.inject(&push(&["message", "news", "end"]));
+                    continue;
+                }
+                Err(_) => panic!("the end marker did not arrive"),
+            };
+            match ev {
+                Event::Message(m) if &m.payload[..] == b"end" => break,
+                Event::Message(_) => delivered += 1,
+                Event::Lagged { missed: n } => missed += n,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(missed > 0, "nothing dropped with a capacity of 2");
+        assert_eq!(delivered + missed, BURST);
+    })
+    .await
+}

@@ -991,3 +991,79 @@ async fn a_server_sunsubscribe_is_not_taken_for_our_confirmation() {
     })
     .await
 }
+
+// ===== bounded push channels (scripted server) =====
+
+/// Counts `push.dropped` events.
+#[derive(Clone, Default)]
+struct DropWarnings(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DropWarnings {
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct IsDrop(bool);
+        impl tracing::field::Visit for IsDrop {
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                self.0 |= f.name() == "event" && v == "push.dropped";
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut v = IsDrop(false);
+        e.record(&mut v);
+        if v.0 && *e.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A connection keeps at most `push_capacity` unread push frames: the
+/// others are dropped and counted, one warning says so (not one per
+/// frame), and commands are answered all along. Once read, there is room
+/// again.
+#[tokio::test]
+async fn a_full_push_channel_drops_and_counts_frames() {
+    use support::hostile::{push as frame, HostileServer};
+    use tracing_subscriber::layer::SubscriberExt;
+    let warns = DropWarnings::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warns.clone()));
+    bounded(20, async {
+        let server = HostileServer::start();
+        let conn = within(
+            STEP,
+            "connect",
+            Connector::new().push_capacity(4).connect(server.endpoint()),
+        )
+        .await
+        .expect("connect");
+        let mut pushes = conn.take_pushes().unwrap();
+        let burst: Vec<u8> = (0..10)
+            .flat_map(|i| frame(&["message", "news", &i.to_string()]))
+            .collect();
+        server.inject(&burst);
+        // Answered after the pushes: the driver read past all of them.
+        assert_eq!(
+            send(&conn, cmd("PING")).await.as_bytes(),
+            Some(&b"PONG"[..])
+        );
+        assert_eq!(pushes.dropped(), 6);
+        for i in 0..4 {
+            assert_eq!(
+                next_push(&mut pushes, "kept").await,
+                push(vec![bulk("message"), bulk("news"), bulk(i.to_string())])
+            );
+        }
+        assert_eq!(pushes.try_recv(), None);
+        server.inject(&frame(&["message", "news", "10"]));
+        assert_eq!(
+            send(&conn, cmd("PING")).await.as_bytes(),
+            Some(&b"PONG"[..])
+        );
+        assert_eq!(
+            next_push(&mut pushes, "room again").await,
+            push(vec![bulk("message"), bulk("news"), bulk("10")])
+        );
+        assert_eq!(pushes.dropped(), 6);
+        assert_eq!(warns.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    })
+    .await
+}

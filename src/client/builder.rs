@@ -166,6 +166,25 @@ impl ClientBuilder {
         self
     }
 
+    /// How many push frames a pub/sub connection keeps for its reader
+    /// before it drops newer ones (default
+    /// [`PushReceiver::DEFAULT_CAPACITY`](crate::PushReceiver::DEFAULT_CAPACITY),
+    /// 1024): [`Connector::push_capacity`] on the builder's connector, which
+    /// [`Client::pubsub`] uses. Dropped frames reach subscribers as
+    /// [`Event::Lagged`](crate::pubsub::Event::Lagged). The command
+    /// connections keep no pushes at all: nobody reads them. Set it after
+    /// [`connector`](Self::connector), which replaces the connector.
+    ///
+    /// ```
+    /// use redis_layers::client::ClientBuilder;
+    /// use redis_layers::Endpoint;
+    /// let builder = ClientBuilder::new(Endpoint::tcp("127.0.0.1", 6379)).push_capacity(16_384);
+    /// ```
+    pub fn push_capacity(mut self, frames: usize) -> Self {
+        self.connector = self.connector.push_capacity(frames);
+        self
+    }
+
     /// How many clean dedicated connections (those of `watch`, `blpop`,
     /// `brpop`, and a cluster's `scan`) to keep per endpoint for the next
     /// one (default 8; 0: a new connection each time). A connection is
@@ -304,6 +323,9 @@ impl ClientBuilder {
         } else {
             let handoff =
                 Handoff::with_settings(connector, self.seeds[0].clone(), settings, DefaultPolicy);
+            // Nobody reads the command stack's pushes (pub/sub has its own
+            // connection): dropped, they are discarded as they arrive.
+            drop(handoff.take_pushes());
             let svc = RelaxTimeout::new(handoff.clone(), self.timeout);
             (
                 BoxService::new(svc),
@@ -379,9 +401,10 @@ impl NewNode for NodeMaker {
             NodeRole::Primary => self.connector.clone(),
             NodeRole::Replica => self.connector.clone().on_connect(cmd("READONLY")),
         };
-        RelaxTimeout::new(
-            Handoff::with_settings(connector, endpoint, self.settings.clone(), DefaultPolicy),
-            self.timeout,
-        )
+        let handoff =
+            Handoff::with_settings(connector, endpoint, self.settings.clone(), DefaultPolicy);
+        // Nobody reads a node's pushes: discarded as they arrive.
+        drop(handoff.take_pushes());
+        RelaxTimeout::new(handoff, self.timeout)
     }
 }

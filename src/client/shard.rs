@@ -40,7 +40,7 @@ use crate::lock;
 use crate::maint::MaintenanceConfig;
 use crate::pubsub::{server_sunsubscribe, Kind, PubSub, SendFuture};
 use crate::resp::Cmd;
-use crate::transport::{Connector, Endpoint, PushItem, PushReceiver};
+use crate::transport::{push_channel, Connector, Endpoint, PushItem, PushReceiver, PushSender};
 use crate::trust::Source;
 use crate::{Request, ServerErrorKind, Value};
 
@@ -87,7 +87,7 @@ struct Router {
     home: Endpoint,
     nodes: Mutex<HashMap<Endpoint, Handoff<Connector>>>,
     state: Arc<Mutex<State>>,
-    tx: mpsc::UnboundedSender<PushItem>,
+    tx: PushSender,
     /// Nodes whose connection was just lost, to [`follow_failovers`].
     lost_tx: mpsc::UnboundedSender<Endpoint>,
 }
@@ -99,7 +99,7 @@ pub(super) fn pubsub(
     config: MaintenanceConfig,
     home: Endpoint,
 ) -> PubSub {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = push_channel(connector.config.push_capacity, "cluster shard pub/sub");
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
     let router = Arc::new(Router {
         cluster,
@@ -116,7 +116,7 @@ pub(super) fn pubsub(
         let router = router.clone();
         Box::pin(async move { router.send(c).await })
     };
-    PubSub::routed(Box::new(send), PushReceiver::new(rx))
+    PubSub::routed(Box::new(send), rx)
 }
 
 impl Router {
@@ -351,7 +351,7 @@ async fn forward(
     endpoint: Endpoint,
     mut pushes: PushReceiver,
     state: Arc<Mutex<State>>,
-    tx: mpsc::UnboundedSender<PushItem>,
+    tx: PushSender,
     lost_tx: mpsc::UnboundedSender<Endpoint>,
 ) {
     while let Some(item) = pushes.recv_item().await {
@@ -378,7 +378,7 @@ async fn forward(
                 }
                 Some(item)
             }
-            PushItem::Refused { .. } => Some(item),
+            PushItem::Refused { .. } | PushItem::Lagged(_) => Some(item),
             // Loss and restore notes go out under the lock, so that they
             // reach the stream in the order the state changed (a restore
             // from `Router::move_away` included).

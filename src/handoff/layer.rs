@@ -3,7 +3,7 @@ use tower_layer::Layer;
 use super::policy::{DefaultPolicy, HandoffPolicy};
 use super::{Handoff, MakeConnection, Settings, IDLE_LEASES};
 use crate::maint::{ConfigError, MaintenanceConfig, Resolved};
-use crate::transport::Endpoint;
+use crate::transport::{Endpoint, PushReceiver};
 use crate::trust::{SharedPolicy, TargetPolicy};
 
 /// Turns a connection maker (a [`Connector`](crate::Connector)) into a
@@ -36,6 +36,7 @@ pub struct HandoffLayer<P = DefaultPolicy> {
     config: Resolved,
     pool_size: usize,
     idle_leases: usize,
+    push_capacity: usize,
     policy: P,
     trust: SharedPolicy,
 }
@@ -49,6 +50,7 @@ impl HandoffLayer {
             config: Resolved::default(),
             pool_size: 1,
             idle_leases: IDLE_LEASES,
+            push_capacity: PushReceiver::DEFAULT_CAPACITY,
             policy: DefaultPolicy,
             trust: SharedPolicy::default(),
         }
@@ -98,6 +100,22 @@ impl<P> HandoffLayer<P> {
         self
     }
 
+    /// How many push frames the merged push stream
+    /// ([`Handoff::take_pushes`]) keeps for its reader before it drops
+    /// newer ones (default [`PushReceiver::DEFAULT_CAPACITY`], 1024; at
+    /// least 1). Each connection's own channel is bounded by its
+    /// connector ([`Connector::push_capacity`](crate::Connector::push_capacity)).
+    ///
+    /// ```
+    /// use redis_layers::handoff::HandoffLayer;
+    /// use redis_layers::Endpoint;
+    /// let layer = HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)).push_capacity(10_000);
+    /// ```
+    pub fn push_capacity(mut self, frames: usize) -> Self {
+        self.push_capacity = frames.max(1);
+        self
+    }
+
     /// Replaces the [`HandoffPolicy`].
     pub fn policy<Q: HandoffPolicy>(self, policy: Q) -> HandoffLayer<Q> {
         HandoffLayer {
@@ -105,6 +123,7 @@ impl<P> HandoffLayer<P> {
             config: self.config,
             pool_size: self.pool_size,
             idle_leases: self.idle_leases,
+            push_capacity: self.push_capacity,
             policy,
             trust: self.trust,
         }
@@ -143,7 +162,8 @@ where
             self.endpoint.clone(),
             Settings::new(&self.config, self.pool_size)
                 .idle_leases(self.idle_leases)
-                .trust(self.trust.clone()),
+                .trust(self.trust.clone())
+                .push_capacity(self.push_capacity),
             self.policy.clone(),
         )
     }

@@ -23,7 +23,10 @@
 //! pool size). A failed dial is retried after the policy's backoff, up to
 //! `max_handoff_retries` attempts, each bounded by `handoff_timeout`; a
 //! per-target circuit breaker stops dialling an endpoint that keeps
-//! failing. When a handoff finally fails (or finds the queue full), the old
+//! failing (breakers closed and idle for their reset timeout are
+//! forgotten, and at most 1024 are kept; so are at most 1024 handled
+//! `MOVING`s, for the dedup TTL: a server naming endless new targets does
+//! not grow them). When a handoff finally fails (or finds the queue full), the old
 //! connection serves until just before its deadline, then drains and
 //! closes while the next command reconnects: to the configured address, or
 //! to where the last successful handoff of this pool went. A connection
@@ -76,7 +79,6 @@ mod policy;
 mod pool;
 mod worker;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -85,7 +87,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, Semaphore};
 use tower_service::Service;
 
 pub use future::{LeaseFuture, ResponseFuture};
@@ -96,14 +98,14 @@ pub use policy::{
     DefaultPolicy, Filter, HandoffPolicy, HandoffPolicyExt, MapTarget, Moving, Spread,
 };
 
-use breaker::{Breaker, BreakerConfig};
+use breaker::{BreakerConfig, Breakers};
 use pool::{Entry, Lease, Pool, Slot};
 
 use crate::error::{Error, Result};
 use crate::lock;
 use crate::maint::{Dedup, MaintEvent, Maintained, MaintenanceState, Resolved};
 use crate::request::{Request, Response};
-use crate::transport::{Endpoint, Lifecycle, PushItem, PushReceiver};
+use crate::transport::{push_channel, Endpoint, Lifecycle, PushReceiver, PushSender};
 
 /// Counter (feature `metrics`): handoff steps, by `result` (`started`,
 /// `retried`, `succeeded`, `failed`).
@@ -171,6 +173,8 @@ pub(crate) struct Settings {
     dedup_ttl: Duration,
     /// Which `MOVING` targets are followed.
     trust: crate::trust::SharedPolicy,
+    /// Frames the merged push stream keeps for its reader.
+    push_capacity: usize,
 }
 
 impl Settings {
@@ -191,6 +195,7 @@ impl Settings {
             },
             dedup_ttl: config.dedup_ttl(),
             trust: Default::default(),
+            push_capacity: PushReceiver::DEFAULT_CAPACITY,
         }
     }
 
@@ -205,11 +210,27 @@ impl Settings {
         self.idle_leases = n;
         self
     }
+
+    /// With up to `frames` push frames kept in the merged push stream.
+    pub(crate) fn push_capacity(mut self, frames: usize) -> Self {
+        self.push_capacity = frames.max(1);
+        self
+    }
 }
 
 /// How many clean dedicated connections wait for the next lease, by
 /// default ([`HandoffLayer::idle_leases`]).
 pub const IDLE_LEASES: usize = 8;
+
+/// At most this many `MOVING`s are remembered as handled (per endpoint
+/// and sequence number, for the dedup TTL). A handoff sees a few per
+/// maintenance; only a server naming endless new endpoints gets near it.
+const HANDLED_MAX: usize = 1024;
+
+/// The memory of handled `MOVING`s: pruned by TTL, and bounded.
+fn handled(ttl: Duration) -> Dedup<Endpoint> {
+    Dedup::new(ttl).with_max_entries(HANDLED_MAX)
+}
 
 /// What every clone of one [`Handoff`] shares.
 pub(crate) struct Shared<M: MakeConnection, P> {
@@ -222,7 +243,7 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     gen: AtomicU64,
     pool: Mutex<Pool<M::Connection>>,
     events: broadcast::Sender<MaintEvent>,
-    breakers: Mutex<HashMap<Endpoint, Breaker>>,
+    breakers: Mutex<Breakers<Endpoint>>,
     workers: Arc<Semaphore>,
     /// Handoff jobs queued or running.
     queued: AtomicUsize,
@@ -233,8 +254,9 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     watched: Mutex<Vec<(Arc<MaintenanceState>, tokio_util::sync::CancellationToken)>>,
     /// `MOVING`s handled, by endpoint and sequence number.
     handled: Mutex<Dedup<Endpoint>>,
-    /// The pushes of every pooled connection, merged.
-    push_tx: mpsc::UnboundedSender<PushItem>,
+    /// The pushes of every pooled connection, merged (bounded: a stream
+    /// nobody takes keeps at most its capacity).
+    push_tx: PushSender,
     push_rx: Mutex<Option<PushReceiver>>,
     /// Dedicated connections given back and clean: the next lease takes one.
     idle: Mutex<Vec<(Arc<Slot>, M::Connection)>>,
@@ -289,10 +311,10 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
         settings: Settings,
         policy: P,
     ) -> Self {
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let (push_tx, push_rx) = push_channel(settings.push_capacity, endpoint.to_string());
         let shared = Shared {
             push_tx,
-            push_rx: Mutex::new(Some(PushReceiver::new(push_rx))),
+            push_rx: Mutex::new(Some(push_rx)),
             idle: Mutex::new(Vec::new()),
             restored: tokio::sync::watch::channel(0).0,
             tls: Default::default(),
@@ -302,7 +324,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             policy,
             gen: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
-            breakers: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(Breakers::new()),
             workers: Arc::new(Semaphore::new(settings.workers)),
             queued: AtomicUsize::new(0),
             idle_state: Arc::new(MaintenanceState::new(
@@ -311,7 +333,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             )),
             next_id: AtomicU64::new(1),
             watched: Mutex::new(Vec::new()),
-            handled: Mutex::new(Dedup::new(settings.dedup_ttl)),
+            handled: Mutex::new(handled(settings.dedup_ttl)),
             settings,
         };
         Handoff {
@@ -343,6 +365,13 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
     /// are lost, which [`pubsub::PubSub`](crate::pubsub::PubSub) reports
     /// and this raw stream does not. The first call takes it; later
     /// calls return `None`.
+    ///
+    /// It keeps at most [`HandoffLayer::push_capacity`] frames (default
+    /// [`PushReceiver::DEFAULT_CAPACITY`]) for its reader, dropping and
+    /// counting newer ones ([`PushReceiver::dropped`], which also counts
+    /// those a connection's own channel dropped). Once it is dropped, the
+    /// connections' pushes are discarded as they arrive: take it and drop
+    /// it when nobody reads pushes.
     pub fn take_pushes(&self) -> Option<PushReceiver> {
         lock(&self.shared.push_rx).take()
     }
@@ -546,5 +575,26 @@ impl<M: MakeConnection, P> Maintained for Handoff<M, P> {
     /// connections from endpoint to endpoint.
     fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
         self.shared.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_thousand_moving_endpoints_do_not_leave_ten_thousand_entries() {
+        let t0 = std::time::Instant::now();
+        let mut d = handled(Duration::from_secs(600));
+        for port in 0..10_000u16 {
+            assert!(d.first_time(Endpoint::tcp("10.0.0.1", port), 1, t0));
+            assert!(d.len() <= HANDLED_MAX);
+        }
+        // The newest are still remembered.
+        assert!(!d.first_time(Endpoint::tcp("10.0.0.1", 9_999), 1, t0));
+        // And, past the TTL, one call prunes them all.
+        let later = t0 + Duration::from_secs(601);
+        assert!(d.first_time(Endpoint::tcp("10.0.0.2", 1), 1, later));
+        assert_eq!(d.len(), 1);
     }
 }

@@ -801,10 +801,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     }
 
     fn breaker_allows(&self, target: &Endpoint) -> bool {
-        let (allowed, changed) = lock(&self.breakers)
-            .entry(target.clone())
-            .or_insert_with(super::Breaker::new)
-            .allow(&self.settings.breaker, Instant::now());
+        let (cfg, now) = (&self.settings.breaker, Instant::now());
+        let (allowed, changed) = lock(&self.breakers).get(target, cfg, now).allow(cfg, now);
         if let Some(state) = changed {
             self.breaker_changed(target, state);
         }
@@ -813,14 +811,13 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
 
     fn breaker_result(&self, target: &Endpoint, ok: bool) -> Option<BreakerState> {
         let changed = {
+            let (cfg, now) = (&self.settings.breaker, Instant::now());
             let mut breakers = lock(&self.breakers);
-            let b = breakers
-                .entry(target.clone())
-                .or_insert_with(super::Breaker::new);
+            let b = breakers.get(target, cfg, now);
             if ok {
-                b.success(&self.settings.breaker)
+                b.success(cfg, now)
             } else {
-                b.failure(&self.settings.breaker, Instant::now())
+                b.failure(cfg, now)
             }
         };
         if let Some(state) = changed {

@@ -10,6 +10,7 @@ use tower_service::Service;
 
 use super::driver::{self, Driver, DriverConfig, Message};
 use super::future::ResponseFuture;
+use super::push::PushReceiver;
 use super::{ConnectionInfo, Endpoint, Protocol};
 use crate::error::{Error, Result};
 use crate::maint::{Maintained, MaintenanceState};
@@ -103,14 +104,14 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (sender, rx) = mpsc::channel(queue.max(1));
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let (push_tx, push_rx) = super::push::channel(config.push_capacity, endpoint.to_string());
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             closed_notify: Notify::new(),
             tls: AtomicBool::new(false),
             dedicated: AtomicBool::new(true),
             protocol: AtomicU8::new(Protocol::Resp3 as u8),
-            pushes: Mutex::new(Some(PushReceiver { rx: push_rx })),
+            pushes: Mutex::new(Some(push_rx)),
             info: OnceLock::new(),
             endpoint,
             maint,
@@ -206,7 +207,10 @@ impl Connection {
     /// invalidations, maintenance notifications, ...), in arrival order.
     ///
     /// The first call takes it; later calls return `None`. Pushes that
-    /// arrive before it is taken wait in it. Drop it to discard pushes.
+    /// arrive before it is taken wait in it, up to its capacity
+    /// ([`Connector::push_capacity`](super::Connector::push_capacity));
+    /// newer ones are dropped and counted ([`PushReceiver::dropped`]).
+    /// Drop it to discard pushes: nothing is kept for a dropped receiver.
     pub fn take_pushes(&self) -> Option<PushReceiver> {
         self.shared.pushes.lock().ok()?.take()
     }
@@ -440,78 +444,5 @@ impl super::Lifecycle for Connection {
 
     fn dedicate(&self) {
         Connection::dedicate(self)
-    }
-}
-
-/// Receives a connection's push frames; see [`Connection::take_pushes`].
-///
-/// `recv` returns `None` once the connection has closed and every push has
-/// been received.
-#[derive(Debug)]
-pub struct PushReceiver {
-    rx: mpsc::UnboundedReceiver<PushItem>,
-}
-
-/// What a push channel carries: the frames, and, in the merged stream of a
-/// [`Handoff`](crate::handoff::Handoff), notes on where its subscriptions
-/// were lost and restored (read by [`pubsub`](crate::pubsub); skipped by
-/// [`PushReceiver::recv`]).
-#[derive(Debug)]
-pub(crate) enum PushItem {
-    Frame(Value),
-    /// A connection closed with subscriptions that no other connection had
-    /// taken over: after the last frame it delivered.
-    SubscriptionsLost,
-    /// A new connection restored them: before its first frame.
-    SubscriptionsRestored,
-    /// The server refused to restore one subscription on a new connection
-    /// (`NOPERM` after an ACL change, `MOVED` for a shard channel whose
-    /// slot moved meanwhile): the connection is not subscribed to it. Comes
-    /// after `SubscriptionsLost` and before `SubscriptionsRestored`.
-    Refused {
-        /// Which kind of subscription.
-        kind: crate::pubsub::Kind,
-        /// The channel (or pattern).
-        channel: bytes::Bytes,
-        /// Why.
-        error: crate::ServerError,
-    },
-}
-
-impl PushReceiver {
-    /// A receiver fed by `rx` (layers that merge the pushes of several
-    /// connections hand these out).
-    pub(crate) fn new(rx: mpsc::UnboundedReceiver<PushItem>) -> Self {
-        PushReceiver { rx }
-    }
-
-    /// The next push frame, or `None` after the connection closed.
-    pub async fn recv(&mut self) -> Option<Value> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// Polls for the next push frame.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Value>> {
-        loop {
-            match std::task::ready!(self.rx.poll_recv(cx)) {
-                Some(PushItem::Frame(v)) => return Poll::Ready(Some(v)),
-                Some(_) => {}
-                None => return Poll::Ready(None),
-            }
-        }
-    }
-
-    /// The next push frame if one is waiting.
-    pub fn try_recv(&mut self) -> Option<Value> {
-        loop {
-            if let PushItem::Frame(v) = self.rx.try_recv().ok()? {
-                return Some(v);
-            }
-        }
-    }
-
-    /// The next item, notes included.
-    pub(crate) async fn recv_item(&mut self) -> Option<PushItem> {
-        self.rx.recv().await
     }
 }

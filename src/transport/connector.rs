@@ -57,6 +57,7 @@ pub(crate) struct Config {
     pub(crate) protocol: Protocol,
     pub(crate) limits: Limits,
     pub(crate) queue_size: usize,
+    pub(crate) push_capacity: usize,
     pub(crate) max_write_buffer: usize,
     pub(crate) on_connect: Vec<Cmd>,
     pub(crate) maint: Resolved,
@@ -90,6 +91,7 @@ impl Default for Connector {
                 protocol: Protocol::Resp3,
                 limits: Limits::default(),
                 queue_size: 1024,
+                push_capacity: super::PushReceiver::DEFAULT_CAPACITY,
                 max_write_buffer: 64 * 1024,
                 on_connect: Vec::new(),
                 maint: Resolved::default(),
@@ -113,6 +115,7 @@ impl fmt::Debug for Connector {
             .field("database", &c.database)
             .field("protocol", &c.protocol)
             .field("queue_size", &c.queue_size)
+            .field("push_capacity", &c.push_capacity)
             .field("max_write_buffer", &c.max_write_buffer);
         #[cfg(feature = "tls")]
         d.field("tls", &c.tls);
@@ -123,7 +126,7 @@ impl fmt::Debug for Connector {
 impl Connector {
     /// A connector with the defaults: 5 s connect timeout, RESP3 preferred,
     /// database 0, no authentication, a queue of 1024 requests, 64 KiB write
-    /// batches.
+    /// batches, up to 1024 unread push frames kept per connection.
     pub fn new() -> Self {
         Self::default()
     }
@@ -400,6 +403,25 @@ impl Connector {
         self
     }
 
+    /// How many push frames (pub/sub messages, invalidations, ...) a
+    /// connection keeps for its [`PushReceiver`](super::PushReceiver)
+    /// before it drops newer ones (default
+    /// [`PushReceiver::DEFAULT_CAPACITY`](super::PushReceiver::DEFAULT_CAPACITY),
+    /// 1024; at least 1). The connection never waits for the reader:
+    /// frames beyond this are dropped and counted
+    /// ([`PushReceiver::dropped`](super::PushReceiver::dropped)), so a
+    /// server that pushes faster than they are read, or a receiver nobody
+    /// reads, costs at most this many frames of memory.
+    ///
+    /// ```
+    /// use redis_layers::Connector;
+    /// let connector = Connector::new().push_capacity(16_384);
+    /// ```
+    pub fn push_capacity(mut self, frames: usize) -> Self {
+        self.config_mut().push_capacity = frames.max(1);
+        self
+    }
+
     /// Largest write batch in bytes before the driver writes it (default
     /// 64 KiB). A single larger request is still written whole.
     pub fn max_write_buffer(mut self, bytes: usize) -> Self {
@@ -468,6 +490,7 @@ async fn connect(
         limits: config.limits,
         max_write_buffer: config.max_write_buffer,
         maint_routing: config.maint.mode() != crate::maint::Mode::Disabled,
+        push_capacity: config.push_capacity,
     };
     let conn = match &endpoint {
         Endpoint::Tcp { host, port, .. } => {

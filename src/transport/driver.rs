@@ -43,7 +43,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
-use super::connection::{PushItem, Shared};
+use super::connection::Shared;
+use super::push::{PushItem, PushSender};
 use crate::error::{Error, ProtocolError, Result, ServerError, ServerErrorKind};
 use crate::request::{Body, Response};
 use crate::resp::{Cmd, Decoder, Limits, Value};
@@ -87,6 +88,8 @@ pub(crate) struct DriverConfig {
     /// Maintenance notifications go to the endpoint's state (mode not
     /// `Disabled`); otherwise they are pushes like any other.
     pub(crate) maint_routing: bool,
+    /// Push frames kept for the reader before newer ones are dropped.
+    pub(crate) push_capacity: usize,
 }
 
 /// How many replies a command takes, beyond "one ordinary reply".
@@ -464,7 +467,7 @@ pub(crate) struct Driver<T> {
     timer_at: Option<Instant>,
     /// The clock, read once per turn when a timed request is taken.
     turn_now: Option<Instant>,
-    pushes: mpsc::UnboundedSender<PushItem>,
+    pushes: PushSender,
     config: DriverConfig,
     shared: Arc<Shared>,
 }
@@ -485,7 +488,7 @@ where
     pub(crate) fn new(
         io: T,
         rx: mpsc::Receiver<Message>,
-        pushes: mpsc::UnboundedSender<PushItem>,
+        pushes: PushSender,
         config: DriverConfig,
         shared: Arc<Shared>,
     ) -> Self {

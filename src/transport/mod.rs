@@ -53,15 +53,17 @@ mod endpoint;
 pub mod future;
 mod guard;
 mod handshake;
+mod push;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub(crate) use connection::PushItem;
-pub use connection::{Connection, PushReceiver};
+pub use connection::Connection;
 pub(crate) use connector::dial_relaxed;
 pub use connector::Connector;
 pub(crate) use driver::{returns_pipeline, RETURN_MAX};
 pub use endpoint::Endpoint;
+pub(crate) use push::{channel as push_channel, PushItem, PushSender};
+pub use push::{PushReceiver, PUSHES_DROPPED};
 /// The rustls this crate is built with (feature `tls`), for
 /// [`TlsConfig::from_rustls`] and matching on [`TlsError::rustls_error`].
 #[cfg(feature = "tls")]

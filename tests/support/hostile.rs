@@ -46,7 +46,9 @@ impl Received {
     }
 }
 
-/// What the script answers to a command: `None` for the built-in answer.
+/// What the script answers to a command: `None` for the built-in answer,
+/// an empty reply to hang up (close the connection without answering, as a
+/// server that ran the command and then lost the connection).
 pub type Script = dyn Fn(&Received) -> Option<Vec<u8>> + Send + Sync;
 
 struct Inner {
@@ -186,6 +188,10 @@ fn serve(inner: Arc<Inner>, conn: usize, stream: TcpStream, w: Arc<Mutex<TcpStre
         inner.log.lock().unwrap().push(rec.clone());
         let reply = (inner.script)(&rec).unwrap_or_else(|| builtin(&inner, &rec));
         let mut w = w.lock().unwrap();
+        if reply.is_empty() {
+            let _ = w.shutdown(Shutdown::Both);
+            return;
+        }
         if w.write_all(&reply).and_then(|_| w.flush()).is_err() {
             return;
         }
