@@ -274,11 +274,11 @@ impl DedicatedConn {
     /// Sends `req`. The first request on an idle connection taken again
     /// that fails at once for the connection goes again on another one:
     /// the server closed the idle connection a moment before, and the
-    /// client had not seen it yet. The request then most likely never
-    /// reached the server; if it did, running it again is harmless for the
-    /// first requests the client sends here (`WATCH`: the watch starts
-    /// over before any read; a blocking pop: no element is popped twice;
-    /// `SCAN`: a read). Do not rely on this for other first requests.
+    /// client had not seen it yet. Never written ([`Error::Closed`]): sent
+    /// again whatever it is. Written, and an I/O error within
+    /// `STALE_WINDOW`: it most likely never reached the server, but it may
+    /// have run, so it is sent again only when running it twice is
+    /// harmless ([`harmless_twice`]).
     async fn send(&mut self, req: Request) -> Result<Response> {
         for _ in 0..STALE_TRIES {
             if !std::mem::take(&mut self.reused) {
@@ -287,7 +287,9 @@ impl DedicatedConn {
             let sent = std::time::Instant::now();
             match self.send_once(req.clone()).await {
                 Err(Error::Closed) => self.replace().await?,
-                Err(Error::Io(_)) if sent.elapsed() < STALE_WINDOW => self.replace().await?,
+                Err(Error::Io(_)) if sent.elapsed() < STALE_WINDOW && harmless_twice(&req) => {
+                    self.replace().await?
+                }
                 out => return out,
             }
         }
@@ -313,6 +315,22 @@ impl DedicatedConn {
     fn mark_clean(&mut self) {
         self.lease.mark_clean();
     }
+}
+
+/// The first requests of a dedicated connection that may be sent again
+/// after they might have run ([`DedicatedConn::send`]): `WATCH` (the watch
+/// starts over before any read), `SCAN`, `XREAD` (reads), and the blocking
+/// pops that hand the caller what they take (`BLPOP`, `BRPOP`, `BZPOPMIN`,
+/// `BZPOPMAX`: if the first run popped an element, its reply, and so the
+/// element, was lost with the connection whether or not the pop runs
+/// again). Not the ones that move or pop several elements for a reply the
+/// caller would not see: `BLMOVE`, `BRPOPLPUSH`, `BLMPOP`, `BZMPOP`, nor
+/// `XREADGROUP` (it claims entries for the consumer).
+fn harmless_twice(req: &Request) -> bool {
+    const HARMLESS: &[&str] = &[
+        "WATCH", "SCAN", "XREAD", "BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX",
+    ];
+    req.cmds().iter().all(|c| HARMLESS.iter().any(|n| c.is(n)))
 }
 
 impl Client {

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use redis_layers::client::ClientBuilder;
+use redis_layers::client::{ClientBuilder, ListEnd};
 use redis_layers::{cmd, Connector, Error};
 use support::{bounded, RedisServer};
 
@@ -195,6 +195,77 @@ async fn the_configured_database_survives_a_moving() {
                 );
             }
         }
+    })
+    .await;
+}
+
+/// A `MULTI` the server refuses (an ACL without it): the queued commands
+/// ran one by one, outside any transaction. The error says so, never a
+/// plain success and never `MULTI`'s error alone.
+#[tokio::test]
+async fn a_refused_multi_says_the_commands_ran_outside_a_transaction() {
+    bounded(30, async {
+        let server = RedisServer::start();
+        server.cli(&[
+            "ACL", "SETUSER", "nomulti", "on", ">pw", "~*", "+@all", "-multi",
+        ]);
+        let client = client(&server, Connector::new().username("nomulti").password("pw")).await;
+        let e = client
+            .transaction()
+            .cmd(cmd("SET").arg("a").arg(1))
+            .cmd(cmd("INCR").arg("n"))
+            .query::<(String, i64)>()
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("outside a transaction"), "{text}");
+        assert!(text.contains("NOPERM"), "{text}");
+        // They did run.
+        assert_eq!(server.cli(&["GET", "a"]), "1");
+        assert_eq!(server.cli(&["GET", "n"]), "1");
+    })
+    .await;
+}
+
+/// A reused dedicated connection whose first request fails after the
+/// server ran it: `BLMOVE` (not harmless twice) is not sent again, so no
+/// second element moves; `BLPOP` (harmless: the element of the lost reply
+/// is gone either way) still is.
+#[tokio::test]
+async fn a_first_request_that_may_have_run_is_resent_only_when_harmless_twice() {
+    use support::hostile::HostileServer;
+    bounded(30, async {
+        // BLMOVE always hangs up after running; the third BLPOP does.
+        let blpops = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let b = blpops.clone();
+        let server = HostileServer::scripted(move |r| match r.name().as_str() {
+            "BLMOVE" => Some(Vec::new()),
+            "BLPOP" if b.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 2 => Some(Vec::new()),
+            "BLPOP" => Some(b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n".to_vec()),
+            _ => None,
+        });
+        let client = ClientBuilder::new(server.endpoint()).build().await.unwrap();
+        let count = |name: &str| {
+            server
+                .received()
+                .iter()
+                .filter(|r| r.name() == name)
+                .count()
+        };
+        // A dedicated connection, answered and given back clean.
+        client.blpop::<String>(["q"], 1.0).await.unwrap();
+        // Reused: the server runs BLMOVE and hangs up before the reply.
+        let e = client
+            .blmove::<String>("src", "dst", ListEnd::Left, ListEnd::Right, 1.0)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Io(_)), "{e}");
+        assert_eq!(count("BLMOVE"), 1, "BLMOVE ran twice");
+        // BLPOP: a new connection answers and goes idle; reused, it hangs
+        // up, and the BLPOP goes again on another one.
+        client.blpop::<String>(["q"], 1.0).await.unwrap();
+        client.blpop::<String>(["q"], 1.0).await.unwrap();
+        assert_eq!(count("BLPOP"), 4);
     })
     .await;
 }

@@ -158,7 +158,13 @@ fn exec_reply(results: Vec<Result<Value, ServerError>>) -> Result<Option<Vec<Val
     let queued = results.len().saturating_sub(2);
     let mut it = results.into_iter();
     if let Some(Err(e)) = it.next() {
-        return Err(Error::Server(e));
+        // No transaction was open, so the server ran each queued command
+        // as it came (and then refused EXEC): MULTI's refusal alone would
+        // read as "nothing happened". The code (NOPERM, ...) stays first.
+        let line = String::from_utf8_lossy(e.as_bytes());
+        return Err(Error::Server(ServerError::parse(format!(
+            "{line} (MULTI was refused: the queued commands may have run, outside a transaction)"
+        ))));
     }
     let mut refused = None;
     for r in it.by_ref().take(queued) {

@@ -123,8 +123,10 @@ impl<M: MakeConnection, P: HandoffPolicy> Leased<M, P> {
     /// it: then its first request fails at once with [`Error::Closed`] or
     /// [`Error::Io`], most likely without reaching the server. The
     /// `Client` sends such a first request again on another lease when it
-    /// is harmless to run twice (its first requests are `WATCH` and
-    /// blocking pops, which pop nothing twice).
+    /// was never written ([`Error::Closed`]), or when running it twice is
+    /// harmless (`WATCH`, `SCAN`, `XREAD`, `BLPOP`, `BRPOP`, `BZPOPMIN`,
+    /// `BZPOPMAX`; never `BLMOVE`, `BRPOPLPUSH`, `BLMPOP`, `BZMPOP`, which
+    /// would move or pop a second time for a reply nobody sees).
     ///
     /// ```no_run
     /// # use redis_layers::handoff::Handoff;
