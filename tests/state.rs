@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use redis_layers::client::{ClientBuilder, ListEnd};
+use redis_layers::transport::Tracking;
 use redis_layers::{cmd, Connector, Error};
 use support::{bounded, RedisServer};
 
@@ -77,7 +78,10 @@ async fn state_commands_are_refused_on_a_shared_connection() {
             (cmd("SELECT").arg(5), "Connector::database"),
             (cmd("HELLO").arg(2), "Connector::"),
             (cmd("AUTH").arg("x"), "Connector::"),
-            (cmd("CLIENT").arg("TRACKING").arg("ON"), "on_connect"),
+            (
+                cmd("CLIENT").arg("TRACKING").arg("ON"),
+                "Connector::tracking",
+            ),
             (cmd("READONLY"), "on_connect"),
             (cmd("READWRITE"), "on_connect"),
             (cmd("CLIENT").arg("SETNAME").arg("theirs"), "client_name"),
@@ -147,7 +151,9 @@ async fn the_configured_database_survives_a_moving() {
     bounded(40, async {
         let env = SimStandalone::start().await;
         let client = ClientBuilder::new(env.endpoint())
-            .connector(Connector::new().database(5))
+            .database(5)
+            .client_name("mover")
+            .tracking(Tracking::bcast().prefix("before:"))
             .maintenance(MaintenanceConfig::default().mode(Mode::Enabled))
             .build()
             .await
@@ -180,6 +186,7 @@ async fn the_configured_database_survives_a_moving() {
             .unwrap();
         assert_eq!(moved.closed, 0);
         write("after").await;
+        assert_settings(&client, "mover").await;
         for phase in ["before", "after"] {
             for t in 0..32 {
                 let key = format!("{phase}:{t}");
@@ -266,6 +273,42 @@ async fn a_first_request_that_may_have_run_is_resent_only_when_harmless_twice() 
         client.blpop::<String>(["q"], 1.0).await.unwrap();
         client.blpop::<String>(["q"], 1.0).await.unwrap();
         assert_eq!(count("BLPOP"), 4);
+    })
+    .await;
+}
+
+/// The name and tracking the builder set are on the connection serving the
+/// client now.
+async fn assert_settings(client: &redis_layers::Client, name: &str) {
+    let got: Option<String> = client.cmd(cmd("CLIENT").arg("GETNAME")).await.unwrap();
+    assert_eq!(got.as_deref(), Some(name));
+    let info: redis_layers::Value = client.cmd(cmd("CLIENT").arg("TRACKINGINFO")).await.unwrap();
+    let text = format!("{info:?}");
+    assert!(text.contains("bcast") && text.contains("before:"), "{text}");
+}
+
+/// The builder's settings are replayed on the connection that replaces a
+/// killed one.
+#[tokio::test]
+async fn connection_settings_are_replayed_after_a_reconnect() {
+    bounded(30, async {
+        let server = RedisServer::start();
+        let client = ClientBuilder::new(server.endpoint())
+            .database(3)
+            .client_name("again")
+            .tracking(Tracking::bcast().prefix("before:"))
+            .build()
+            .await
+            .unwrap();
+        client.set("k1", 1).await.unwrap();
+        assert_settings(&client, "again").await;
+        server.cli(&["CLIENT", "KILL", "SKIPME", "no", "TYPE", "normal"]);
+        // The first command after the kill may find the dead connection.
+        let _ = client.set("k2", 2).await;
+        client.set("k2", 2).await.unwrap();
+        assert_settings(&client, "again").await;
+        assert_eq!(server.cli(&["-n", "3", "GET", "k2"]), "2");
+        assert_eq!(server.cli(&["-n", "0", "EXISTS", "k2"]), "0");
     })
     .await;
 }

@@ -126,6 +126,46 @@ impl ClientBuilder {
         self
     }
 
+    /// The database every connection selects (the builder's connector's
+    /// [`Connector::database`]; a later [`connector`](Self::connector)
+    /// replaces it). Replayed on every new connection, after a handoff or
+    /// a reconnect too; `SELECT` on the client's shared connections is
+    /// refused ([`Error::Usage`]).
+    ///
+    /// ```
+    /// use redis_layers::client::ClientBuilder;
+    /// use redis_layers::transport::Tracking;
+    /// use redis_layers::{cmd, Endpoint};
+    ///
+    /// let builder = ClientBuilder::new(Endpoint::tcp("127.0.0.1", 6379))
+    ///     .database(2)
+    ///     .client_name("billing")
+    ///     .tracking(Tracking::bcast().prefix("price:"))
+    ///     .on_connect(cmd("CLIENT").arg("NO-EVICT").arg("ON"));
+    /// ```
+    pub fn database(mut self, db: u32) -> Self {
+        self.connector = self.connector.database(db);
+        self
+    }
+
+    /// `CLIENT SETNAME` on every connection ([`Connector::client_name`]).
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.connector = self.connector.client_name(name);
+        self
+    }
+
+    /// Client-side caching on every connection ([`Connector::tracking`]).
+    pub fn tracking(mut self, tracking: crate::transport::Tracking) -> Self {
+        self.connector = self.connector.tracking(tracking);
+        self
+    }
+
+    /// A command run on every new connection ([`Connector::on_connect`]).
+    pub fn on_connect(mut self, cmd: crate::Cmd) -> Self {
+        self.connector = self.connector.on_connect(cmd);
+        self
+    }
+
     /// Adds a cluster seed (any node). Two seeds or more make
     /// [`ServerMode::Auto`] pick cluster.
     pub fn seed(mut self, endpoint: Endpoint) -> Self {

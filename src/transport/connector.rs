@@ -430,10 +430,30 @@ impl Connector {
     }
 
     /// A command to run on every new connection after the handshake (e.g.
-    /// `CLIENT TRACKING ON`). An error reply fails the connection.
+    /// `READONLY`, `CLIENT NO-EVICT ON`): replayed on each new connection,
+    /// after a handoff or a reconnect too, which a command sent on a shared
+    /// connection would not be (and there it is refused, see
+    /// [the transport docs](super#shared-connections)). An error reply
+    /// fails the connection.
     pub fn on_connect(mut self, cmd: Cmd) -> Self {
         self.config_mut().on_connect.push(cmd);
         self
+    }
+
+    /// Client-side caching: `CLIENT TRACKING ON` with `tracking`'s options
+    /// on every new connection (after a handoff or a reconnect too). The
+    /// invalidations arrive as push frames (RESP3), on the connection's
+    /// [`PushReceiver`](super::PushReceiver) or a
+    /// [`Handoff`](crate::handoff::Handoff)'s merged stream.
+    ///
+    /// ```
+    /// use redis_layers::transport::Tracking;
+    /// use redis_layers::Connector;
+    ///
+    /// let connector = Connector::new().tracking(Tracking::bcast().prefix("user:").noloop());
+    /// ```
+    pub fn tracking(self, tracking: Tracking) -> Self {
+        self.on_connect(tracking.to_cmd())
     }
 
     /// Dials `endpoint` and runs the handshake.
@@ -674,5 +694,84 @@ mod tests {
             format!("{c:?}").contains(r#"password: Some("***")"#),
             "{c:?}"
         );
+    }
+}
+
+/// The options of `CLIENT TRACKING ON` ([`Connector::tracking`]).
+///
+/// ```
+/// use redis_layers::transport::Tracking;
+///
+/// let words = |t: Tracking| -> Vec<String> {
+///     t.to_cmd().argv().map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+/// };
+/// assert_eq!(words(Tracking::default().optin()), ["CLIENT", "TRACKING", "ON", "OPTIN"]);
+/// assert_eq!(
+///     words(Tracking::bcast().prefix("a:").prefix("b:")).join(" "),
+///     "CLIENT TRACKING ON BCAST PREFIX a: PREFIX b:"
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tracking {
+    bcast: bool,
+    prefixes: Vec<String>,
+    optin: bool,
+    optout: bool,
+    noloop: bool,
+}
+
+impl Tracking {
+    /// Broadcasting mode: invalidations for every key (or every key under
+    /// the [prefixes](Tracking::prefix)), read or not.
+    pub fn bcast() -> Self {
+        Tracking {
+            bcast: true,
+            ..Tracking::default()
+        }
+    }
+
+    /// A key prefix to track (broadcasting mode).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefixes.push(prefix.into());
+        self
+    }
+
+    /// Track only keys read right after `CLIENT CACHING yes`.
+    pub fn optin(mut self) -> Self {
+        self.optin = true;
+        self
+    }
+
+    /// Track keys except those read right after `CLIENT CACHING no`.
+    pub fn optout(mut self) -> Self {
+        self.optout = true;
+        self
+    }
+
+    /// No invalidations for keys this connection changed itself.
+    pub fn noloop(mut self) -> Self {
+        self.noloop = true;
+        self
+    }
+
+    /// The `CLIENT TRACKING ON ...` command.
+    pub fn to_cmd(&self) -> Cmd {
+        let mut c = crate::cmd("CLIENT").arg("TRACKING").arg("ON");
+        if self.bcast {
+            c = c.arg("BCAST");
+        }
+        for p in &self.prefixes {
+            c = c.arg("PREFIX").arg(p.as_str());
+        }
+        for (on, name) in [
+            (self.optin, "OPTIN"),
+            (self.optout, "OPTOUT"),
+            (self.noloop, "NOLOOP"),
+        ] {
+            if on {
+                c = c.arg(name);
+            }
+        }
+        c
     }
 }

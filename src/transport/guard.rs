@@ -84,7 +84,12 @@ fn refusal(c: &Cmd) -> Option<&'static str> {
         if sub_is("SETNAME") {
             return Some("set the name with Connector::client_name");
         }
-        if sub_is("TRACKING") || sub_is("NO-EVICT") || sub_is("NO-TOUCH") {
+        if sub_is("TRACKING") {
+            return Some(
+                "configure it with Connector::tracking, which replays it on every new connection",
+            );
+        }
+        if sub_is("NO-EVICT") || sub_is("NO-TOUCH") {
             return Some(ON_CONNECT);
         }
         if sub_is("MAINT_NOTIFICATIONS") {

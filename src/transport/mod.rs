@@ -28,7 +28,8 @@
 //! | `WATCH`, `UNWATCH` | [`Client::watch`](crate::Client::watch), or a dedicated connection |
 //! | `SELECT` | [`Connector::database`] |
 //! | `CLIENT SETNAME` | [`Connector::client_name`] |
-//! | `CLIENT TRACKING`, `READONLY`, `READWRITE`, `CLIENT NO-EVICT`, `CLIENT NO-TOUCH` | [`Connector::on_connect`]: replayed on every new connection, after a handoff or a reconnect too |
+//! | `CLIENT TRACKING` | [`Connector::tracking`]: replayed on every new connection, after a handoff or a reconnect too |
+//! | `READONLY`, `READWRITE`, `CLIENT NO-EVICT`, `CLIENT NO-TOUCH` | [`Connector::on_connect`], replayed likewise |
 //! | `CLIENT MAINT_NOTIFICATIONS` | [`MaintenanceConfig`](crate::maint::MaintenanceConfig) ([`Connector::maintenance`]) |
 //! | `HELLO`, `AUTH` | [`Connector::password`], [`Connector::protocol`] |
 //! | `RESET`, `QUIT`, `SYNC`, `PSYNC` | a dedicated connection |
@@ -59,7 +60,7 @@ mod tls;
 
 pub use connection::Connection;
 pub(crate) use connector::dial_relaxed;
-pub use connector::Connector;
+pub use connector::{Connector, Tracking};
 pub(crate) use driver::{returns_pipeline, RETURN_MAX};
 pub use endpoint::Endpoint;
 pub(crate) use push::{channel as push_channel, PushItem, PushSender};
