@@ -56,6 +56,13 @@ pub enum Error {
     /// transport cannot carry (`MONITOR`). The message names what to use
     /// instead.
     Usage(String),
+    /// Tower middleware shed the request: `LoadShed` found the service
+    /// not ready ([`Error::from`] a `BoxError` holding tower's
+    /// `Overloaded`). Nothing was sent.
+    Overloaded,
+    /// An error of other middleware, kept as it was (from a `BoxError`
+    /// that is none of the above; see [`Error::from`]).
+    Other(Arc<dyn std::error::Error + Send + Sync>),
     /// A reply could not be converted to the Rust type asked for (e.g. a
     /// string that is not a number into `i64`, `nil` into `String`); the
     /// message names both. Nothing is wrong with the connection.
@@ -113,7 +120,22 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
             Error::Server(e) => write!(f, "server error: {e}"),
-            Error::Auth(e) => write!(f, "authentication failed: {e}"),
+            Error::Auth(e) => {
+                write!(f, "authentication failed: {e}")?;
+                match e.kind() {
+                    ServerErrorKind::NoAuth => f.write_str(
+                        " (the server requires a password: set Connector::password, \
+                         or redis://user:password@host in the URL)",
+                    ),
+                    ServerErrorKind::WrongPass => f.write_str(
+                        " (check the username and password: Connector::username/password, \
+                         or redis://user:password@host in the URL)",
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            Error::Overloaded => f.pad("overloaded: the request was shed"),
+            Error::Other(e) => write!(f, "{e}"),
             Error::Timeout => f.pad("request timed out"),
             Error::Closed => f.pad("connection closed"),
             Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
@@ -123,13 +145,72 @@ impl fmt::Display for Error {
     }
 }
 
+/// `Display` already says what the wrapped error says, so `source` does
+/// not hand it out again (an error reporter walking the chain would print
+/// it twice); match on the variant to reach it. [`Error::Other`] is
+/// displayed as its error and hands out that error's own source.
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io(e) => Some(&**e),
-            Error::Protocol(e) => Some(e),
-            Error::Server(e) | Error::Auth(e) => Some(e),
+            Error::Other(e) => e.source(),
             _ => None,
+        }
+    }
+}
+
+/// tower middleware's errors back to this crate's: so `.map_err(Error::from)`
+/// closes any tower middleware (`Timeout`, `LoadShed`, `Buffer`, ...) over a
+/// stack whose error is [`Error`].
+///
+/// - an [`Error`] boxed by the middleware comes back as it was;
+/// - tower's `Elapsed` (`TimeoutLayer`) is [`Error::Timeout`];
+/// - tower's `Overloaded` (`LoadShedLayer`) is [`Error::Overloaded`];
+/// - `Buffer`'s `Closed` is [`Error::Closed`], and its `ServiceError` (the
+///   buffered service failed) is the error behind it;
+/// - an [`io::Error`] is [`Error::Io`]; anything else is [`Error::Other`].
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_layers::Error;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+///
+/// # async fn run() {
+/// let slow = tower::service_fn(|_: ()| async {
+///     tokio::time::sleep(Duration::from_secs(10)).await;
+///     Ok::<_, Error>(())
+/// });
+/// let svc = ServiceBuilder::new()
+///     .map_err(Error::from) // BoxError -> Error
+///     .timeout(Duration::from_millis(10))
+///     .service(slow);
+/// assert!(matches!(svc.oneshot(()).await, Err(Error::Timeout)));
+/// # }
+/// ```
+impl From<Box<dyn std::error::Error + Send + Sync>> for Error {
+    fn from(e: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        let e = match e.downcast::<Error>() {
+            Ok(e) => return *e,
+            Err(e) => e,
+        };
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return Error::Timeout;
+        }
+        if e.is::<tower::load_shed::error::Overloaded>() {
+            return Error::Overloaded;
+        }
+        if e.is::<tower::buffer::error::Closed>() {
+            return Error::Closed;
+        }
+        if let Some(behind) = e
+            .downcast_ref::<tower::buffer::error::ServiceError>()
+            .and_then(|se| std::error::Error::source(se))
+            .and_then(|inner| inner.downcast_ref::<Error>())
+        {
+            return behind.clone();
+        }
+        match e.downcast::<io::Error>() {
+            Ok(io) => Error::Io(Arc::new(*io)),
+            Err(other) => Error::Other(Arc::from(other)),
         }
     }
 }

@@ -560,7 +560,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
     }
 }
 
-impl<M: MakeConnection, P> Maintained for Handoff<M, P> {
+impl<M: MakeConnection, P: Send + Sync + 'static> Maintained for Handoff<M, P> {
     const RETURNS_REDIRECTED: bool = M::Connection::RETURNS_REDIRECTED;
 
     /// The state of the endpoint the next request goes to.
@@ -575,6 +575,34 @@ impl<M: MakeConnection, P> Maintained for Handoff<M, P> {
     /// connections from endpoint to endpoint.
     fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// Follows the pool: the state of the endpoint its first ready
+    /// connection is on (where the pool's requests go), and the service's
+    /// event stream.
+    fn maintenance_handle(&self) -> crate::maint::MaintenanceHandle {
+        let (current, events) = (Arc::downgrade(&self.shared), Arc::downgrade(&self.shared));
+        let idle = self.shared.idle_state.clone();
+        crate::maint::MaintenanceHandle::new(
+            move || {
+                let Some(shared) = current.upgrade() else {
+                    return idle.clone();
+                };
+                let pool = lock(&shared.pool);
+                pool.entries
+                    .iter()
+                    .find_map(|e| match e {
+                        Entry::Ready { conn, .. } => Some(conn.maintenance().clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| shared.idle_state.clone())
+            },
+            move || match events.upgrade() {
+                Some(shared) => shared.events.subscribe(),
+                // Gone: a stream that has ended.
+                None => broadcast::channel(1).1,
+            },
+        )
     }
 }
 

@@ -17,6 +17,7 @@
 mod config;
 mod notification;
 mod state;
+mod tower_impls;
 
 pub use config::{
     is_internal_ip, resolve_endpoint_type, ConfigError, EndpointType, MaintenanceConfig, Mode,
@@ -29,3 +30,4 @@ pub use notification::{
 pub use state::{
     BreakerState, MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED,
 };
+pub use tower_impls::{MaintenanceHandle, WithMaintenance, WithMaintenanceLayer};

@@ -204,6 +204,19 @@ impl fmt::Debug for MaintenanceState {
 
 /// Services that carry the [`MaintenanceState`] of the endpoint they talk to.
 /// Layers that act on maintenance signals require it.
+///
+/// Implemented by the crate's [`Connection`](crate::Connection),
+/// [`Handoff`](crate::handoff::Handoff) and layers, and by tower's
+/// middleware that forwards it (`ConcurrencyLimit`, `RateLimit`,
+/// `Timeout`, `MapFuture`, `Filter`, `Retry`, `Either`); wrap middleware that
+/// hides its inner service (`Buffer`, `MapRequest`, `MapErr`, boxed) in
+/// [`WithMaintenance`](super::WithMaintenance).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not carry a maintenance state (`Maintained`)",
+    label = "a service that knows its endpoint's maintenance state is needed here",
+    note = "RelaxTimeout and a cluster's node services go over Handoff or a Connection, directly or through tower middleware that forwards `Maintained` (ConcurrencyLimit, RateLimit, Timeout, MapFuture, Filter, Either)",
+    note = "over middleware that hides its inner service (Buffer, MapRequest, MapErr, a boxed service), add `WithMaintenanceLayer::new(inner.maintenance_handle())` above it"
+)]
 pub trait Maintained {
     /// True when the service's error for a command answered with `MOVED`
     /// or `ASK` carries that command back (the error of a single command,
@@ -246,6 +259,15 @@ pub trait Maintained {
     /// between endpoints (the handoff layer) gives a stream that follows it.
     fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
         self.maintenance().subscribe()
+    }
+
+    /// This service's maintenance apart from the service, for an adapter
+    /// above middleware that hides it
+    /// ([`WithMaintenance`](super::WithMaintenance)). By default the state
+    /// [`maintenance`](Self::maintenance) gives now; a service that moves
+    /// between endpoints (the handoff layer) gives one that follows it.
+    fn maintenance_handle(&self) -> super::MaintenanceHandle {
+        super::MaintenanceHandle::fixed(self.maintenance().clone())
     }
 }
 

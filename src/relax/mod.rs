@@ -85,6 +85,10 @@ impl<S: Maintained> Maintained for RelaxTimeout<S> {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::maint::MaintEvent> {
         self.inner.subscribe()
     }
+
+    fn maintenance_handle(&self) -> crate::maint::MaintenanceHandle {
+        self.inner.maintenance_handle()
+    }
 }
 
 impl<S> Service<Request> for RelaxTimeout<S>

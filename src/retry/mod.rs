@@ -185,6 +185,10 @@ impl<S: Maintained, P> Maintained for Retry<S, P> {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::maint::MaintEvent> {
         self.inner.subscribe()
     }
+
+    fn maintenance_handle(&self) -> crate::maint::MaintenanceHandle {
+        self.inner.maintenance_handle()
+    }
 }
 
 impl<S, P> Service<Request> for Retry<S, P>

@@ -219,9 +219,16 @@ impl Connector {
                     None => false,
                 };
                 if has_port {
-                    hostport
-                        .parse()
-                        .map_err(|_| bad("expected host:port after the credentials"))?
+                    hostport.parse().map_err(|_| {
+                        let port = &hostport[hostport.rfind(':').unwrap_or(0) + 1..];
+                        if port.parse::<u16>().is_err() {
+                            bad(&format!(
+                                "the port {port:?} is not a number from 0 to 65535"
+                            ))
+                        } else {
+                            bad("malformed host (an IPv6 address goes in brackets: [::1]:6379)")
+                        }
+                    })?
                 } else if hostport.contains(['[', ']']) && !hostport.starts_with('[') {
                     return Err(bad("malformed host"));
                 } else {
@@ -514,7 +521,9 @@ async fn connect(
     };
     let conn = match &endpoint {
         Endpoint::Tcp { host, port, .. } => {
-            let stream = TcpStream::connect((host.as_str(), *port)).await?;
+            let stream = TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| naming(&endpoint, e))?;
             // Batches are coalesced by the driver; Nagle would only add latency.
             stream.set_nodelay(true)?;
             // The driver is generic over the stream: a TLS connection gets
@@ -532,13 +541,22 @@ async fn connect(
         }
         #[cfg(unix)]
         Endpoint::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path).await?;
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| naming(&endpoint, e))?;
             Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint)
         }
         #[cfg(not(unix))]
         Endpoint::Unix(_) => return Err(Error::config("Unix sockets need a Unix platform")),
     };
     finish(conn, &config).await
+}
+
+/// A dial error that names where it dialled (same kind, so retry
+/// classification is unchanged): "connecting to 10.0.0.5:6379: Connection
+/// refused".
+fn naming(endpoint: &Endpoint, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("connecting to {endpoint}: {e}"))
 }
 
 /// Runs the handshake on a new connection.
