@@ -115,6 +115,30 @@ pub const HANDOFF: &str = "redis.client.connection.handoff";
 /// `Service<Endpoint>` whose connections are command services that carry
 /// their endpoint's [`MaintenanceState`] and can be closed. Implemented for
 /// every such maker, e.g. [`Connector`](crate::Connector).
+///
+/// Handoff goes right above the maker; the layers over commands go above
+/// Handoff. A stack in another order does not compile:
+///
+/// ```compile_fail,E0277
+/// use std::time::Duration;
+/// use redis_layers::handoff::HandoffLayer;
+/// use redis_layers::relax::RelaxTimeout;
+/// use redis_layers::{Connector, Endpoint};
+/// use tower::Layer;
+///
+/// // RelaxTimeout under Handoff. error[E0277]: `RelaxTimeout<Connector>`
+/// // is not a connection maker for Handoff (`MakeConnection`), with a note
+/// // on the order: HandoffLayer right above the Connector, the layers over
+/// // commands above Handoff. (Through `ServiceBuilder::service` the same
+/// // mistake is an E0599 whose note names `MakeConnection`.)
+/// let relaxed = RelaxTimeout::new(Connector::new(), Some(Duration::from_secs(1)));
+/// let svc = HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)).layer(relaxed);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a connection maker for Handoff (`MakeConnection`)",
+    label = "Handoff (and a cluster's per-node maker) needs a `Service<Endpoint>` making connections here",
+    note = "put HandoffLayer right above the Connector, and the layers over commands (RelaxTimeout, Retry, tower middleware) above Handoff: ServiceBuilder::new().layer(RelaxTimeoutLayer::new(..)).layer(HandoffLayer::new(..)).service(Connector::new())"
+)]
 pub trait MakeConnection: Clone + Send + 'static {
     /// The connection made.
     type Connection: Service<Request, Response = Response, Error = Error, Future: Send + 'static>
