@@ -1,28 +1,52 @@
 //! Redis behind [tower]: the RESP3 transport, relaxed timeouts, connection
 //! handoff, cluster routing and retry as separate `Layer`s composed into one
-//! `Service`.
+//! `Service`, built to ride through managed Redis maintenance (Redis Cloud,
+//! Redis Enterprise) with no dropped connection and no failed command.
 //!
-//! This release provides the foundation every layer stands on:
+//! ```text
+//! Client          typed helpers, pipelines, transactions, pub/sub      client
+//!   Retry         retries what provably did not run, within budget      retry
+//!     Cluster     slot routing, MOVED/ASK, SMIGRATED, topology          cluster
+//!       RelaxTimeout  per-command deadline, relaxed during maintenance  relax
+//!         Handoff     the endpoint's connections; moves them on MOVING  handoff
+//!           Connector RESP3 transport: dial, handshake, Connection      transport
+//! ```
 //!
-//! - [`resp`]: RESP2/RESP3 values, an incremental zero-copy decoder with
-//!   limits, and the [`Cmd`] builder.
+//! Every box is a tower `Layer` and `Service` that can be reordered,
+//! replaced or omitted; tower's own middleware fits between them (see
+//! [`maint::WithMaintenance`] for the ones that hide their inner service,
+//! and `Error::from` for their `BoxError`s).
+//!
+//! - [`client`]: the [`Client`] facade: the default stack from a URL
+//!   (standalone or cluster), typed helpers, pipelines, transactions,
+//!   pub/sub, dedicated connections for blocking commands and `WATCH`.
 //! - [`transport`]: the [`Connector`] (a connection maker,
-//!   `Service<Endpoint>`) and the multiplexed [`Connection`] (a command
-//!   service, `Service<Request>`), which many tasks share.
-//! - [`Error`]: one error type that every layer can match on.
-//! - [`client`]: the [`Client`] facade: the default stack built from a URL
-//!   (standalone or cluster), typed helpers, pipelines, transactions.
+//!   `Service<Endpoint>`) and the multiplexed [`Connection`], shared by
+//!   many tasks; TLS with the `tls` feature.
+//! - [`maint`]: maintenance notifications (`MOVING`, `MIGRATING`,
+//!   `FAILING_OVER`, `SMIGRATING`, ...), their configuration and state;
+//!   [`relax`], [`handoff`], [`cluster`], [`retry`]: the layers.
+//! - [`trust`]: which server-named endpoints are followed;
+//!   [`guarantees`]: the trust model and what one caller can do to
+//!   another.
+//! - [`resp`]: RESP2/RESP3 values, the incremental decoder with limits, the
+//!   [`Cmd`] builder; [`pubsub`]: subscriptions that survive reconnects.
+//! - `sim` (feature `sim`): a maintenance simulator in front of real
+//!   `redis-server`s, as a Rust API and the `redis-maint-sim` binary.
+//!
+//! Features: `tls` (rustls), `metrics` (counters through the `metrics`
+//! facade), `sim` (the simulator).
 //!
 //! # Example
 //!
 //! ```no_run
-//! use redis_layers::{cmd, Connector, Endpoint, Value};
+//! use redis_layers::Client;
 //!
 //! # async fn run() -> Result<(), redis_layers::Error> {
-//! let conn = Connector::new().connect(Endpoint::tcp("127.0.0.1", 6379)).await?;
-//! conn.send(cmd("SET").arg("greeting").arg("hello")).await?;
-//! let v = conn.send_cmd(cmd("GET").arg("greeting")).await?;
-//! assert_eq!(v, Value::BulkString("hello".into()));
+//! let client = Client::open("redis://127.0.0.1:6379").await?;
+//! client.set("greeting", "hello").await?;
+//! let v: Option<String> = client.get("greeting").await?;
+//! assert_eq!(v.as_deref(), Some("hello"));
 //! # Ok(()) }
 //! ```
 //!

@@ -171,8 +171,9 @@ fn invalid_config_is_rejected_by_name() {
     ];
     for (cfg, field) in bad {
         let e = Connector::new().maintenance(cfg).unwrap_err();
-        assert!(matches!(e, Error::Config(_)), "{e:?}");
+        assert_eq!(e.field(), field, "{e}");
         assert!(e.to_string().contains(field), "{e}");
+        assert!(matches!(Error::from(e), Error::Config(_)));
     }
 }
 

@@ -1,37 +1,5 @@
-//! Maintenance signals through tower's own middleware.
-//!
-//! [`RelaxTimeout`](crate::relax::RelaxTimeout) (and a cluster's node
-//! services) need a service that knows its endpoint's
-//! [`MaintenanceState`]: that is the [`Maintained`] trait. tower's middleware
-//! that keeps its inner service reachable forwards it, so these fit between
-//! RelaxTimeout and Handoff as they are: `ConcurrencyLimit`, `RateLimit`,
-//! `Timeout`, `MapFuture`, `Filter`, `AsyncFilter`, `Retry` and `Either`.
-//!
-//! Middleware that hides its inner service (`Buffer`, `MapRequest`,
-//! `MapResponse`, `MapErr`, `Then`, `AndThen`, `LoadShed`, boxed services)
-//! cannot be asked; wrap it in [`WithMaintenance`] carrying the inner
-//! service's [`MaintenanceHandle`]:
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use redis_layers::handoff::HandoffLayer;
-//! use redis_layers::maint::{Maintained, WithMaintenanceLayer};
-//! use redis_layers::relax::RelaxTimeoutLayer;
-//! use redis_layers::{cmd, Connector, Endpoint, Error};
-//! use tower::{Layer, ServiceBuilder, ServiceExt};
-//!
-//! # async fn run() -> Result<(), Error> {
-//! let handoff = HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)).layer(Connector::new());
-//! let handle = handoff.maintenance_handle();
-//! let svc = ServiceBuilder::new()
-//!     .layer(RelaxTimeoutLayer::new(Duration::from_millis(500)))
-//!     .layer(WithMaintenanceLayer::new(handle))
-//!     .map_err(Error::from)
-//!     .buffer(1024)
-//!     .service(handoff);
-//! svc.oneshot(cmd("PING").into()).await?;
-//! # Ok(()) }
-//! ```
+//! Maintenance signals through tower's own middleware: [`Maintained`] for
+//! the middleware that forwards it, and [`WithMaintenance`] for the rest.
 
 use std::fmt;
 use std::sync::Arc;
@@ -107,9 +75,42 @@ impl MaintenanceHandle {
 
 /// A service that hides its inner one (tower's `Buffer`, `MapRequest`,
 /// `MapErr`, ...), made [`Maintained`] with the inner service's
-/// [`MaintenanceHandle`]; see the [module docs](self). The state is read
-/// again at each `poll_ready`, so a request is relaxed by the state of the
-/// endpoint its connection is on when it is sent.
+/// [`MaintenanceHandle`]. The state is read again at each `poll_ready`, so
+/// a request is relaxed by the state of the endpoint its connection is on
+/// when it is sent.
+///
+/// [`RelaxTimeout`](crate::relax::RelaxTimeout) (and a cluster's node
+/// services) need a service that knows its endpoint's
+/// [`MaintenanceState`]: that is the [`Maintained`] trait. tower's middleware
+/// that keeps its inner service reachable forwards it, so these fit between
+/// RelaxTimeout and Handoff as they are: `ConcurrencyLimit`, `RateLimit`,
+/// `Timeout`, `MapFuture`, `Filter`, `AsyncFilter`, `Retry` and `Either`.
+///
+/// Middleware that hides its inner service (`Buffer`, `MapRequest`,
+/// `MapResponse`, `MapErr`, `Then`, `AndThen`, `LoadShed`, boxed services)
+/// cannot be asked; wrap it in [`WithMaintenance`] carrying the inner
+/// service's [`MaintenanceHandle`]:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redis_layers::handoff::HandoffLayer;
+/// use redis_layers::maint::{Maintained, WithMaintenanceLayer};
+/// use redis_layers::relax::RelaxTimeoutLayer;
+/// use redis_layers::{cmd, Connector, Endpoint, Error};
+/// use tower::{Layer, ServiceBuilder, ServiceExt};
+///
+/// # async fn run() -> Result<(), Error> {
+/// let handoff = HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)).layer(Connector::new());
+/// let handle = handoff.maintenance_handle();
+/// let svc = ServiceBuilder::new()
+///     .layer(RelaxTimeoutLayer::new(Duration::from_millis(500)))
+///     .layer(WithMaintenanceLayer::new(handle))
+///     .map_err(Error::from)
+///     .buffer(1024)
+///     .service(handoff);
+/// svc.oneshot(cmd("PING").into()).await?;
+/// # Ok(()) }
+/// ```
 ///
 /// It declares [`Maintained::RETURNS_REDIRECTED`] false: what it wraps may
 /// change requests or errors, so a cluster above keeps its own copy of

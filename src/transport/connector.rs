@@ -333,10 +333,14 @@ impl Connector {
     /// use redis_layers::Connector;
     ///
     /// let c = Connector::new().maintenance(MaintenanceConfig::default().mode(Mode::Enabled))?;
-    /// assert!(Connector::new().maintenance(MaintenanceConfig::default().max_handoff_retries(0)).is_err());
+    /// let err = Connector::new().maintenance(MaintenanceConfig::default().max_handoff_retries(0));
+    /// assert_eq!(err.unwrap_err().field(), "max_handoff_retries");
     /// # Ok::<(), redis_layers::Error>(())
     /// ```
-    pub fn maintenance(mut self, config: MaintenanceConfig) -> Result<Self> {
+    pub fn maintenance(
+        mut self,
+        config: MaintenanceConfig,
+    ) -> std::result::Result<Self, crate::maint::ConfigError> {
         self.config_mut().maint = config.validate()?;
         Ok(self)
     }

@@ -124,6 +124,21 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// A TCP endpoint at that address (the simulator and `TcpListener`s hand
+/// out `SocketAddr`s).
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use redis_layers::Endpoint;
+/// let a: SocketAddr = "[::1]:7000".parse().unwrap();
+/// assert_eq!(Endpoint::from(a), Endpoint::tcp("::1", 7000));
+/// ```
+impl From<std::net::SocketAddr> for Endpoint {
+    fn from(a: std::net::SocketAddr) -> Self {
+        Endpoint::tcp(a.ip().to_string(), a.port())
+    }
+}
+
 impl FromStr for Endpoint {
     type Err = Error;
 
