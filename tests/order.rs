@@ -15,13 +15,14 @@ mod support;
 
 use std::time::Duration;
 
+use redis_layers::client::ClientBuilder;
 use redis_layers::handoff::{Handoff, MakeConnection};
 use redis_layers::maint::{MaintEvent, MaintenanceConfig, Mode};
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
 use redis_layers::sim::Moving;
 use redis_layers::{cmd, Connector, Request, Value};
-use support::bounded;
 use support::sim::SimStandalone;
+use support::{bounded, RedisServer};
 use tokio::sync::broadcast::error::TryRecvError;
 use tower::{Layer, Service, ServiceExt};
 
@@ -58,6 +59,25 @@ fn misplaced(got: &[i64]) -> (usize, Vec<(usize, i64)>) {
         .map(|(i, v)| (i, *v))
         .collect();
     (wrong.len(), wrong.into_iter().take(8).collect())
+}
+
+/// The list `key` on `server`, as numbers.
+async fn list(server: &RedisServer, key: &str) -> Vec<i64> {
+    let direct = Connector::new().connect(server.endpoint()).await.unwrap();
+    let list = direct
+        .send_cmd(cmd("LRANGE").arg(key).arg(0).arg(-1))
+        .await
+        .unwrap();
+    let Value::Array(items) = list else {
+        panic!("LRANGE replied {list:?}")
+    };
+    items
+        .iter()
+        .map(|v| match v {
+            Value::BulkString(b) => std::str::from_utf8(b).unwrap().parse().unwrap(),
+            other => panic!("list item {other:?}"),
+        })
+        .collect()
 }
 
 async fn ordered_through_a_moving(pool: usize) {
@@ -113,24 +133,7 @@ async fn ordered_through_a_moving(pool: usize) {
         }
     }
 
-    let direct = Connector::new()
-        .connect(env.server.endpoint())
-        .await
-        .unwrap();
-    let list = direct
-        .send_cmd(cmd("LRANGE").arg("list").arg(0).arg(-1))
-        .await
-        .unwrap();
-    let Value::Array(items) = list else {
-        panic!("LRANGE replied {list:?}")
-    };
-    let got: Vec<i64> = items
-        .iter()
-        .map(|v| match v {
-            Value::BulkString(b) => std::str::from_utf8(b).unwrap().parse().unwrap(),
-            other => panic!("list item {other:?}"),
-        })
-        .collect();
+    let got = list(&env.server, "list").await;
     assert_eq!(got.len(), n, "every push applied once");
     let (wrong, first) = misplaced(&got);
     assert_eq!(
@@ -153,4 +156,31 @@ async fn one_clone_stays_in_order_through_a_moving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_clone_stays_in_order_through_a_moving_with_a_pool_of_4() {
     bounded(60, ordered_through_a_moving(4)).await;
+}
+
+/// What the `Client` docs promise: one clone of `Client::service()`, driven
+/// with `poll_ready`/`call` in turn, keeps its requests in order through
+/// the whole stack (Retry, RelaxTimeout, a Handoff pool of 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clone_of_the_client_stack_stays_in_order() {
+    bounded(60, async {
+        let server = RedisServer::start();
+        let client = ClientBuilder::new(server.endpoint())
+            .pool_size(4)
+            .build()
+            .await
+            .unwrap();
+        let mut svc = client.service();
+        let mut replies = Vec::with_capacity(N);
+        for i in 0..N {
+            svc.ready().await.unwrap();
+            replies.push(svc.call(Request::from(cmd("RPUSH").arg("ordered").arg(i))));
+        }
+        for r in replies {
+            r.await.unwrap();
+        }
+        let (wrong, first) = misplaced(&list(&server, "ordered").await);
+        assert_eq!(wrong, 0, "{wrong} of {N} out of place: {first:?}");
+    })
+    .await;
 }
