@@ -63,6 +63,22 @@
 //! one slot, or [`Error::Config`] and nothing is sent). [`Client::watch`] starts an optimistic
 //! transaction: `WATCH` on a dedicated connection, reads on it, then
 //! [`Watch::exec`], which returns `None` when a watched key changed.
+//!
+//! # Order
+//!
+//! A call's reply means the server applied it: a task that awaits each
+//! call before the next gets them applied in that order, across handoffs,
+//! pool entries and reconnects, standalone or cluster (except after a
+//! timeout: the attempt that timed out may still be applied later, also
+//! when the Retry layer's next attempt succeeded). Calls in flight
+//! together are not ordered, even from one task (`join!`,
+//! `FuturesUnordered`, spawned tasks): the client clones its stack for
+//! each call, and the Handoff layer keeps order per clone only (see
+//! [`handoff`](crate::handoff)). For requests in order without awaiting
+//! each: a pipeline or transaction (one request, its commands written in
+//! order), or, standalone, one clone of [`Client::service`] driven with
+//! `poll_ready`/`call` in turn (a request the Retry layer sends again is
+//! not ordered with those sent after it, nor is one that failed).
 
 mod batch;
 mod builder;
@@ -103,7 +119,8 @@ pub type BoxService = tower::util::BoxCloneSyncService<Request, Response, Error>
 ///
 /// Cheap to clone, `Send + Sync`: clones share the connections. See the
 /// [module docs](self) for the stack, cluster detection, dedicated
-/// connections and transactions.
+/// connections, transactions and which calls keep their order (one task
+/// awaiting each call in turn: yes; calls in flight together: no).
 ///
 /// ```no_run
 /// use std::collections::HashMap;

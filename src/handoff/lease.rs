@@ -182,7 +182,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Leased<M, P> {
         self.slot.acquire();
         let fut = self.conn().call(req);
         LeaseFuture::new(
-            ResponseFuture::new(fut, Some(Lease(self.slot.clone()))),
+            ResponseFuture::new(fut, Some(Lease::new(self.slot.clone(), None))),
             blocking,
         )
     }

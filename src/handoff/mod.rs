@@ -15,6 +15,23 @@
 //! deadline. A request is on exactly one connection: commands written to
 //! the old one complete there; commands issued after the switch go to the
 //! new one; nothing is sent twice (see `pool.rs` for the ordering rule).
+//!
+//! **Order.** The requests one clone of the service sends reach the server
+//! in the order of its `call`s, across handoffs, within a pool and across
+//! reconnects: while a clone has requests in flight (reply not in, future
+//! not dropped), its next one goes to the same connection, which keeps
+//! their order; it goes elsewhere (a less busy pool entry, the new
+//! connection after a switch) only once none is in flight. If its
+//! connection leaves the pool while some are, the clone first sends a
+//! `PING` there and waits for its reply (which comes after theirs); it
+//! does not wait for the callers to poll their futures. Not ordered:
+//! requests of different clones (other tasks, each call of a
+//! [`Client`](crate::Client), which clones its stack per call); a request
+//! whose future was dropped before its reply; one that failed (timed out,
+//! its connection lost), which may have been applied or still be. The
+//! cost: one allocation per clone, an `Arc` clone per request, and a clone
+//! that always has requests in flight stays on one pool entry (one that
+//! awaits each reply is spread as before).
 //! A null endpoint means: reconnect to the configured address after
 //! `time / 2`.
 //!
@@ -84,7 +101,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, Semaphore};
@@ -99,7 +116,7 @@ pub use policy::{
 };
 
 use breaker::{BreakerConfig, Breakers};
-use pool::{Entry, Lease, Pool, Slot};
+use pool::{Caller, Entry, Lease, Pool, Slot};
 
 use crate::error::{Error, Result};
 use crate::lock;
@@ -297,7 +314,9 @@ pub(crate) struct Shared<M: MakeConnection, P> {
 /// `MOVING`; see the [module docs](self).
 ///
 /// Cheap to clone; clones share the connections. A clone is not ready until
-/// its own `poll_ready` (as with tower's `Buffer`).
+/// its own `poll_ready` (as with tower's `Buffer`). Each clone's requests
+/// reach the server in the order it called them (see the [module
+/// docs](self)); different clones' are not ordered with each other.
 pub struct Handoff<M: MakeConnection, P = DefaultPolicy> {
     shared: Arc<Shared<M, P>>,
     /// The pool generation `local` was taken at; `u64::MAX`: never.
@@ -307,11 +326,54 @@ pub struct Handoff<M: MakeConnection, P = DefaultPolicy> {
     reserved: Option<usize>,
     /// The generation at which this clone started waiting for a connect.
     waiting_since: Option<u64>,
+    /// The entry of `local` this clone called last: while it has requests
+    /// in flight, the next one goes there too (per-clone order).
+    pin: Option<usize>,
+    /// This clone's mark on its requests in flight (made at its first
+    /// call).
+    caller: Option<Arc<Caller>>,
+    /// Requests of this clone in flight on a connection that left the
+    /// pool: nothing more is sent until they are answered.
+    barrier: Option<Barrier<M::Connection>>,
 }
 
 struct Local<C> {
     slot: Arc<Slot>,
     conn: C,
+}
+
+/// Waits until the requests a clone sent on a connection it can no longer
+/// use (moved away from, or failing over) are answered, so that its next
+/// request, on another connection, cannot overtake them: a `PING` sent
+/// after them on that connection, whose reply comes after theirs. Not
+/// their own replies: the caller may await those only after sending more.
+struct Barrier<C: Service<Request>> {
+    conn: C,
+    /// Counts the `PING` on the old connection, which stays open for it.
+    _lease: Lease,
+    ping: Option<Pin<Box<C::Future>>>,
+}
+
+impl<C: Service<Request, Response = Response, Error = Error>> Barrier<C> {
+    /// Resolves once the `PING` has its reply or failed: either way
+    /// nothing sent before it on that connection is still waiting.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ping.is_none() {
+            match self.conn.poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Closed: what was written there is answered or failed.
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {
+                    let ping = self.conn.call(crate::cmd("PING").into());
+                    self.ping = Some(Box::pin(ping));
+                }
+            }
+        }
+        match self.ping.as_mut() {
+            Some(f) => f.as_mut().poll(cx).map(|_| ()),
+            None => Poll::Ready(()),
+        }
+    }
 }
 
 impl<M: MakeConnection> Handoff<M> {
@@ -366,6 +428,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             local: Vec::new(),
             reserved: None,
             waiting_since: None,
+            pin: None,
+            caller: None,
+            barrier: None,
         }
     }
 
@@ -440,6 +505,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
                 shared.start_connect(&mut pool, i);
             }
         }
+        // The connection this clone's requests in flight are on.
+        let pinned = match self.pin.take() {
+            Some(p) if self.busy() => Some(self.local.swap_remove(p)),
+            _ => None,
+        };
         self.local.clear();
         for e in &pool.entries {
             if let Entry::Ready { slot, conn } = e {
@@ -447,6 +517,24 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
                     slot: slot.clone(),
                     conn: conn.clone(),
                 });
+            }
+        }
+        if let Some(old) = pinned {
+            match self.local.iter().position(|l| l.slot.id == old.slot.id) {
+                Some(i) => self.pin = Some(i),
+                // Still open: its requests are answered there before this
+                // clone sends anywhere else. (They hold the slot's count
+                // above 0, so it is not closed for being drained.)
+                None if !old.conn.is_closed() => {
+                    old.slot.acquire();
+                    self.barrier = Some(Barrier {
+                        conn: old.conn,
+                        _lease: Lease::new(old.slot, None),
+                        ping: None,
+                    });
+                }
+                // Closed: they failed, or will, unanswered.
+                None => self.caller = None,
             }
         }
         if self.local.is_empty() {
@@ -464,10 +552,22 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
         Poll::Ready(Ok(()))
     }
 
-    /// The local entry with the fewest requests pending.
+    /// True while requests this clone sent are in flight (their replies
+    /// not in, their futures not dropped).
+    fn busy(&self) -> bool {
+        self.caller
+            .as_ref()
+            .is_some_and(|c| Arc::strong_count(c) > 1)
+    }
+
+    /// The local entry for the next request: the one this clone's requests
+    /// in flight are on, else the one with the fewest requests pending.
     fn pick(&self) -> usize {
         if self.local.len() == 1 {
             return 0;
+        }
+        if let (Some(p), true) = (self.pin, self.busy()) {
+            return p;
         }
         let mut best = (usize::MAX, 0);
         for (i, l) in self.local.iter().enumerate() {
@@ -494,6 +594,9 @@ impl<M: MakeConnection, P> Clone for Handoff<M, P> {
             local: Vec::new(),
             reserved: None,
             waiting_since: None,
+            pin: None,
+            caller: None,
+            barrier: None,
         }
     }
 }
@@ -522,9 +625,16 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         loop {
+            if let Some(b) = self.barrier.as_mut() {
+                ready!(b.poll(cx));
+                // Everything this clone sent so far is answered or failed.
+                self.barrier = None;
+                self.caller = None;
+            }
             if self.shared.gen.load(SeqCst) != self.gen {
                 self.release_reserved();
                 match self.refresh(cx) {
+                    Poll::Ready(Ok(())) if self.barrier.is_some() => continue,
                     Poll::Ready(Ok(())) => {}
                     other => return other,
                 }
@@ -572,9 +682,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
     fn call(&mut self, req: Request) -> Self::Future {
         match self.reserved.take() {
             Some(i) => {
+                let caller = self.caller.get_or_insert_with(Default::default).clone();
+                self.pin = Some(i);
                 let l = &mut self.local[i];
                 let fut = l.conn.call(req);
-                ResponseFuture::new(fut, Some(Lease(l.slot.clone())))
+                ResponseFuture::new(fut, Some(Lease::new(l.slot.clone(), Some(caller))))
             }
             // Tower's contract: `call` only after `poll_ready` said ready.
             None => ResponseFuture::failed(Error::config(

@@ -9,6 +9,11 @@
 //! generation, then reads `pending`. Both with `SeqCst`, so either the
 //! switcher sees the caller (and waits for its reply before closing) or the
 //! caller sees the new generation (and goes to the new connection).
+//!
+//! Per-clone order (see the module docs of `handoff`): each request of a
+//! service clone also holds that clone's [`Caller`] mark until its reply is
+//! in, so the clone knows whether it has requests in flight, and on which
+//! connection (the one it used last: it moves only when none are).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -87,13 +92,36 @@ impl Slot {
 }
 
 /// A request's hold on its connection, released when the reply is in (or
-/// the request is dropped).
+/// the request is dropped); with the mark of the service clone that sent
+/// it, if it counts toward that clone's order.
 #[derive(Debug)]
-pub(crate) struct Lease(pub(crate) Arc<Slot>);
+pub(crate) struct Lease {
+    slot: Arc<Slot>,
+    /// Held, not read: counts the request for its clone.
+    _caller: Option<Arc<Caller>>,
+}
+
+impl Lease {
+    /// A hold on `slot`, which the caller already counted itself on.
+    pub(crate) fn new(slot: Arc<Slot>, caller: Option<Arc<Caller>>) -> Self {
+        Lease {
+            slot,
+            _caller: caller,
+        }
+    }
+}
+
+/// The mark of one service clone on its requests in flight: each holds a
+/// clone of the clone's `Arc<Caller>`, so its strong count less one (the
+/// clone's own) is how many are in flight. No counter of its own: cloning
+/// the `Arc` counts a request, dropping it uncounts it. One allocation per
+/// service clone (at its first call), none per request.
+#[derive(Debug, Default)]
+pub(crate) struct Caller;
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.release();
+        self.slot.release();
     }
 }
 
