@@ -16,6 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use redis_layers::client::{
     BoxService, Client, ClientBuilder, Expiry, ListEnd, Script, ServerMode, SetOptions, StreamEntry,
 };
+use redis_layers::resp::Each;
 use redis_layers::{cmd, Error, ServerErrorKind, Value};
 use support::cluster::{blocked_clients, info_field, port_serving, query, RedisCluster, Reply};
 use support::{bounded, RedisServer};
@@ -98,6 +99,7 @@ async fn suite(c: &Client, o: &Oracle, p: &str) {
     conversions(c, o, p).await;
     scan(c, o, p).await;
     dedicated_reuse(c, o, p).await;
+    one_or_many(c, o, p).await;
 }
 
 async fn strings(c: &Client, o: &Oracle, p: &str) {
@@ -837,6 +839,105 @@ async fn scan(c: &Client, o: &Oracle, p: &str) {
         other => panic!("{other:?}"),
     }
     assert!(bad.next().await.is_none(), "ends after the error");
+}
+
+/// The one-value forms of the multi-value helpers (which took only
+/// collections before `ToArgs`), and the collection shapes they take.
+async fn one_or_many(c: &Client, o: &Oracle, p: &str) {
+    let (k, other) = (format!("{{{p}}}:one"), format!("{{{p}}}:one-other"));
+    o.q(&["SET", &k, "v"]);
+    assert_eq!(c.exists(&k).await.unwrap(), 1);
+    assert_eq!(c.touch(&k).await.unwrap(), 1);
+    assert_eq!(c.touch([&k, &other]).await.unwrap(), 1);
+    let got: Vec<Option<String>> = c.mget(&k).await.unwrap();
+    assert_eq!(got, [Some("v".to_string())]);
+    assert_eq!(c.del(k.as_str()).await.unwrap(), 1);
+    assert_eq!(o.int(&["EXISTS", &k]), 0);
+    o.q(&["SET", &k, "v"]);
+    assert_eq!(c.unlink(k.clone()).await.unwrap(), 1);
+    assert_eq!(o.int(&["EXISTS", &k]), 0);
+
+    let l = format!("{p}:one-list");
+    assert_eq!(c.lpush(&l, "a").await.unwrap(), 1);
+    assert_eq!(c.rpush(&l, String::from("b")).await.unwrap(), 2);
+    assert_eq!(c.rpush(&l, vec!["c", "d"]).await.unwrap(), 4);
+    let more = vec!["e".to_string(), "f".to_string()];
+    assert_eq!(c.rpush(&l, &more).await.unwrap(), 6);
+    assert_eq!(c.rpush(&l, &more[..1]).await.unwrap(), 7);
+    assert_eq!(c.rpush(&l, 8).await.unwrap(), 8);
+    let upper = Each(["x", "y"].iter().map(|s| s.to_uppercase()));
+    assert_eq!(c.rpush(&l, upper).await.unwrap(), 10);
+    assert_eq!(
+        o.strings(&["LRANGE", &l, "0", "-1"]),
+        ["a", "b", "c", "d", "e", "f", "e", "8", "X", "Y"]
+    );
+    // Bytes are one value, however they are held.
+    assert_eq!(c.rpush(&l, b"bin".to_vec()).await.unwrap(), 11);
+    assert_eq!(c.rpush(&l, &b"\x00\xff"[..]).await.unwrap(), 12);
+    assert_eq!(c.rpush(&l, b"raw").await.unwrap(), 13);
+    assert_eq!(c.rpush(&l, [&b"p"[..], b"q"]).await.unwrap(), 15);
+    assert_eq!(o.strings(&["LRANGE", &l, "10", "10"]), ["bin"]);
+    assert_eq!(o.q(&["LINDEX", &l, "11"]), Reply::Bulk(Some(vec![0, 255])));
+    assert_eq!(o.strings(&["LRANGE", &l, "12", "-1"]), ["raw", "p", "q"]);
+
+    let s = format!("{p}:one-set");
+    assert_eq!(c.sadd(&s, "m").await.unwrap(), 1);
+    assert_eq!(c.sadd(&s, 7).await.unwrap(), 1);
+    let set: BTreeSet<&str> = ["x", "y"].into();
+    assert_eq!(c.sadd(&s, &set).await.unwrap(), 2);
+    assert_eq!(c.srem(&s, "m").await.unwrap(), 1);
+    assert_eq!(o.sorted(&["SMEMBERS", &s]), ["7", "x", "y"]);
+    let (s2, s3) = (format!("{{{p}}}:one-s2"), format!("{{{p}}}:one-s3"));
+    o.q(&["SADD", &s2, "a", "b"]);
+    o.q(&["SADD", &s3, "b"]);
+    let one: BTreeSet<String> = c.sinter(&s2).await.unwrap();
+    assert_eq!(one.len(), 2);
+    let one: BTreeSet<String> = c.sunion(&s3).await.unwrap();
+    assert_eq!(one.into_iter().collect::<Vec<_>>(), ["b"]);
+
+    let h = format!("{p}:one-hash");
+    o.q(&["HSET", &h, "f1", "1", "f2", "2"]);
+    let got: Vec<Option<String>> = c.hmget(&h, "f2").await.unwrap();
+    assert_eq!(got, [Some("2".to_string())]);
+    assert_eq!(c.hdel(&h, "f1").await.unwrap(), 1);
+    assert_eq!(o.int(&["HEXISTS", &h, "f1"]), 0);
+
+    let z = format!("{p}:one-zset");
+    o.q(&["ZADD", &z, "1", "a", "2", "b"]);
+    assert_eq!(c.zrem(&z, "a").await.unwrap(), 1);
+    assert_eq!(o.strings(&["ZRANGE", &z, "0", "-1"]), ["b"]);
+
+    let x = format!("{p}:one-stream");
+    let id = c.xadd(&x, "*", [("f", "v")]).await.unwrap();
+    let read = c.xread(&x, "0").await.unwrap();
+    assert_eq!(read[0].1[0].id, id);
+    assert_eq!(c.xdel(&x, &id).await.unwrap(), 1);
+    assert_eq!(o.int(&["XLEN", &x]), 0);
+
+    let e = format!("{p}:one-eval");
+    let v: i64 = c
+        .eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", &e, 5)
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    assert_eq!(o.bulk(&["GET", &e]).as_deref(), Some("5"));
+    let script = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1]) + 0");
+    assert_eq!(script.invoke::<i64>(c, &e, 2).await.unwrap(), 7);
+
+    // Queued helpers take one value too.
+    let mut pipe = c.pipeline();
+    pipe.sadd(&s, "z").scard(&s).del(&s);
+    let (added, card, deleted): (usize, usize, usize) = pipe.query().await.unwrap();
+    assert_eq!((added, card, deleted), (1, 4, 1));
+    assert_eq!(o.int(&["EXISTS", &s]), 0);
+
+    // The dedicated-connection helpers too.
+    let w = c.watch(&e).await.unwrap();
+    drop(w);
+    let q = format!("{p}:one-q");
+    o.q(&["RPUSH", &q, "job"]);
+    let got: Option<(String, String)> = c.blpop(&q, 1.0).await.unwrap();
+    assert_eq!(got, Some((q.clone(), "job".to_string())));
 }
 
 fn standalone_oracle(server: &RedisServer) -> Oracle {

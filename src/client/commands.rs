@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::from_value::type_error;
 use super::{Batch, Client, FromValue};
 use crate::error::Result;
-use crate::resp::{cmd, ArgWriter, ToArg, Value};
+use crate::resp::{cmd, ArgWriter, ToArg, ToArgs, Value};
 
 /// Two arguments written one after the other (a field and its value).
 struct Pair<A, B>(A, B);
@@ -244,7 +244,7 @@ commands! {
     /// `GETDEL key`: the value, and deletes the key.
     fn getdel[T: FromValue](key: impl ToArg) -> T => cmd("GETDEL").arg(key);
     /// `MGET keys...`: one value per key, `nil` for missing ones (ask for `Option<T>`).
-    fn mget[T: FromValue](keys: impl IntoIterator<Item = impl ToArg>) -> Vec<T> => cmd("MGET").args(keys);
+    fn mget[T: FromValue](keys: impl ToArgs) -> Vec<T> => cmd("MGET").with_args(keys);
     /// `MSET key value ...`.
     fn mset[](items: impl IntoIterator<Item = (impl ToArg, impl ToArg)>) -> () => cmd("MSET").args(pairs(items));
     /// `INCR key`: the new value.
@@ -264,12 +264,22 @@ commands! {
 
     // ----- keys and expiry -----
 
-    /// `DEL keys...`: how many were deleted.
-    fn del[](keys: impl IntoIterator<Item = impl ToArg>) -> usize => cmd("DEL").args(keys);
+    /// `DEL keys...`: how many were deleted. One key or many (see
+    /// [`ToArgs`](crate::resp::ToArgs)), as for every `...` argument:
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
+    /// client.del("k").await?;
+    /// client.del(["{user:1}:a", "{user:1}:b"]).await?;
+    /// # Ok(()) }
+    /// ```
+    fn del[](keys: impl ToArgs) -> usize => cmd("DEL").with_args(keys);
     /// `UNLINK keys...`: how many were removed (memory freed in the background).
-    fn unlink[](keys: impl IntoIterator<Item = impl ToArg>) -> usize => cmd("UNLINK").args(keys);
+    fn unlink[](keys: impl ToArgs) -> usize => cmd("UNLINK").with_args(keys);
     /// `EXISTS keys...`: how many exist (a key named twice counts twice).
-    fn exists[](keys: impl IntoIterator<Item = impl ToArg>) -> usize => cmd("EXISTS").args(keys);
+    fn exists[](keys: impl ToArgs) -> usize => cmd("EXISTS").with_args(keys);
+    /// `TOUCH keys...`: how many exist (their last access time is updated).
+    fn touch[](keys: impl ToArgs) -> usize => cmd("TOUCH").with_args(keys);
     /// `EXPIRE key seconds`: true if the expiry was set.
     fn expire[](key: impl ToArg, seconds: i64) -> bool => cmd("EXPIRE").arg(key).arg(seconds);
     /// `PEXPIRE key milliseconds`: true if the expiry was set.
@@ -298,13 +308,13 @@ commands! {
     /// `HGET key field`: ask for `Option<T>` when the field may be missing.
     fn hget[T: FromValue](key: impl ToArg, field: impl ToArg) -> T => cmd("HGET").arg(key).arg(field);
     /// `HMGET key fields...`: one value per field (ask for `Option<T>`).
-    fn hmget[T: FromValue](key: impl ToArg, fields: impl IntoIterator<Item = impl ToArg>) -> Vec<T>
-        => cmd("HMGET").arg(key).args(fields);
+    fn hmget[T: FromValue](key: impl ToArg, fields: impl ToArgs) -> Vec<T>
+        => cmd("HMGET").arg(key).with_args(fields);
     /// `HGETALL key`: ask for a `HashMap`, `BTreeMap` or `Vec<(K, V)>` (a map in RESP3, a flat array in RESP2).
     fn hgetall[T: FromValue](key: impl ToArg) -> T => cmd("HGETALL").arg(key);
     /// `HDEL key fields...`: how many were removed.
-    fn hdel[](key: impl ToArg, fields: impl IntoIterator<Item = impl ToArg>) -> usize
-        => cmd("HDEL").arg(key).args(fields);
+    fn hdel[](key: impl ToArg, fields: impl ToArgs) -> usize
+        => cmd("HDEL").arg(key).with_args(fields);
     /// `HEXISTS key field`.
     fn hexists[](key: impl ToArg, field: impl ToArg) -> bool => cmd("HEXISTS").arg(key).arg(field);
     /// `HINCRBY key field delta`: the new value.
@@ -320,11 +330,11 @@ commands! {
     // ----- lists -----
 
     /// `LPUSH key values...`: the new length.
-    fn lpush[](key: impl ToArg, values: impl IntoIterator<Item = impl ToArg>) -> usize
-        => cmd("LPUSH").arg(key).args(values);
+    fn lpush[](key: impl ToArg, values: impl ToArgs) -> usize
+        => cmd("LPUSH").arg(key).with_args(values);
     /// `RPUSH key values...`: the new length.
-    fn rpush[](key: impl ToArg, values: impl IntoIterator<Item = impl ToArg>) -> usize
-        => cmd("RPUSH").arg(key).args(values);
+    fn rpush[](key: impl ToArg, values: impl ToArgs) -> usize
+        => cmd("RPUSH").arg(key).with_args(values);
     /// `LPOP key`: ask for `Option<T>`.
     fn lpop[T: FromValue](key: impl ToArg) -> T => cmd("LPOP").arg(key);
     /// `LPOP key count`: up to `count` elements (none for a missing key).
@@ -349,11 +359,11 @@ commands! {
     // ----- sets -----
 
     /// `SADD key members...`: how many are new.
-    fn sadd[](key: impl ToArg, members: impl IntoIterator<Item = impl ToArg>) -> usize
-        => cmd("SADD").arg(key).args(members);
+    fn sadd[](key: impl ToArg, members: impl ToArgs) -> usize
+        => cmd("SADD").arg(key).with_args(members);
     /// `SREM key members...`: how many were removed.
-    fn srem[](key: impl ToArg, members: impl IntoIterator<Item = impl ToArg>) -> usize
-        => cmd("SREM").arg(key).args(members);
+    fn srem[](key: impl ToArg, members: impl ToArgs) -> usize
+        => cmd("SREM").arg(key).with_args(members);
     /// `SMEMBERS key`: ask for a `HashSet`, `BTreeSet` or `Vec`.
     fn smembers[T: FromValue](key: impl ToArg) -> T => cmd("SMEMBERS").arg(key);
     /// `SISMEMBER key member`.
@@ -361,9 +371,9 @@ commands! {
     /// `SCARD key`.
     fn scard[](key: impl ToArg) -> usize => cmd("SCARD").arg(key);
     /// `SINTER keys...`: ask for a `HashSet`, `BTreeSet` or `Vec`.
-    fn sinter[T: FromValue](keys: impl IntoIterator<Item = impl ToArg>) -> T => cmd("SINTER").args(keys);
+    fn sinter[T: FromValue](keys: impl ToArgs) -> T => cmd("SINTER").with_args(keys);
     /// `SUNION keys...`: ask for a `HashSet`, `BTreeSet` or `Vec`.
-    fn sunion[T: FromValue](keys: impl IntoIterator<Item = impl ToArg>) -> T => cmd("SUNION").args(keys);
+    fn sunion[T: FromValue](keys: impl ToArgs) -> T => cmd("SUNION").with_args(keys);
 
     // ----- sorted sets -----
 
@@ -377,8 +387,8 @@ commands! {
     fn zincr_by[](key: impl ToArg, delta: f64, member: impl ToArg) -> f64
         => cmd("ZINCRBY").arg(key).arg(delta).arg(member);
     /// `ZREM key members...`: how many were removed.
-    fn zrem[](key: impl ToArg, members: impl IntoIterator<Item = impl ToArg>) -> usize
-        => cmd("ZREM").arg(key).args(members);
+    fn zrem[](key: impl ToArg, members: impl ToArgs) -> usize
+        => cmd("ZREM").arg(key).with_args(members);
     /// `ZSCORE key member`: `None` if not a member.
     fn zscore[](key: impl ToArg, member: impl ToArg) -> Option<f64> => cmd("ZSCORE").arg(key).arg(member);
     /// `ZRANK key member`: the 0-based rank by ascending score, `None` if not a member.
@@ -401,10 +411,10 @@ commands! {
     // ----- scripts -----
 
     /// `EVAL script numkeys keys... args...` (see [`Script`](super::Script) for EVALSHA with a fallback).
-    fn eval[T: FromValue](script: impl ToArg, keys: impl IntoIterator<Item = impl ToArg>, args: impl IntoIterator<Item = impl ToArg>) -> T
+    fn eval[T: FromValue](script: impl ToArg, keys: impl ToArgs, args: impl ToArgs) -> T
         => super::script::with_keys(cmd("EVAL").arg(script), keys, args);
     /// `EVALSHA sha1 numkeys keys... args...`.
-    fn evalsha[T: FromValue](sha1: impl ToArg, keys: impl IntoIterator<Item = impl ToArg>, args: impl IntoIterator<Item = impl ToArg>) -> T
+    fn evalsha[T: FromValue](sha1: impl ToArg, keys: impl ToArgs, args: impl ToArgs) -> T
         => super::script::with_keys(cmd("EVALSHA").arg(sha1), keys, args);
     /// `SCRIPT LOAD script`: its SHA1 (in a cluster, loaded on every primary).
     fn script_load[](script: impl ToArg) -> String => cmd("SCRIPT").arg("LOAD").arg(script);
@@ -420,19 +430,19 @@ commands! {
     fn xrange[](key: impl ToArg, start: impl ToArg, end: impl ToArg) -> Vec<StreamEntry>
         => cmd("XRANGE").arg(key).arg(start).arg(end);
     /// `XREAD STREAMS keys... ids...` (no `BLOCK`): entries after each id, per stream; empty if none.
-    fn xread[](keys: impl IntoIterator<Item = impl ToArg>, ids: impl IntoIterator<Item = impl ToArg>) -> StreamReads
-        => cmd("XREAD").arg("STREAMS").args(keys).args(ids);
+    fn xread[](keys: impl ToArgs, ids: impl ToArgs) -> StreamReads
+        => cmd("XREAD").arg("STREAMS").with_args(keys).with_args(ids);
     /// `XDEL key ids...`: how many were deleted.
-    fn xdel[](key: impl ToArg, ids: impl IntoIterator<Item = impl ToArg>) -> usize => cmd("XDEL").arg(key).args(ids);
+    fn xdel[](key: impl ToArg, ids: impl ToArgs) -> usize => cmd("XDEL").arg(key).with_args(ids);
     /// `XTRIM key MAXLEN maxlen`: how many entries were removed.
     fn xtrim_maxlen[](key: impl ToArg, maxlen: usize) -> usize => cmd("XTRIM").arg(key).arg("MAXLEN").arg(maxlen);
     /// `XGROUP CREATE key group id MKSTREAM`.
     fn xgroup_create[](key: impl ToArg, group: impl ToArg, id: impl ToArg) -> ()
         => cmd("XGROUP").arg("CREATE").arg(key).arg(group).arg(id).arg("MKSTREAM");
     /// `XREADGROUP GROUP group consumer STREAMS keys... ids...` (no `BLOCK`; `>` for new entries).
-    fn xreadgroup[](group: impl ToArg, consumer: impl ToArg, keys: impl IntoIterator<Item = impl ToArg>, ids: impl IntoIterator<Item = impl ToArg>) -> StreamReads
-        => cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer).arg("STREAMS").args(keys).args(ids);
+    fn xreadgroup[](group: impl ToArg, consumer: impl ToArg, keys: impl ToArgs, ids: impl ToArgs) -> StreamReads
+        => cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer).arg("STREAMS").with_args(keys).with_args(ids);
     /// `XACK key group ids...`: how many were acknowledged.
-    fn xack[](key: impl ToArg, group: impl ToArg, ids: impl IntoIterator<Item = impl ToArg>) -> usize
-        => cmd("XACK").arg(key).arg(group).args(ids);
+    fn xack[](key: impl ToArg, group: impl ToArg, ids: impl ToArgs) -> usize
+        => cmd("XACK").arg(key).arg(group).with_args(ids);
 }
