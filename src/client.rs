@@ -88,7 +88,7 @@ use crate::transport::{Connector, Endpoint};
 
 pub use batch::{Batch, Watch};
 pub use builder::{ClientBuilder, ServerMode};
-pub use commands::{Expiry, ListEnd, SetOptions, StreamEntry, StreamReads};
+pub use commands::{BitOp, Expiry, ListEnd, SetOptions, StreamEntry, StreamReads};
 pub use from_value::FromValue;
 pub use scan::{Scan, ScanStream};
 pub use script::Script;
