@@ -99,12 +99,12 @@ use crate::error::{Error, Result};
 use crate::handoff::{DefaultPolicy, Handoff, Leased};
 use crate::pubsub::{PubSub, Subscription};
 use crate::request::{Request, Response};
-use crate::resp::{cmd, Cmd, ToArg};
+use crate::resp::{cmd, Cmd, ToArg, ToArgs};
 use crate::transport::{Connector, Endpoint};
 
 pub use batch::{Batch, Watch};
 pub use builder::{ClientBuilder, ServerMode};
-pub use commands::{Expiry, ListEnd, SetOptions, StreamEntry, StreamReads};
+pub use commands::{BitOp, Expiry, ListEnd, SetOptions, StreamEntry, StreamReads};
 pub use from_value::FromValue;
 pub use scan::{Scan, ScanStream};
 pub use script::Script;
@@ -590,8 +590,8 @@ impl Client {
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn watch(&self, keys: impl IntoIterator<Item = impl ToArg>) -> Result<Watch> {
-        let watch = cmd("WATCH").args(keys);
+    pub async fn watch(&self, keys: impl ToArgs) -> Result<Watch> {
+        let watch = cmd("WATCH").with_args(keys);
         if watch.arg_count() < 2 {
             return Err(Error::config("WATCH needs at least one key"));
         }
@@ -608,20 +608,20 @@ impl Client {
     /// command.
     pub async fn blpop<T: FromValue>(
         &self,
-        keys: impl IntoIterator<Item = impl ToArg>,
+        keys: impl ToArgs,
         timeout_secs: f64,
     ) -> Result<Option<(String, T)>> {
-        self.blocking(cmd("BLPOP").args(keys).arg(timeout_secs))
+        self.blocking(cmd("BLPOP").with_args(keys).arg(timeout_secs))
             .await
     }
 
     /// `BRPOP`: like [`Client::blpop`], from the tail.
     pub async fn brpop<T: FromValue>(
         &self,
-        keys: impl IntoIterator<Item = impl ToArg>,
+        keys: impl ToArgs,
         timeout_secs: f64,
     ) -> Result<Option<(String, T)>> {
-        self.blocking(cmd("BRPOP").args(keys).arg(timeout_secs))
+        self.blocking(cmd("BRPOP").with_args(keys).arg(timeout_secs))
             .await
     }
 
@@ -655,20 +655,20 @@ impl Client {
     /// `timeout_secs` (0: wait forever). Runs on a dedicated connection.
     pub async fn bzpopmin<T: FromValue>(
         &self,
-        keys: impl IntoIterator<Item = impl ToArg>,
+        keys: impl ToArgs,
         timeout_secs: f64,
     ) -> Result<Option<(String, T, f64)>> {
-        self.blocking(cmd("BZPOPMIN").args(keys).arg(timeout_secs))
+        self.blocking(cmd("BZPOPMIN").with_args(keys).arg(timeout_secs))
             .await
     }
 
     /// `BZPOPMAX`: like [`Client::bzpopmin`], the highest score.
     pub async fn bzpopmax<T: FromValue>(
         &self,
-        keys: impl IntoIterator<Item = impl ToArg>,
+        keys: impl ToArgs,
         timeout_secs: f64,
     ) -> Result<Option<(String, T, f64)>> {
-        self.blocking(cmd("BZPOPMAX").args(keys).arg(timeout_secs))
+        self.blocking(cmd("BZPOPMAX").with_args(keys).arg(timeout_secs))
             .await
     }
 
@@ -686,12 +686,12 @@ impl Client {
     /// ```
     pub async fn xread_block(
         &self,
-        keys: impl IntoIterator<Item = impl ToArg>,
-        ids: impl IntoIterator<Item = impl ToArg>,
+        keys: impl ToArgs,
+        ids: impl ToArgs,
         block_ms: u64,
     ) -> Result<StreamReads> {
         let c = cmd("XREAD").arg("BLOCK").arg(block_ms).arg("STREAMS");
-        self.blocking(c.args(keys).args(ids)).await
+        self.blocking(c.with_args(keys).with_args(ids)).await
     }
 
     /// `XREADGROUP GROUP group consumer BLOCK block_ms STREAMS keys...
@@ -701,13 +701,13 @@ impl Client {
         &self,
         group: impl ToArg,
         consumer: impl ToArg,
-        keys: impl IntoIterator<Item = impl ToArg>,
-        ids: impl IntoIterator<Item = impl ToArg>,
+        keys: impl ToArgs,
+        ids: impl ToArgs,
         block_ms: u64,
     ) -> Result<StreamReads> {
         let c = cmd("XREADGROUP").arg("GROUP").arg(group).arg(consumer);
         let c = c.arg("BLOCK").arg(block_ms).arg("STREAMS");
-        self.blocking(c.args(keys).args(ids)).await
+        self.blocking(c.with_args(keys).with_args(ids)).await
     }
 
     async fn blocking<T: FromValue>(&self, c: Cmd) -> Result<T> {

@@ -14,8 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use redis_layers::client::{
-    BoxService, Client, ClientBuilder, Expiry, ListEnd, Script, ServerMode, SetOptions, StreamEntry,
+    BitOp, BoxService, Client, ClientBuilder, Expiry, ListEnd, Script, ServerMode, SetOptions,
+    StreamEntry,
 };
+use redis_layers::resp::Each;
 use redis_layers::{cmd, Error, ServerErrorKind, Value};
 use support::cluster::{blocked_clients, info_field, port_serving, query, RedisCluster, Reply};
 use support::{bounded, RedisServer};
@@ -98,6 +100,15 @@ async fn suite(c: &Client, o: &Oracle, p: &str) {
     conversions(c, o, p).await;
     scan(c, o, p).await;
     dedicated_reuse(c, o, p).await;
+    one_or_many(c, o, p).await;
+    ranges_and_bits(c, o, p).await;
+    more_hashes(c, o, p).await;
+    more_lists(c, o, p).await;
+    more_sets(c, o, p).await;
+    more_sorted_sets(c, o, p).await;
+    hyperloglog(c, o, p).await;
+    // Last: FLUSHDB empties the server.
+    server_wide(c, o, p).await;
 }
 
 async fn strings(c: &Client, o: &Oracle, p: &str) {
@@ -837,6 +848,440 @@ async fn scan(c: &Client, o: &Oracle, p: &str) {
         other => panic!("{other:?}"),
     }
     assert!(bad.next().await.is_none(), "ends after the error");
+}
+
+/// The one-value forms of the multi-value helpers (which took only
+/// collections before `ToArgs`), and the collection shapes they take.
+async fn one_or_many(c: &Client, o: &Oracle, p: &str) {
+    let (k, other) = (format!("{{{p}}}:one"), format!("{{{p}}}:one-other"));
+    o.q(&["SET", &k, "v"]);
+    assert_eq!(c.exists(&k).await.unwrap(), 1);
+    assert_eq!(c.touch(&k).await.unwrap(), 1);
+    assert_eq!(c.touch([&k, &other]).await.unwrap(), 1);
+    let got: Vec<Option<String>> = c.mget(&k).await.unwrap();
+    assert_eq!(got, [Some("v".to_string())]);
+    assert_eq!(c.del(k.as_str()).await.unwrap(), 1);
+    assert_eq!(o.int(&["EXISTS", &k]), 0);
+    o.q(&["SET", &k, "v"]);
+    assert_eq!(c.unlink(k.clone()).await.unwrap(), 1);
+    assert_eq!(o.int(&["EXISTS", &k]), 0);
+
+    let l = format!("{p}:one-list");
+    assert_eq!(c.lpush(&l, "a").await.unwrap(), 1);
+    assert_eq!(c.rpush(&l, String::from("b")).await.unwrap(), 2);
+    assert_eq!(c.rpush(&l, vec!["c", "d"]).await.unwrap(), 4);
+    let more = vec!["e".to_string(), "f".to_string()];
+    assert_eq!(c.rpush(&l, &more).await.unwrap(), 6);
+    assert_eq!(c.rpush(&l, &more[..1]).await.unwrap(), 7);
+    assert_eq!(c.rpush(&l, 8).await.unwrap(), 8);
+    let upper = Each(["x", "y"].iter().map(|s| s.to_uppercase()));
+    assert_eq!(c.rpush(&l, upper).await.unwrap(), 10);
+    assert_eq!(
+        o.strings(&["LRANGE", &l, "0", "-1"]),
+        ["a", "b", "c", "d", "e", "f", "e", "8", "X", "Y"]
+    );
+    // Bytes are one value, however they are held.
+    assert_eq!(c.rpush(&l, b"bin".to_vec()).await.unwrap(), 11);
+    assert_eq!(c.rpush(&l, &b"\x00\xff"[..]).await.unwrap(), 12);
+    assert_eq!(c.rpush(&l, b"raw").await.unwrap(), 13);
+    assert_eq!(c.rpush(&l, [&b"p"[..], b"q"]).await.unwrap(), 15);
+    assert_eq!(o.strings(&["LRANGE", &l, "10", "10"]), ["bin"]);
+    assert_eq!(o.q(&["LINDEX", &l, "11"]), Reply::Bulk(Some(vec![0, 255])));
+    assert_eq!(o.strings(&["LRANGE", &l, "12", "-1"]), ["raw", "p", "q"]);
+
+    let s = format!("{p}:one-set");
+    assert_eq!(c.sadd(&s, "m").await.unwrap(), 1);
+    assert_eq!(c.sadd(&s, 7).await.unwrap(), 1);
+    let set: BTreeSet<&str> = ["x", "y"].into();
+    assert_eq!(c.sadd(&s, &set).await.unwrap(), 2);
+    assert_eq!(c.srem(&s, "m").await.unwrap(), 1);
+    assert_eq!(o.sorted(&["SMEMBERS", &s]), ["7", "x", "y"]);
+    let (s2, s3) = (format!("{{{p}}}:one-s2"), format!("{{{p}}}:one-s3"));
+    o.q(&["SADD", &s2, "a", "b"]);
+    o.q(&["SADD", &s3, "b"]);
+    let one: BTreeSet<String> = c.sinter(&s2).await.unwrap();
+    assert_eq!(one.len(), 2);
+    let one: BTreeSet<String> = c.sunion(&s3).await.unwrap();
+    assert_eq!(one.into_iter().collect::<Vec<_>>(), ["b"]);
+
+    let h = format!("{p}:one-hash");
+    o.q(&["HSET", &h, "f1", "1", "f2", "2"]);
+    let got: Vec<Option<String>> = c.hmget(&h, "f2").await.unwrap();
+    assert_eq!(got, [Some("2".to_string())]);
+    assert_eq!(c.hdel(&h, "f1").await.unwrap(), 1);
+    assert_eq!(o.int(&["HEXISTS", &h, "f1"]), 0);
+
+    let z = format!("{p}:one-zset");
+    o.q(&["ZADD", &z, "1", "a", "2", "b"]);
+    assert_eq!(c.zrem(&z, "a").await.unwrap(), 1);
+    assert_eq!(o.strings(&["ZRANGE", &z, "0", "-1"]), ["b"]);
+
+    let x = format!("{p}:one-stream");
+    let id = c.xadd(&x, "*", [("f", "v")]).await.unwrap();
+    let read = c.xread(&x, "0").await.unwrap();
+    assert_eq!(read[0].1[0].id, id);
+    assert_eq!(c.xdel(&x, &id).await.unwrap(), 1);
+    assert_eq!(o.int(&["XLEN", &x]), 0);
+
+    let e = format!("{p}:one-eval");
+    let v: i64 = c
+        .eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", &e, 5)
+        .await
+        .unwrap();
+    assert_eq!(v, 5);
+    assert_eq!(o.bulk(&["GET", &e]).as_deref(), Some("5"));
+    let script = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1]) + 0");
+    assert_eq!(script.invoke::<i64>(c, &e, 2).await.unwrap(), 7);
+
+    // Queued helpers take one value too.
+    let mut pipe = c.pipeline();
+    pipe.sadd(&s, "z").scard(&s).del(&s);
+    let (added, card, deleted): (usize, usize, usize) = pipe.query().await.unwrap();
+    assert_eq!((added, card, deleted), (1, 4, 1));
+    assert_eq!(o.int(&["EXISTS", &s]), 0);
+
+    // The dedicated-connection helpers too.
+    let w = c.watch(&e).await.unwrap();
+    drop(w);
+    let q = format!("{p}:one-q");
+    o.q(&["RPUSH", &q, "job"]);
+    let got: Option<(String, String)> = c.blpop(&q, 1.0).await.unwrap();
+    assert_eq!(got, Some((q.clone(), "job".to_string())));
+}
+
+async fn ranges_and_bits(c: &Client, o: &Oracle, p: &str) {
+    let k = format!("{p}:range");
+    o.q(&["SET", &k, "Hello World"]);
+    assert_eq!(c.getrange::<String>(&k, 0, 4).await.unwrap(), "Hello");
+    assert_eq!(c.getrange::<String>(&k, -5, -1).await.unwrap(), "World");
+    assert_eq!(c.getrange::<Bytes>(&k, 4, 6).await.unwrap(), "o W");
+    let nope = format!("{p}:range-nope");
+    assert_eq!(c.getrange::<String>(&nope, 0, 4).await.unwrap(), "");
+
+    let (b1, b2) = (format!("{{{p}}}:bits1"), format!("{{{p}}}:bits2"));
+    // b1: 0b0000_0001 0b0100_0000 (bits 7 and 9).
+    assert!(!c.setbit(&b1, 7, true).await.unwrap());
+    assert!(c.setbit(&b1, 7, true).await.unwrap(), "the old bit");
+    assert!(!c.setbit(&b1, 9, true).await.unwrap());
+    assert!(!c.setbit(&b1, 3, false).await.unwrap());
+    assert_eq!(o.int(&["GETBIT", &b1, "7"]), 1);
+    assert_eq!(o.int(&["GETBIT", &b1, "9"]), 1);
+    assert_eq!(o.int(&["BITCOUNT", &b1]), 2);
+    assert!(c.getbit(&b1, 9).await.unwrap());
+    assert!(!c.getbit(&b1, 8).await.unwrap());
+    assert!(!c.getbit(&b1, 1000).await.unwrap(), "past the end");
+    assert!(!c.getbit(&nope, 0).await.unwrap());
+    assert_eq!(c.bitcount(&b1).await.unwrap(), 2);
+    assert_eq!(c.bitcount(&nope).await.unwrap(), 0);
+    assert_eq!(c.bitcount_range(&b1, 1, 1).await.unwrap(), 1);
+    assert_eq!(c.bitcount_range(&b1, -1, -1).await.unwrap(), 1);
+    assert_eq!(c.bitpos(&b1, true).await.unwrap(), 7);
+    assert_eq!(c.bitpos(&b1, false).await.unwrap(), 0);
+    assert_eq!(c.bitpos(&nope, true).await.unwrap(), -1);
+
+    // b2: bits 0 and 9.
+    o.q(&["SETBIT", &b2, "0", "1"]);
+    o.q(&["SETBIT", &b2, "9", "1"]);
+    let dest = format!("{{{p}}}:bits-dest");
+    assert_eq!(c.bitop(BitOp::And, &dest, [&b1, &b2]).await.unwrap(), 2);
+    assert_eq!(o.int(&["BITCOUNT", &dest]), 1);
+    assert_eq!(o.int(&["GETBIT", &dest, "9"]), 1);
+    assert_eq!(c.bitop(BitOp::Or, &dest, [&b1, &b2]).await.unwrap(), 2);
+    assert_eq!(o.int(&["BITCOUNT", &dest]), 3);
+    assert_eq!(c.bitop(BitOp::Xor, &dest, [&b1, &b2]).await.unwrap(), 2);
+    assert_eq!(o.int(&["BITCOUNT", &dest]), 2);
+    assert_eq!(o.int(&["GETBIT", &dest, "9"]), 0);
+    // NOT takes one key: a one-value form.
+    assert_eq!(c.bitop(BitOp::Not, &dest, &b1).await.unwrap(), 2);
+    assert_eq!(o.int(&["BITCOUNT", &dest]), 14);
+}
+
+async fn more_hashes(c: &Client, o: &Oracle, p: &str) {
+    let h = format!("{p}:hash2");
+    assert!(c.hsetnx(&h, "f", "1").await.unwrap());
+    assert!(!c.hsetnx(&h, "f", "2").await.unwrap());
+    assert_eq!(o.bulk(&["HGET", &h, "f"]).as_deref(), Some("1"));
+    assert_eq!(c.hincr_by_float(&h, "f", 1.5).await.unwrap(), 2.5);
+    assert_eq!(c.hincr_by_float(&h, "g", -0.25).await.unwrap(), -0.25);
+    assert_eq!(o.bulk(&["HGET", &h, "f"]).as_deref(), Some("2.5"));
+    assert_eq!(o.bulk(&["HGET", &h, "g"]).as_deref(), Some("-0.25"));
+
+    // Enough fields for a hash table (a listpack, up to 512 by default,
+    // comes in one page): several pages.
+    let mut hset = vec!["HSET".to_string(), h.clone()];
+    for i in 0..600 {
+        hset.extend([format!("field{i}"), i.to_string()]);
+    }
+    o.q(&hset.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut want: BTreeMap<String, String> = (0..600)
+        .map(|i| (format!("field{i}"), i.to_string()))
+        .collect();
+    want.insert("f".into(), "2.5".into());
+    want.insert("g".into(), "-0.25".into());
+    let (mut got, mut cursor, mut pages) = (BTreeMap::new(), 0, 0);
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) = c.hscan(&h, cursor).await.unwrap();
+        got.extend(page);
+        pages += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(pages > 1, "{pages}");
+    assert_eq!(got, want);
+    let (mut got, mut cursor) = (BTreeMap::new(), 0);
+    loop {
+        let (next, page): (u64, Vec<(String, i64)>) =
+            c.hscan_match(&h, cursor, "field1?").await.unwrap();
+        got.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let want: BTreeMap<String, i64> = (10..20).map(|i| (format!("field{i}"), i)).collect();
+    assert_eq!(got, want);
+}
+
+async fn more_lists(c: &Client, o: &Oracle, p: &str) {
+    let (src, dst) = (format!("{{{p}}}:lsrc"), format!("{{{p}}}:ldst"));
+    o.q(&["RPUSH", &src, "a", "b", "c", "b"]);
+    c.lset(&src, 1, "B").await.unwrap();
+    assert_eq!(
+        o.strings(&["LRANGE", &src, "0", "-1"]),
+        ["a", "B", "c", "b"]
+    );
+    c.lset(&src, -1, "z").await.unwrap();
+    assert_eq!(
+        o.strings(&["LRANGE", &src, "0", "-1"]),
+        ["a", "B", "c", "z"]
+    );
+    assert!(matches!(c.lset(&src, 99, "x").await, Err(Error::Server(_))));
+    assert_eq!(c.lpos(&src, "c").await.unwrap(), Some(2));
+    assert_eq!(c.lpos(&src, "nope").await.unwrap(), None);
+    assert_eq!(c.lpos(format!("{p}:no-list"), "a").await.unwrap(), None);
+
+    let moved: Option<String> = c
+        .lmove(&src, &dst, ListEnd::Left, ListEnd::Right)
+        .await
+        .unwrap();
+    assert_eq!(moved.as_deref(), Some("a"));
+    let moved: String = c
+        .lmove(&src, &dst, ListEnd::Right, ListEnd::Left)
+        .await
+        .unwrap();
+    assert_eq!(moved, "z");
+    assert_eq!(o.strings(&["LRANGE", &src, "0", "-1"]), ["B", "c"]);
+    assert_eq!(o.strings(&["LRANGE", &dst, "0", "-1"]), ["z", "a"]);
+    let moved: Option<String> = c.rpoplpush(&src, &dst).await.unwrap();
+    assert_eq!(moved.as_deref(), Some("c"));
+    assert_eq!(o.strings(&["LRANGE", &src, "0", "-1"]), ["B"]);
+    assert_eq!(o.strings(&["LRANGE", &dst, "0", "-1"]), ["c", "z", "a"]);
+    let empty = format!("{{{p}}}:lempty");
+    let none: Option<String> = c
+        .lmove(&empty, &dst, ListEnd::Left, ListEnd::Left)
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    let none: Option<String> = c.rpoplpush(&empty, &dst).await.unwrap();
+    assert_eq!(none, None);
+    assert_eq!(o.int(&["LLEN", &dst]), 3);
+}
+
+async fn more_sets(c: &Client, o: &Oracle, p: &str) {
+    let (s1, s2) = (format!("{{{p}}}:d1"), format!("{{{p}}}:d2"));
+    o.q(&["SADD", &s1, "a", "b", "c", "d"]);
+    o.q(&["SADD", &s2, "b", "d"]);
+    let diff: BTreeSet<String> = c.sdiff([&s1, &s2]).await.unwrap();
+    assert_eq!(
+        diff.into_iter().collect::<Vec<_>>(),
+        o.sorted(&["SDIFF", &s1, &s2])
+    );
+    let diff: Vec<String> = c.sdiff([&s2, &s1]).await.unwrap();
+    assert!(diff.is_empty());
+    let all: HashSet<String> = c.sdiff(&s1).await.unwrap();
+    assert_eq!(all.len(), 4);
+
+    let four: BTreeSet<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+    let r: Option<String> = c.srandmember(&s1).await.unwrap();
+    assert!(four.contains(&r.unwrap()));
+    let r: Vec<String> = c.srandmember_count(&s1, 3).await.unwrap();
+    assert_eq!(r.iter().collect::<BTreeSet<_>>().len(), 3, "distinct");
+    assert!(r.iter().all(|m| four.contains(m)));
+    let r: Vec<String> = c.srandmember_count(&s1, -6).await.unwrap();
+    assert_eq!(r.len(), 6, "repeats allowed");
+    assert_eq!(o.int(&["SCARD", &s1]), 4, "left in place");
+    let none: Option<String> = c.srandmember(format!("{p}:no-set")).await.unwrap();
+    assert_eq!(none, None);
+
+    let popped: Option<String> = c.spop(&s2).await.unwrap();
+    let popped = popped.unwrap();
+    assert!(popped == "b" || popped == "d", "{popped}");
+    assert_eq!(o.int(&["SISMEMBER", &s2, &popped]), 0);
+    assert_eq!(o.int(&["SCARD", &s2]), 1);
+    let rest: Vec<String> = c.spop_count(&s2, 5).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(o.int(&["EXISTS", &s2]), 0);
+    let none: Option<String> = c.spop(&s2).await.unwrap();
+    assert_eq!(none, None);
+
+    // A hash table (not an intset): several pages.
+    let big = format!("{p}:big-set");
+    let mut sadd = vec!["SADD".to_string(), big.clone()];
+    sadd.extend((0..200).map(|i| format!("m{i}")));
+    o.q(&sadd.iter().map(String::as_str).collect::<Vec<_>>());
+    let (mut got, mut cursor, mut pages) = (BTreeSet::new(), 0, 0);
+    loop {
+        let (next, page): (u64, Vec<String>) = c.sscan(&big, cursor).await.unwrap();
+        got.extend(page);
+        pages += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(pages > 1, "{pages}");
+    assert_eq!(got, o.sorted(&["SMEMBERS", &big]).into_iter().collect());
+    let (mut got, mut cursor) = (BTreeSet::new(), 0);
+    loop {
+        let (next, page): (u64, Vec<String>) = c.sscan_match(&big, cursor, "m1?").await.unwrap();
+        got.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(got, (10..20).map(|i| format!("m{i}")).collect());
+}
+
+async fn more_sorted_sets(c: &Client, o: &Oracle, p: &str) {
+    let z = format!("{p}:zset2");
+    o.q(&["ZADD", &z, "1", "a", "2", "b", "3", "c", "4", "d"]);
+    let rev: Vec<String> = c.zrevrange(&z, 0, 1).await.unwrap();
+    assert_eq!(rev, ["d", "c"]);
+    assert_eq!(rev, o.strings(&["ZREVRANGE", &z, "0", "1"]));
+    let rev: Vec<(String, f64)> = c.zrevrange_withscores(&z, 0, 1).await.unwrap();
+    assert_eq!(rev, [("d".to_string(), 4.0), ("c".to_string(), 3.0)]);
+    assert_eq!(c.zrevrank(&z, "d").await.unwrap(), Some(0));
+    assert_eq!(c.zrevrank(&z, "a").await.unwrap(), Some(3));
+    assert_eq!(c.zrevrank(&z, "nope").await.unwrap(), None);
+
+    let popped: Vec<(String, f64)> = c.zpopmin(&z, 1).await.unwrap();
+    assert_eq!(popped, [("a".to_string(), 1.0)]);
+    let popped: Vec<(String, f64)> = c.zpopmax(&z, 2).await.unwrap();
+    assert_eq!(popped, [("d".to_string(), 4.0), ("c".to_string(), 3.0)]);
+    assert_eq!(o.strings(&["ZRANGE", &z, "0", "-1"]), ["b"]);
+    let popped: Vec<(String, f64)> = c.zpopmin(&z, 5).await.unwrap();
+    assert_eq!(popped, [("b".to_string(), 2.0)]);
+    let none: Vec<(String, f64)> = c.zpopmax(&z, 1).await.unwrap();
+    assert!(none.is_empty());
+
+    o.q(&["ZADD", &z, "1", "a", "2", "b", "5", "e", "6", "f", "7", "g"]);
+    assert_eq!(c.zremrangebyscore(&z, "(2", 6).await.unwrap(), 2);
+    assert_eq!(o.strings(&["ZRANGE", &z, "0", "-1"]), ["a", "b", "g"]);
+    assert_eq!(c.zremrangebyscore(&z, "-inf", "+inf").await.unwrap(), 3);
+    assert_eq!(o.int(&["EXISTS", &z]), 0);
+
+    // A skiplist (not a listpack, up to 128 by default): several pages.
+    let mut zadd = vec!["ZADD".to_string(), z.clone()];
+    for i in 0..600 {
+        zadd.extend([format!("{i}.5"), format!("m{i}")]);
+    }
+    o.q(&zadd.iter().map(String::as_str).collect::<Vec<_>>());
+    let (mut got, mut cursor, mut pages) = (BTreeMap::new(), 0, 0);
+    loop {
+        let (next, page): (u64, Vec<(String, f64)>) = c.zscan(&z, cursor).await.unwrap();
+        got.extend(page.into_iter().map(|(m, s)| (m, s.to_string())));
+        pages += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(pages > 1, "{pages}");
+    let want: BTreeMap<String, String> = (0..600)
+        .map(|i| (format!("m{i}"), format!("{i}.5")))
+        .collect();
+    assert_eq!(got, want);
+    let (mut got, mut cursor) = (Vec::new(), 0);
+    loop {
+        let (next, page): (u64, Vec<(String, f64)>) =
+            c.zscan_match(&z, cursor, "m19?").await.unwrap();
+        got.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    got.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let want: Vec<(String, f64)> = (190..200)
+        .map(|i| (format!("m{i}"), i as f64 + 0.5))
+        .collect();
+    assert_eq!(got, want);
+}
+
+async fn hyperloglog(c: &Client, o: &Oracle, p: &str) {
+    let (h1, h2) = (format!("{{{p}}}:hll1"), format!("{{{p}}}:hll2"));
+    assert!(c.pfadd(&h1, ["a", "b", "c"]).await.unwrap());
+    assert!(!c.pfadd(&h1, "a").await.unwrap(), "no change");
+    assert!(c.pfadd(&h2, "d").await.unwrap());
+    assert_eq!(o.int(&["PFCOUNT", &h1]), 3);
+    assert_eq!(c.pfcount(&h1).await.unwrap(), 3);
+    assert_eq!(c.pfcount([&h1, &h2]).await.unwrap(), 4);
+    assert_eq!(c.pfcount(format!("{p}:no-hll")).await.unwrap(), 0);
+}
+
+/// KEYS, INFO and FLUSHDB: in a cluster, KEYS and FLUSHDB go to every
+/// primary (the cluster layer's fan-out), INFO to one.
+async fn server_wide(c: &Client, o: &Oracle, p: &str) {
+    // No hash tag: in a cluster the keys are on several primaries.
+    let want: BTreeSet<String> = (0..20).map(|i| format!("{p}:kw:{i}")).collect();
+    for k in &want {
+        o.q(&["SET", k, "1"]);
+    }
+    let nodes: BTreeSet<u16> = want
+        .iter()
+        .map(|k| port_serving(&o.ports, k.as_bytes()))
+        .collect();
+    assert_eq!(nodes.len() > 1, c.is_cluster(), "{nodes:?}");
+    let got: Vec<String> = c.keys(format!("{p}:kw:*")).await.unwrap();
+    assert_eq!(got.len(), want.len(), "each key once: {got:?}");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+    let none: Vec<String> = c.keys(format!("{p}:no-such:*")).await.unwrap();
+    assert!(none.is_empty());
+
+    // INFO: the text (a verbatim string in RESP3, a bulk string in RESP2).
+    let info = c.info().await.unwrap();
+    assert!(info.contains("# Server"), "{info}");
+    assert!(info.lines().any(|l| l.starts_with("redis_version:")));
+    let server = c.info_sections("server").await.unwrap();
+    assert!(server.contains("# Server") && !server.contains("# Clients"));
+    let two = c.info_sections(["server", "cluster"]).await.unwrap();
+    assert!(two.contains("# Server") && two.contains("# Cluster"));
+    let enabled = if c.is_cluster() { 1 } else { 0 };
+    assert!(two.contains(&format!("cluster_enabled:{enabled}")), "{two}");
+    // One node's: a primary's run id.
+    let run_id = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|s| s.trim().to_string())
+    };
+    let primaries: Vec<Option<String>> = o
+        .ports
+        .iter()
+        .map(|&port| match query(port, &[b"INFO", b"server"]).unwrap() {
+            Reply::Bulk(Some(b)) => run_id(&String::from_utf8(b).unwrap()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(primaries.contains(&run_id(&server)), "{primaries:?}");
+
+    // FLUSHDB: every key, on every primary.
+    c.flushdb().await.unwrap();
+    for &port in &o.ports {
+        assert_eq!(query(port, &[b"DBSIZE"]).unwrap(), Reply::Int(0), "{port}");
+    }
 }
 
 fn standalone_oracle(server: &RedisServer) -> Oracle {

@@ -4,17 +4,13 @@ use std::sync::{Arc, Mutex};
 
 use super::{Client, FromValue};
 use crate::error::{Error, Result};
-use crate::resp::{cmd, Cmd, ToArg};
+use crate::resp::{cmd, Cmd, ToArgs};
 use crate::ServerErrorKind;
 
 /// `EVAL`/`EVALSHA` arguments: `numkeys keys... args...`.
-pub(super) fn with_keys(
-    c: Cmd,
-    keys: impl IntoIterator<Item = impl ToArg>,
-    args: impl IntoIterator<Item = impl ToArg>,
-) -> Cmd {
-    let keys = Cmd::new().args(keys);
-    let args = Cmd::new().args(args);
+pub(super) fn with_keys(c: Cmd, keys: impl ToArgs, args: impl ToArgs) -> Cmd {
+    let keys = Cmd::new().with_args(keys);
+    let args = Cmd::new().with_args(args);
     c.arg(keys.arg_count()).args(keys.argv()).args(args.argv())
 }
 
@@ -70,8 +66,8 @@ impl Script {
     pub async fn invoke<T: FromValue>(
         &self,
         client: &Client,
-        keys: impl IntoIterator<Item = impl ToArg>,
-        args: impl IntoIterator<Item = impl ToArg>,
+        keys: impl ToArgs,
+        args: impl ToArgs,
     ) -> Result<T> {
         let tail = with_keys(Cmd::new(), keys, args);
         let sha = match self.sha1() {

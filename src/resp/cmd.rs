@@ -66,6 +66,26 @@ impl Cmd {
         self
     }
 
+    /// Appends one value or many: see [`ToArgs`].
+    ///
+    /// ```
+    /// use redis_layers::cmd;
+    /// assert_eq!(cmd("DEL").with_args("a").arg_count(), 2);
+    /// assert_eq!(cmd("DEL").with_args(["a", "b"]).arg_count(), 3);
+    /// // Bytes are one value, not one argument per byte.
+    /// assert_eq!(cmd("SET").arg("k").with_args(vec![1u8, 2, 3]).arg_count(), 3);
+    /// ```
+    pub fn with_args(mut self, args: impl ToArgs) -> Self {
+        self.push_args(args);
+        self
+    }
+
+    /// Appends one value or many in place: see [`ToArgs`].
+    pub fn push_args(&mut self, args: impl ToArgs) -> &mut Self {
+        args.write_args(&mut ArgWriter { cmd: self });
+        self
+    }
+
     fn push_bytes(&mut self, bytes: &[u8]) {
         let mut len = itoa::Buffer::new();
         let len = len.format(bytes.len()).as_bytes();
@@ -357,6 +377,117 @@ macro_rules! float_arg {
 }
 float_arg!(f32, f64);
 
+/// One argument or many: what the multi-value helpers take (`DEL`,
+/// `LPUSH`, `SADD`, `MGET`, ...), so `client.del("k")` and
+/// `client.del(["a", "b"])` both work.
+///
+/// Implemented for every [`ToArg`] type (one value: strings, bytes,
+/// numbers, your own types) and for collections of them: `Vec<T>`, `&Vec<T>`,
+/// `[T; N]`, `&[T; N]`, `&[T]`, `HashSet<T>`, `BTreeSet<T>` (and references
+/// to the sets), `Option<T>` (none or one), and any iterator wrapped in
+/// [`Each`].
+///
+/// Bytes are one value: `Vec<u8>`, `&[u8]`, `[u8; N]`, `b"..."`, [`Bytes`]
+/// are a single binary argument, never one argument per byte. (`u8` is
+/// deliberately not a [`ToArg`], which is what keeps `Vec<u8>` from also
+/// being a collection; a list of binary values is a `Vec<Vec<u8>>` or a
+/// `[&[u8]; N]`.)
+///
+/// ```
+/// use redis_layers::cmd;
+/// use redis_layers::resp::Each;
+///
+/// let n = |c: redis_layers::Cmd| c.arg_count() - 1;
+/// assert_eq!(n(cmd("DEL").with_args("k")), 1); // one value
+/// assert_eq!(n(cmd("DEL").with_args(["a", "b"])), 2); // an array
+/// assert_eq!(n(cmd("DEL").with_args(vec!["a".to_string(), "b".into()])), 2); // a Vec
+/// let keys = ["a", "b", "c"];
+/// assert_eq!(n(cmd("DEL").with_args(&keys[1..])), 2); // a slice
+/// assert_eq!(n(cmd("DEL").with_args(Each((0..4).map(|i| format!("k{i}"))))), 4); // an iterator
+/// assert_eq!(n(cmd("SADD").arg("s").with_args(b"\x00\xff".to_vec())), 2); // key + one binary value
+/// ```
+///
+/// With the client (one value or many):
+///
+/// ```no_run
+/// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {
+/// client.del("k").await?;
+/// client.lpush("list", "a").await?;
+/// client.sadd("set", ["m1", "m2"]).await?;
+/// let ids: Vec<u64> = vec![1, 2, 3];
+/// client.srem("set", &ids).await?;
+/// # Ok(()) }
+/// ```
+pub trait ToArgs {
+    /// Writes the argument(s), each with [`ArgWriter::write`].
+    fn write_args(self, out: &mut ArgWriter<'_>);
+}
+
+/// Every [`ToArg`] is one argument.
+impl<T: ToArg> ToArgs for T {
+    fn write_args(self, out: &mut ArgWriter<'_>) {
+        self.write_arg(out)
+    }
+}
+
+// Each collection of `ToArg` items is its items. None of these overlaps the
+// impl above because no collection type is a `ToArg`, except the byte
+// containers, whose item `u8` is not one.
+macro_rules! many_args {
+    ($([$($gen:tt)*] $t:ty),* $(,)?) => {$(
+        impl<$($gen)*> ToArgs for $t {
+            fn write_args(self, out: &mut ArgWriter<'_>) {
+                for item in self {
+                    item.write_arg(out);
+                }
+            }
+        }
+    )*};
+}
+many_args!(
+    [T: ToArg] Vec<T>,
+    [T: ToArg] &Vec<T>,
+    [T: ToArg] &[T],
+    [T: ToArg, const N: usize] [T; N],
+    [T: ToArg, const N: usize] &[T; N],
+    [T: ToArg, S] std::collections::HashSet<T, S>,
+    [T: ToArg, S] &std::collections::HashSet<T, S>,
+    [T: ToArg] std::collections::BTreeSet<T>,
+    [T: ToArg] &std::collections::BTreeSet<T>,
+);
+
+/// None or one.
+impl<T: ToArg> ToArgs for Option<T> {
+    fn write_args(self, out: &mut ArgWriter<'_>) {
+        if let Some(item) = self {
+            item.write_arg(out);
+        }
+    }
+}
+
+/// Every item of an iterator as an argument, for [`ToArgs`]:
+/// `client.del(Each(ids.iter().map(|id| format!("user:{id}"))))`.
+///
+/// ```
+/// use redis_layers::{cmd, resp::Each};
+/// let c = cmd("DEL").with_args(Each(["a", "b"].iter().map(|k| format!("{k}:1"))));
+/// assert_eq!(c.argv().nth(2), Some(&b"b:1"[..]));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Each<I>(pub I);
+
+impl<I> ToArgs for Each<I>
+where
+    I: IntoIterator,
+    I::Item: ToArg,
+{
+    fn write_args(self, out: &mut ArgWriter<'_>) {
+        for item in self.0 {
+            item.write_arg(out);
+        }
+    }
+}
+
 /// Several commands sent in one write; their replies come back in order.
 ///
 /// ```
@@ -472,6 +603,53 @@ mod tests {
         }
         assert_eq!(Cmd::arg_at(raw, raw.len()), None);
         assert_eq!(Cmd::arg_at(b"$x\r\n", 0), None);
+    }
+
+    /// One value or many: byte containers are one value, collections of
+    /// values are their items.
+    #[test]
+    // The borrowed forms are what is tested.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    fn to_args_one_or_many() {
+        let n = |c: Cmd| -> Vec<Vec<u8>> { c.argv().skip(1).map(<[u8]>::to_vec).collect() };
+        let one = |v: &[u8]| vec![v.to_vec()];
+        assert_eq!(n(cmd("X").with_args("k")), one(b"k"));
+        assert_eq!(n(cmd("X").with_args(String::from("k"))), one(b"k"));
+        assert_eq!(n(cmd("X").with_args(&String::from("k"))), one(b"k"));
+        assert_eq!(n(cmd("X").with_args(vec![0u8, 255])), one(&[0, 255]));
+        assert_eq!(n(cmd("X").with_args(&vec![0u8, 255])), one(&[0, 255]));
+        assert_eq!(n(cmd("X").with_args(&[0u8, 255][..])), one(&[0, 255]));
+        assert_eq!(n(cmd("X").with_args([0u8, 255])), one(&[0, 255]));
+        assert_eq!(n(cmd("X").with_args(b"ab")), one(b"ab"));
+        assert_eq!(n(cmd("X").with_args(Bytes::from("ab"))), one(b"ab"));
+        assert_eq!(n(cmd("X").with_args(7i64)), one(b"7"));
+        assert_eq!(n(cmd("X").with_args(1.5f64)), one(b"1.5"));
+
+        let ab = vec![b"a".to_vec(), b"b".to_vec()];
+        assert_eq!(n(cmd("X").with_args(["a", "b"])), ab);
+        assert_eq!(n(cmd("X").with_args(&["a", "b"])), ab);
+        assert_eq!(n(cmd("X").with_args(&["a", "b"][..])), ab);
+        assert_eq!(n(cmd("X").with_args(vec!["a", "b"])), ab);
+        assert_eq!(
+            n(cmd("X").with_args(&vec!["a".to_string(), "b".into()])),
+            ab
+        );
+        assert_eq!(
+            n(cmd("X").with_args(vec![b"a".to_vec(), b"b".to_vec()])),
+            ab
+        );
+        assert_eq!(n(cmd("X").with_args([&b"a"[..], b"b"])), ab);
+        let set: std::collections::BTreeSet<&str> = ["b", "a"].into();
+        assert_eq!(n(cmd("X").with_args(&set)), ab);
+        assert_eq!(n(cmd("X").with_args(set)), ab);
+        assert_eq!(n(cmd("X").with_args(Each(["a", "b"].iter()))), ab);
+        assert_eq!(
+            n(cmd("X").with_args([1, 2])),
+            [b"1".to_vec(), b"2".to_vec()]
+        );
+        assert_eq!(n(cmd("X").with_args(Some("a"))), one(b"a"));
+        assert!(n(cmd("X").with_args(None::<&str>)).is_empty());
+        assert!(n(cmd("X").with_args(Vec::<String>::new())).is_empty());
     }
 
     #[test]

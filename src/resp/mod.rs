@@ -11,7 +11,7 @@ mod cmd;
 pub(crate) mod decoder;
 mod value;
 
-pub use cmd::{cmd, ArgWriter, Argv, Cmd, Pipeline, ToArg};
+pub use cmd::{cmd, ArgWriter, Argv, Cmd, Each, Pipeline, ToArg, ToArgs};
 pub use decoder::{Decoder, Limits};
 pub use value::Value;
 
