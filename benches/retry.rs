@@ -1,6 +1,7 @@
 //! The Retry layer's cost on the success path: GET with 64 callers through
 //! RelaxTimeout over Handoff, with and without RetryLayer on top (default
-//! policy, and with a budget that keeps no books), in back-to-back rounds
+//! policy and the RelaxTimeout's timeout as its command timeout, as in a
+//! `Client`; and with a budget that keeps no books), in back-to-back rounds
 //! on one spawned redis-server; and heap allocations per GET with each.
 //!
 //! `cargo bench --bench retry -- --quick` takes under a minute.
@@ -163,7 +164,12 @@ fn main() {
     server.cli(&["SET", "k", &"v".repeat(64)]);
     let stack = RelaxTimeoutLayer::new(Duration::from_secs(1))
         .layer(Handoff::new(Connector::new(), server.endpoint()));
-    let retried = RetryLayer::new().layer(stack.clone());
+    // With the RelaxTimeout's timeout, as a Client has it: each request
+    // gets a deadline (one clock read).
+    let timeout = Some(Duration::from_secs(1));
+    let retried = RetryLayer::new()
+        .command_timeout(timeout)
+        .layer(stack.clone());
     let env_num = |name: &str| {
         std::env::var(name)
             .ok()
@@ -180,7 +186,10 @@ fn main() {
         return;
     }
     // The same without the budget's bookkeeping, to see what it costs.
-    let unbudgeted = RetryLayer::new().budget(Unlimited).layer(stack.clone());
+    let unbudgeted = RetryLayer::new()
+        .budget(Unlimited)
+        .command_timeout(timeout)
+        .layer(stack.clone());
     let (mut plain, mut with_retry, mut ratios, mut ratios_free) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {

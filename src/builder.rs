@@ -190,8 +190,11 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 
     /// Adds a [`RetryLayer`] (configured: retries, backoff, budget,
     /// classifier, or a policy of your own). It goes at the top, so a
-    /// retried request is routed again and each attempt gets its own
-    /// deadline.
+    /// retried request is routed again. Give it the RelaxTimeout's
+    /// timeout as its [`command_timeout`](RetryLayer::command_timeout):
+    /// then a call, its waits for a connection and its retries included,
+    /// ends within that one deadline (see
+    /// [`retry`](crate::retry#one-deadline-per-call)).
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -202,7 +205,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let svc = ServiceBuilder::new()
-    ///     .redis_retry(RetryLayer::new().max_retries(5))
+    ///     .redis_retry(RetryLayer::new().max_retries(5).command_timeout(Some(Duration::from_secs(1))))
     ///     .redis_relax(Duration::from_secs(1))
     ///     .redis_handoff(HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)))
     ///     .service(Connector::new());

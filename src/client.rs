@@ -26,6 +26,36 @@
 //! Retry is [`RetryLayer::new`](crate::retry::RetryLayer::new) unless
 //! [`ClientBuilder::retry`] says otherwise.
 //!
+//! # One deadline per call
+//!
+//! A call through the stack ([`Client::send`], [`Client::cmd`], the typed
+//! helpers, pipelines and transactions) ends, with its reply or an error,
+//! within its command timeout ([`ClientBuilder::command_timeout`], or the
+//! request's own [`Request::with_timeout`]) plus the time an attempt waited
+//! in a connection's queue before it was written and scheduling delays
+//! (every call within 504 ms of a 500 ms timeout in `tests/deadline.rs`,
+//! against a server that never answers, one that never answers `HELLO`,
+//! and one that hangs up on every connection). The Retry layer holds the
+//! deadline (see [`retry`](crate::retry#one-deadline-per-call)); dialling
+//! and the handshake (waiting for a connection), every attempt and every
+//! backoff spend it; a call that runs out fails with [`Error::Timeout`]
+//! (or the last failure, when no retry could start in time).
+//!
+//! - While the endpoint is relaxed (maintenance), an attempt may wait
+//!   `max(time left, relaxed timeout)` for its reply (see
+//!   [`relax`](crate::relax)): the budget is then the relaxed one.
+//! - Blocking commands keep their own timeout: [`Client::blpop`] with 2 s
+//!   waits 2 s, whatever the command timeout (so do requests sent with
+//!   [`Request::without_timeout`]); they run on dedicated connections,
+//!   whose dial is bounded by the connector's connect timeout.
+//! - [`Client::watch`] and the requests of a [`Watch`] get the command
+//!   timeout each; taking the dedicated connection is bounded by the
+//!   connect timeout.
+//! - In a cluster, routing within an attempt (a node's first connection, a
+//!   slot map refresh) is bounded by the connect timeout and the cluster's
+//!   settings rather than by the deadline; see
+//!   [`retry`](crate::retry#one-deadline-per-call).
+//!
 //! Layers added with [`ClientBuilder::layer`] wrap the whole stack,
 //! outermost last. The stack is a [`BoxService`]
 //! (`tower::util::BoxCloneSyncService<Request, Response, Error>`): take it

@@ -188,6 +188,12 @@ impl ClientBuilder {
     /// The per-command timeout (default 5 s; `None`: none), relaxed during
     /// maintenance. Blocking commands get none. At most
     /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) (a longer one is clamped to it).
+    ///
+    /// One deadline per call: dialling and the handshake, every retry and
+    /// every backoff spend it, so a call ends within it plus a small bound
+    /// (see the [client docs](crate::client#one-deadline-per-call)). The
+    /// [`retry`](Self::retry) layer gets it as its
+    /// [`command_timeout`](RetryLayer::command_timeout).
     pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout.map(crate::time::clamp);
         self
@@ -390,8 +396,10 @@ impl ClientBuilder {
     /// The layers over the routing/endpoint service, innermost first.
     fn stack(&self, svc: BoxService) -> BoxService {
         // Retry right over Cluster / RelaxTimeout: a retried request is
-        // routed again, and each attempt gets its own deadline.
-        let svc = BoxService::new(self.retry.clone().layer(svc));
+        // routed again. It holds the call's one deadline (the command
+        // timeout), which every attempt and wait spends.
+        let retry = self.retry.clone().command_timeout(self.timeout);
+        let svc = BoxService::new(retry.layer(svc));
         self.layers.iter().fold(svc, |svc, layer| layer(svc))
     }
 }

@@ -163,12 +163,15 @@ mod tests {
         type Inner = <Stack as tower_service::Service<Request>>::Future;
         // The inline copy is no larger than its bytes and the settings.
         assert!(size_of::<Kept>() <= INLINE_MAX + 24);
-        // The backoff's sleep is boxed: the future holds the service, the
-        // policy, the copy and the attempt (or an error), and little else.
+        // The backoff's sleep and the deadline's timer are boxed: the
+        // future holds the service, the policy, the copy, the attempt (or
+        // an error) and the deadline, and little else.
         let parts = size_of::<Stack>()
             + size_of::<RedisPolicy>()
             + size_of::<Kept>()
-            + size_of::<Inner>().max(size_of::<Option<Error>>());
+            + size_of::<Inner>().max(size_of::<Option<Error>>())
+            + size_of::<Option<tokio::time::Instant>>()
+            + size_of::<Option<Box<tokio::time::Sleep>>>();
         assert!(size_of::<super::super::ResponseFuture<Stack, RedisPolicy>>() <= parts + 8);
     }
 

@@ -35,6 +35,7 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 pub struct RetryLayer<P = RedisPolicy> {
     policy: P,
+    timeout: Option<Duration>,
 }
 
 impl Default for RetryLayer {
@@ -48,6 +49,7 @@ impl RetryLayer {
     pub fn new() -> Self {
         RetryLayer {
             policy: RedisPolicy::new(),
+            timeout: None,
         }
     }
 
@@ -90,6 +92,7 @@ impl RetryLayer {
     fn map(self, f: impl FnOnce(RedisPolicy) -> RedisPolicy) -> Self {
         RetryLayer {
             policy: f(self.policy),
+            timeout: self.timeout,
         }
     }
 }
@@ -106,7 +109,29 @@ impl<P> RetryLayer<P> {
     /// # let _ = layer;
     /// ```
     pub fn with_policy(policy: P) -> Self {
-        RetryLayer { policy }
+        RetryLayer {
+            policy,
+            timeout: None,
+        }
+    }
+
+    /// The deadline of a request without a timeout of its own: give it
+    /// the command timeout of the [`RelaxTimeoutLayer`](crate::relax::RelaxTimeoutLayer)
+    /// below (default `None`: such requests get no deadline here, and
+    /// each attempt only its own timeout). See
+    /// [`Retry::command_timeout`] and the [module docs](super) for what
+    /// the deadline bounds. ([`ClientBuilder`](crate::ClientBuilder) sets
+    /// it to its command timeout.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redis_layers::retry::RetryLayer;
+    /// let layer = RetryLayer::new().command_timeout(Some(Duration::from_millis(500)));
+    /// # let _ = layer;
+    /// ```
+    pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout.map(crate::time::clamp);
+        self
     }
 
     /// The policy.
@@ -119,6 +144,6 @@ impl<S, P: Clone> Layer<S> for RetryLayer<P> {
     type Service = Retry<S, P>;
 
     fn layer(&self, inner: S) -> Retry<S, P> {
-        Retry::new(inner, self.policy.clone())
+        Retry::new(inner, self.policy.clone()).command_timeout(self.timeout)
     }
 }

@@ -33,8 +33,63 @@
 //! goes to the policy as an [`Error::Closed`] (it was not sent), and if
 //! the policy does not retry, the caller gets the original error.
 //!
-//! Each attempt gets its own deadline from the layer below (RelaxTimeout),
-//! so a request may take up to `(max_retries + 1)` timeouts plus the waits.
+//! # One deadline per call
+//!
+//! A request's budget is its own timeout
+//! ([`Request::with_timeout`](crate::Request::with_timeout)) or, without
+//! one, the layer's [`command_timeout`](RetryLayer::command_timeout) (in a
+//! [`Client`](crate::Client), the builder's command timeout). Its deadline
+//! is the budget after [`call`](Service::call), and everything the call
+//! does spends it:
+//!
+//! - **waiting for the service below** (a dial, a handshake, a full
+//!   queue): when the inner `poll_ready` is not ready at once,
+//!   [`Retry::poll_ready`] does not hold the caller; the request waits in
+//!   its response future and fails with [`Error::Timeout`] at the
+//!   deadline (the dial goes on, for the next requests);
+//! - **attempts**: the first goes out with its timeout as it was; each
+//!   later one with the time left (its timeout rewritten), which is more
+//!   than the time left only while the endpoint is relaxed (below);
+//! - **backoff**: no retry whose wait would not end before the deadline
+//!   (the caller gets the last failure, which an attempt that timed out
+//!   makes [`Error::Timeout`]); a policy of your own is not asked once the
+//!   deadline has passed, and its wait is cut at the deadline (the caller
+//!   gets the last failure).
+//!
+//! So a call ends, with its reply or an error, within its budget plus the
+//! time an attempt waited in a connection's queue before it was written
+//! (an attempt's clock starts then; about nothing on a connection that
+//! keeps up) and scheduling delays. Measured (`tests/deadline.rs`, 200
+//! calls with a 500 ms budget, retries on and off, against a server that
+//! never answers, one that never answers `HELLO`, one that hangs up on
+//! every connection): every call ended within 504 ms.
+//!
+//! **Relaxation** extends it, as it extends a timeout: an attempt written
+//! while the endpoint is relaxed (`MIGRATING`, `FAILING_OVER`, ...; see
+//! [`relax`](crate::relax)) may wait for its reply `max(time left,
+//! relaxed timeout)`, and one in flight when the relaxation starts is
+//! extended likewise; the call then ends with that attempt, and no retry
+//! follows it (no time is left). Waits for the service and backoff are not
+//! extended.
+//!
+//! **No deadline**: a request with
+//! [`CommandTimeout::Never`] (or
+//! [`Request::without_timeout`](crate::Request::without_timeout)), a
+//! blocking command (`BLPOP k 2`, `XREAD BLOCK`, `WAIT`, ...) without a
+//! timeout of its own (it blocks as long as it says), and any request
+//! without a timeout through a layer without a command timeout. Each
+//! attempt then has only the timeout the layer below gives it, and a call
+//! may take up to `max_retries + 1` of them plus the waits.
+//!
+//! Under a [`Cluster`](crate::cluster::Cluster), an attempt also routes:
+//! waiting there for a node's first connection or for the slot map is
+//! bounded by the connector's connect timeout and the cluster's own
+//! settings, not by the deadline (the deadline bounds the attempts after
+//! it, and the wait for the `Cluster` service itself).
+//!
+//! The deadline costs a request one clock read; its timer is made only
+//! when the call waits for something other than a reply (the service
+//! below, or a backoff of a policy of your own).
 //!
 //! On the success path a request costs a clone of the inner service and
 //! of the policy, and a budget deposit (one atomic add with the default
@@ -81,6 +136,8 @@
 //!     .layer(
 //!         RetryLayer::new()
 //!             .max_retries(5)
+//!             // The RelaxTimeout's: one deadline for the whole call.
+//!             .command_timeout(Some(Duration::from_secs(1)))
 //!             .backoff_range(Duration::from_millis(20), Duration::from_secs(2))
 //!             .classifier(|e: &Error| match e.server_error().map(|s| s.kind()) {
 //!                 // Also wait out a running script.
@@ -105,7 +162,9 @@ mod layer;
 mod policy;
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tower_service::Service;
 
 pub use backoff::Backoff;
@@ -118,7 +177,7 @@ pub use tower::retry::Policy;
 
 use crate::error::Error;
 use crate::maint::Maintained;
-use crate::request::{Request, Response};
+use crate::request::{CommandTimeout, Request, Response};
 use kept::{redis_policy, Kept};
 
 /// Counter (feature `metrics`): retries, by `reason` (`closed`,
@@ -139,16 +198,58 @@ pub struct Retry<S, P = RedisPolicy> {
     /// The inner service's `poll_ready` failed: the next request starts
     /// as not sent.
     unready: Option<Error>,
+    /// The inner service was not ready: the next request waits for it in
+    /// its own future, where its deadline is known.
+    deferred: bool,
+    /// The budget of a request without a timeout of its own.
+    timeout: Option<Duration>,
 }
 
 impl<S, P> Retry<S, P> {
-    /// Wraps `inner` with `policy`.
+    /// Wraps `inner` with `policy`. Requests without a timeout of their
+    /// own get no deadline here (see [`Retry::command_timeout`]).
     pub fn new(inner: S, policy: P) -> Self {
         Retry {
             inner,
             policy,
             unready: None,
+            deferred: false,
+            timeout: None,
         }
+    }
+
+    /// The deadline of a request without a timeout of its own (that is
+    /// not blocking): `timeout` after the call (`None`: none). Give it the
+    /// command timeout of the [`RelaxTimeout`](crate::relax::RelaxTimeout)
+    /// below; see the [module docs](self) for what the deadline bounds.
+    /// At most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redis_layers::retry::{RedisPolicy, Retry};
+    /// # let inner = tower::service_fn(|_: redis_layers::Request| async {
+    /// #     Ok::<_, redis_layers::Error>(redis_layers::Response::Value(redis_layers::Value::Null))
+    /// # });
+    /// let svc = Retry::new(inner, RedisPolicy::new()).command_timeout(Some(Duration::from_secs(1)));
+    /// # let _ = svc;
+    /// ```
+    pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout.map(crate::time::clamp);
+        self
+    }
+
+    /// When a call of `req` made now must be over; `None`: never (a
+    /// request without a timeout, a blocking one without its own).
+    fn deadline(&self, req: &Request) -> Option<Instant> {
+        let budget = match req.timeout() {
+            CommandTimeout::After(d) => d,
+            CommandTimeout::Never => return None,
+            CommandTimeout::Default => match self.timeout {
+                Some(d) if !req.is_blocking() => d,
+                _ => return None,
+            },
+        };
+        Some(crate::time::after(Instant::now(), budget))
     }
 
     /// The wrapped service.
@@ -204,9 +305,16 @@ where
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
                 self.unready = None;
+                self.deferred = false;
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => Poll::Pending,
+            // The wait for the inner service (a dial, a handshake) must
+            // spend the request's budget, which only `call` knows: the
+            // request waits in its future (see the module docs).
+            Poll::Pending => {
+                self.deferred = true;
+                Poll::Ready(Ok(()))
+            }
             // Not the caller's failure yet: the request goes to the policy
             // as one not sent (see the module docs).
             Poll::Ready(Err(e)) => {
@@ -218,11 +326,16 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let mut policy = self.policy.clone();
+        let deadline = self.deadline(&req);
+        if std::mem::take(&mut self.deferred) {
+            let service = self.inner.clone();
+            return ResponseFuture::readying(req, service, policy, deadline);
+        }
         match self.unready.take() {
             None => {
                 let kept = Kept::of(&mut policy, &req);
                 let fut = self.inner.call(req);
-                ResponseFuture::called(kept, self.inner.clone(), policy, fut)
+                ResponseFuture::called(kept, self.inner.clone(), policy, deadline, fut)
             }
             Some(e) => {
                 // The original goes back to be sent on the first retry (a
@@ -237,7 +350,7 @@ where
                 } else {
                     Kept::Nothing
                 };
-                ResponseFuture::unsent(kept, self.inner.clone(), policy, e)
+                ResponseFuture::unsent(kept, self.inner.clone(), policy, deadline, e)
             }
         }
     }
@@ -378,7 +491,7 @@ mod tests {
     async fn a_retry_resends_the_request_as_it_was() {
         // Short (kept inline), long (copied) and pipelined, with settings.
         let short = Request::from(cmd("SET").arg("k").arg("v"))
-            .with_timeout(Duration::from_millis(70))
+            .with_timeout(Duration::from_millis(200))
             .idempotent();
         let long = Request::from(cmd("SET").arg("k").arg("v".repeat(100)))
             .without_timeout()
@@ -395,8 +508,148 @@ mod tests {
             ]);
             let svc = tower::Layer::layer(&layer(3), script.clone());
             svc.oneshot(req.clone()).await.unwrap();
-            assert_eq!(*script.sent.lock().unwrap(), vec![req.clone(); 3]);
+            let sent = script.sent.lock().unwrap().clone();
+            assert_eq!(sent.len(), 3);
+            // As it was, except that a retry of a request with a timeout
+            // of its own gets what is left of it (here after the waits of
+            // 10, 20 and 40 ms, every attempt being a retry).
+            if let CommandTimeout::After(_) = req.timeout() {
+                let ms = Duration::from_millis;
+                for r in &sent {
+                    assert_eq!(r.body(), req.body());
+                    assert_eq!(r.is_idempotent(), req.is_idempotent());
+                }
+                let timeouts: Vec<_> = sent.iter().map(Request::timeout).collect();
+                assert_eq!(
+                    timeouts,
+                    [190, 170, 130].map(|t| CommandTimeout::After(ms(t)))
+                );
+            } else {
+                assert_eq!(sent, vec![req.clone(); 3]);
+            }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_covers_every_attempt_and_wait() {
+        // Refused every time (retried for any request), waits 10, 20, 40,
+        // 60, ... ms; 100 ms in all. Attempts at 0, 10, 30 and 70 ms: the
+        // next wait (60 ms) would end after the deadline, so it stops.
+        let ms = Duration::from_millis;
+        let refused = || Err(Error::Server(crate::ServerError::parse("LOADING x")));
+        let timed = Request::from(cmd("INCR").arg("n")).with_timeout(ms(100));
+        let default = Request::from(cmd("INCR").arg("n"));
+        for (req, layer) in [
+            (timed, layer(10)),
+            (default.clone(), layer(10).command_timeout(Some(ms(100)))),
+        ] {
+            let script = Script::default();
+            script
+                .replies
+                .lock()
+                .unwrap()
+                .extend((0..20).map(|_| refused()));
+            let svc = tower::Layer::layer(&layer, script.clone());
+            let t0 = Instant::now();
+            let err = svc.oneshot(req).await.unwrap_err();
+            assert!(matches!(err, Error::Server(_)), "the last error: {err}");
+            let calls = script.calls.lock().unwrap().clone();
+            let at: Vec<_> = calls.iter().map(|c| *c - t0).collect();
+            assert_eq!(at, [0, 10, 30, 70].map(ms));
+            assert!(t0.elapsed() <= ms(100));
+        }
+        // No deadline: every retry is made (a blocking command, a request
+        // without a timeout, a layer without a command timeout).
+        let blocking = Request::from(cmd("BLPOP").arg("k").arg(0));
+        for (req, layer) in [
+            (blocking, layer(10).command_timeout(Some(ms(100)))),
+            (default.clone().without_timeout(), layer(10)),
+            (default, layer(10)),
+        ] {
+            let script = Script::default();
+            script
+                .replies
+                .lock()
+                .unwrap()
+                .extend((0..20).map(|_| refused()));
+            let svc = tower::Layer::layer(&layer, script.clone());
+            svc.oneshot(req).await.unwrap_err();
+            assert_eq!(script.calls.lock().unwrap().len(), 11);
+        }
+    }
+
+    /// A service that is never ready (a server that never answers the
+    /// handshake): its callers wait, and their deadline ends the wait.
+    #[derive(Clone)]
+    struct NeverReady;
+
+    impl Service<Request> for NeverReady {
+        type Response = Response;
+        type Error = Error;
+        type Future = std::future::Ready<Result<Response, Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            Poll::Pending
+        }
+
+        fn call(&mut self, _: Request) -> Self::Future {
+            std::future::ready(Err(Error::config("called while not ready")))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_service_spends_the_budget() {
+        let ms = Duration::from_millis;
+        for retries in [0, 3] {
+            let layer = layer(retries).command_timeout(Some(ms(100)));
+            let t0 = Instant::now();
+            let err = tower::Layer::layer(&layer, NeverReady)
+                .oneshot(cmd("GET").arg("k").into())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Timeout), "{err}");
+            assert_eq!(t0.elapsed(), ms(100));
+        }
+        // Without a deadline it still waits.
+        let svc = tower::Layer::layer(&layer(3), NeverReady);
+        let wait = tokio::time::timeout(ms(10_000), svc.oneshot(cmd("GET").arg("k").into()));
+        assert!(wait.await.is_err(), "no deadline: still waiting");
+    }
+
+    /// A policy of the caller's that waits a second before each retry.
+    #[derive(Clone)]
+    struct Slow;
+
+    impl Policy<Request, Response, Error> for Slow {
+        type Future = tokio::time::Sleep;
+
+        fn retry(
+            &mut self,
+            _: &mut Request,
+            r: &mut Result<Response, Error>,
+        ) -> Option<Self::Future> {
+            r.is_err()
+                .then(|| tokio::time::sleep(Duration::from_secs(1)))
+        }
+
+        fn clone_request(&mut self, req: &Request) -> Option<Request> {
+            Some(req.clone())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_cuts_a_policys_wait_short() {
+        let script = Script::default();
+        script.replies.lock().unwrap().push_back(Err(Error::Closed));
+        let layer = RetryLayer::with_policy(Slow).command_timeout(Some(Duration::from_millis(100)));
+        let t0 = Instant::now();
+        let err = tower::Layer::layer(&layer, script.clone())
+            .oneshot(cmd("GET").arg("k").into())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Closed), "the last error: {err}");
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+        assert_eq!(script.calls.lock().unwrap().len(), 1);
     }
 
     /// A policy of the caller's: RedisPolicy's decisions, and a count of

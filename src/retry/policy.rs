@@ -138,6 +138,9 @@ pub struct RedisPolicy {
     retries: u32,
     /// The budget has been credited for the current request.
     deposited: bool,
+    /// The time left before the current request's deadline, set by the
+    /// [`Retry`](super::Retry) future before it asks for a retry.
+    pub(super) left: Option<std::time::Duration>,
 }
 
 impl Default for RedisPolicy {
@@ -169,6 +172,7 @@ impl RedisPolicy {
             }),
             retries: 0,
             deposited: false,
+            left: None,
         }
     }
 
@@ -309,6 +313,24 @@ impl Policy<Request, Response, Error> for RedisPolicy {
         req: &mut Request,
         result: &mut Result<Response, Error>,
     ) -> Option<Self::Future> {
+        let left = self.left.take();
+        self.retry_within(req, result, left)
+    }
+
+    fn clone_request(&mut self, req: &Request) -> Option<Request> {
+        self.may_retry().then(|| req.clone())
+    }
+}
+
+impl RedisPolicy {
+    /// [`Policy::retry`] for a request with `left` until its deadline
+    /// (`None`: no deadline): no retry whose wait would not end before it.
+    fn retry_within(
+        &mut self,
+        req: &mut Request,
+        result: &mut Result<Response, Error>,
+        left: Option<std::time::Duration>,
+    ) -> Option<tokio::time::Sleep> {
         self.deposit_once();
         let config = &self.config;
         let (class, reason) = self.class_of(result)?;
@@ -320,12 +342,18 @@ impl Policy<Request, Response, Error> for RedisPolicy {
         if !allowed || self.retries >= config.max_retries {
             return None;
         }
+        // Decided before the budget is drawn on: a retry that cannot
+        // start before the deadline costs nothing.
+        let wait = config.backoff.jittered(self.retries + 1);
+        if left.is_some_and(|left| wait >= left) {
+            tracing::debug!(target: "redis_layers::retry", reason = reason.as_str(), ?wait, ?left, "no time left for a retry");
+            return None;
+        }
         if !config.budget.withdraw() {
             tracing::debug!(target: "redis_layers::retry", reason = reason.as_str(), "retry budget exhausted");
             return None;
         }
         self.retries += 1;
-        let wait = config.backoff.jittered(self.retries);
         match result {
             Err(e) => {
                 tracing::debug!(target: "redis_layers::retry", event = "retry", attempt = self.retries + 1, ?wait, reason = reason.as_str(), error = %e, "retrying")
@@ -337,10 +365,6 @@ impl Policy<Request, Response, Error> for RedisPolicy {
         #[cfg(feature = "metrics")]
         metrics::counter!(super::RETRIES, "reason" => reason.as_str()).increment(1);
         Some(tokio::time::sleep(wait))
-    }
-
-    fn clone_request(&mut self, req: &Request) -> Option<Request> {
-        self.may_retry().then(|| req.clone())
     }
 }
 
@@ -364,7 +388,7 @@ impl RedisPolicy {
         ok
     }
 
-    fn deposit_once(&mut self) {
+    pub(super) fn deposit_once(&mut self) {
         if !self.deposited {
             // One deposit per request, so retries are a share of requests.
             self.deposited = true;

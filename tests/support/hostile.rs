@@ -48,7 +48,8 @@ impl Received {
 
 /// What the script answers to a command: `None` for the built-in answer,
 /// an empty reply to hang up (close the connection without answering, as a
-/// server that ran the command and then lost the connection).
+/// server that ran the command and then lost the connection), [`silence`]
+/// to answer nothing and keep the connection open (a stalled server).
 pub type Script = dyn Fn(&Received) -> Option<Vec<u8>> + Send + Sync;
 
 struct Inner {
@@ -192,11 +193,25 @@ fn serve(inner: Arc<Inner>, conn: usize, stream: TcpStream, w: Arc<Mutex<TcpStre
             let _ = w.shutdown(Shutdown::Both);
             return;
         }
+        if reply == SILENCE {
+            continue;
+        }
         if w.write_all(&reply).and_then(|_| w.flush()).is_err() {
             return;
         }
     }
 }
+
+/// The reply that is no reply: the command is read and never answered,
+/// and the connection stays open (a server stalled, or one that accepts
+/// connections and never answers their `HELLO`).
+pub fn silence() -> Vec<u8> {
+    SILENCE.to_vec()
+}
+
+/// Not RESP (a frame never starts with a NUL), so no real reply is taken
+/// for it.
+const SILENCE: &[u8] = b"\0silence";
 
 /// Redis 7's answers, enough for a handshake and a tiny key space.
 fn builtin(inner: &Inner, r: &Received) -> Vec<u8> {
