@@ -74,8 +74,6 @@ mod time;
 pub mod transport;
 pub mod trust;
 
-/// The client's guarantees: its trust model (what it believes from a
-/// server), and what one caller can and cannot do to another.
 #[doc = include_str!("docs/guarantees.md")]
 pub mod guarantees {}
 

@@ -316,7 +316,7 @@ commands! {
     // ----- keys and expiry -----
 
     /// `DEL keys...`: how many were deleted. One key or many (see
-    /// [`ToArgs`](crate::resp::ToArgs)), as for every `...` argument:
+    /// [`ToArgs`]), as for every `...` argument:
     ///
     /// ```no_run
     /// # async fn run(client: redis_layers::Client) -> Result<(), redis_layers::Error> {

@@ -43,10 +43,14 @@
 //! does spends it:
 //!
 //! - **waiting for the service below** (a dial, a handshake, a full
-//!   queue): when the inner `poll_ready` is not ready at once,
-//!   [`Retry::poll_ready`] does not hold the caller; the request waits in
-//!   its response future and fails with [`Error::Timeout`] at the
-//!   deadline (the dial goes on, for the next requests);
+//!   queue): the request's clock starts when [`Retry::poll_ready`] first
+//!   found the inner service not ready, and `poll_ready` waits at most the
+//!   layer's [`command_timeout`](RetryLayer::command_timeout); past it the
+//!   next request fails with [`Error::Timeout`] unsent (the dial goes on,
+//!   for the next requests), or, for a request with a longer budget of its
+//!   own (a blocking one), waits on in its response future. Waiting in
+//!   `poll_ready` rather than in the future keeps one clone's requests in
+//!   the order of its calls (see [`client`](crate::client#order));
 //! - **attempts**: the first goes out with its timeout as it was; each
 //!   later one with the time left (its timeout rewritten), which is more
 //!   than the time left only while the endpoint is relaxed (below);
@@ -161,6 +165,8 @@ mod kept;
 mod layer;
 mod policy;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -191,18 +197,36 @@ pub const RETRIES: &str = "redis.client.retries";
 /// Each request takes a clone of the inner service (for its retries) and
 /// of the policy, and a copy of the request (kept inline for a short
 /// command with the [`RedisPolicy`]; see the [module docs](self)).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Retry<S, P = RedisPolicy> {
     inner: S,
     policy: P,
     /// The inner service's `poll_ready` failed: the next request starts
     /// as not sent.
     unready: Option<Error>,
-    /// The inner service was not ready: the next request waits for it in
-    /// its own future, where its deadline is known.
+    /// The inner service was not ready within the command timeout: the
+    /// next request waits for it in its own future (a blocking one, whose
+    /// deadline is its own), or fails with [`Error::Timeout`].
     deferred: bool,
+    /// The wait for the inner service, under way: when it began (the next
+    /// request's clock starts there) and when it gives up.
+    waiting: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
     /// The budget of a request without a timeout of its own.
     timeout: Option<Duration>,
+}
+
+/// A clone is not ready (tower's contract): it waits on its own.
+impl<S: Clone, P: Clone> Clone for Retry<S, P> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            policy: self.policy.clone(),
+            unready: None,
+            deferred: false,
+            waiting: None,
+            timeout: self.timeout,
+        }
+    }
 }
 
 impl<S, P> Retry<S, P> {
@@ -214,6 +238,7 @@ impl<S, P> Retry<S, P> {
             policy,
             unready: None,
             deferred: false,
+            waiting: None,
             timeout: None,
         }
     }
@@ -238,9 +263,9 @@ impl<S, P> Retry<S, P> {
         self
     }
 
-    /// When a call of `req` made now must be over; `None`: never (a
-    /// request without a timeout, a blocking one without its own).
-    fn deadline(&self, req: &Request) -> Option<Instant> {
+    /// When a call of `req` that started at `start` must be over; `None`:
+    /// never (a request without a timeout, a blocking one without its own).
+    fn deadline(&self, req: &Request, start: Instant) -> Option<Instant> {
         let budget = match req.timeout() {
             CommandTimeout::After(d) => d,
             CommandTimeout::Never => return None,
@@ -249,7 +274,7 @@ impl<S, P> Retry<S, P> {
                 _ => return None,
             },
         };
-        Some(crate::time::after(Instant::now(), budget))
+        Some(crate::time::after(start, budget))
     }
 
     /// The wrapped service.
@@ -302,16 +327,25 @@ where
     type Future = ResponseFuture<S, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.deferred || self.unready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         match self.inner.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                self.unready = None;
-                self.deferred = false;
-                Poll::Ready(Ok(()))
-            }
-            // The wait for the inner service (a dial, a handshake) must
-            // spend the request's budget, which only `call` knows: the
-            // request waits in its future (see the module docs).
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            // The wait for the inner service (a dial, a handshake) spends
+            // the next request's budget: its clock starts now. The caller
+            // waits here, so this clone's requests keep their order, but
+            // no longer than the command timeout (see the module docs).
             Poll::Pending => {
+                let Some(budget) = self.timeout else {
+                    return Poll::Pending;
+                };
+                let (_, give_up) = self.waiting.get_or_insert_with(|| {
+                    let now = Instant::now();
+                    let end = crate::time::after(now, budget);
+                    (now, Box::pin(tokio::time::sleep_until(end)))
+                });
+                std::task::ready!(give_up.as_mut().poll(cx));
                 self.deferred = true;
                 Poll::Ready(Ok(()))
             }
@@ -326,9 +360,22 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let mut policy = self.policy.clone();
-        let deadline = self.deadline(&req);
+        let start = self.waiting.take().map_or_else(Instant::now, |(at, _)| at);
+        let deadline = self.deadline(&req, start);
         if std::mem::take(&mut self.deferred) {
+            // The command timeout passed while the service was not ready.
+            // A request with a longer budget (or none: a blocking one)
+            // waits on in its own future; the others are out of time.
             let service = self.inner.clone();
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return ResponseFuture::unsent(
+                    Kept::Nothing,
+                    service,
+                    policy,
+                    deadline,
+                    Error::Timeout,
+                );
+            }
             return ResponseFuture::readying(req, service, policy, deadline);
         }
         match self.unready.take() {
