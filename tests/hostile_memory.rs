@@ -7,18 +7,8 @@ mod support;
 use std::time::Duration;
 
 use redis_layers::{cmd, Connector, Error, Request};
-use support::bounded;
 use support::hostile::HostileServer;
-
-/// A field of `/proc/self/status` (`VmRSS`, `VmSize`), in KiB.
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
-}
+use support::{bounded, status_kib};
 
 /// A server answers `GET` with a bare header announcing a huge reply, and
 /// nothing else: the client's resident memory (and its address space:

@@ -22,17 +22,7 @@ const BATCH: usize = 10_000;
 
 /// The process's resident set, in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS in kB");
-    kb * 1024
+    support::status_kib("VmRSS") * 1024
 }
 
 /// `SET k<i> v` for every `i` in `range`, pipelined in batches.

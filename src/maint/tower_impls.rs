@@ -198,23 +198,24 @@ impl<S> Layer<S> for WithMaintenanceLayer {
     }
 }
 
-/// tower middleware that passes requests and errors through unchanged and
-/// lets its inner service be reached.
+/// `Maintained` through tower middleware that lets its inner service `S`
+/// be reached (`get_ref`); `redirected` is its
+/// [`RETURNS_REDIRECTED`](Maintained::RETURNS_REDIRECTED).
 macro_rules! forward {
-    ($($ty:ident<S $(, $p:ident)*> via $get:ident;)*) => {$(
-        impl<S: Maintained $(, $p)*> Maintained for $ty<S $(, $p)*> {
-            const RETURNS_REDIRECTED: bool = S::RETURNS_REDIRECTED;
+    ($(impl[$($g:ident),*] $ty:ty, redirected: $r:expr;)*) => {$(
+        impl<S: Maintained $(, $g)*> Maintained for $ty {
+            const RETURNS_REDIRECTED: bool = $r;
 
             fn maintenance(&self) -> &Arc<MaintenanceState> {
-                self.$get().maintenance()
+                self.get_ref().maintenance()
             }
 
             fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
-                self.$get().subscribe()
+                self.get_ref().subscribe()
             }
 
             fn maintenance_handle(&self) -> MaintenanceHandle {
-                self.$get().maintenance_handle()
+                self.get_ref().maintenance_handle()
             }
         }
     )*};
@@ -226,27 +227,16 @@ use tower::timeout::Timeout;
 use tower::util::MapFuture;
 
 forward! {
-    ConcurrencyLimit<S> via get_ref;
-    RateLimit<S> via get_ref;
-    Timeout<S> via get_ref;
-    Filter<S, F> via get_ref;
-    AsyncFilter<S, F> via get_ref;
-}
-
-/// Changes only the future: requests and errors are the inner service's,
-/// but the future may change the error, so redirects are not declared.
-impl<S: Maintained, F> Maintained for MapFuture<S, F> {
-    fn maintenance(&self) -> &Arc<MaintenanceState> {
-        self.get_ref().maintenance()
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
-        self.get_ref().subscribe()
-    }
-
-    fn maintenance_handle(&self) -> MaintenanceHandle {
-        self.get_ref().maintenance_handle()
-    }
+    // Requests and errors pass through unchanged.
+    impl[] ConcurrencyLimit<S>, redirected: S::RETURNS_REDIRECTED;
+    impl[] RateLimit<S>, redirected: S::RETURNS_REDIRECTED;
+    impl[] Timeout<S>, redirected: S::RETURNS_REDIRECTED;
+    impl[F] Filter<S, F>, redirected: S::RETURNS_REDIRECTED;
+    impl[F] AsyncFilter<S, F>, redirected: S::RETURNS_REDIRECTED;
+    // The future may change the error.
+    impl[F] MapFuture<S, F>, redirected: false;
+    // Its policy may resend a redirected request itself.
+    impl[P] tower::retry::Retry<P, S>, redirected: false;
 }
 
 /// Either side's state; redirects come back only when both sides say so.
@@ -272,20 +262,5 @@ impl<A: Maintained, B: Maintained> Maintained for tower::util::Either<A, B> {
             tower::util::Either::Left(a) => a.maintenance_handle(),
             tower::util::Either::Right(b) => b.maintenance_handle(),
         }
-    }
-}
-
-/// tower's own retry: requests are resent as they are, errors unchanged.
-impl<P, S: Maintained> Maintained for tower::retry::Retry<P, S> {
-    fn maintenance(&self) -> &Arc<MaintenanceState> {
-        self.get_ref().maintenance()
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<MaintEvent> {
-        self.get_ref().subscribe()
-    }
-
-    fn maintenance_handle(&self) -> MaintenanceHandle {
-        self.get_ref().maintenance_handle()
     }
 }

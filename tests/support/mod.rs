@@ -316,3 +316,14 @@ pub fn server_from_env(
         }
     }
 }
+
+/// A field of `/proc/self/status` (`VmRSS`, `VmSize`), in KiB: the memory
+/// tests read the process's own numbers (each alone in its test binary).
+pub fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
