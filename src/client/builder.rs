@@ -50,7 +50,7 @@ type LayerFn = Arc<dyn Fn(BoxService) -> BoxService + Send + Sync>;
 /// # async fn run() -> Result<(), redis_layers::Error> {
 /// let client = ClientBuilder::from_url("redis://127.0.0.1:7000")?
 ///     .seed(Endpoint::tcp("127.0.0.1", 7001))
-///     .command_timeout(Some(Duration::from_millis(500)))
+///     .command_timeout(Duration::from_millis(500)) // or None: no timeout
 ///     .protocol(Protocol::Resp2)
 ///     .build()
 ///     .await?;
@@ -194,8 +194,8 @@ impl ClientBuilder {
     /// (see the [client docs](crate::client#one-deadline-per-call)). The
     /// [`retry`](Self::retry) layer gets it as its
     /// [`command_timeout`](RetryLayer::command_timeout).
-    pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.timeout = timeout.map(crate::time::clamp);
+    pub fn command_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeout = timeout.into().map(crate::time::clamp);
         self
     }
 

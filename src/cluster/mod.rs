@@ -189,8 +189,8 @@ impl ClusterConfig {
     /// when a redirect, a maintenance notification or a failure says so.
     /// Default 60 s; at most [`MAX_TIMEOUT`](crate::MAX_TIMEOUT) (a longer
     /// one is clamped to it).
-    pub fn refresh_interval(mut self, every: Option<Duration>) -> Self {
-        self.refresh_interval = every.map(crate::time::clamp);
+    pub fn refresh_interval(mut self, every: impl Into<Option<Duration>>) -> Self {
+        self.refresh_interval = every.into().map(crate::time::clamp);
         self
     }
 

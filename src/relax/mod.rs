@@ -57,10 +57,10 @@ impl<S> RelaxTimeout<S> {
     /// Wraps `inner`; requests without their own timeout get `default`
     /// (`None`: no timeout unless a request asks for one). At most
     /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT): a longer one is clamped to it.
-    pub fn new(inner: S, default: Option<Duration>) -> Self {
+    pub fn new(inner: S, default: impl Into<Option<Duration>>) -> Self {
         RelaxTimeout {
             inner,
-            default: default.map(crate::time::clamp),
+            default: default.into().map(crate::time::clamp),
         }
     }
 

@@ -129,8 +129,8 @@ impl<P> RetryLayer<P> {
     /// let layer = RetryLayer::new().command_timeout(Some(Duration::from_millis(500)));
     /// # let _ = layer;
     /// ```
-    pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.timeout = timeout.map(crate::time::clamp);
+    pub fn command_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeout = timeout.into().map(crate::time::clamp);
         self
     }
 

@@ -258,8 +258,8 @@ impl<S, P> Retry<S, P> {
     /// let svc = Retry::new(inner, RedisPolicy::new()).command_timeout(Some(Duration::from_secs(1)));
     /// # let _ = svc;
     /// ```
-    pub fn command_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.timeout = timeout.map(crate::time::clamp);
+    pub fn command_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeout = timeout.into().map(crate::time::clamp);
         self
     }
 
