@@ -67,21 +67,8 @@ async fn a_million_unread_invalidations_keep_memory_bounded() {
         // the replies of the SETs that caused them: a PING answered now
         // was read after every one of them.
         assert_eq!(client.ping().await.expect("PING"), "PONG");
-        let after = rss();
-        let growth = after.saturating_sub(before);
-        eprintln!(
-            "tracking: {KEYS} keys set in {:?}; RSS {} KiB -> {} KiB, growth {} KiB",
-            t0.elapsed(),
-            before / 1024,
-            after / 1024,
-            growth / 1024
-        );
-        assert!(
-            growth < LIMIT,
-            "RSS grew by {} KiB (limit {} KiB)",
-            growth / 1024,
-            LIMIT / 1024
-        );
+        let what = format!("tracking: {KEYS} keys set in {:?}", t0.elapsed());
+        support::assert_rss_growth(&what, before, rss(), LIMIT);
     })
     .await
 }

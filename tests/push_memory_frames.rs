@@ -64,22 +64,12 @@ async fn a_million_unread_1k_pushes_keep_memory_bounded() {
         // The server writes the reply after every injected byte: a PING
         // answered now was read after the last push.
         assert_eq!(client.ping().await.expect("PING"), "PONG");
-        let after = rss();
-        let growth = after.saturating_sub(before);
-        eprintln!(
-            "frames: {FRAMES} pushes of {} bytes in {:?}; RSS {} KiB -> {} KiB, growth {} KiB",
+        let what = format!(
+            "frames: {FRAMES} pushes of {} bytes in {:?}",
             frame.len(),
-            t0.elapsed(),
-            before / 1024,
-            after / 1024,
-            growth / 1024
+            t0.elapsed()
         );
-        assert!(
-            growth < LIMIT,
-            "RSS grew by {} KiB (limit {} KiB)",
-            growth / 1024,
-            LIMIT / 1024
-        );
+        support::assert_rss_growth(&what, before, rss(), LIMIT);
         drop(client);
 
         // A receiver taken and never read keeps its capacity, no more.
@@ -95,23 +85,14 @@ async fn a_million_unread_1k_pushes_keep_memory_bounded() {
         inject(&server, &buf, FRAMES / CHUNK).await;
         conn.send_cmd(cmd("PING")).await.expect("PING");
         let after = rss();
-        let growth = after.saturating_sub(before);
-        eprintln!(
-            "frames, receiver held: {FRAMES} pushes in {:?}; RSS {} KiB -> {} KiB, growth {} KiB; dropped {}",
+        let what = format!(
+            "frames, receiver held: {FRAMES} pushes in {:?}; dropped {}",
             t0.elapsed(),
-            before / 1024,
-            after / 1024,
-            growth / 1024,
             pushes.dropped()
         );
         let kept = PushReceiver::DEFAULT_CAPACITY as u64;
         assert_eq!(pushes.dropped(), (FRAMES + 2 * CHUNK) as u64 - kept);
-        assert!(
-            growth < LIMIT,
-            "RSS grew by {} KiB (limit {} KiB)",
-            growth / 1024,
-            LIMIT / 1024
-        );
+        support::assert_rss_growth(&what, before, after, LIMIT);
     })
     .await
 }

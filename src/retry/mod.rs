@@ -427,6 +427,15 @@ mod tests {
         sent: Arc<Mutex<Vec<Request>>>,
     }
 
+    impl Script {
+        /// A script that answers with `replies`, in turn.
+        fn replying(replies: impl IntoIterator<Item = Result<Response, Error>>) -> Self {
+            let script = Script::default();
+            script.replies.lock().unwrap().extend(replies);
+            script
+        }
+    }
+
     impl Service<Request> for Script {
         type Response = Response;
         type Error = Error;
@@ -590,12 +599,7 @@ mod tests {
             (timed, layer(10)),
             (default.clone(), layer(10).command_timeout(Some(ms(100)))),
         ] {
-            let script = Script::default();
-            script
-                .replies
-                .lock()
-                .unwrap()
-                .extend((0..20).map(|_| refused()));
+            let script = Script::replying((0..20).map(|_| refused()));
             let svc = tower::Layer::layer(&layer, script.clone());
             let t0 = Instant::now();
             let err = svc.oneshot(req).await.unwrap_err();
@@ -613,12 +617,7 @@ mod tests {
             (default.clone().without_timeout(), layer(10)),
             (default, layer(10)),
         ] {
-            let script = Script::default();
-            script
-                .replies
-                .lock()
-                .unwrap()
-                .extend((0..20).map(|_| refused()));
+            let script = Script::replying((0..20).map(|_| refused()));
             let svc = tower::Layer::layer(&layer, script.clone());
             svc.oneshot(req).await.unwrap_err();
             assert_eq!(script.calls.lock().unwrap().len(), 11);

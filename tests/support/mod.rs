@@ -327,3 +327,21 @@ pub fn status_kib(field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
 }
+
+/// Reports the growth of the process's resident set from `before` to
+/// `after` (bytes) and fails the test when it reaches `limit`.
+pub fn assert_rss_growth(what: &str, before: u64, after: u64, limit: u64) {
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "{what}: RSS {} KiB -> {} KiB, growth {} KiB",
+        before / 1024,
+        after / 1024,
+        growth / 1024
+    );
+    assert!(
+        growth < limit,
+        "{what}: RSS grew by {} KiB (limit {} KiB)",
+        growth / 1024,
+        limit / 1024
+    );
+}
