@@ -3,6 +3,8 @@
 //! policy and the RelaxTimeout's timeout as its command timeout, as in a
 //! `Client`; and with a budget that keeps no books), in back-to-back rounds
 //! on one spawned redis-server; and heap allocations per GET with each.
+//! Then SET of 100 KiB values with 16 callers, with and without Retry
+//! (what keeping a request to send it again costs when it is long).
 //!
 //! `cargo bench --bench retry -- --quick` takes under a minute.
 //! `BENCH_WORKERS`: tokio worker threads (default 2). For profilers, one
@@ -50,20 +52,55 @@ where
     }
 }
 
+/// The 100 KiB value of the SET workload.
+static LARGE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| vec![b'v'; 100 * 1024]);
+
+async fn set_large<S>(svc: &mut S)
+where
+    S: Service<Request, Response = Response, Error = redis_layers::Error>,
+{
+    let svc = svc.ready().await.expect("ready");
+    let set = cmd("SET").arg("large").arg(LARGE.as_slice());
+    match svc.call(set.into()).await {
+        Ok(Response::Value(Value::SimpleString(_))) => {}
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// The two workloads.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    SetLarge,
+}
+
 /// GETs per second over `window`, after a short warm-up.
 async fn measure<S>(svc: &S, window: Duration) -> f64
 where
     S: Service<Request, Response = Response, Error = redis_layers::Error> + Clone + Send + 'static,
     S::Future: Send,
 {
+    measure_op(svc, window, Op::Get, CALLERS).await
+}
+
+/// `op`s per second from `callers` tasks over `window`, after a short
+/// warm-up.
+async fn measure_op<S>(svc: &S, window: Duration, op: Op, callers: usize) -> f64
+where
+    S: Service<Request, Response = Response, Error = redis_layers::Error> + Clone + Send + 'static,
+    S::Future: Send,
+{
     let ops = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..CALLERS)
+    let tasks: Vec<_> = (0..callers)
         .map(|_| {
             let (mut s, ops, stop) = (svc.clone(), ops.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    get(&mut s).await;
+                    match op {
+                        Op::Get => get(&mut s).await,
+                        Op::SetLarge => set_large(&mut s).await,
+                    }
                     ops.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -223,6 +260,39 @@ fn main() {
         median(ratios_free),
         future_size(&stack),
         future_size(&retried),
+    );
+
+    // SET of 100 KiB, 16 callers: the request Retry keeps to send again is
+    // shared, not copied.
+    const SET_CALLERS: usize = 16;
+    let (mut plain, mut with_retry, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds / 2 {
+        rt.block_on(async {
+            let (a, b) = if r % 2 == 0 {
+                let a = measure_op(&stack, window, Op::SetLarge, SET_CALLERS).await;
+                (
+                    a,
+                    measure_op(&retried, window, Op::SetLarge, SET_CALLERS).await,
+                )
+            } else {
+                let b = measure_op(&retried, window, Op::SetLarge, SET_CALLERS).await;
+                (
+                    measure_op(&stack, window, Op::SetLarge, SET_CALLERS).await,
+                    b,
+                )
+            };
+            plain.push(a);
+            with_retry.push(b);
+            ratios.push(b / a);
+        });
+    }
+    println!(
+        "SET 100 KiB, {SET_CALLERS} callers, {workers} workers: RelaxTimeout+Handoff {:.0} ops/s, \
+         with Retry on top {:.0} ops/s; median ratio of {} paired rounds {:.3}",
+        median(plain),
+        median(with_retry),
+        rounds / 2,
+        median(ratios),
     );
 }
 

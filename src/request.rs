@@ -53,7 +53,15 @@ pub enum Body {
 
 impl Request {
     /// A request for `body`.
-    pub fn new(body: Body) -> Self {
+    ///
+    /// A long command (over 1 KiB encoded) shares its buffer from here on:
+    /// the copies layers keep to send it again (a retry's, a cluster
+    /// router's) cost a reference count, not its bytes.
+    pub fn new(mut body: Body) -> Self {
+        match &mut body {
+            Body::Cmd(c) => c.share(),
+            Body::Pipeline(p) => p.share(),
+        }
         Request {
             body,
             timeout: CommandTimeout::Default,

@@ -20,18 +20,82 @@ pub fn cmd(name: &str) -> Cmd {
 /// Arguments are encoded into one buffer as they are added, so sending a
 /// command costs one copy into the connection's write buffer, and the
 /// cluster layer can still read the keys back with [`Cmd::argv`].
+///
+/// A long command (over 1 KiB encoded) made into a
+/// [`Request`](crate::Request) shares its buffer: cloning it then (a retry
+/// layer's or a router's copy, to send it again) costs a reference count,
+/// not a copy of its bytes.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Cmd {
     /// `$len\r\nbytes\r\n` for each argument, in order.
-    buf: Vec<u8>,
+    buf: Buf,
     argc: usize,
+}
+
+/// Commands longer than this many encoded bytes share their buffer once
+/// they are a request: below it, a copy costs about what sharing does (the
+/// shared buffer's header is one allocation too).
+const SHARE_MIN: usize = 1024;
+
+/// A command's encoded arguments: owned while it is built, shared once a
+/// long one is sent (see [`Cmd`]). An `Arc` of the `Vec` itself: made
+/// without copying the bytes, and, with the `Vec`'s niche, no larger than
+/// the `Vec` (every request and response future carries a `Cmd`).
+#[derive(Clone)]
+enum Buf {
+    Own(Vec<u8>),
+    Shared(std::sync::Arc<Vec<u8>>),
+}
+
+impl Default for Buf {
+    fn default() -> Self {
+        Buf::Own(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buf::Own(v) => v,
+            Buf::Shared(b) => b.as_slice(),
+        }
+    }
+}
+
+impl PartialEq for Buf {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Buf {}
+
+impl Buf {
+    /// The bytes to append to: a shared buffer is copied first (only when
+    /// a command is extended after it was made a request).
+    fn make_mut(&mut self) -> &mut Vec<u8> {
+        if let Buf::Shared(b) = self {
+            *self = Buf::Own(b.as_ref().clone());
+        }
+        match self {
+            Buf::Own(v) => v,
+            // Not reached (made owned just above); a fresh buffer would do.
+            Buf::Shared(_) => {
+                *self = Buf::Own(Vec::new());
+                self.make_mut()
+            }
+        }
+    }
 }
 
 impl Cmd {
     /// An empty command; add the name with [`Cmd::arg`] first.
     pub fn new() -> Self {
         Cmd {
-            buf: Vec::with_capacity(64),
+            buf: Buf::Own(Vec::with_capacity(64)),
             argc: 0,
         }
     }
@@ -89,12 +153,13 @@ impl Cmd {
     fn push_bytes(&mut self, bytes: &[u8]) {
         let mut len = itoa::Buffer::new();
         let len = len.format(bytes.len()).as_bytes();
-        self.buf.reserve(len.len() + bytes.len() + 5);
-        self.buf.push(b'$');
-        self.buf.extend_from_slice(len);
-        self.buf.extend_from_slice(b"\r\n");
-        self.buf.extend_from_slice(bytes);
-        self.buf.extend_from_slice(b"\r\n");
+        let buf = self.buf.make_mut();
+        buf.reserve(len.len() + bytes.len() + 5);
+        buf.push(b'$');
+        buf.extend_from_slice(len);
+        buf.extend_from_slice(b"\r\n");
+        buf.extend_from_slice(bytes);
+        buf.extend_from_slice(b"\r\n");
         self.argc += 1;
     }
 
@@ -200,7 +265,20 @@ impl Cmd {
 
     /// A command from [`Cmd::raw`]'s parts.
     pub(crate) fn from_raw(buf: Vec<u8>, argc: usize) -> Cmd {
-        Cmd { buf, argc }
+        Cmd {
+            buf: Buf::Own(buf),
+            argc,
+        }
+    }
+
+    /// Shares the buffer of a long command (see [`Cmd`]): no copy, and
+    /// its clones from now on cost a reference count.
+    pub(crate) fn share(&mut self) {
+        if let Buf::Own(v) = &mut self.buf {
+            if v.len() > SHARE_MIN {
+                self.buf = Buf::Shared(std::sync::Arc::new(std::mem::take(v)));
+            }
+        }
     }
 
     /// Bytes this command takes on the wire.
@@ -506,6 +584,11 @@ impl Pipeline {
         Self::default()
     }
 
+    /// Shares the buffers of its long commands (see [`Cmd`]).
+    pub(crate) fn share(&mut self) {
+        self.cmds.iter_mut().for_each(Cmd::share);
+    }
+
     /// An empty pipeline with room for `n` commands.
     pub fn with_capacity(n: usize) -> Self {
         Pipeline {
@@ -575,6 +658,51 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_command_is_as_small_as_its_vec() {
+        assert_eq!(std::mem::size_of::<Buf>(), std::mem::size_of::<Vec<u8>>());
+    }
+
+    /// A long command made a request shares its bytes: a clone (a retry's
+    /// or a router's copy) points at the same buffer; a short one is
+    /// copied; either compares equal, and extending a shared one copies
+    /// it first, leaving the other clone as it was.
+    #[test]
+    fn long_requests_share_their_bytes() {
+        let long = cmd("SET").arg("k").arg(vec![b'v'; 100 * 1024]);
+        let req = crate::Request::from(long.clone());
+        let copy = req.clone();
+        let (crate::Body::Cmd(a), crate::Body::Cmd(b)) = (req.body(), copy.body()) else {
+            panic!("one command");
+        };
+        assert_eq!(a.raw().0.as_ptr(), b.raw().0.as_ptr(), "shared, not copied");
+        assert_eq!(*a, long);
+        let mut extended = b.clone();
+        extended.push_arg("EX");
+        assert_eq!(extended.arg_count(), 4);
+        assert_eq!(a.arg_count(), 3);
+        assert_eq!(*a, long);
+
+        let short = crate::Request::from(cmd("GET").arg("k"));
+        let (crate::Body::Cmd(a), crate::Body::Cmd(b)) =
+            (short.body(), short.clone().body().clone())
+        else {
+            panic!("one command");
+        };
+        assert_ne!(
+            a.raw().0.as_ptr(),
+            b.raw().0.as_ptr(),
+            "a short one is copied"
+        );
+
+        let p = crate::Request::from(Pipeline::new().cmd(long.clone()).cmd(cmd("GET").arg("k")));
+        let q = p.clone();
+        let (crate::Body::Pipeline(p), crate::Body::Pipeline(q)) = (p.body(), q.body()) else {
+            panic!("a pipeline");
+        };
+        assert_eq!(p.cmds()[0].raw().0.as_ptr(), q.cmds()[0].raw().0.as_ptr());
+    }
 
     /// The inlined one-argument read agrees with the iterator at every
     /// argument, and on cut-off buffers.
