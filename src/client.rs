@@ -49,11 +49,10 @@
 //!   [`Request::without_timeout`]); they run on dedicated connections,
 //!   whose dial is bounded by the connector's connect timeout.
 //! - [`Client::watch`] and the requests of a [`Watch`] get the command
-//!   timeout each; taking the dedicated connection is bounded by the
-//!   connect timeout.
+//!   timeout each; taking the dedicated connection (its dial and
+//!   handshake) is bounded by the command timeout too.
 //! - In a cluster, routing within an attempt (a node's first connection, a
-//!   slot map refresh) is bounded by the connect timeout and the cluster's
-//!   settings rather than by the deadline; see
+//!   slot map refresh) spends the same budget; see
 //!   [`retry`](crate::retry#one-deadline-per-call).
 //!
 //! Layers added with [`ClientBuilder::layer`] wrap the whole stack,
@@ -124,7 +123,6 @@ use std::time::Duration;
 use tower::{Service, ServiceExt};
 
 use crate::cluster::keys::{CommandTable, Route, RouteError};
-use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::handoff::{DefaultPolicy, Handoff, Leased};
 use crate::pubsub::{PubSub, Subscription};
@@ -139,7 +137,7 @@ pub use from_value::FromValue;
 pub use scan::{Scan, ScanStream};
 pub use script::Script;
 
-use builder::NodeMaker;
+use builder::AnyCluster;
 
 /// The stack a [`Client`] sends through: a boxed, cloneable, `Sync` tower
 /// service over the crate's request and response types.
@@ -208,7 +206,7 @@ enum Dedicated {
 }
 
 struct ClusterHandle {
-    cluster: Cluster<NodeMaker>,
+    cluster: AnyCluster,
     connector: Connector,
     table: CommandTable,
     /// For each node's dedicated connections.
@@ -626,8 +624,22 @@ impl Client {
             return Err(Error::config("WATCH needs at least one key"));
         }
         let slot = self.slot_of(std::slice::from_ref(&watch))?;
-        let mut conn = self.dedicated(slot).await?;
-        let reply = conn.send(self.timed(watch)).await?.into_value()?;
+        // One budget for the dial, the handshake and WATCH itself.
+        let (mut conn, watch) = match self.timeout {
+            Some(budget) => {
+                let t0 = tokio::time::Instant::now();
+                let conn = tokio::time::timeout(budget, self.dedicated(slot))
+                    .await
+                    .map_err(|_| Error::Timeout)??;
+                let left = budget.saturating_sub(t0.elapsed());
+                if left.is_zero() {
+                    return Err(Error::Timeout);
+                }
+                (conn, Request::from(watch).with_timeout(left))
+            }
+            None => (self.dedicated(slot).await?, self.timed(watch)),
+        };
+        let reply = conn.send(watch).await?.into_value()?;
         <()>::from_value(reply)?;
         Ok(Watch::new(conn, self.clone(), slot))
     }

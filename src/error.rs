@@ -45,6 +45,17 @@ pub enum Error {
     /// sending it again cannot apply it twice. (A request that was written
     /// and then lost its connection fails with [`Error::Io`] instead.)
     Closed,
+    /// The request never reached a socket, for the reason in
+    /// [`NotSent::cause`] (an [`Error::Io`], [`Error::Protocol`] or
+    /// [`Error::Timeout`]): no connection to its endpoint could be made
+    /// (the dial's error names the endpoint), or its handshake failed.
+    /// Nothing of it was written, so sending it again cannot apply it
+    /// twice: [`Retry`](crate::retry::Retry) does, within its budget.
+    ///
+    /// Services report such failures here, in the response future, rather
+    /// than from `poll_ready`: tower takes a `poll_ready` error to mean the
+    /// service is gone for good (`Buffer` would fail every later request).
+    NotSent(NotSent),
     /// The request or configuration is invalid (nothing was sent), or the
     /// server cannot do what the configuration requires (e.g. maintenance
     /// notifications in mode `Enabled`); the message names the cause.
@@ -88,10 +99,70 @@ impl Error {
         }
     }
 
-    /// True for failures of the connection itself (I/O, closed, protocol),
-    /// after which the request may or may not have reached the server.
+    /// [`Error::NotSent`] for `cause`: the request never reached a socket.
+    /// Only failures of the connection are wrapped ([`Error::Io`],
+    /// [`Error::Protocol`], [`Error::Timeout`] of a dial or handshake); a
+    /// `cause` that says more than "not sent" (an [`Error::Auth`] of the
+    /// handshake, an [`Error::Config`]) or says it already
+    /// ([`Error::Closed`], another `NotSent`) comes back as it is.
+    ///
+    /// ```
+    /// use std::io;
+    /// use redis_layers::Error;
+    ///
+    /// let e = Error::not_sent(io::Error::from(io::ErrorKind::ConnectionRefused).into());
+    /// assert!(e.is_not_sent());
+    /// assert!(e.to_string().starts_with("not sent: I/O error"));
+    /// ```
+    pub fn not_sent(cause: Error) -> Self {
+        match cause {
+            Error::Io(_) | Error::Protocol(_) | Error::Timeout => Error::NotSent(NotSent {
+                inner: Box::new(NotSentInner {
+                    cause,
+                    request: None,
+                }),
+            }),
+            cause => cause,
+        }
+    }
+
+    /// [`Error::NotSent`] for `cause`, handing `req` back to the caller
+    /// (see [`Error::take_request`]).
+    pub(crate) fn not_sent_with(cause: Error, req: crate::Request) -> Self {
+        let mut e = Error::not_sent(cause);
+        if let Error::NotSent(n) = &mut e {
+            n.inner.request = Some(req);
+        }
+        e
+    }
+
+    /// True when the request was certainly not written to any connection
+    /// ([`Error::Closed`], [`Error::NotSent`], [`Error::Overloaded`]):
+    /// sending it again cannot apply it twice.
+    pub fn is_not_sent(&self) -> bool {
+        matches!(self, Error::Closed | Error::NotSent(_) | Error::Overloaded)
+    }
+
+    /// The request an [`Error::NotSent`] hands back, when the layer that
+    /// failed it still held it (so a retry needs no copy of its own).
+    /// Taken once; `None` for every other error.
+    pub fn take_request(&mut self) -> Option<crate::Request> {
+        match self {
+            Error::NotSent(n) => n.inner.request.take(),
+            _ => None,
+        }
+    }
+
+    /// True for failures of the connection itself (I/O, closed, protocol,
+    /// no connection made), after which the request may or may not have
+    /// reached the server (except for [`Error::Closed`] and
+    /// [`Error::NotSent`]: it did not).
     pub fn is_connection_error(&self) -> bool {
-        matches!(self, Error::Io(_) | Error::Closed | Error::Protocol(_))
+        match self {
+            Error::Io(_) | Error::Closed | Error::Protocol(_) => true,
+            Error::NotSent(n) => n.cause().is_connection_error(),
+            _ => false,
+        }
     }
 
     /// True for I/O errors that a reconnect may cure (refused, reset,
@@ -109,6 +180,7 @@ impl Error {
                     | io::ErrorKind::NotConnected
             ),
             Error::Closed => true,
+            Error::NotSent(n) => n.cause().is_retryable_io(),
             _ => false,
         }
     }
@@ -138,6 +210,7 @@ impl fmt::Display for Error {
             Error::Other(e) => write!(f, "{e}"),
             Error::Timeout => f.pad("request timed out"),
             Error::Closed => f.pad("connection closed"),
+            Error::NotSent(n) => write!(f, "not sent: {}", n.cause()),
             Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
             Error::Usage(msg) => write!(f, "not allowed here: {msg}"),
             Error::Type(msg) => write!(f, "unexpected reply: {msg}"),
@@ -230,6 +303,54 @@ impl From<ProtocolError> for Error {
 impl From<ServerError> for Error {
     fn from(e: ServerError) -> Self {
         Error::Server(e)
+    }
+}
+
+/// Why a request never reached a socket: the payload of
+/// [`Error::NotSent`].
+///
+/// ```
+/// use redis_layers::Error;
+///
+/// let e = Error::not_sent(Error::Timeout);
+/// let Error::NotSent(n) = &e else { unreachable!() };
+/// assert!(matches!(n.cause(), Error::Timeout));
+/// // A refused password says more than "not sent": it stays as it is.
+/// let auth = Error::Auth(redis_layers::ServerError::parse("WRONGPASS invalid password"));
+/// assert!(matches!(Error::not_sent(auth), Error::Auth(_)));
+/// ```
+#[derive(Clone)]
+pub struct NotSent {
+    /// Boxed: the variant stays one pointer, so [`Error`] stays small.
+    inner: Box<NotSentInner>,
+}
+
+#[derive(Clone)]
+struct NotSentInner {
+    cause: Error,
+    /// The request, handed back by the layer that failed it.
+    request: Option<crate::Request>,
+}
+
+impl NotSent {
+    /// Why it was not sent.
+    pub fn cause(&self) -> &Error {
+        &self.inner.cause
+    }
+
+    /// The cause, by value.
+    pub fn into_cause(self) -> Error {
+        self.inner.cause
+    }
+}
+
+impl fmt::Debug for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the request itself: it may carry secrets.
+        f.debug_struct("NotSent")
+            .field("cause", &self.inner.cause)
+            .field("request_handed_back", &self.inner.request.is_some())
+            .finish()
     }
 }
 

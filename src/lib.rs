@@ -80,7 +80,7 @@ pub mod guarantees {}
 pub use builder::ServiceBuilderExt;
 pub use client::{Client, ClientBuilder, FromValue};
 pub use error::{
-    Error, ProtocolError, Redirect, RedirectKind, Result, ServerError, ServerErrorKind,
+    Error, NotSent, ProtocolError, Redirect, RedirectKind, Result, ServerError, ServerErrorKind,
 };
 pub use request::{Body, CommandTimeout, Request, Response};
 pub use resp::{cmd, Cmd, Pipeline, Value};

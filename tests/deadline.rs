@@ -50,6 +50,12 @@ fn retries(on: bool) -> RetryLayer {
 /// checks the slowest.
 async fn every_call_ends_in_time(what: &str, server: HostileServer, retry: bool) {
     let client = client(&server, retries(retry)).await;
+    calls_end_in_time(what, &client, retry).await;
+}
+
+/// 200 `GET`s through `client`, 20 at a time; each must fail within the
+/// limit. Prints the percentiles and the errors.
+async fn calls_end_in_time(what: &str, client: &Client, retry: bool) {
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
             let client = client.clone();
@@ -223,6 +229,92 @@ async fn a_blocking_command_keeps_its_own_timeout() {
         let took = t0.elapsed();
         assert!(matches!(r, Ok(None)), "{r:?} after {took:?}");
         assert!(took >= Duration::from_millis(1900), "{took:?}");
+    })
+    .await
+}
+
+/// A one-node "cluster" whose seed answers `CLUSTER SLOTS` with every slot
+/// on `owner` (and `CLUSTER SHARDS` with the error of a Redis before 7).
+fn seed_for(owner: &HostileServer) -> HostileServer {
+    let port = owner.port();
+    HostileServer::scripted(move |r: &Received| {
+        if r.name() != "CLUSTER" {
+            return None;
+        }
+        let sub = r.args.get(1).map(|a| a.to_ascii_uppercase());
+        Some(match sub.as_deref() {
+            Some(b"SLOTS") => {
+                format!("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n")
+                    .into_bytes()
+            }
+            _ => b"-ERR unknown subcommand\r\n".to_vec(),
+        })
+    })
+}
+
+/// 200 `GET`s through a cluster `Client` whose slot owner is `owner`, 20
+/// at a time; each must fail within the limit. The routing's own waits
+/// (the owner's first connection, its handshake) spend the call's budget.
+async fn every_cluster_call_ends_in_time(what: &str, owner: HostileServer, retry: bool) {
+    let seed = seed_for(&owner);
+    let client = ClientBuilder::new(seed.endpoint())
+        .mode(ServerMode::Cluster)
+        .command_timeout(Some(TIMEOUT))
+        .retry(retries(retry))
+        .build()
+        .await
+        .expect("a cluster client builds");
+    calls_end_in_time(&format!("cluster, {what}"), &client, retry).await;
+}
+
+#[tokio::test]
+async fn a_cluster_node_that_never_answers_hello_with_retries() {
+    bounded(
+        60,
+        every_cluster_call_ends_in_time("mute owner", mute(), true),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_cluster_node_that_never_answers_hello_without_retries() {
+    bounded(
+        60,
+        every_cluster_call_ends_in_time("mute owner", mute(), false),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_cluster_node_that_closes_every_connection_with_retries() {
+    bounded(
+        60,
+        every_cluster_call_ends_in_time("closing owner", closing(), true),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_cluster_node_without_retries() {
+    bounded(
+        60,
+        every_cluster_call_ends_in_time("silent owner", silent(), false),
+    )
+    .await
+}
+
+/// `WATCH` takes a dedicated connection: a server that never answers its
+/// `HELLO` makes the call fail within the command timeout too.
+#[tokio::test]
+async fn watch_on_a_server_that_never_answers_hello() {
+    bounded(30, async {
+        let server = mute();
+        let client = client(&server, retries(true)).await;
+        let t0 = Instant::now();
+        let r = client.watch("k").await;
+        let took = t0.elapsed();
+        assert!(r.is_err(), "the server never answers");
+        assert!(took < LIMIT, "WATCH took {took:?}");
     })
     .await
 }

@@ -10,7 +10,7 @@ use crate::cluster::keys::CommandTable;
 use crate::cluster::{Cluster, ClusterConfig, NewNode, NodeRole};
 use crate::error::{Error, Result};
 use crate::handoff::{DefaultPolicy, Handoff, Settings};
-use crate::maint::MaintenanceConfig;
+use crate::maint::{Maintained, MaintenanceConfig, WithMaintenance};
 use crate::relax::RelaxTimeout;
 use crate::request::{Request, Response};
 use crate::resp::cmd;
@@ -69,6 +69,7 @@ pub struct ClientBuilder {
     cluster: ClusterConfig,
     retry: RetryLayer,
     layers: Vec<LayerFn>,
+    node_layers: Vec<LayerFn>,
     trust: Option<SharedPolicy>,
 }
 
@@ -83,6 +84,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("idle_dedicated", &self.idle_dedicated)
             .field("retry", &self.retry)
             .field("layers", &self.layers.len())
+            .field("node_layers", &self.node_layers.len())
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +103,7 @@ impl ClientBuilder {
             cluster: ClusterConfig::default(),
             retry: RetryLayer::new(),
             layers: Vec::new(),
+            node_layers: Vec::new(),
             trust: None,
         }
     }
@@ -314,8 +317,40 @@ impl ClientBuilder {
             Service<Request, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
         <L::Service as Service<Request>>::Future: Send + 'static,
     {
-        self.layers
-            .push(Arc::new(move |svc| BoxService::new(layer.layer(svc))));
+        self.layers.push(boxed(layer));
+        self
+    }
+
+    /// Adds `layer` to every node's stack, above its RelaxTimeout: in a
+    /// cluster, each node's service is `layer` over RelaxTimeout over
+    /// Handoff (so a `ConcurrencyLimitLayer` limits each node apart);
+    /// standalone, the one endpoint's. Layers added later wrap those added
+    /// before. Unlike a stack given to [`Client::from_service`], the
+    /// client keeps everything else: pub/sub, `WATCH`, blocking commands
+    /// and dedicated connections (which do not go through these layers),
+    /// and the cluster routing and maintenance handling above them.
+    ///
+    /// ```no_run
+    /// use redis_layers::client::ClientBuilder;
+    /// use tower::limit::ConcurrencyLimitLayer;
+    ///
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// // At most 64 requests in flight per node.
+    /// let client = ClientBuilder::from_url("redis://127.0.0.1")?
+    ///     .node_layer(ConcurrencyLimitLayer::new(64))
+    ///     .build()
+    ///     .await?;
+    /// client.set("k", "v").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn node_layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxService> + Send + Sync + 'static,
+        L::Service:
+            Service<Request, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request>>::Future: Send + 'static,
+    {
+        self.node_layers.push(boxed(layer));
         self
     }
 
@@ -357,15 +392,25 @@ impl ClientBuilder {
                 settings: settings.clone(),
                 timeout: self.timeout,
             };
-            let c = Cluster::new(maker, self.seeds.clone(), cluster_config);
+            let (svc, cluster) = if self.node_layers.is_empty() {
+                let c = Cluster::new(maker, self.seeds.clone(), cluster_config);
+                (BoxService::new(c.clone()), AnyCluster::Plain(c))
+            } else {
+                let maker = LayeredNodeMaker {
+                    base: maker,
+                    layers: self.node_layers.clone().into(),
+                };
+                let c = Cluster::new(maker, self.seeds.clone(), cluster_config);
+                (BoxService::new(c.clone()), AnyCluster::Layered(c))
+            };
             let handle = ClusterHandle {
-                cluster: c.clone(),
+                cluster,
                 connector,
                 table: CommandTable::default(),
                 settings,
                 leases: Default::default(),
             };
-            (BoxService::new(c), Dedicated::Cluster(Arc::new(handle)))
+            (svc, Dedicated::Cluster(Arc::new(handle)))
         } else {
             let handoff =
                 Handoff::with_settings(connector, self.seeds[0].clone(), settings, DefaultPolicy);
@@ -373,10 +418,11 @@ impl ClientBuilder {
             // connection): dropped, they are discarded as they arrive.
             drop(handoff.take_pushes());
             let svc = RelaxTimeout::new(handoff.clone(), self.timeout);
-            (
-                BoxService::new(svc),
-                Dedicated::Standalone(Arc::new(handoff)),
-            )
+            let svc = self
+                .node_layers
+                .iter()
+                .fold(BoxService::new(svc), |svc, layer| layer(svc));
+            (svc, Dedicated::Standalone(Arc::new(handoff)))
         };
         let pubsub = Some(Arc::new(LazyPubSub {
             cell: Default::default(),
@@ -454,5 +500,69 @@ impl NewNode for NodeMaker {
         // Nobody reads a node's pushes: discarded as they arrive.
         drop(handoff.take_pushes());
         RelaxTimeout::new(handoff, self.timeout)
+    }
+}
+
+/// `layer` as a function over boxed stacks.
+fn boxed<L>(layer: L) -> LayerFn
+where
+    L: Layer<BoxService> + Send + Sync + 'static,
+    L::Service:
+        Service<Request, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request>>::Future: Send + 'static,
+{
+    Arc::new(move |svc| BoxService::new(layer.layer(svc)))
+}
+
+/// A cluster's per-node stack under the builder's node layers: the
+/// default node stack, boxed under them, carrying its maintenance (the
+/// layers may hide it).
+#[derive(Clone)]
+pub(super) struct LayeredNodeMaker {
+    base: NodeMaker,
+    layers: Arc<[LayerFn]>,
+}
+
+impl NewNode for LayeredNodeMaker {
+    type Node = WithMaintenance<BoxService>;
+
+    fn new_node(&self, endpoint: Endpoint, role: NodeRole) -> Self::Node {
+        let node = self.base.new_node(endpoint, role);
+        let handle = node.maintenance_handle();
+        let svc = self
+            .layers
+            .iter()
+            .fold(BoxService::new(node), |svc, layer| layer(svc));
+        WithMaintenance::new(svc, handle)
+    }
+}
+
+/// The client's cluster, with or without node layers.
+#[derive(Clone)]
+pub(super) enum AnyCluster {
+    Plain(Cluster<NodeMaker>),
+    Layered(Cluster<LayeredNodeMaker>),
+}
+
+impl AnyCluster {
+    pub(super) fn slot_map(&self) -> crate::cluster::topology::SlotMap {
+        match self {
+            AnyCluster::Plain(c) => c.slot_map(),
+            AnyCluster::Layered(c) => c.slot_map(),
+        }
+    }
+
+    pub(super) async fn refresh(&self) -> Result<()> {
+        match self {
+            AnyCluster::Plain(c) => c.refresh().await,
+            AnyCluster::Layered(c) => c.refresh().await,
+        }
+    }
+
+    pub(super) async fn follows(&self, source: crate::trust::Source, addr: &Endpoint) -> bool {
+        match self {
+            AnyCluster::Plain(c) => c.follows(source, addr).await,
+            AnyCluster::Layered(c) => c.follows(source, addr).await,
+        }
     }
 }

@@ -352,6 +352,10 @@ pub struct Cluster<N: NewNode> {
     fixup: Option<Arc<dyn Fixup>>,
     /// The last command this clone routed.
     memo: keys::RouteMemo,
+    /// The first topology read failed: `poll_ready` said ready (a later
+    /// read may pass; tower reads a `poll_ready` error as "gone for
+    /// good"), and the next `call` fails with it.
+    failed: Option<Error>,
 }
 
 impl<N: NewNode> Clone for Cluster<N> {
@@ -364,6 +368,7 @@ impl<N: NewNode> Clone for Cluster<N> {
             waiting: None,
             fixup: None,
             memo: Default::default(),
+            failed: None,
         }
     }
 }
@@ -407,6 +412,7 @@ impl<N: NewNode> Cluster<N> {
             waiting: None,
             fixup: None,
             memo: Default::default(),
+            failed: None,
         }
     }
 
@@ -463,6 +469,9 @@ impl<N: NewNode> Cluster<N> {
     /// there is none yet (reads it, and waits).
     #[inline(never)]
     fn poll_ready_slow(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             self.sync();
             if !self.snapshot.primaries.is_empty() {
@@ -474,7 +483,8 @@ impl<N: NewNode> Cluster<N> {
                 Some(since) if r.done > since => {
                     self.waiting = None;
                     if let Some(e) = r.error.clone() {
-                        return Poll::Ready(Err(e));
+                        self.failed = Some(e);
+                        return Poll::Ready(Ok(()));
                     }
                     continue;
                 }
@@ -968,7 +978,7 @@ impl<N: NewNode> Shared<N> {
         let Some(node) = self.node(i) else {
             return Err(Error::config("no cluster node known"));
         };
-        let reply = send(node, cmd("COMMAND").arg("INFO").arg(name).into())
+        let reply = send(node, cmd("COMMAND").arg("INFO").arg(name).into(), None)
             .await?
             .into_value()?;
         let mut topo = lock(&self.topo);
@@ -987,12 +997,48 @@ impl<N: NewNode> Shared<N> {
     }
 }
 
-/// Sends one request on a node service.
-async fn send<S>(mut svc: S, req: Request) -> Result<Response>
+/// When the routing of `req` must be over: its own timeout from now, if it
+/// has one (the [`Retry`](crate::retry::Retry) layer gives every request
+/// with a deadline one), so that a node's first connection, a topology
+/// refresh or a redirect spend the call's budget.
+fn deadline_of(req: &Request) -> Option<Instant> {
+    match req.timeout() {
+        crate::CommandTimeout::After(d) => Some(crate::time::after(Instant::now(), d)),
+        _ => None,
+    }
+}
+
+/// `fut`, failing with [`Error::Timeout`] once `deadline` has passed.
+async fn within<T>(deadline: Option<Instant>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, fut)
+            .await
+            .unwrap_or(Err(Error::Timeout)),
+        None => fut.await,
+    }
+}
+
+/// Sends one request on a node service: waits for it to be ready until
+/// `deadline`, then sends `req` with the time left as its timeout (which
+/// [`RelaxTimeout`](crate::relax::RelaxTimeout) still extends during
+/// maintenance).
+async fn send<S>(mut svc: S, req: Request, deadline: Option<Instant>) -> Result<Response>
 where
     S: Service<Request, Response = Response, Error = Error>,
 {
-    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+    let ready = within(deadline, std::future::poll_fn(|cx| svc.poll_ready(cx))).await;
+    match ready {
+        Ok(()) => {}
+        Err(Error::Timeout) => return Err(Error::Timeout),
+        Err(e) => return Err(Error::not_sent_with(e, req)),
+    }
+    let req = match deadline {
+        Some(at) => match at.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => req.with_timeout(left),
+            _ => return Err(Error::Timeout),
+        },
+        None => req,
+    };
     svc.call(req).await
 }
 
@@ -1000,11 +1046,11 @@ async fn read_topology<S>(node: S, asked: &Endpoint) -> Result<SlotMap>
 where
     S: Service<Request, Response = Response, Error = Error> + Clone,
 {
-    match send(node.clone(), cmd("CLUSTER").arg("SHARDS").into()).await {
+    match send(node.clone(), cmd("CLUSTER").arg("SHARDS").into(), None).await {
         Ok(r) => SlotMap::from_cluster_shards_via(&r.into_value()?, asked),
         // Before 7.0: no CLUSTER SHARDS.
         Err(Error::Server(e)) if e.kind() == &ServerErrorKind::Err => {
-            let r = send(node, cmd("CLUSTER").arg("SLOTS").into()).await?;
+            let r = send(node, cmd("CLUSTER").arg("SLOTS").into(), None).await?;
             SlotMap::from_cluster_slots_via(&r.into_value()?, asked)
         }
         Err(e) => Err(e),
@@ -1103,6 +1149,7 @@ pub(super) async fn redirect_loop<N: NewNode>(
     req: Request,
     first: Result<Response>,
 ) -> Result<Response> {
+    let deadline = deadline_of(&req);
     let mut result = first;
     let mut redirects = 0;
     loop {
@@ -1122,8 +1169,13 @@ pub(super) async fn redirect_loop<N: NewNode>(
             RedirectKind::Moved => crate::trust::Source::Moved,
             RedirectKind::Ask => crate::trust::Source::Ask,
         };
-        if !shared.follows(source, &addr).await {
-            return result;
+        let follows = within(deadline, async {
+            Ok::<_, Error>(shared.follows(source, &addr).await)
+        });
+        match follows.await {
+            Ok(true) => {}
+            Ok(false) => return result,
+            Err(e) => return Err(e),
         }
         result = match r.kind {
             RedirectKind::Moved => {
@@ -1131,7 +1183,7 @@ pub(super) async fn redirect_loop<N: NewNode>(
                 tracing::debug!(target: "redis_layers::cluster", event = "cluster.moved", slot = r.slot, to = %addr, "MOVED");
                 let i = shared.moved(r.slot, &addr);
                 match shared.node(i) {
-                    Some(node) => send(node, req.clone()).await,
+                    Some(node) => send(node, req.clone(), deadline).await,
                     None => return result,
                 }
             }
@@ -1141,14 +1193,14 @@ pub(super) async fn redirect_loop<N: NewNode>(
                 let (_, Some(node)) = shared.node_at(&addr) else {
                     return result;
                 };
-                ask(node, &req).await
+                ask(node, &req, deadline).await
             }
         };
     }
 }
 
 /// `ASKING` and the request in one write, so nothing comes between.
-async fn ask<S>(node: S, req: &Request) -> Result<Response>
+async fn ask<S>(node: S, req: &Request, deadline: Option<Instant>) -> Result<Response>
 where
     S: Service<Request, Response = Response, Error = Error>,
 {
@@ -1156,7 +1208,7 @@ where
         return Err(Error::config("ASK redirect of a pipeline"));
     };
     let p = Pipeline::new().cmd(cmd("ASKING")).cmd(c.clone());
-    let mut out = send(node, like(req, p)).await?.into_pipeline()?;
+    let mut out = send(node, like(req, p), deadline).await?.into_pipeline()?;
     match out.pop() {
         Some(Ok(v)) => Ok(Response::Value(v)),
         Some(Err(e)) => Err(Error::Server(e)),
@@ -1293,23 +1345,24 @@ fn learn_moved<N: NewNode>(shared: &Arc<Shared<N>>, e: &ServerError) -> bool {
 
 /// The whole routing, for requests that are not on the fast path.
 async fn general<N: NewNode>(shared: Arc<Shared<N>>, req: Request) -> Result<Response> {
+    let deadline = deadline_of(&req);
     let mut learned = false;
     loop {
         let snap = shared.snapshot();
         match target(&shared, &snap, &req, &mut Default::default())? {
             Target::Node(i) => {
                 let node = shared.node(i).ok_or_else(|| no_node(i))?;
-                let first = send(node, req.clone()).await;
+                let first = send(node, req.clone(), deadline).await;
                 if !needs_fixup(&first) {
                     return first;
                 }
                 return fixup(shared, req, first).await;
             }
-            Target::Fanout(agg) => return fanout(&shared, &snap, req, agg).await,
-            Target::Split => return split(shared, &snap, req).await,
+            Target::Fanout(agg) => return fanout(&shared, &snap, req, agg, deadline).await,
+            Target::Split => return split(shared, &snap, req, deadline).await,
             Target::Learn(name) if !learned => {
                 learned = true;
-                shared.learn(&name).await?;
+                within(deadline, shared.learn(&name)).await?;
                 if matches!(
                     target(&shared, &shared.snapshot(), &req, &mut Default::default()),
                     Ok(Target::Learn(_))
@@ -1336,6 +1389,7 @@ async fn fanout<N: NewNode>(
     snap: &Snapshot,
     req: Request,
     agg: keys::Aggregate,
+    deadline: Option<Instant>,
 ) -> Result<Response> {
     // Every node first: nothing is sent unless all of them can be.
     let nodes = snap
@@ -1345,7 +1399,7 @@ async fn fanout<N: NewNode>(
         .collect::<Result<Vec<_>>>()?;
     let mut calls = Vec::with_capacity(nodes.len());
     for node in nodes {
-        calls.push(tokio::spawn(send(node, req.clone())));
+        calls.push(tokio::spawn(send(node, req.clone(), deadline)));
     }
     let several = calls.len() > 1;
     let mut replies = Vec::with_capacity(calls.len());
@@ -1378,6 +1432,7 @@ async fn split<N: NewNode>(
     shared: Arc<Shared<N>>,
     snap: &Snapshot,
     req: Request,
+    deadline: Option<Instant>,
 ) -> Result<Response> {
     let Body::Pipeline(p) = req.body() else {
         return Err(Error::config("only a pipeline is split"));
@@ -1438,7 +1493,7 @@ async fn split<N: NewNode>(
         calls.push((
             idx,
             tokio::spawn(async move {
-                let first = send(svc, sub.clone()).await;
+                let first = send(svc, sub.clone(), deadline).await;
                 if needs_fixup(&first) {
                     fixup(shared, sub, first).await
                 } else {
@@ -1739,6 +1794,12 @@ impl<N: NewNode> Cluster<N> {
         &mut self,
         req: Request,
     ) -> ResponseFuture<<N::Node as Service<Request>>::Future> {
+        if let Some(e) = self.failed.take() {
+            // Stale once a topology is in.
+            if self.snapshot.primaries.is_empty() {
+                return ResponseFuture::failed(Error::not_sent_with(e, req));
+            }
+        }
         let i = match target(&self.shared, &self.snapshot, &req, &mut self.memo) {
             Ok(Target::Node(i)) => i,
             Ok(_) => return ResponseFuture::boxed(Box::pin(general(self.shared.clone(), req))),
@@ -1754,15 +1815,16 @@ impl<N: NewNode> Cluster<N> {
                 // The node cannot be reached: it may have left.
                 self.local[i as usize] = None;
                 self.shared.request_refresh();
-                ResponseFuture::failed(e)
+                ResponseFuture::failed(Error::not_sent_with(e, req))
             }
             Poll::Pending => {
                 // The request takes this clone's node service along and
                 // waits for it properly.
                 let node = self.local[i as usize].take().expect("just used");
                 let shared = self.shared.clone();
+                let deadline = deadline_of(&req);
                 ResponseFuture::boxed(Box::pin(async move {
-                    let first = send(node, req.clone()).await;
+                    let first = send(node, req.clone(), deadline).await;
                     if needs_fixup(&first) {
                         fixup(shared, req, first).await
                     } else {

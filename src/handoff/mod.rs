@@ -5,7 +5,12 @@
 //! service for one endpoint. It owns that endpoint's connections:
 //! `pool_size` multiplexed ones, requests going to the one with the fewest
 //! pending. It connects lazily on first use, and again after a connection
-//! dies; a caller waiting for a connect that fails gets the connect error.
+//! dies. A caller waiting for a connect that fails gets the connect error
+//! from its call, as [`Error::NotSent`] (the request handed back in it),
+//! not from `poll_ready`: tower reads a `poll_ready` error as "this service
+//! is gone for good" (`Buffer` would fail every later request), and a
+//! connect that failed may pass on the next try. `poll_ready` itself never
+//! fails.
 //!
 //! On `MOVING` (spec section 3) it hands **every** connection on the old
 //! endpoint off at once, idle ones included: it dials the target through
@@ -326,6 +331,10 @@ pub struct Handoff<M: MakeConnection, P = DefaultPolicy> {
     reserved: Option<usize>,
     /// The generation at which this clone started waiting for a connect.
     waiting_since: Option<u64>,
+    /// The connect this clone waited for failed: `poll_ready` said ready
+    /// (tower reads a `poll_ready` error as "gone for good", and this one
+    /// may pass), and the next `call` fails with it as [`Error::NotSent`].
+    failed: Option<Error>,
     /// The entry of `local` this clone called last: while it has requests
     /// in flight, the next one goes there too (per-clone order).
     pin: Option<usize>,
@@ -428,6 +437,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             local: Vec::new(),
             reserved: None,
             waiting_since: None,
+            failed: None,
             pin: None,
             caller: None,
             barrier: None,
@@ -594,6 +604,7 @@ impl<M: MakeConnection, P> Clone for Handoff<M, P> {
             local: Vec::new(),
             reserved: None,
             waiting_since: None,
+            failed: None,
             pin: None,
             caller: None,
             barrier: None,
@@ -624,6 +635,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
     type Future = ResponseFuture<<M::Connection as Service<Request>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if let Some(b) = self.barrier.as_mut() {
                 ready!(b.poll(cx));
@@ -636,7 +650,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
                 match self.refresh(cx) {
                     Poll::Ready(Ok(())) if self.barrier.is_some() => continue,
                     Poll::Ready(Ok(())) => {}
-                    other => return other,
+                    Poll::Ready(Err(e)) => {
+                        self.failed = Some(e);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Pending => return Poll::Pending,
                 }
             }
             if self.reserved.is_some() {
@@ -680,6 +698,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Service<Request> for Handoff<M, P> {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        if let Some(e) = self.failed.take() {
+            return ResponseFuture::failed(Error::not_sent_with(e, req));
+        }
         match self.reserved.take() {
             Some(i) => {
                 let caller = self.caller.get_or_insert_with(Default::default).clone();

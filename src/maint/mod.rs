@@ -30,4 +30,6 @@ pub use notification::{
 pub use state::{
     BreakerState, MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED,
 };
-pub use tower_impls::{MaintenanceHandle, WithMaintenance, WithMaintenanceLayer};
+pub use tower_impls::{
+    CarryMaintenanceLayer, MaintenanceHandle, WithMaintenance, WithMaintenanceLayer,
+};

@@ -215,7 +215,7 @@ impl fmt::Debug for MaintenanceState {
     message = "`{Self}` does not carry a maintenance state (`Maintained`)",
     label = "a service that knows its endpoint's maintenance state is needed here",
     note = "RelaxTimeout and a cluster's node services go over Handoff or a Connection, directly or through tower middleware that forwards `Maintained` (ConcurrencyLimit, RateLimit, Timeout, MapFuture, Filter, Either)",
-    note = "over middleware that hides its inner service (Buffer, MapRequest, MapErr, a boxed service), add `WithMaintenanceLayer::new(inner.maintenance_handle())` above it"
+    note = "wrap middleware that hides its inner service (Buffer, MapRequest, MapErr, a boxed service) in `CarryMaintenanceLayer::new(layer)`"
 )]
 pub trait Maintained {
     /// True when the service's error for a command answered with `MOVED`

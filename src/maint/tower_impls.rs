@@ -198,6 +198,62 @@ impl<S> Layer<S> for WithMaintenanceLayer {
     }
 }
 
+/// Wraps the services of any layer `L` in [`WithMaintenance`], carrying the
+/// maintenance handle of the service `L` wraps: for tower middleware that
+/// hides its inner service (`MapRequest`, `MapResponse`, `MapErr`, `Then`,
+/// `AndThen`, `Buffer`, boxed services, or a whole
+/// `ServiceBuilder` stack of them), so that RelaxTimeout or a cluster above
+/// still see the endpoint's maintenance.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redis_layers::handoff::HandoffLayer;
+/// use redis_layers::maint::CarryMaintenanceLayer;
+/// use redis_layers::relax::RelaxTimeoutLayer;
+/// use redis_layers::{cmd, Connector, Endpoint, Error, Request};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # async fn run() -> Result<(), Error> {
+/// let svc = ServiceBuilder::new()
+///     .layer(RelaxTimeoutLayer::new(Duration::from_millis(500)))
+///     // MapRequest and Buffer hide the Handoff: carry its maintenance.
+///     .layer(CarryMaintenanceLayer::new(
+///         ServiceBuilder::new()
+///             .map_request(|r: Request| r.idempotent())
+///             .map_err(Error::from)
+///             .buffer(1024)
+///             .into_inner(),
+///     ))
+///     .layer(HandoffLayer::new(Endpoint::tcp("127.0.0.1", 6379)))
+///     .service(Connector::new());
+/// svc.oneshot(cmd("PING").into()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct CarryMaintenanceLayer<L> {
+    inner: L,
+}
+
+impl<L> CarryMaintenanceLayer<L> {
+    /// `layer`, whose services carry the maintenance of what they wrap.
+    pub fn new(layer: L) -> Self {
+        CarryMaintenanceLayer { inner: layer }
+    }
+}
+
+impl<L, S> Layer<S> for CarryMaintenanceLayer<L>
+where
+    L: Layer<S>,
+    S: Maintained,
+{
+    type Service = WithMaintenance<L::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let handle = inner.maintenance_handle();
+        WithMaintenance::new(self.inner.layer(inner), handle)
+    }
+}
+
 /// `Maintained` through tower middleware that lets its inner service `S`
 /// be reached (`get_ref`); `redirected` is its
 /// [`RETURNS_REDIRECTED`](Maintained::RETURNS_REDIRECTED).

@@ -51,9 +51,10 @@
 //!   own (a blocking one), waits on in its response future. Waiting in
 //!   `poll_ready` rather than in the future keeps one clone's requests in
 //!   the order of its calls (see [`client`](crate::client#order));
-//! - **attempts**: the first goes out with its timeout as it was; each
-//!   later one with the time left (its timeout rewritten), which is more
-//!   than the time left only while the endpoint is relaxed (below);
+//! - **attempts**: each goes out with the time left as its timeout (the
+//!   first one too, when it has no timeout of its own), which the layers
+//!   below enforce and which is more than the time left only while the
+//!   endpoint is relaxed (below);
 //! - **backoff**: no retry whose wait would not end before the deadline
 //!   (the caller gets the last failure, which an attempt that timed out
 //!   makes [`Error::Timeout`]); a policy of your own is not asked once the
@@ -86,10 +87,10 @@
 //! may take up to `max_retries + 1` of them plus the waits.
 //!
 //! Under a [`Cluster`](crate::cluster::Cluster), an attempt also routes:
-//! waiting there for a node's first connection or for the slot map is
-//! bounded by the connector's connect timeout and the cluster's own
-//! settings, not by the deadline (the deadline bounds the attempts after
-//! it, and the wait for the `Cluster` service itself).
+//! its waits there (a node's first connection and handshake, a slot map
+//! refresh to confirm a redirect, learning an unknown command) end at the
+//! attempt's timeout, with [`Error::Timeout`]; a redirect's new attempt
+//! gets what is left of it.
 //!
 //! The deadline costs a request one clock read; its timer is made only
 //! when the call waits for something other than a reply (the service
@@ -101,7 +102,12 @@
 //! With the [`RedisPolicy`], a single command of up to 48 encoded bytes
 //! (a `GET` of a key of up to 31 bytes) is kept in the response future
 //! and rebuilt only for a retry, so it costs no allocation; a longer
-//! command or a pipeline is copied (one allocation per command buffer).
+//! command or a pipeline is cloned: a copy of each command up to 1 KiB,
+//! and a shared reference to the bytes of a longer one (a request shares
+//! a long command's buffer, see [`Request::new`](crate::Request::new)), so
+//! a 100 KiB `SET` costs a reference count, not 100 KiB. A request that
+//! never reached a socket also comes back in its [`Error::NotSent`]
+//! (see [`Error::take_request`]) from the crate's layers.
 //! A policy of your own gets `clone_request` for every attempt, as with
 //! tower's `Retry`. On the 2-core bench machine (`benches/retry.rs`, GET
 //! with 64 callers, callgrind) the layer's own code takes about 400
@@ -360,7 +366,8 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let mut policy = self.policy.clone();
-        let start = self.waiting.take().map_or_else(Instant::now, |(at, _)| at);
+        let now = Instant::now();
+        let start = self.waiting.take().map_or(now, |(at, _)| at);
         let deadline = self.deadline(&req, start);
         if std::mem::take(&mut self.deferred) {
             // The command timeout passed while the service was not ready.
@@ -380,6 +387,14 @@ where
         }
         match self.unready.take() {
             None => {
+                // The layers below see the budget: a cluster's routing
+                // (a node's first connection, a refresh) spends it too.
+                let req = match deadline {
+                    Some(at) if req.timeout() == CommandTimeout::Default => {
+                        req.with_timeout(at.saturating_duration_since(now))
+                    }
+                    _ => req,
+                };
                 let kept = Kept::of(&mut policy, &req);
                 let fut = self.inner.call(req);
                 ResponseFuture::called(kept, self.inner.clone(), policy, deadline, fut)

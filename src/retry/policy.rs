@@ -45,13 +45,13 @@ pub enum Retryable {
 ///
 /// | error | class |
 /// |---|---|
-/// | [`Error::Closed`] (never written), [`Error::Overloaded`] (shed before sending) | [`NotApplied`](Retryable::NotApplied) |
+/// | [`Error::Closed`], [`Error::NotSent`] (never written), [`Error::Overloaded`] (shed before sending) | [`NotApplied`](Retryable::NotApplied) |
 /// | [`Error::Server`] `TRYAGAIN`, `LOADING`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` | [`NotApplied`](Retryable::NotApplied): the server refused the command before running it |
 /// | [`Error::Io`] (reset, aborted, broken pipe, EOF, ...), [`Error::Timeout`] | [`MaybeApplied`](Retryable::MaybeApplied) |
 /// | anything else: other server errors (`WRONGTYPE`, `ERR`, `MOVED`/`ASK`, which the cluster layer handles, `NOSCRIPT`, `BUSY`, `OOM`, ...), [`Error::Protocol`] (a reply over the size limits fails the same way every time, and each failure closes the shared connection), [`Error::Auth`], [`Error::Config`], [`Error::Usage`], [`Error::Other`] | [`Never`](Retryable::Never) |
 pub fn classify(err: &Error) -> Retryable {
     match err {
-        Error::Closed | Error::Overloaded => Retryable::NotApplied,
+        Error::Closed | Error::NotSent(_) | Error::Overloaded => Retryable::NotApplied,
         Error::Server(e) => match e.kind() {
             ServerErrorKind::TryAgain
             | ServerErrorKind::Loading
@@ -279,7 +279,7 @@ pub(crate) enum Reason {
 impl Reason {
     fn of(e: &Error) -> Self {
         match e {
-            Error::Closed => Reason::Closed,
+            Error::Closed | Error::NotSent(_) => Reason::Closed,
             Error::Io(_) | Error::Protocol(_) => Reason::Connection,
             Error::Timeout => Reason::Timeout,
             Error::Server(s) => Reason::Server(match s.kind() {

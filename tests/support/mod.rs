@@ -31,6 +31,7 @@ pub struct ServerBuilder {
     acl_users: Vec<(String, String)>,
     unix_socket: bool,
     args: Vec<String>,
+    port: Option<u16>,
 }
 
 impl ServerBuilder {
@@ -49,6 +50,13 @@ impl ServerBuilder {
     /// Also listen on a Unix socket in the server's directory.
     pub fn unix_socket(mut self) -> Self {
         self.unix_socket = true;
+        self
+    }
+
+    /// Listen on `port` (a server started again where an earlier one
+    /// was); default: a free port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -74,7 +82,7 @@ impl ServerBuilder {
     }
 
     fn try_start(&self) -> Result<RedisServer, String> {
-        let port = free_port();
+        let port = self.port.unwrap_or_else(free_port);
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "redis-layers-test-{}-{}-{}",
