@@ -365,7 +365,7 @@ impl ClientBuilder {
                 settings,
                 leases: Default::default(),
             };
-            (BoxService::new(c), Dedicated::Cluster(Arc::new(handle)))
+            (self.stack(c), Dedicated::Cluster(Arc::new(handle)))
         } else {
             let handoff =
                 Handoff::with_settings(connector, self.seeds[0].clone(), settings, DefaultPolicy);
@@ -373,10 +373,7 @@ impl ClientBuilder {
             // connection): dropped, they are discarded as they arrive.
             drop(handoff.take_pushes());
             let svc = RelaxTimeout::new(handoff.clone(), self.timeout);
-            (
-                BoxService::new(svc),
-                Dedicated::Standalone(Arc::new(handoff)),
-            )
+            (self.stack(svc), Dedicated::Standalone(Arc::new(handoff)))
         };
         let pubsub = Some(Arc::new(LazyPubSub {
             cell: Default::default(),
@@ -386,7 +383,7 @@ impl ClientBuilder {
             config: self.maintenance.clone(),
         }));
         Ok(Client {
-            svc: self.stack(svc),
+            svc: Arc::new(super::ready::Ready::new(svc, self.pool_size)),
             dedicated,
             pubsub,
             timeout: self.timeout,
@@ -394,10 +391,16 @@ impl ClientBuilder {
     }
 
     /// The layers over the routing/endpoint service, innermost first.
-    fn stack(&self, svc: BoxService) -> BoxService {
+    fn stack<S>(&self, svc: S) -> BoxService
+    where
+        S: Service<Request, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
         // Retry right over Cluster / RelaxTimeout: a retried request is
         // routed again. It holds the call's one deadline (the command
-        // timeout), which every attempt and wait spends.
+        // timeout), which every attempt and wait spends. Not boxed below
+        // Retry: it clones its inner service per request, and a boxed
+        // one would cost an allocation each time.
         let retry = self.retry.clone().command_timeout(self.timeout);
         let svc = BoxService::new(retry.layer(svc));
         self.layers.iter().fold(svc, |svc, layer| layer(svc))
