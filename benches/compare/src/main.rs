@@ -742,7 +742,7 @@ fn main() {
         .copied()
         .filter(|w| o.only.as_ref().is_none_or(|n| w.name.contains(n.as_str())))
         .collect();
-    let want_cluster = selected.iter().any(|w| w.cluster);
+    let want_cluster = o.profile.is_none() && selected.iter().any(|w| w.cluster);
     let cluster_nodes = want_cluster.then(|| {
         support::cluster::RedisCluster::builder()
             .primaries(3)
