@@ -1,8 +1,8 @@
-//! Throughput of one multiplexed connection, measured against references in
-//! the same run on the same spawned redis-server:
-//!
-//! - redis-rs `MultiplexedConnection` (same runtime, same workloads),
-//! - `redis-benchmark -c 1 -P 64 -t get` (the server's own pipelined ceiling).
+//! Throughput of one multiplexed connection, measured against a reference
+//! in the same run on the same spawned redis-server: `redis-benchmark -c 1
+//! -P 64 -t get` (the server's own pipelined ceiling). The comparison with
+//! other clients (redis-rs, fred) is the `benches/compare` workspace
+//! member: `cargo run --release -p redis-layers-compare -- --quick`.
 //!
 //! Workloads: GET of a 64-byte value with 1, 16 and 64 concurrent callers
 //! sharing one connection, and 1,000-command pipelines. Also counts heap
@@ -10,13 +10,15 @@
 //! process only: redis-server is a child process and not counted).
 //!
 //! `cargo bench --bench throughput -- --quick` takes well under a minute.
-//! Rounds alternate which client goes first; each cell is the median round.
+//! Rounds alternate which service goes first; each cell is the median round.
 //!
 //! Environment: `BENCH_WORKERS` (tokio worker threads, default 2);
 //! `BENCH_PROFILE=<seconds>` runs only our client with 64 callers, for a
 //! profiler such as `perf record` (with `BENCH_PROFILE_RELAX=1`, through the
 //! RelaxTimeout layer).
 
+#[path = "common/ceiling.rs"]
+mod ceiling;
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
 #[path = "common/cpu.rs"]
@@ -26,12 +28,12 @@ mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use ceiling::redis_benchmark;
 use counting_alloc::{ALLOCS, COUNTING};
 use cpu::cpu_ns;
 use stats::median;
 
 use std::future::Future;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,29 +83,6 @@ where
             Ok(Response::Pipeline(r)) => assert_eq!(r.len(), PIPELINE),
             other => panic!("unexpected reply {other:?}"),
         }
-    }
-}
-
-#[derive(Clone)]
-struct RedisRs(redis::aio::MultiplexedConnection);
-
-impl Client for RedisRs {
-    async fn get(&mut self) {
-        let v: Vec<u8> = redis::cmd("GET")
-            .arg(KEY)
-            .query_async(&mut self.0)
-            .await
-            .expect("GET");
-        assert_eq!(v.len(), VALUE_LEN);
-    }
-
-    async fn pipeline(&mut self) {
-        let mut p = redis::pipe();
-        for _ in 0..PIPELINE {
-            p.cmd("GET").arg(KEY);
-        }
-        let r: Vec<Vec<u8>> = p.query_async(&mut self.0).await.expect("pipeline");
-        assert_eq!(r.len(), PIPELINE);
     }
 }
 
@@ -231,21 +210,6 @@ fn compare<A: Client, B: Client>(
     (ma, mb)
 }
 
-/// `redis-benchmark -c 1 -P 64 -t get`, if installed.
-fn redis_benchmark(port: u16, requests: usize) -> Option<f64> {
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-c", "1", "-P", "64", "-t", "get", "-d", "64", "--csv"])
-        .args(["-n", &requests.to_string()])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.starts_with("\"GET\""))
-        .and_then(|l| l.split(',').nth(1))
-        .and_then(|rps| rps.trim_matches('"').parse().ok())
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, window) = if quick {
@@ -266,7 +230,7 @@ fn main() {
         .build()
         .expect("runtime");
 
-    let (ours, theirs) = rt.block_on(async {
+    let ours = rt.block_on(async {
         let conn = Connector::new()
             .connect(server.endpoint())
             .await
@@ -274,15 +238,7 @@ fn main() {
         conn.send(cmd("SET").arg(KEY).arg(vec![b'x'; VALUE_LEN]))
             .await
             .expect("SET");
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
-        let config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(None);
-        let rr = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .expect("redis-rs connect");
-        (Ours(conn), RedisRs(rr))
+        Ours(conn)
     });
 
     println!(
@@ -370,12 +326,13 @@ fn main() {
     ];
     let mut rows = Vec::new();
     for w in workloads {
-        let (a, b) = compare(&rt, &ours, &theirs, w, rounds, window);
-        rows.push((w.name(), ops(&a), ops(&b), cpu(&a), cpu(&b)));
+        let a: Vec<Measured> = (0..rounds)
+            .map(|_| rt.block_on(measure(&ours, w, window)))
+            .collect();
+        rows.push((w.name(), ops(&a), cpu(&a)));
     }
 
-    let (alloc_ours, alloc_theirs) =
-        rt.block_on(async { (allocs_per_get(&ours).await, allocs_per_get(&theirs).await) });
+    let alloc_ours = rt.block_on(allocs_per_get(&ours));
 
     println!();
     match bench_rps {
@@ -391,9 +348,7 @@ fn main() {
         }
         None => println!("redis-benchmark: not installed, skipped"),
     }
-    println!(
-        "heap allocations per GET (64 callers): ours {alloc_ours:.2}, redis-rs {alloc_theirs:.2}"
-    );
+    println!("heap allocations per GET (64 callers): {alloc_ours:.2}");
     println!(
         "RelaxTimeout layer, GET with 64 callers: {:.0} ops/s vs bare Connection {:.0}; \
          median ratio of {} paired rounds: {paired:.3}; client CPU {:.2} vs {:.2} us/command",
@@ -413,14 +368,10 @@ fn main() {
         cpu(&stacked),
         cpu(&bare2)
     );
-    println!("client CPU per command (this process, us): ours / redis-rs");
-    for (name, _, _, ca, cb) in &rows {
-        println!("  {name}: {ca:.2} / {cb:.2}");
-    }
     println!();
-    println!("workload | ours ops/s | redis-rs ops/s | ratio");
-    println!("---|---|---|---");
-    for (name, a, b, _, _) in rows {
-        println!("{name} | {a:.0} | {b:.0} | {:.2}", a / b);
+    println!("workload | ops/s | client CPU us/command");
+    println!("---|---|---");
+    for (name, a, c) in rows {
+        println!("{name} | {a:.0} | {c:.2}");
     }
 }

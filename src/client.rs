@@ -101,8 +101,10 @@
 //! timeout: the attempt that timed out may still be applied later, also
 //! when the Retry layer's next attempt succeeded). Calls in flight
 //! together are not ordered, even from one task (`join!`,
-//! `FuturesUnordered`, spawned tasks): the client clones its stack for
-//! each call, and the Handoff layer keeps order per clone only (see
+//! `FuturesUnordered`, spawned tasks): a call goes through whichever
+//! clone of the stack is free on its thread (the client keeps warm clones
+//! for its calls, so that each does not rebuild the per-clone caches), and
+//! the Handoff layer keeps order per clone only (see
 //! [`handoff`](crate::handoff)). For requests in order without awaiting
 //! each: a pipeline or transaction (one request, its commands written in
 //! order), or, standalone, one clone of [`Client::service`] driven with
@@ -113,6 +115,7 @@ mod batch;
 mod builder;
 mod commands;
 mod from_value;
+mod ready;
 mod scan;
 mod script;
 mod shard;
@@ -163,7 +166,8 @@ pub type BoxService = tower::util::BoxCloneSyncService<Request, Response, Error>
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    svc: BoxService,
+    /// The stack, and the warm clones of it that calls reuse (see `ready`).
+    svc: Arc<ready::Ready>,
     dedicated: Dedicated,
     /// Pub/sub's own connection, made on the first subscribe.
     pubsub: Option<Arc<LazyPubSub>>,
@@ -414,7 +418,7 @@ impl Client {
     /// ```
     pub fn from_service(svc: BoxService) -> Client {
         Client {
-            svc,
+            svc: Arc::new(ready::Ready::new(svc, 1)),
             dedicated: Dedicated::None,
             pubsub: None,
             timeout: None,
@@ -540,7 +544,7 @@ impl Client {
 
     /// The stack, as a tower service (a clone; it shares the connections).
     pub fn service(&self) -> BoxService {
-        self.svc.clone()
+        self.svc.service().clone()
     }
 
     /// True when this client routes over a Redis Cluster.
@@ -550,7 +554,7 @@ impl Client {
 
     /// Sends a request (a command or a pipeline) through the stack.
     pub async fn send(&self, req: impl Into<Request>) -> Result<Response> {
-        self.svc.clone().oneshot(req.into()).await
+        self.svc.call(req.into()).await
     }
 
     /// Sends any command and converts its reply: the escape hatch for

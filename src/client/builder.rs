@@ -394,14 +394,14 @@ impl ClientBuilder {
             };
             let (svc, cluster) = if self.node_layers.is_empty() {
                 let c = Cluster::new(maker, self.seeds.clone(), cluster_config);
-                (BoxService::new(c.clone()), AnyCluster::Plain(c))
+                (self.stack(c.clone()), AnyCluster::Plain(c))
             } else {
                 let maker = LayeredNodeMaker {
                     base: maker,
                     layers: self.node_layers.clone().into(),
                 };
                 let c = Cluster::new(maker, self.seeds.clone(), cluster_config);
-                (BoxService::new(c.clone()), AnyCluster::Layered(c))
+                (self.stack(c.clone()), AnyCluster::Layered(c))
             };
             let handle = ClusterHandle {
                 cluster,
@@ -418,10 +418,15 @@ impl ClientBuilder {
             // connection): dropped, they are discarded as they arrive.
             drop(handoff.take_pushes());
             let svc = RelaxTimeout::new(handoff.clone(), self.timeout);
-            let svc = self
-                .node_layers
-                .iter()
-                .fold(BoxService::new(svc), |svc, layer| layer(svc));
+            let svc = if self.node_layers.is_empty() {
+                self.stack(svc)
+            } else {
+                let svc = self
+                    .node_layers
+                    .iter()
+                    .fold(BoxService::new(svc), |svc, layer| layer(svc));
+                self.stack(svc)
+            };
             (svc, Dedicated::Standalone(Arc::new(handoff)))
         };
         let pubsub = Some(Arc::new(LazyPubSub {
@@ -432,7 +437,7 @@ impl ClientBuilder {
             config: self.maintenance.clone(),
         }));
         Ok(Client {
-            svc: self.stack(svc),
+            svc: Arc::new(super::ready::Ready::new(svc, self.pool_size)),
             dedicated,
             pubsub,
             timeout: self.timeout,
@@ -440,10 +445,16 @@ impl ClientBuilder {
     }
 
     /// The layers over the routing/endpoint service, innermost first.
-    fn stack(&self, svc: BoxService) -> BoxService {
+    fn stack<S>(&self, svc: S) -> BoxService
+    where
+        S: Service<Request, Response = Response, Error = Error> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
         // Retry right over Cluster / RelaxTimeout: a retried request is
         // routed again. It holds the call's one deadline (the command
-        // timeout), which every attempt and wait spends.
+        // timeout), which every attempt and wait spends. Not boxed below
+        // Retry: it clones its inner service per request, and a boxed
+        // one would cost an allocation each time.
         let retry = self.retry.clone().command_timeout(self.timeout);
         let svc = BoxService::new(retry.layer(svc));
         self.layers.iter().fold(svc, |svc, layer| layer(svc))

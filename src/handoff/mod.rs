@@ -30,8 +30,9 @@
 //! connection leaves the pool while some are, the clone first sends a
 //! `PING` there and waits for its reply (which comes after theirs); it
 //! does not wait for the callers to poll their futures. Not ordered:
-//! requests of different clones (other tasks, each call of a
-//! [`Client`](crate::Client), which clones its stack per call); a request
+//! requests of different clones (other tasks; the calls of a
+//! [`Client`](crate::Client), which promises no order between calls in
+//! flight together); a request
 //! whose future was dropped before its reply; one that failed (timed out,
 //! its connection lost), which may have been applied or still be. The
 //! cost: one allocation per clone, an `Arc` clone per request, and a clone

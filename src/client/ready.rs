@@ -1,0 +1,192 @@
+//! Clones of the client's stack kept between calls.
+//!
+//! A clone of the stack starts cold: its box is allocated anew, the
+//! Handoff clone has no view of the pool yet (it takes the pool lock and
+//! copies the ready connections), the Cluster clone has no node services
+//! nor redirect handle. A call through a fresh clone therefore takes the
+//! slow path every time. A call takes a clone from a slot instead, drives
+//! it through `poll_ready` and `call`, and puts it back as soon as the
+//! request is handed over (the response future owns what it needs), so
+//! the next call on that thread finds it warm.
+//!
+//! The slots are `Mutex`es only ever `try_lock`ed: a call never waits for
+//! one, and one taken by another thread (or empty) just means a fresh
+//! clone, as before. Each thread uses its own run of slots, so on a
+//! runtime's worker threads the slots are uncontended.
+//!
+//! Order is unchanged: a clone keeps its requests in order (see
+//! [`handoff`](crate::handoff)), so calls that share one are, if anything,
+//! more ordered than with a clone per call; calls in flight together are
+//! still not promised any order.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use tower::Service;
+
+use super::BoxService;
+use crate::error::Result;
+use crate::request::{Request, Response};
+
+/// How many slots a client keeps (at most this many warm clones).
+const SLOTS: usize = 64;
+
+/// Threads numbered in the order they first call a client.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's number (`usize::MAX`: not taken yet) and how many
+    /// calls it made, which rotate it over its run of slots.
+    static THREAD: Cell<(usize, usize)> = const { Cell::new((usize::MAX, 0)) };
+}
+
+/// One warm clone, on a cache line of its own: threads taking and putting
+/// back theirs do not write to each other's line.
+#[repr(align(64))]
+#[derive(Default)]
+struct Slot(Mutex<Option<BoxService>>);
+
+/// One client's stack and its warm clones, shared by the client's clones.
+pub(super) struct Ready {
+    svc: BoxService,
+    slots: Box<[Slot]>,
+    /// Slots one thread rotates over: the pool size, so that a busy clone
+    /// (which stays on the pool entry its requests in flight are on) does
+    /// not keep a thread's calls on one entry of a larger pool.
+    spread: usize,
+}
+
+impl Ready {
+    /// Slots for `svc`, a stack over `pool_size` connections per endpoint.
+    pub(super) fn new(svc: BoxService, pool_size: usize) -> Ready {
+        Ready {
+            svc,
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            spread: pool_size.clamp(1, 8),
+        }
+    }
+
+    fn slot(&self) -> &Mutex<Option<BoxService>> {
+        let i = THREAD.with(|t| {
+            let (mut id, n) = t.get();
+            if id == usize::MAX {
+                id = THREADS.fetch_add(1, Ordering::Relaxed);
+            }
+            t.set((id, n.wrapping_add(1)));
+            id * self.spread + n % self.spread
+        });
+        &self.slots[i % SLOTS].0
+    }
+
+    /// The stack.
+    pub(super) fn service(&self) -> &BoxService {
+        &self.svc
+    }
+
+    /// Sends `req` through a warm clone of the stack (a fresh one when none
+    /// is free).
+    pub(super) async fn call(&self, req: Request) -> Result<Response> {
+        let slot = self.slot();
+        let taken = slot.try_lock().ok().and_then(|mut s| s.take());
+        let mut s = taken.unwrap_or_else(|| self.svc.clone());
+        std::future::poll_fn(|cx| s.poll_ready(cx)).await?;
+        let fut = s.call(req);
+        // Back for the next call; a slot filled meanwhile keeps its own.
+        // (A call dropped before this drops its clone, half-ready or not.)
+        if let Ok(mut free) = slot.try_lock() {
+            if free.is_none() {
+                *free = Some(s);
+            }
+        }
+        fut.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicIsize;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::client::Client;
+    use crate::resp::{cmd, Value};
+
+    /// A stack that answers at once and counts its clones: made, and alive.
+    struct Counted {
+        made: Arc<AtomicUsize>,
+        alive: Arc<AtomicIsize>,
+    }
+
+    impl Counted {
+        fn new(made: &Arc<AtomicUsize>, alive: &Arc<AtomicIsize>) -> Counted {
+            alive.fetch_add(1, Ordering::SeqCst);
+            Counted {
+                made: made.clone(),
+                alive: alive.clone(),
+            }
+        }
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.made.fetch_add(1, Ordering::SeqCst);
+            Counted::new(&self.made, &self.alive)
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Service<Request> for Counted {
+        type Response = Response;
+        type Error = crate::Error;
+        type Future = std::future::Ready<Result<Response>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request) -> Self::Future {
+            std::future::ready(Ok(Response::Value(Value::Integer(1))))
+        }
+    }
+
+    /// Calls reuse warm clones: a few clones for thousands of calls (a
+    /// clone per call before), and none is left once the client is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_reuse_warm_clones_and_the_client_drops_them() {
+        let (made, alive) = (Arc::default(), Arc::default());
+        let client = Client::from_service(BoxService::new(Counted::new(&made, &alive)));
+        for _ in 0..1_000 {
+            assert_eq!(client.cmd::<i64>(cmd("INCR").arg("n")).await.unwrap(), 1);
+        }
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for _ in 0..1_000 {
+                        client.cmd::<i64>(cmd("INCR").arg("n")).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // One per thread that called (the test's and the two workers');
+        // cloning the client clones no stack.
+        let clones = made.load(Ordering::SeqCst);
+        assert!(clones <= 3, "{clones} clones for 17,000 calls");
+        drop(client);
+        assert_eq!(
+            alive.load(Ordering::SeqCst),
+            0,
+            "clones outlived the client"
+        );
+    }
+}
