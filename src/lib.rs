@@ -29,6 +29,9 @@
 //! - [`trust`]: which server-named endpoints are followed;
 //!   [`guarantees`]: the trust model and what one caller can do to
 //!   another.
+//! - [`docs`]: the reference chapters: [architecture](docs::architecture),
+//!   the [maintenance contract](docs::maintenance), the
+//!   [transport rules](docs::transport_rules), and each layer in depth.
 //! - [`resp`]: RESP2/RESP3 values, the incremental decoder with limits, the
 //!   [`Cmd`] builder; [`pubsub`]: subscriptions that survive reconnects.
 //! - `sim` (feature `sim`): a maintenance simulator in front of real
@@ -76,6 +79,61 @@ pub mod trust;
 
 #[doc = include_str!("docs/guarantees.md")]
 pub mod guarantees {}
+
+/// Reference chapters: the design, the maintenance contract, the transport
+/// rules, and each layer in depth. They carry no code; each page is a
+/// chapter to read, with examples that compile as doctests.
+///
+/// | chapter | what it covers |
+/// |---|---|
+/// | [`architecture`](docs::architecture) | the layers, the two kinds of service, the maintenance seam, order rules, where each behaviour lives |
+/// | [`maintenance`](docs::maintenance) | the opt-in handshake, the notifications' wire formats, what each one does, configuration defaults, observability |
+/// | [`transport_rules`](docs::transport_rules) | the multiplexed connection and the RESP3 server behaviours it survives |
+/// | [`configuration`](docs::configuration) | every setting, its default and where it is set |
+/// | [`client`](docs::client) | the `Client`: helpers, pipelines, transactions, `WATCH`, dedicated connections |
+/// | [`pubsub`](docs::pubsub) | subscriptions, what can be lost and how you find out |
+/// | [`retry`](docs::retry) | what is retried, what never is |
+/// | [`urls_and_tls`](docs::urls_and_tls) | URL forms and TLS |
+/// | [`handoff`](docs::handoff) | `MOVING` handoffs, policies, events, leases, latency |
+/// | [`cluster`](docs::cluster) | slot routing, redirects, fan-out, `SMIGRATED`, limits |
+/// | [`simulator`](docs::simulator) | the maintenance simulator and its admin commands |
+/// | [`testing`](docs::testing) | how the tests, long runs, fuzzing and CI are run |
+/// | [`performance`](docs::performance) | the benchmarks and their latest numbers |
+///
+/// The trust model and the guarantees are in [`guarantees`].
+pub mod docs {
+    #[doc = include_str!("docs/architecture.md")]
+    pub mod architecture {}
+    #[doc = include_str!("docs/maintenance.md")]
+    pub mod maintenance {}
+    #[doc = include_str!("docs/transport_rules.md")]
+    pub mod transport_rules {}
+    #[doc = include_str!("docs/configuration.md")]
+    pub mod configuration {}
+    #[doc = include_str!("docs/client.md")]
+    pub mod client {}
+    #[doc = include_str!("docs/pubsub.md")]
+    pub mod pubsub {}
+    #[doc = include_str!("docs/retry.md")]
+    pub mod retry {}
+    #[doc = include_str!("docs/urls_and_tls.md")]
+    pub mod urls_and_tls {}
+    #[doc = include_str!("docs/handoff.md")]
+    pub mod handoff {}
+    #[doc = include_str!("docs/cluster.md")]
+    pub mod cluster {}
+    #[doc = include_str!("docs/simulator.md")]
+    pub mod simulator {}
+    #[doc = include_str!("docs/testing.md")]
+    pub mod testing {}
+    #[doc = include_str!("docs/performance.md")]
+    pub mod performance {}
+}
+
+// The README's Rust examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use builder::ServiceBuilderExt;
 pub use client::{Client, ClientBuilder, FromValue};

@@ -609,6 +609,7 @@ async fn commands_outside_the_table_are_learned_from_command_info() {
 
 /// Acceptance: live resharding with plain `redis-cli --cluster reshard`
 /// (the real tool, no notifications) under the INCR ledger.
+#[ignore = "long: run by .ci/run (cargo test --all-features --tests -- --ignored)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_resharding_with_redis_cli_loses_nothing() {
     let _one_at_a_time = LEDGERS.lock().await;

@@ -1374,6 +1374,7 @@ proptest! {
 
     /// Decoder: oversize/overdeep/garbage gives Error::Protocol, never a
     /// panic — RESP-flavoured random bytes through the fuzz target's checks.
+    #[ignore = "long: run by .ci/run (cargo test --all-features --tests -- --ignored)"]
     #[test]
     fn prop_resp_ish_bytes_never_panic(data in resp_ish_bytes(256)) {
         fuzz_check::check(&data);
@@ -1383,6 +1384,7 @@ proptest! {
     /// panic — valid encodings with random bytes overwritten, inserted or
     /// cut, decoded with small random limits, split anywhere: whole and split
     /// agree, and every error is a protocol error through `RespCodec` too.
+    #[ignore = "long: run by .ci/run (cargo test --all-features --tests -- --ignored)"]
     #[test]
     fn prop_mutated_frames_never_panic(
         values in prop::collection::vec(frame(), 1..3),

@@ -1,7 +1,8 @@
 mod support;
 
 // Push frames on a real redis-server 7.0: one test (or more) per rule of
-// `spec/resp3-transport.md` that the server can produce. The unsolicited
+// the rustdoc chapter `redis_layers::docs::transport_rules` that the server
+// can produce. The unsolicited
 // `sunsubscribe` comes from a one-node cluster that gives up a slot; NOPROTO
 // needs a server without RESP3, so tests/auth.rs scripts that one reply; the
 // HELLO fallback on a real server is there too.

@@ -39,6 +39,7 @@ async fn set_keys(writer: &Connection, range: std::ops::Range<usize>) {
     }
 }
 
+#[ignore = "long: run by .ci/run (cargo test --all-features --tests -- --ignored)"]
 #[tokio::test]
 async fn a_million_unread_invalidations_keep_memory_bounded() {
     bounded(120, async {

@@ -41,6 +41,7 @@ async fn inject(server: &Arc<HostileServer>, buf: &Arc<Vec<u8>>, chunks: usize) 
     .expect("inject");
 }
 
+#[ignore = "long: run by .ci/run (cargo test --all-features --tests -- --ignored)"]
 #[tokio::test]
 async fn a_million_unread_1k_pushes_keep_memory_bounded() {
     bounded(120, async {

@@ -1,4 +1,4 @@
-//! The per-endpoint circuit breaker of spec section 3: after
+//! The per-endpoint circuit breaker of the [maintenance contract](crate::docs::maintenance), section 3: after
 //! `failure_threshold` failed dials in a row an endpoint is not dialled for
 //! `reset_timeout`; then `max_requests` trial dials may go through, and when
 //! that many succeed it is closed again (one failure opens it anew).

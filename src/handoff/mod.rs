@@ -12,7 +12,7 @@
 //! connect that failed may pass on the next try. `poll_ready` itself never
 //! fails.
 //!
-//! On `MOVING` (spec section 3) it hands **every** connection on the old
+//! On `MOVING` ([maintenance contract](crate::docs::maintenance), section 3) it hands **every** connection on the old
 //! endpoint off at once, idle ones included: it dials the target through
 //! the maker (same handshake, run relaxed), relaxes the new connection for
 //! `post_handoff_relaxed_duration`, switches new commands to it, and closes
@@ -42,7 +42,7 @@
 //! `time / 2`.
 //!
 //! Handoffs run on a bounded set of workers with a bounded queue (the
-//! spec's autoscaling of `max_workers` and `handoff_queue_size` from the
+//! contract's autoscaling of `max_workers` and `handoff_queue_size` from the
 //! pool size). A failed dial is retried after the policy's backoff, up to
 //! `max_handoff_retries` attempts, each bounded by `handoff_timeout`; a
 //! per-target circuit breaker stops dialling an endpoint that keeps

@@ -1,5 +1,5 @@
 //! [`HandoffPolicy`]: whether, where, when and how persistently to hand a
-//! connection off on `MOVING`, with the spec's behaviour as the default and
+//! connection off on `MOVING`, with the contract's behaviour as the default and
 //! combinators to adjust one decision without rewriting the others.
 
 use std::collections::hash_map::RandomState;

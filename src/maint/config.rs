@@ -1,7 +1,8 @@
 //! Maintenance configuration: modes, endpoint types, defaults, validation,
 //! handoff worker autoscaling, and the `moving-endpoint-type` detection.
 //!
-//! See `spec/maintenance-notifications.md`, sections 1 and 4.
+//! See the [maintenance contract](crate::docs::maintenance), sections 1
+//! (handshake) and 4 (defaults).
 
 use std::fmt;
 use std::future::Future;
@@ -345,7 +346,8 @@ impl From<ConfigError> for crate::Error {
     }
 }
 
-/// Maintenance settings, with the defaults of spec section 4. Build with the
+/// Maintenance settings, with the defaults of the [maintenance contract](crate::docs::maintenance),
+/// section 4. Build with the
 /// chained setters, then check with [`validate`](Self::validate), which
 /// rejects invalid values (naming the field) instead of replacing them.
 ///
@@ -834,7 +836,7 @@ impl MaintenanceConfig {
 /// assert_eq!(r.relaxed_timeout(), Duration::from_secs(10));
 /// assert_eq!(r.relaxed_window_max(), Duration::from_secs(30));
 /// assert_eq!(r.post_handoff_relaxed_duration(), Duration::from_secs(20));
-/// // The spec's worked examples.
+/// // The worked examples of the maintenance contract, section 4.
 /// assert_eq!((r.workers(100), r.queue_size(100)), (33, 500));
 /// assert_eq!((r.workers(50), r.queue_size(50)), (16, 250));
 /// let r = MaintenanceConfig::default().max_active_conns(150).validate().unwrap();

@@ -2,7 +2,8 @@
 //! managed Redis sends before, during and after maintenance, their lenient
 //! parser, and sequence-number de-duplication.
 //!
-//! See `spec/maintenance-notifications.md`, section 2, for the wire formats.
+//! The wire formats are in the [maintenance contract, section
+//! 2](crate::docs::maintenance#2-wire-formats).
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
@@ -75,7 +76,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Every kind, in the order of the spec's table.
+    /// Every kind, in the order of the table in the
+    /// [maintenance contract](crate::docs::maintenance), section 2.
     ///
     /// ```
     /// use redis_layers::maint::Kind;
@@ -1149,7 +1151,8 @@ pub struct Dedup<K> {
 const MIN_SWEEP: usize = 64;
 
 impl<K: Hash + Eq> Dedup<K> {
-    /// The default time-to-live: 10 minutes (spec section 2).
+    /// The default time-to-live: 10 minutes (the [maintenance contract](crate::docs::maintenance),
+    /// section 2).
     ///
     /// ```
     /// use redis_layers::maint::Dedup;

@@ -113,7 +113,8 @@ pub enum MaintEvent {
     },
 }
 
-/// The state of a handoff circuit breaker (spec section 3): `Closed` dials
+/// The state of a handoff circuit breaker (the [maintenance contract](crate::docs::maintenance),
+/// section 3): `Closed` dials
 /// freely, `Open` refuses to dial until `circuit_breaker_reset_timeout` has
 /// passed, `HalfOpen` lets `circuit_breaker_max_requests` trial dials
 /// through and closes again when they succeed.

@@ -6,8 +6,8 @@
 //! replies), answers the `CLIENT MAINT_NOTIFICATIONS` handshake itself, and
 //! injects notifications and faults:
 //!
-//! - any [`Notification`] (exact wire forms of
-//!   `spec/maintenance-notifications.md`) or raw bytes, to one connection,
+//! - any [`Notification`] (the exact wire forms of the
+//!   [maintenance contract](crate::docs::maintenance#2-wire-formats)) or raw bytes, to one connection,
 //!   every connection of an endpoint, or all of them ([`Target`]);
 //!   notifications go only to connections that opted in, as on the real
 //!   server;

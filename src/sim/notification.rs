@@ -27,7 +27,7 @@ pub struct SlotMove {
 }
 
 /// A maintenance notification, as Redis Enterprise / Redis Cloud send them
-/// (see `spec/maintenance-notifications.md`, section 2), including the older
+/// (see the [maintenance contract](crate::docs::maintenance#2-wire-formats)), including the older
 /// `SMIGRATED` forms that clients must still accept.
 ///
 /// ```
@@ -226,7 +226,7 @@ impl Notification {
 mod tests {
     use super::*;
 
-    /// The example bytes of spec section 2, byte for byte.
+    /// The example bytes of the [maintenance contract](crate::docs::maintenance), section 2, byte for byte.
     #[test]
     fn spec_examples() {
         let cases: [(Notification, &[u8]); 6] = [

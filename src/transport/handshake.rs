@@ -5,7 +5,7 @@
 //!    servers), fall back to RESP2 with `AUTH` and `CLIENT SETNAME`.
 //! 2. `SELECT db`, when a database other than 0 is configured.
 //! 3. The maintenance opt-in, `CLIENT MAINT_NOTIFICATIONS ON
-//!    moving-endpoint-type T` (spec section 1): RESP3 only. Its place is
+//!    moving-endpoint-type T` (the maintenance contract, section 1): RESP3 only. Its place is
 //!    marked below; it has its own error rules (mode `Auto` tolerates a
 //!    refusal), so it is not one of the user's `on_connect` commands.
 //! 4. The user's `on_connect` commands.

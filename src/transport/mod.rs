@@ -8,7 +8,8 @@
 //!
 //! The connection driver is our own rather than a crate's: it is the hot
 //! path, and it must keep several write batches on the wire, route push
-//! frames away from the reply queue (see `spec/resp3-transport.md`), and
+//! frames away from the reply queue (see the [transport
+//! rules](crate::docs::transport_rules)), and
 //! fail every waiting caller at once when the socket dies.
 //!
 //! # Shared connections

@@ -3,9 +3,9 @@
 //! every request).
 //!
 //! ```text
-//! cargo run --example axum                      # starts its own redis-server, serves on 127.0.0.1:3000
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum
-//! cargo run --example axum -- --self-test       # serves on a free port, asks itself, exits
+//! cargo run -p axum-example                      # starts its own redis-server, serves on 127.0.0.1:3000
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p axum-example
+//! cargo run -p axum-example -- --self-test       # serves on a free port, asks itself, exits
 //! ```
 //!
 //! Routes:
@@ -17,13 +17,13 @@
 //! - `GET /notes/{name}`: the note, or 404.
 //!
 //! A Redis failure is a `503 Service Unavailable` with the error's text (the
-//! client has retried what was safe to retry by then). `tests/axum.rs`
-//! serves this router and sends it real HTTP requests.
+//! client has retried what was safe to retry by then). `tests/axum.rs` (in
+//! this package) serves this router and sends it real HTTP requests.
 
 // Borrowed from the test support: starts a throwaway redis-server on a free
 // loopback port when REDIS_URL is unset, and stops it on exit.
 // (`pub`: tests/axum.rs reaches it through this file.)
-#[path = "../tests/support/mod.rs"]
+#[path = "../../../tests/support/mod.rs"]
 pub mod support;
 
 use std::future::IntoFuture;

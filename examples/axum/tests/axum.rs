@@ -1,7 +1,7 @@
-//! The axum example's router (examples/axum.rs) answers real HTTP requests
+//! The axum example's router (src/main.rs) answers real HTTP requests
 //! over a real socket, with a real redis-server behind its `Client`.
 
-#[path = "../examples/axum.rs"]
+#[path = "../src/main.rs"]
 #[allow(dead_code)]
 mod example;
 

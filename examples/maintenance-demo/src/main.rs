@@ -5,9 +5,9 @@
 //! errors, handoffs and latencies.
 //!
 //! ```text
-//! cargo run --features sim --example maintenance_demo
-//! DEMO_PHASE_SECS=5 cargo run --features sim --example maintenance_demo
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --features sim --example maintenance_demo
+//! cargo run -p maintenance-demo
+//! DEMO_PHASE_SECS=5 cargo run -p maintenance-demo
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p maintenance-demo
 //! ```
 //!
 //! Without `REDIS_URL` it starts its own redis-server on a free loopback
@@ -42,7 +42,7 @@
 
 // Borrowed from the test support: starts a throwaway redis-server on a free
 // loopback port, and stops it on exit.
-#[path = "../tests/support/mod.rs"]
+#[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::io::{IsTerminal, Write};
