@@ -63,7 +63,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::Simulator;
-use super::{Moving, Notification, SlotMove, Target, Window};
+use super::{Moving, Notification, SlotMigrate, SlotMove, Target, Window};
 use crate::resp::{Decoder, Limits, Value};
 
 const LOG: &str = "redis_layers::sim::admin";
@@ -617,7 +617,7 @@ async fn execute(shared: &Arc<Shared>, session: &mut Session, argv: Vec<Bytes>) 
         "SIM.MOVING" => moving(shared, &mut args),
         "SIM.MIGRATE" => window(shared, &mut args, true),
         "SIM.FAILOVER" => window(shared, &mut args, false),
-        "SIM.SLOT-MIGRATE" => slot_migrate(shared, &mut args),
+        "SIM.SLOT-MIGRATE" => slot_migrate(shared, &mut args).await,
         "SIM.NOTIFY" => notify(shared, &mut args),
         "SIM.INJECT" => inject(shared, &mut args),
         "SIM.DELAY" => delay(shared, &mut args),
@@ -655,8 +655,12 @@ const HELP: &[&str] = &[
     "    MIGRATING, replies held DELAY ms (default 50) for the duration, then MIGRATED. Runs in the background.",
     "SIM.FAILOVER <duration-ms> [DELAY ms] [ENDPOINT ip:port] [STARTS secs] [SHARDS ids|NONE] -> [seq, \"ip:port\"]",
     "    The same with FAILING_OVER / FAILED_OVER.",
-    "SIM.SLOT-MIGRATE <slots> <src ip:port> <dst ip:port> -> [seq]   (cluster; slots: 100 | 100-200 | 0-5,9)",
-    "    SMIGRATING to src's opted-in connections, a real migration to dst's node, then SMIGRATED. Background.",
+    "SIM.SLOT-MIGRATE <slots> <src ip:port> <dst ip:port> [AFTER ms] [FAIL-AFTER keys] -> [seq]",
+    "    (cluster; slots: 100 | 100-200 | 0-5,9) src must own every slot, else -ERR and nothing is announced.",
+    "    SMIGRATING to src's opted-in connections, a real migration to dst's node, then SMIGRATED; src answers",
+    "    ASK, never MOVED, for the slots until 200 ms after SMIGRATED. AFTER: keys start moving that much later.",
+    "    FAIL-AFTER: fail once that many keys moved; the migration is rolled back and SMIGRATED names src as",
+    "    the owner. Background.",
     "SIM.NOTIFY <target> <kind> <seq|*> args... -> [seq, connections]",
     "    MOVING seq time [ip:port|NULL] | MIGRATING seq time [shards] | MIGRATED seq [shards]",
     "    FAILING_OVER seq time [shards] | FAILED_OVER seq [shards] | SMIGRATING seq slots...",
@@ -776,6 +780,7 @@ fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
         time,
         to,
         stay_open,
+        dns: None,
     };
     let h = shared.sim.start_moving(m).map_err(|e| match to {
         Some(t) => format!("ERR cannot open an endpoint at {t}: {e}"),
@@ -864,17 +869,30 @@ fn window(shared: &Arc<Shared>, args: &mut Args<'_>, migrate: bool) -> Reply {
     ]))
 }
 
-fn slot_migrate(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
+async fn slot_migrate(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     let slots = parse_slots(&args.text()?)?;
     let src = shared.open_endpoint(args.addr()?)?;
     let dst = shared.open_endpoint(args.addr()?)?;
-    args.end()?;
+    let mut m = SlotMigrate::new(&slots, src, dst);
+    while args.remaining() > 0 {
+        match args.word()?.as_str() {
+            "AFTER" => m.after = args.millis("AFTER", MAX_SECS * 1000)?,
+            "FAIL-AFTER" => {
+                m.fail_after_keys =
+                    Some(usize::try_from(args.u64("FAIL-AFTER")?).unwrap_or(usize::MAX))
+            }
+            other => return Err(format!("ERR unknown SIM.SLOT-MIGRATE option '{other}'")),
+        }
+    }
     if src == dst {
         return Err("ERR source and destination are the same endpoint".into());
     }
+    // Ownership is checked before anything is announced: a refusal here
+    // means no client was told.
     let h = shared
         .sim
-        .start_slot_migrate(&slots, src, dst)
+        .start_slot_migration(m)
+        .await
         .map_err(|e| format!("ERR {e}"))?;
     let seq = h.smigrating;
     tokio::spawn(async move {

@@ -86,6 +86,7 @@ pub(super) async fn serve(
     let down = downstream(
         &inner,
         h.id,
+        endpoint,
         br,
         cw,
         h.inject,
@@ -275,6 +276,7 @@ fn inspect(inner: &Inner, id: u64, frame: &Bytes, in_multi: &mut bool) -> Inspec
 async fn downstream(
     inner: &Inner,
     id: u64,
+    endpoint: SocketAddr,
     mut br: OwnedReadHalf,
     mut cw: OwnedWriteHalf,
     mut inject: mpsc::UnboundedReceiver<Bytes>,
@@ -327,7 +329,10 @@ async fn downstream(
                     let frame = if inner.cluster && frame.first() != Some(&b'>') {
                         match rewrite_next.take() {
                             Some(t) => rewrite(t, frame, inner),
-                            None => cluster::rewrite_redirect(&frame, inner).unwrap_or(frame),
+                            None => cluster::rewrite_redirect(&frame, inner, &|slot| {
+                                inner.ask_instead_of_moved(endpoint, slot)
+                            })
+                            .unwrap_or(frame),
                         }
                     } else {
                         frame
