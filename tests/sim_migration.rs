@@ -190,6 +190,8 @@ async fn moved_never_comes_before_smigrated() {
         println!("probe: {rounds} rounds of 100 GETs, {asks} ASK, {moved_before} MOVED before SMIGRATED; {} keys moved", m.keys);
         assert_eq!(moved_before, 0, "MOVED before SMIGRATED");
         assert!(m.keys >= 25);
+        let stats = sim.stats();
+        assert_eq!((stats.moved, stats.migrations_done), (0, 1), "{stats:?}");
 
         // A client acting on SMIGRATED: the destination serves every slot.
         let mut at_dst = Probe::opted_in(dst).await;
@@ -205,6 +207,7 @@ async fn moved_never_comes_before_smigrated() {
             error_text(&v).is_some_and(|e| e.starts_with("MOVED")),
             "{v:?}"
         );
+        assert_eq!(sim.stats().moved, 1, "SIM.STATS counts what clients got");
     })
     .await
 }
@@ -320,6 +323,7 @@ async fn a_failure_midway_is_rolled_back_and_ended() {
             .unwrap_err();
         println!("{err}");
         assert!(err.to_string().contains("45 keys moved back"), "{err}");
+        assert_eq!(sim.stats().migrations_failed, 1);
         let end = probe.push().await;
         assert_eq!(push_name(&end), "SMIGRATED");
         let triplet = format!("{end:?}");

@@ -126,8 +126,8 @@ impl Simulator {
     /// Moves `slots` from the node behind endpoint `src` to the node behind
     /// endpoint `dst`, for real: `CLUSTER SETSLOT IMPORTING` on the target,
     /// `MIGRATING` on the source, `MIGRATE` of every key, then `SETSLOT
-    /// NODE` on the target, the `SMIGRATED`, and 200 ms later `SETSLOT NODE`
-    /// on the source and every other node. Bracketed by `SMIGRATING seq
+    /// NODE` on the target, the source and every other node, then the
+    /// `SMIGRATED`. Bracketed by `SMIGRATING seq
     /// slots` to the source's opted-in connections (also to those that opt
     /// in during the migration) and `SMIGRATED seq [[src dst slots]]`
     /// (endpoint addresses).
@@ -229,6 +229,10 @@ impl Simulator {
             });
         });
         let notified = self.notify(Target::Endpoint(src), &start);
+        let count = |c: fn(&super::Counters) -> &std::sync::atomic::AtomicU64, sim: &Simulator| {
+            c(&sim.inner.counters).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        count(|c| &c.migrations_started, self);
         let sim = self.detached();
         let (after, fail_after) = (m.after, m.fail_after_keys);
         let task = tokio::spawn(async move {
@@ -261,6 +265,7 @@ impl Simulator {
                         ),
                         Err(r) => format!("rollback failed too: {r}"),
                     };
+                    count(|c| &c.migrations_failed, &sim);
                     tracing::warn!(target: "redis_layers::sim", event = "sim.slot_migrate_failed", %src, %dst, error = %e, %outcome, smigrated = end.seq(), "slot migration failed");
                     return Err(io::Error::new(
                         e.kind(),
@@ -269,17 +274,25 @@ impl Simulator {
                 }
             };
             // Every key is on the destination: from here the move is
-            // completed rather than undone, whatever fails.
+            // completed rather than undone, whatever fails. Every node is
+            // told before SMIGRATED, so a topology refresh a client makes
+            // on SMIGRATED agrees with it whichever node it asks (told
+            // after, a node still named the source for a moment and a
+            // client reverted to it: MOVED after the lead).
             let took = plan.take_over(&slots).await;
-            // The destination owns the slots now; the source answers ASK
-            // for them (the guard). Clients hear it here, and have the lead
-            // to act on it before the source may answer MOVED.
+            let finished = plan.finish(&slots).await;
+            // The source answers ASK for the slots (the guard) until the
+            // lead has passed: clients hear SMIGRATED here, and have the
+            // lead to act on it before the source may answer MOVED.
             let end = smigrated(dst);
             sim.notify(Target::Endpoint(src), &end);
             tokio::time::sleep(SMIGRATED_LEAD).await;
             sim.drop_guard(src, smigrating);
-            let finished = plan.finish(&slots).await;
-            took.and(finished)?;
+            if let Err(e) = took.and(finished) {
+                count(|c| &c.migrations_failed, &sim);
+                return Err(e);
+            }
+            count(|c| &c.migrations_done, &sim);
             tracing::info!(target: "redis_layers::sim", event = "sim.slot_migrate", %src, %dst, slots = slots.len(), keys, "slots migrated");
             Ok(SlotMigration {
                 smigrating,
@@ -535,8 +548,8 @@ impl Plan {
     }
 
     /// The new owner takes the slots (the old one and the rest learn it in
-    /// [`Plan::finish`], after `SMIGRATED`, as `redis-cli` orders it); a
-    /// slot that fails is still tried by the others.
+    /// [`Plan::finish`], as `redis-cli` orders it); a slot that fails is
+    /// still tried by the others.
     async fn take_over(&self, slots: &[u16]) -> io::Result<()> {
         let mut first = Ok(());
         for &slot in slots {

@@ -366,6 +366,49 @@ pub(crate) struct Inner {
     stop: CancellationToken,
     changed: Notify,
     state: Mutex<State>,
+    counters: Counters,
+}
+
+/// What [`Simulator::stats`] reads.
+#[derive(Default)]
+pub(crate) struct Counters {
+    moved: AtomicU64,
+    ask: AtomicU64,
+    migrations_started: AtomicU64,
+    migrations_done: AtomicU64,
+    migrations_failed: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a reply on its way to a client (cluster mode); true for a
+    /// `MOVED`.
+    pub(crate) fn reply(&self, frame: &[u8]) -> bool {
+        if frame.starts_with(b"-MOVED ") {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if frame.starts_with(b"-ASK ") {
+            self.ask.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+}
+
+/// Counters since the simulator started; see [`Simulator::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `MOVED` replies forwarded to clients (in front of a cluster).
+    pub moved: u64,
+    /// `ASK` replies forwarded to clients (in front of a cluster).
+    pub ask: u64,
+    /// Slot migrations announced (`SMIGRATING` sent).
+    pub migrations_started: u64,
+    /// Slot migrations completed (`SMIGRATED` sent, the source gave the
+    /// slots up).
+    pub migrations_done: u64,
+    /// Slot migrations that failed (rolled back or not, `SMIGRATED` sent).
+    pub migrations_failed: u64,
 }
 
 #[derive(Default)]
@@ -866,6 +909,29 @@ impl Simulator {
         b
     }
 
+    /// Counters since the start: redirects forwarded to clients, slot
+    /// migrations started, done and failed. A client that acts on
+    /// `SMIGRATED` leaves `moved` unchanged across a migration.
+    ///
+    /// ```no_run
+    /// # async fn run(sim: redis_layers::sim::Simulator) {
+    /// let before = sim.stats();
+    /// // ... a slot migration under client load ...
+    /// assert_eq!(sim.stats().moved, before.moved);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            moved: get(&c.moved),
+            ask: get(&c.ask),
+            migrations_started: get(&c.migrations_started),
+            migrations_done: get(&c.migrations_done),
+            migrations_failed: get(&c.migrations_failed),
+        }
+    }
+
     /// Stops the simulator: listeners and every proxied connection close.
     pub fn shutdown(&self) {
         self.inner.stop.cancel();
@@ -951,6 +1017,7 @@ impl Builder {
             fqdn_host: self.fqdn_host.clone(),
             listen_ip: self.listen.ip(),
             state: Mutex::new(State::default()),
+            counters: Counters::default(),
         });
         Simulator {
             inner,

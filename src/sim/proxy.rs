@@ -337,6 +337,9 @@ async fn downstream(
                     } else {
                         frame
                     };
+                    if inner.cluster && inner.counters.reply(&frame) {
+                        tracing::debug!(target: "redis_layers::sim", event = "sim.moved", client = id, %endpoint, reply = %String::from_utf8_lossy(&frame).trim_end(), "MOVED to a client");
+                    }
                     pending.push_back((crate::time::after(Instant::now(), delay()), frame, effect));
                 }
                 Ok(None) => break,
