@@ -44,11 +44,7 @@ async fn send(conn: &Connection, c: redis_layers::Cmd) -> Value {
 async fn opted_in(a: SocketAddr) -> (Connection, PushReceiver) {
     let conn = connect(a).await;
     let pushes = conn.take_pushes().unwrap();
-    let on = cmd("CLIENT")
-        .arg("MAINT_NOTIFICATIONS")
-        .arg("ON")
-        .arg("moving-endpoint-type")
-        .arg(EndpointType::InternalIp.as_str());
+    let on = support::sim::opt_in(EndpointType::InternalIp);
     assert_eq!(
         send(&conn, on).await,
         Value::SimpleString(Bytes::from_static(b"OK"))

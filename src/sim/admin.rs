@@ -933,7 +933,7 @@ async fn slot_migrate(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
 }
 
 /// Slots as `100`, `100-200` or `0-5,9` (each 0 to 16383).
-fn parse_slots(s: &str) -> Result<Vec<u16>, String> {
+pub(super) fn parse_slots(s: &str) -> Result<Vec<u16>, String> {
     let bad =
         || format!("ERR invalid slots '{s}' (want e.g. 100, 100-200 or 0-5,9; each 0 to 16383)");
     let slot = |t: &str| {

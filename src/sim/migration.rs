@@ -308,6 +308,22 @@ impl Simulator {
         })
     }
 
+    /// The slots the node behind `endpoint` owns, as it says itself
+    /// (`CLUSTER NODES`), in order.
+    pub async fn owned_slots(&self, endpoint: SocketAddr) -> io::Result<Vec<u16>> {
+        let node = self.backend_of(endpoint).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no endpoint {endpoint}"))
+        })?;
+        let c = admin_conn(node).await?;
+        let v = c
+            .send_cmd(cmd("CLUSTER").arg("NODES"))
+            .await
+            .map_err(|e| failed("CLUSTER NODES", e))?;
+        let me = Myself::parse(&text(&v))
+            .ok_or_else(|| io::Error::other("CLUSTER NODES has no myself line"))?;
+        Ok(me.owned.iter().flat_map(|&(a, b)| a..=b).collect())
+    }
+
     /// Late arrivals on `src` no longer get `start`.
     fn end_announcement(&self, src: SocketAddr, start: &Notification) {
         self.with_endpoint(src, |e| e.active.retain(|n| n != start));

@@ -56,6 +56,7 @@
 pub mod admin;
 mod cluster;
 mod dns;
+pub mod http;
 mod migration;
 mod notification;
 mod proxy;
