@@ -663,6 +663,7 @@ async fn clients_connecting_during_a_migration_relax_and_recover() {
                 env.endpoint(1),
                 Duration::from_secs(1),
             )
+            .await
             .unwrap();
         // A client that starts during the migration.
         let connector = Connector::new()

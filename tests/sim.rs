@@ -970,3 +970,126 @@ async fn weak_handle() {
     })
     .await
 }
+
+/// Issue 19, defect 3: an endpoint opened at the address of one that was
+/// closed (the OS hands recently used ports out again) is the one lookups
+/// find: new connections through it work, `start_moving` from it succeeds,
+/// and the registry has one entry for the address. And a closed endpoint
+/// refuses connections as soon as `close_endpoint` returns (the listener is
+/// closed then, not when its accept task next runs).
+#[tokio::test]
+async fn a_reused_address_replaces_the_closed_endpoint() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        for round in 0..20 {
+            // A loopback IP of its own: no test beside this one is handed
+            // the freed port there.
+            let a = sim
+                .open_endpoint_at("127.0.0.29:0".parse().unwrap())
+                .await
+                .unwrap();
+            let conn = connect(a, "before").await;
+            assert_eq!(
+                send(&conn, cmd("PING")).await,
+                Value::SimpleString("PONG".into())
+            );
+            sim.close_endpoint(a);
+            let refused = tokio::net::TcpStream::connect(a).await;
+            assert!(
+                refused.is_err(),
+                "round {round}: {a} still listening after close_endpoint"
+            );
+            assert!(!sim.is_open(a));
+
+            let again = sim.open_endpoint_at(a).await.unwrap();
+            assert_eq!(again, a);
+            assert!(sim.is_open(a));
+            let conn = connect(a, "after").await;
+            assert_eq!(
+                send(&conn, cmd("PING")).await,
+                Value::SimpleString("PONG".into())
+            );
+            assert_eq!(
+                sim.endpoints_info().iter().filter(|e| e.addr == a).count(),
+                1,
+                "one registry entry per address"
+            );
+            let mut m = Moving::new(Duration::from_secs(1));
+            m.from = Some(a);
+            let h = sim.start_moving(m).expect("MOVING from the reused address");
+            drop(h);
+            sim.close_endpoint(a);
+        }
+    })
+    .await
+}
+
+/// Issue 19, simulated DNS lag: a `MOVING` with `Moving::dns` names the new
+/// endpoint by a host name (to `*-fqdn` connections only); the name leads
+/// to the old endpoint's IP until the lag has passed, then to the new one's,
+/// through the resolver's plain lookup and its `tower::Service` face alike.
+#[tokio::test]
+async fn moving_with_dns_lag() {
+    use redis_layers::sim::{DnsLag, SimResolver};
+    use tower::ServiceExt;
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let from = sim.endpoint();
+        let (_fq, mut fq_pushes, _) =
+            opted_in(&sim, from, "fqdn", EndpointType::InternalFqdn).await;
+        let (_ip, mut ip_pushes, _) = opted_in(&sim, from, "ip", EndpointType::InternalIp).await;
+        let dns = SimResolver::new();
+        let lag = Duration::from_millis(1500);
+        let mut m = Moving::new(Duration::from_secs(3));
+        m.to = Some("127.0.0.2:0".parse().unwrap());
+        m.stay_open = true;
+        m.dns = Some(DnsLag {
+            resolver: dns.clone(),
+            name: "db.sim.test".into(),
+            lag,
+        });
+        let sent = Instant::now();
+        let h = sim.start_moving(m).unwrap();
+        let to = h.to;
+        assert_eq!(to.ip().to_string(), "127.0.0.2");
+        assert_eq!(
+            next_push(&mut fq_pushes, "MOVING (fqdn)").await,
+            Notification::Moving {
+                seq: h.seq,
+                time: 3,
+                endpoint: Some(format!("db.sim.test:{}", to.port())),
+            }
+            .to_value()
+        );
+        assert_eq!(
+            next_push(&mut ip_pushes, "MOVING (ip)").await,
+            Notification::Moving {
+                seq: h.seq,
+                time: 3,
+                endpoint: Some(to.to_string()),
+            }
+            .to_value()
+        );
+        // During the lag the name leads to the old node.
+        let name = format!("db.sim.test:{}", to.port());
+        let early = dns.lookup(&name).await.unwrap();
+        assert!(
+            sent.elapsed() < lag,
+            "the lookup came too late to check the lag"
+        );
+        assert_eq!(early, vec![SocketAddr::new(from.ip(), to.port())]);
+        within(STEP, "record change", dns.wait_for("db.sim.test", to.ip())).await;
+        let changed_after = sent.elapsed();
+        assert!(changed_after >= lag, "changed after {changed_after:?}");
+        let late = dns.clone().oneshot(name).await.unwrap();
+        assert_eq!(late, vec![to]);
+        // The new address serves.
+        let conn = connect(late[0], "follower").await;
+        assert_eq!(
+            send(&conn, cmd("PING")).await,
+            Value::SimpleString("PONG".into())
+        );
+        println!("DNS record changed {changed_after:?} after MOVING (lag {lag:?})");
+    })
+    .await
+}

@@ -1064,14 +1064,28 @@ async fn refuse_and_close() {
         other.closed().await;
         third.closed().await;
 
-        let mut last = Raw::connect(ep, "last").await;
+        // On a loopback IP of its own: a port freed on 127.0.0.1 may be
+        // handed at once to a test running beside this one (the flake
+        // "endpoint still listening"); the listener itself is closed
+        // before the reply (Simulator::close_endpoint).
+        let lone = r
+            .sim
+            .open_endpoint_at("127.0.0.31:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut last = Raw::connect(lone, "last").await;
         client_id(&r.sim, "last").await;
-        assert_eq!(int(&r.run(&["SIM.CLOSE-ENDPOINT", &eps]).await), 1);
+        let lones = lone.to_string();
+        assert_eq!(int(&r.run(&["SIM.CLOSE-ENDPOINT", &lones]).await), 1);
         last.closed().await;
-        let gone = within(STEP, "gone", tokio::net::TcpStream::connect(ep)).await;
+        let gone = within(STEP, "gone", tokio::net::TcpStream::connect(lone)).await;
         assert!(gone.is_err(), "endpoint still listening");
         let e = entries(&r.run(&["SIM.ENDPOINTS"]).await);
-        assert_eq!(text(field(&e[0], "state")), "closed");
+        let closed = e
+            .iter()
+            .find(|e| text(field(e, "endpoint")) == lones)
+            .expect("the endpoint is listed");
+        assert_eq!(text(field(closed, "state")), "closed");
     })
     .await
 }

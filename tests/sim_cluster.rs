@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis_layers::sim::{EndpointType, Notification, Simulator, SlotMove};
+use redis_layers::sim::{EndpointType, Notification, Simulator, SlotMigrate, SlotMove};
 use redis_layers::{cmd, Connection, Endpoint, Error, PushReceiver, RedirectKind, Value};
 use support::cluster::RedisCluster;
 
@@ -44,11 +44,7 @@ async fn send(conn: &Connection, c: redis_layers::Cmd) -> Value {
 async fn opted_in(a: SocketAddr) -> (Connection, PushReceiver) {
     let conn = connect(a).await;
     let pushes = conn.take_pushes().unwrap();
-    let on = cmd("CLIENT")
-        .arg("MAINT_NOTIFICATIONS")
-        .arg("ON")
-        .arg("moving-endpoint-type")
-        .arg(EndpointType::InternalIp.as_str());
+    let on = support::sim::opt_in(EndpointType::InternalIp);
     assert_eq!(
         send(&conn, on).await,
         Value::SimpleString(Bytes::from_static(b"OK"))
@@ -160,14 +156,11 @@ async fn slot_migration_is_real_and_bracketed() {
         let (_src_conn, mut src_pushes) = opted_in(eps[0]).await;
         let (dst_conn, mut dst_pushes) = opted_in(eps[1]).await;
 
-        // Hold the target for a moment so the migration is still under way
-        // when a late connection opts in on the source.
-        cluster.query(1, &[b"CLIENT", b"PAUSE", b"1000", b"ALL"]);
-        let run = tokio::spawn({
-            let sim = sim.clone();
-            let (src, dst) = (eps[0], eps[1]);
-            async move { sim.slot_migrate(&[slot], src, dst).await }
-        });
+        // The keys start moving a second after SMIGRATING, so the migration
+        // is still under way when a late connection opts in on the source.
+        let mut m = SlotMigrate::new(&[slot], eps[0], eps[1]);
+        m.after = Duration::from_secs(1);
+        let run = tokio::spawn(sim.start_slot_migration(m).await.unwrap().finished());
         let smigrating = next_push(&mut src_pushes, "SMIGRATING").await;
         let Value::Push(items) = &smigrating else {
             panic!("{smigrating:?}")

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use redis_layers::sim::{admin::Admin, Simulator};
+use redis_layers::sim::{admin::Admin, http::HttpControl, Simulator};
 
 const USAGE: &str = "\
 redis-maint-sim: a RESP proxy in front of a real redis-server that plays a
@@ -31,6 +31,8 @@ OPTIONS:
     --listen IP:PORT          where clients connect      [default: 127.0.0.1:16379]
     --admin IP:PORT           the admin port (SIM.* commands; no auth: keep it
                               on loopback)               [default: 127.0.0.1:16380]
+    --http IP:PORT            also serve the HTTP control API there (POST /action,
+                              GET /action/ID, ...; see redis_layers::sim::http)
     --fqdn-host NAME          host name MOVING gives to clients that asked for
                               an *-fqdn endpoint type    [default: localhost]
     --cluster-seed HOST:PORT  front the Redis Cluster this node belongs to
@@ -42,7 +44,8 @@ OPTIONS:
 
 Port 0 picks a free port; the addresses in use are printed on startup as
 `listen IP:PORT` and `admin IP:PORT` lines on stdout (with --cluster-seed:
-one `node SERVER -> ENDPOINT` line per node, then `admin IP:PORT`). Logs go to stderr
+one `node SERVER -> ENDPOINT` line per node, then `admin IP:PORT`), and with
+--http an `http IP:PORT` line after them all. Logs go to stderr
 (RUST_LOG sets the filter; default info). Ctrl-C or SIGTERM stops it.
 
 EXAMPLE:
@@ -61,6 +64,7 @@ struct Options {
     cluster_seed: Option<String>,
     listen: SocketAddr,
     admin: SocketAddr,
+    http: Option<SocketAddr>,
     fqdn_host: String,
 }
 
@@ -77,6 +81,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         cluster_seed: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 16379)),
         admin: SocketAddr::from(([127, 0, 0, 1], 16380)),
+        http: None,
         fqdn_host: "localhost".into(),
     };
     let mut args = args.into_iter();
@@ -111,6 +116,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             }
             "--listen" => o.listen = addr("--listen", value("--listen")?)?,
             "--admin" => o.admin = addr("--admin", value("--admin")?)?,
+            "--http" => o.http = Some(addr("--http", value("--http")?)?),
             "--fqdn-host" => o.fqdn_host = value("--fqdn-host")?,
             "--cluster-seed" => {
                 o.cluster_seed = Some(host_port("--cluster-seed", value("--cluster-seed")?)?);
@@ -218,6 +224,16 @@ async fn run(o: Options) -> Result<(), String> {
         }
     };
 
+    let http = match o.http {
+        Some(a) => {
+            let h = HttpControl::bind(sim.clone(), a)
+                .await
+                .map_err(|e| format!("--http {a}: {e}"))?;
+            println!("http {}", h.local_addr());
+            Some(h)
+        }
+        None => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     tokio::select! {
@@ -226,6 +242,7 @@ async fn run(o: Options) -> Result<(), String> {
     }
     tracing::info!("stopping");
     admin.shutdown();
+    drop(http);
     sim.shutdown();
     Ok(())
 }

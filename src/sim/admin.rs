@@ -34,6 +34,17 @@
 //! its connections from before the `MOVING` are closed at the deadline
 //! ([`super::Moving::stay_open`]).
 //!
+//! For redis-py, move with `SIM.MOVING <secs> SAME-PORT STAY-OPEN`, not
+//! `SAME-PORT` alone: redis-py takes only the host from `MOVING` and keeps
+//! its port, and once the `MOVING` time is over it opens new connections at
+//! the address it was configured with again. `SAME-PORT` alone closes that
+//! address at the deadline, so every connection opened after it fails (a
+//! run with new connections after the deadline counted 25,166 failed
+//! commands); with `STAY-OPEN` the address leads to the new node, as on a
+//! managed Redis behind a load balancer (0 failed under 8 threads, see
+//! `tests/redis_py/scenarios.py`). node-redis takes host and port from
+//! `MOVING` and follows a move to a new port as well.
+//!
 //! In front of a Redis Cluster ([`super::Builder::start_cluster`]),
 //! `SIM.SLOT-MIGRATE <slots> <src> <dst>` moves slots for real between the
 //! nodes behind two endpoints, bracketed by `SMIGRATING` / `SMIGRATED`.
@@ -63,7 +74,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::Simulator;
-use super::{Moving, Notification, SlotMove, Target, Window};
+use super::{Moving, Notification, SlotMigrate, SlotMove, Target, Window};
 use crate::resp::{Decoder, Limits, Value};
 
 const LOG: &str = "redis_layers::sim::admin";
@@ -617,7 +628,7 @@ async fn execute(shared: &Arc<Shared>, session: &mut Session, argv: Vec<Bytes>) 
         "SIM.MOVING" => moving(shared, &mut args),
         "SIM.MIGRATE" => window(shared, &mut args, true),
         "SIM.FAILOVER" => window(shared, &mut args, false),
-        "SIM.SLOT-MIGRATE" => slot_migrate(shared, &mut args),
+        "SIM.SLOT-MIGRATE" => slot_migrate(shared, &mut args).await,
         "SIM.NOTIFY" => notify(shared, &mut args),
         "SIM.INJECT" => inject(shared, &mut args),
         "SIM.DELAY" => delay(shared, &mut args),
@@ -628,6 +639,7 @@ async fn execute(shared: &Arc<Shared>, session: &mut Session, argv: Vec<Bytes>) 
         "SIM.CLIENTS" => args.end().map(|_| clients(shared)),
         "SIM.ENDPOINTS" => args.end().map(|_| endpoints(shared)),
         "SIM.SEQ" => args.end().map(|_| Value::Integer(shared.sim.next_seq())),
+        "SIM.STATS" => args.end().map(|_| stats(shared)),
         _ => Err(format!(
             "ERR unknown command '{}', with args beginning with: {}(try SIM.HELP)",
             lossy(&argv[0]),
@@ -655,8 +667,12 @@ const HELP: &[&str] = &[
     "    MIGRATING, replies held DELAY ms (default 50) for the duration, then MIGRATED. Runs in the background.",
     "SIM.FAILOVER <duration-ms> [DELAY ms] [ENDPOINT ip:port] [STARTS secs] [SHARDS ids|NONE] -> [seq, \"ip:port\"]",
     "    The same with FAILING_OVER / FAILED_OVER.",
-    "SIM.SLOT-MIGRATE <slots> <src ip:port> <dst ip:port> -> [seq]   (cluster; slots: 100 | 100-200 | 0-5,9)",
-    "    SMIGRATING to src's opted-in connections, a real migration to dst's node, then SMIGRATED. Background.",
+    "SIM.SLOT-MIGRATE <slots> <src ip:port> <dst ip:port> [AFTER ms] [FAIL-AFTER keys] -> [seq]",
+    "    (cluster; slots: 100 | 100-200 | 0-5,9) src must own every slot, else -ERR and nothing is announced.",
+    "    SMIGRATING to src's opted-in connections, a real migration to dst's node, then SMIGRATED; src answers",
+    "    ASK, never MOVED, for the slots until 200 ms after SMIGRATED. AFTER: keys start moving that much later.",
+    "    FAIL-AFTER: fail once that many keys moved; the migration is rolled back and SMIGRATED names src as",
+    "    the owner. Background.",
     "SIM.NOTIFY <target> <kind> <seq|*> args... -> [seq, connections]",
     "    MOVING seq time [ip:port|NULL] | MIGRATING seq time [shards] | MIGRATED seq [shards]",
     "    FAILING_OVER seq time [shards] | FAILED_OVER seq [shards] | SMIGRATING seq slots...",
@@ -671,8 +687,22 @@ const HELP: &[&str] = &[
     "SIM.CLIENTS -> one entry per proxied connection: id endpoint peer name resp3 maint maint-requests",
     "SIM.ENDPOINTS -> one entry per endpoint: endpoint backend clients state current",
     "SIM.SEQ -> the next sequence number (taken: later ones are higher).",
+    "SIM.STATS -> moved ask migrations-started migrations-done migrations-failed (counters since start).",
     "PING [msg] | ECHO msg | HELP (SIM.HELP from redis-cli, which keeps HELP for itself) | HELLO [2|3] | QUIT",
 ];
+
+/// `SIM.STATS`: a map (a flat array over RESP2).
+fn stats(shared: &Shared) -> Value {
+    let s = shared.sim.stats();
+    let n = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    Value::Map(vec![
+        (bulk("moved"), n(s.moved)),
+        (bulk("ask"), n(s.ask)),
+        (bulk("migrations-started"), n(s.migrations_started)),
+        (bulk("migrations-done"), n(s.migrations_done)),
+        (bulk("migrations-failed"), n(s.migrations_failed)),
+    ])
+}
 
 fn hello(session: &mut Session, args: &mut Args<'_>) -> Reply {
     if args.remaining() > 0 {
@@ -776,6 +806,7 @@ fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
         time,
         to,
         stay_open,
+        dns: None,
     };
     let h = shared.sim.start_moving(m).map_err(|e| match to {
         Some(t) => format!("ERR cannot open an endpoint at {t}: {e}"),
@@ -864,17 +895,30 @@ fn window(shared: &Arc<Shared>, args: &mut Args<'_>, migrate: bool) -> Reply {
     ]))
 }
 
-fn slot_migrate(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
+async fn slot_migrate(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     let slots = parse_slots(&args.text()?)?;
     let src = shared.open_endpoint(args.addr()?)?;
     let dst = shared.open_endpoint(args.addr()?)?;
-    args.end()?;
+    let mut m = SlotMigrate::new(&slots, src, dst);
+    while args.remaining() > 0 {
+        match args.word()?.as_str() {
+            "AFTER" => m.after = args.millis("AFTER", MAX_SECS * 1000)?,
+            "FAIL-AFTER" => {
+                m.fail_after_keys =
+                    Some(usize::try_from(args.u64("FAIL-AFTER")?).unwrap_or(usize::MAX))
+            }
+            other => return Err(format!("ERR unknown SIM.SLOT-MIGRATE option '{other}'")),
+        }
+    }
     if src == dst {
         return Err("ERR source and destination are the same endpoint".into());
     }
+    // Ownership is checked before anything is announced: a refusal here
+    // means no client was told.
     let h = shared
         .sim
-        .start_slot_migrate(&slots, src, dst)
+        .start_slot_migration(m)
+        .await
         .map_err(|e| format!("ERR {e}"))?;
     let seq = h.smigrating;
     tokio::spawn(async move {
@@ -889,7 +933,7 @@ fn slot_migrate(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
 }
 
 /// Slots as `100`, `100-200` or `0-5,9` (each 0 to 16383).
-fn parse_slots(s: &str) -> Result<Vec<u16>, String> {
+pub(super) fn parse_slots(s: &str) -> Result<Vec<u16>, String> {
     let bad =
         || format!("ERR invalid slots '{s}' (want e.g. 100, 100-200 or 0-5,9; each 0 to 16383)");
     let slot = |t: &str| {

@@ -57,7 +57,13 @@ pub(super) trait AddrMap {
 
 /// A `-MOVED slot host:port` / `-ASK slot host:port` frame with the address
 /// rewritten; `None` when the frame is not one or the address is unknown.
-pub(super) fn rewrite_redirect(frame: &[u8], map: &dyn AddrMap) -> Option<Bytes> {
+/// A `MOVED` for a slot that `ask` maps to an endpoint becomes an `ASK` to
+/// that endpoint (a migration away from this node is under way).
+pub(super) fn rewrite_redirect(
+    frame: &[u8],
+    map: &dyn AddrMap,
+    ask: &dyn Fn(u16) -> Option<SocketAddr>,
+) -> Option<Bytes> {
     let line = frame.strip_prefix(b"-")?.strip_suffix(b"\r\n")?;
     let line = std::str::from_utf8(line).ok()?;
     let mut parts = line.split(' ');
@@ -66,7 +72,14 @@ pub(super) fn rewrite_redirect(frame: &[u8], map: &dyn AddrMap) -> Option<Bytes>
         return None;
     }
     let slot = parts.next()?;
-    let to = map.map_addr_str(parts.next()?)?;
+    let addr = parts.next()?;
+    let held = (kind == "MOVED")
+        .then(|| slot.parse().ok().and_then(ask))
+        .flatten();
+    let (kind, to) = match held {
+        Some(dst) => ("ASK", dst),
+        None => (kind, map.map_addr_str(addr)?),
+    };
     Some(Bytes::from(format!(
         "-{kind} {slot} {}:{}\r\n",
         to.ip(),
@@ -244,16 +257,27 @@ mod tests {
 
     #[test]
     fn redirects() {
+        let none = |_| None;
         assert_eq!(
-            rewrite_redirect(b"-MOVED 3999 127.0.0.1:7001\r\n", &Fixed).unwrap(),
+            rewrite_redirect(b"-MOVED 3999 127.0.0.1:7001\r\n", &Fixed, &none).unwrap(),
             &b"-MOVED 3999 127.0.0.1:17001\r\n"[..]
         );
         assert_eq!(
-            rewrite_redirect(b"-ASK 1 127.0.0.1:7001\r\n", &Fixed).unwrap(),
+            rewrite_redirect(b"-ASK 1 127.0.0.1:7001\r\n", &Fixed, &none).unwrap(),
             &b"-ASK 1 127.0.0.1:17001\r\n"[..]
         );
-        assert!(rewrite_redirect(b"-MOVED 3999 127.0.0.1:7002\r\n", &Fixed).is_none());
-        assert!(rewrite_redirect(b"-ERR x\r\n", &Fixed).is_none());
+        assert!(rewrite_redirect(b"-MOVED 3999 127.0.0.1:7002\r\n", &Fixed, &none).is_none());
+        assert!(rewrite_redirect(b"-ERR x\r\n", &Fixed, &none).is_none());
+        // A slot migrating away: MOVED becomes ASK to the destination.
+        let held = |s: u16| (s == 3999).then(|| "127.0.0.1:17002".parse().unwrap());
+        assert_eq!(
+            rewrite_redirect(b"-MOVED 3999 127.0.0.1:7001\r\n", &Fixed, &held).unwrap(),
+            &b"-ASK 3999 127.0.0.1:17002\r\n"[..]
+        );
+        assert_eq!(
+            rewrite_redirect(b"-MOVED 4000 127.0.0.1:7001\r\n", &Fixed, &held).unwrap(),
+            &b"-MOVED 4000 127.0.0.1:17001\r\n"[..]
+        );
     }
 
     #[test]

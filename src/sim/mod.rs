@@ -55,6 +55,9 @@
 
 pub mod admin;
 mod cluster;
+mod dns;
+pub mod http;
+mod migration;
 mod notification;
 mod proxy;
 
@@ -72,6 +75,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+pub use dns::{DnsLag, SimResolver};
+pub use migration::{SlotMigrate, SlotMigration, SlotMigrationHandle};
 pub use notification::{EndpointType, Notification, SlotMove};
 
 /// A proxied client connection, as the simulator's registry knows it.
@@ -143,6 +148,13 @@ pub struct Moving {
     /// the deadline. `to` is opened as usual, for clients that asked for an
     /// address.
     pub stay_open: bool,
+    /// A host name for the new endpoint whose DNS record follows late
+    /// (default `None`): connections that asked for an `*-fqdn` endpoint
+    /// type get `MOVING seq time name:port`, and the name points at the
+    /// old endpoint's IP until `lag` after the `MOVING`, then at the new
+    /// one's. Give `to` another IP than `from` (e.g. `127.0.0.2:0`, or the
+    /// same port there) for the lag to matter; see [`SimResolver`].
+    pub dns: Option<DnsLag>,
 }
 
 impl Moving {
@@ -153,6 +165,7 @@ impl Moving {
             time,
             to: None,
             stay_open: false,
+            dns: None,
         }
     }
 }
@@ -219,54 +232,6 @@ pub struct WindowSeqs {
     pub notified: usize,
 }
 
-/// How long after `SMIGRATED` the source node gives the slots up (until
-/// then it answers `ASK` for them): the time clients have to act on the
-/// notification before they would see `MOVED`. (50 ms was too short on a
-/// loaded 2-core machine: a client's task may not run for that long, and
-/// then every slot is learnt from a `MOVED` after all.)
-const SMIGRATED_LEAD: Duration = Duration::from_millis(200);
-
-/// The end of a slot migration: `SETSLOT NODE` on the old owner (required)
-/// and on every other node (best effort).
-struct FinishMigration {
-    src: crate::Connection,
-    others: Vec<crate::Connection>,
-    dst_id: String,
-}
-
-impl FinishMigration {
-    async fn run(self, slots: &[u16]) -> io::Result<()> {
-        for &slot in slots {
-            let setslot = crate::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg("NODE")
-                .arg(&self.dst_id);
-            self.src
-                .send_cmd(setslot.clone())
-                .await
-                .map_err(|e| io::Error::other(format!("slot migration: SETSLOT NODE: {e}")))?;
-            for o in &self.others {
-                let _ = o.send_cmd(setslot.clone()).await;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What a [`Simulator::slot_migrate`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotMigration {
-    /// Sequence number of the `SMIGRATING`.
-    pub smigrating: i64,
-    /// Sequence number of the `SMIGRATED`.
-    pub smigrated: i64,
-    /// Keys moved.
-    pub keys: usize,
-    /// Connections that got the `SMIGRATING` when it started.
-    pub notified: usize,
-}
-
 /// An endpoint, as [`Simulator::endpoints_info`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointInfo {
@@ -328,24 +293,6 @@ impl WindowHandle {
     /// Waits for the end of the window (closing notification sent).
     pub async fn finished(self) -> io::Result<WindowSeqs> {
         join(self.task).await
-    }
-}
-
-/// A slot migration under way; see [`Simulator::start_slot_migrate`].
-/// Dropping it does not stop the migration.
-#[derive(Debug)]
-pub struct SlotMigrationHandle {
-    /// Sequence number of the `SMIGRATING`, sent already.
-    pub smigrating: i64,
-    /// Connections that got the `SMIGRATING`.
-    pub notified: usize,
-    task: JoinHandle<io::Result<SlotMigration>>,
-}
-
-impl SlotMigrationHandle {
-    /// Waits for the migration to end (`SMIGRATED` sent, or an error).
-    pub async fn finished(self) -> io::Result<SlotMigration> {
-        join(self.task).await?
     }
 }
 
@@ -420,6 +367,49 @@ pub(crate) struct Inner {
     stop: CancellationToken,
     changed: Notify,
     state: Mutex<State>,
+    counters: Counters,
+}
+
+/// What [`Simulator::stats`] reads.
+#[derive(Default)]
+pub(crate) struct Counters {
+    moved: AtomicU64,
+    ask: AtomicU64,
+    migrations_started: AtomicU64,
+    migrations_done: AtomicU64,
+    migrations_failed: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a reply on its way to a client (cluster mode); true for a
+    /// `MOVED`.
+    pub(crate) fn reply(&self, frame: &[u8]) -> bool {
+        if frame.starts_with(b"-MOVED ") {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if frame.starts_with(b"-ASK ") {
+            self.ask.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+}
+
+/// Counters since the simulator started; see [`Simulator::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `MOVED` replies forwarded to clients (in front of a cluster).
+    pub moved: u64,
+    /// `ASK` replies forwarded to clients (in front of a cluster).
+    pub ask: u64,
+    /// Slot migrations announced (`SMIGRATING` sent).
+    pub migrations_started: u64,
+    /// Slot migrations completed (`SMIGRATED` sent, the source gave the
+    /// slots up).
+    pub migrations_done: u64,
+    /// Slot migrations that failed (rolled back or not, `SMIGRATED` sent).
+    pub migrations_failed: u64,
 }
 
 #[derive(Default)]
@@ -434,6 +424,10 @@ struct EndpointState {
     addr: SocketAddr,
     backend: SocketAddr,
     stop: CancellationToken,
+    /// Taken (and so closed) by [`Simulator::close_endpoint`] at once: the
+    /// address refuses connections when the call returns, not when the
+    /// accept task next runs.
+    listener: Arc<Mutex<Option<TcpListener>>>,
     refuse: bool,
     delay: Arc<AtomicU64>,
     /// A `MOVING` under way: late arrivals get it when they opt in.
@@ -441,9 +435,11 @@ struct EndpointState {
     /// Other notifications of an event under way (`SMIGRATING`), for late
     /// arrivals too.
     active: Vec<Notification>,
+    /// Migrations away from this node: their slots' `MOVED` become `ASK`.
+    ask: Vec<migration::AskGuard>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct MovingWindow {
     seq: i64,
     deadline: Instant,
@@ -454,6 +450,8 @@ struct MovingWindow {
     /// The highest connection id registered when `MOVING` went out (ids
     /// only increase).
     last_old: u64,
+    /// [`Moving::dns`]: the name `*-fqdn` connections are given.
+    name: Option<Arc<str>>,
 }
 
 impl MovingWindow {
@@ -672,6 +670,7 @@ impl Simulator {
             .find(|e| e.addr == endpoint)
         {
             e.stop.cancel();
+            lock_listener(&e.listener).take();
         }
         self.inner.close_where(Target::Endpoint(endpoint))
     }
@@ -740,18 +739,27 @@ impl Simulator {
                 to,
                 stay_open: m.stay_open,
                 last_old: st.next_client,
+                name: m.dns.as_ref().map(|d| Arc::from(d.name.as_str())),
             };
             if let Some(e) = st.endpoints.iter_mut().find(|e| e.addr == from) {
-                e.moving = Some(window);
+                e.moving = Some(window.clone());
             }
             window
         };
+        if let Some(d) = &m.dns {
+            // The record leads to the old node until the lag has passed.
+            if d.resolver.record(&d.name).is_empty() {
+                d.resolver.set(&d.name, from.ip());
+            }
+            d.resolver
+                .set_at(&d.name, to.ip(), crate::time::after(Instant::now(), d.lag));
+        }
         let stay_open = m.stay_open;
         tracing::info!(target: "redis_layers::sim", event = "sim.moving", seq, time, %from, %to, stay_open, "MOVING");
         let notified = self.inner.send_where(Target::Endpoint(from), true, |c| {
             window
                 .covers(c.id)
-                .then(|| self.inner.moving_for(c, seq, time, to).to_bytes())
+                .then(|| self.inner.moving_for(c, &window, time).to_bytes())
         });
         let sim = self.detached();
         let task = tokio::spawn(async move {
@@ -760,7 +768,7 @@ impl Simulator {
                 _ = sim.inner.stop.cancelled() => {}
             }
             let closed = if stay_open {
-                let closed = sim.inner.close_moved(from, window);
+                let closed = sim.inner.close_moved(from, &window);
                 tracing::info!(target: "redis_layers::sim", event = "sim.moving_deadline", seq, %from, closed, stay_open, "old connections closed; the endpoint stays open");
                 closed
             } else {
@@ -888,226 +896,6 @@ impl Simulator {
         self.inner.backend_of(endpoint)
     }
 
-    /// Moves `slots` from the node behind endpoint `src` to the node behind
-    /// endpoint `dst`, for real: `CLUSTER SETSLOT IMPORTING` on the target,
-    /// `MIGRATING` on the source, `MIGRATE` of every key, then `SETSLOT
-    /// NODE` on the target, the `SMIGRATED`, and 200 ms later `SETSLOT NODE`
-    /// on the source and every other node (until then the source answers
-    /// `ASK` for the slots, so a client that acts on `SMIGRATED` at once
-    /// never sees `MOVED` for them). Bracketed by `SMIGRATING seq slots` to
-    /// the source's opted-in connections (also to those that opt in during
-    /// the migration) and `SMIGRATED seq [[src dst slots]]` (endpoint
-    /// addresses). Returns once the source gave the slots up.
-    pub async fn slot_migrate(
-        &self,
-        slots: &[u16],
-        src: SocketAddr,
-        dst: SocketAddr,
-    ) -> io::Result<SlotMigration> {
-        self.start_slot_migrate(slots, src, dst)?.finished().await
-    }
-
-    /// Starts a [`Simulator::slot_migrate`]: returns once `SMIGRATING` is
-    /// sent; the migration goes on in a task. Fails at once when `src` or
-    /// `dst` is not an endpoint, they are the same, or `slots` is empty or
-    /// out of range. Must be called within a Tokio runtime.
-    pub fn start_slot_migrate(
-        &self,
-        slots: &[u16],
-        src: SocketAddr,
-        dst: SocketAddr,
-    ) -> io::Result<SlotMigrationHandle> {
-        self.start_slot_migrate_after(slots, src, dst, Duration::ZERO)
-    }
-
-    /// [`Simulator::start_slot_migrate`], with the keys starting to move
-    /// `after` the `SMIGRATING` (as a server announces a migration before
-    /// it begins): a window in which clients that connect are told too.
-    pub fn start_slot_migrate_after(
-        &self,
-        slots: &[u16],
-        src: SocketAddr,
-        dst: SocketAddr,
-        after: Duration,
-    ) -> io::Result<SlotMigrationHandle> {
-        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-        let (src_node, dst_node) = match (self.backend_of(src), self.backend_of(dst)) {
-            (Some(s), Some(d)) => (s, d),
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no endpoint {src} or {dst}"),
-                ))
-            }
-        };
-        if src_node == dst_node {
-            return Err(invalid(format!("{src} and {dst} are the same node")));
-        }
-        if slots.is_empty() || slots.iter().any(|&s| s >= 16384) {
-            return Err(invalid("slots must be 0 to 16383, at least one".into()));
-        }
-        let ranges = slot_ranges(slots);
-        let start = Notification::SMigrating {
-            seq: self.next_seq(),
-            slots: vec![ranges.clone()],
-        };
-        if let Some(e) = self
-            .inner
-            .lock()
-            .endpoints
-            .iter_mut()
-            .find(|e| e.addr == src)
-        {
-            e.active.push(start.clone());
-        }
-        let notified = self.notify(Target::Endpoint(src), &start);
-        let smigrating = start.seq();
-        let sim = self.detached();
-        let slots = slots.to_vec();
-        let task = tokio::spawn(async move {
-            if !after.is_zero() {
-                tokio::time::sleep(after).await;
-            }
-            let moved = sim.migrate_keys(&slots, src_node, dst_node).await;
-            if let Some(e) = sim
-                .inner
-                .lock()
-                .endpoints
-                .iter_mut()
-                .find(|e| e.addr == src)
-            {
-                e.active.retain(|n| n != &start);
-            }
-            let (keys, finish) = moved?;
-            let end = Notification::SMigrated {
-                seq: sim.next_seq(),
-                moves: vec![SlotMove {
-                    src: src.to_string(),
-                    dst: dst.to_string(),
-                    slots: ranges,
-                }],
-            };
-            // The destination owns the slots now; the source still answers
-            // ASK for them. Clients hear it here, and have a moment to act
-            // on it before the source starts answering MOVED.
-            sim.notify(Target::Endpoint(src), &end);
-            tokio::time::sleep(SMIGRATED_LEAD).await;
-            finish.run(&slots).await?;
-            Ok(SlotMigration {
-                smigrating,
-                smigrated: end.seq(),
-                keys,
-                notified,
-            })
-        });
-        Ok(SlotMigrationHandle {
-            smigrating,
-            notified,
-            task,
-        })
-    }
-
-    /// The real migration up to the new owner taking the slots: importing
-    /// and migrating states, every key moved, `SETSLOT NODE` on the
-    /// destination. Returns how many keys moved, and what tells the source
-    /// and the other nodes.
-    async fn migrate_keys(
-        &self,
-        slots: &[u16],
-        src: SocketAddr,
-        dst: SocketAddr,
-    ) -> io::Result<(usize, FinishMigration)> {
-        use crate::{cmd, Value};
-        let err =
-            |what: &str, e: crate::Error| io::Error::other(format!("slot migration: {what}: {e}"));
-        let s = admin_conn(src).await?;
-        let d = admin_conn(dst).await?;
-        let id = |v: Value| String::from_utf8_lossy(v.as_bytes().unwrap_or_default()).into_owned();
-        let src_id = id(s
-            .send_cmd(cmd("CLUSTER").arg("MYID"))
-            .await
-            .map_err(|e| err("MYID", e))?);
-        let dst_id = id(d
-            .send_cmd(cmd("CLUSTER").arg("MYID"))
-            .await
-            .map_err(|e| err("MYID", e))?);
-        let mut others = Vec::new();
-        for node in self.backends() {
-            if node != src && node != dst {
-                others.push(admin_conn(node).await?);
-            }
-        }
-        let mut keys = 0;
-        for &slot in slots {
-            d.send_cmd(
-                cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg("IMPORTING")
-                    .arg(&src_id),
-            )
-            .await
-            .map_err(|e| err("SETSLOT IMPORTING", e))?;
-            s.send_cmd(
-                cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg("MIGRATING")
-                    .arg(&dst_id),
-            )
-            .await
-            .map_err(|e| err("SETSLOT MIGRATING", e))?;
-            loop {
-                let batch = s
-                    .send_cmd(cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(100))
-                    .await
-                    .map_err(|e| err("GETKEYSINSLOT", e))?;
-                let names: Vec<Bytes> = match batch {
-                    Value::Array(items) => items
-                        .iter()
-                        .filter_map(|k| k.as_bytes().map(Bytes::copy_from_slice))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                if names.is_empty() {
-                    break;
-                }
-                keys += names.len();
-                let migrate = cmd("MIGRATE")
-                    .arg(dst.ip().to_string())
-                    .arg(dst.port())
-                    .arg("")
-                    .arg(0)
-                    .arg(5000)
-                    .arg("KEYS")
-                    .args(names.iter().map(|k| &k[..]));
-                s.send_cmd(migrate).await.map_err(|e| err("MIGRATE", e))?;
-            }
-        }
-        // The new owner first; the old one and everyone else after the
-        // `SMIGRATED` ([`FinishMigration`]), as `redis-cli` orders it.
-        for &slot in slots {
-            d.send_cmd(
-                cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg("NODE")
-                    .arg(&dst_id),
-            )
-            .await
-            .map_err(|e| err("SETSLOT NODE", e))?;
-        }
-        tracing::info!(target: "redis_layers::sim", event = "sim.slot_migrate", %src, %dst, slots = slots.len(), keys, "slots migrated");
-        Ok((
-            keys,
-            FinishMigration {
-                src: s,
-                others,
-                dst_id,
-            },
-        ))
-    }
-
     /// Every distinct backend server.
     fn backends(&self) -> Vec<SocketAddr> {
         let mut b: Vec<SocketAddr> = self
@@ -1122,9 +910,35 @@ impl Simulator {
         b
     }
 
+    /// Counters since the start: redirects forwarded to clients, slot
+    /// migrations started, done and failed. A client that acts on
+    /// `SMIGRATED` leaves `moved` unchanged across a migration.
+    ///
+    /// ```no_run
+    /// # async fn run(sim: redis_layers::sim::Simulator) {
+    /// let before = sim.stats();
+    /// // ... a slot migration under client load ...
+    /// assert_eq!(sim.stats().moved, before.moved);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            moved: get(&c.moved),
+            ask: get(&c.ask),
+            migrations_started: get(&c.migrations_started),
+            migrations_done: get(&c.migrations_done),
+            migrations_failed: get(&c.migrations_failed),
+        }
+    }
+
     /// Stops the simulator: listeners and every proxied connection close.
     pub fn shutdown(&self) {
         self.inner.stop.cancel();
+        for e in &self.inner.lock().endpoints {
+            lock_listener(&e.listener).take();
+        }
     }
 }
 
@@ -1204,6 +1018,7 @@ impl Builder {
             fqdn_host: self.fqdn_host.clone(),
             listen_ip: self.listen.ip(),
             state: Mutex::new(State::default()),
+            counters: Counters::default(),
         });
         Simulator {
             inner,
@@ -1230,22 +1045,45 @@ impl Inner {
         let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let stop = self.stop.child_token();
-        self.lock().endpoints.push(EndpointState {
+        let listener = Arc::new(Mutex::new(Some(listener)));
+        let entry = EndpointState {
             addr,
             backend,
             stop: stop.clone(),
+            listener: listener.clone(),
             refuse: false,
             delay: Arc::new(AtomicU64::new(0)),
             moving: None,
             active: Vec::new(),
-        });
+            ask: Vec::new(),
+        };
+        {
+            // The OS handed out the address of an endpoint that went away:
+            // the new one takes its entry, so every lookup by address finds
+            // the endpoint that listens there (the bind proves the old one
+            // does not).
+            let mut st = self.lock();
+            match st.endpoints.iter().position(|e| e.addr == addr) {
+                Some(i) => st.endpoints[i] = entry,
+                None => st.endpoints.push(entry),
+            }
+        }
         let this = self.clone();
         tracing::info!(target: "redis_layers::sim", event = "sim.endpoint", %addr, %backend, "endpoint open");
         tokio::spawn(async move {
+            let accept = || {
+                std::future::poll_fn(|cx| match lock_listener(&listener).as_ref() {
+                    Some(l) => l.poll_accept(cx).map(Some),
+                    None => std::task::Poll::Ready(None),
+                })
+            };
             loop {
                 let accepted = tokio::select! {
                     _ = stop.cancelled() => break,
-                    r = listener.accept() => r,
+                    r = accept() => match r {
+                        Some(r) => r,
+                        None => break,
+                    },
                 };
                 match accepted {
                     Ok((sock, peer)) => {
@@ -1267,8 +1105,22 @@ impl Inner {
                     }
                 }
             }
+            lock_listener(&listener).take();
         });
         Ok(addr)
+    }
+
+    /// The destination endpoint if `endpoint` must answer `ASK` rather
+    /// than `MOVED` for `slot` (a migration away from it is under way).
+    fn ask_instead_of_moved(&self, endpoint: SocketAddr, slot: u16) -> Option<SocketAddr> {
+        self.lock()
+            .endpoints
+            .iter()
+            .find(|e| e.addr == endpoint)?
+            .ask
+            .iter()
+            .find(|g| g.slots.binary_search(&slot).is_ok())
+            .map(|g| g.dst)
     }
 
     fn backend_of(&self, endpoint: SocketAddr) -> Option<SocketAddr> {
@@ -1367,7 +1219,7 @@ impl Inner {
                     .endpoints
                     .iter()
                     .find(|e| e.addr == info.endpoint)
-                    .and_then(|e| e.moving)
+                    .and_then(|e| e.moving.clone())
                     .filter(|w| w.covers(info.id));
                 let active = st
                     .endpoints
@@ -1385,10 +1237,7 @@ impl Inner {
                     // Rounded down: a late arrival is told to leave early
                     // rather than after the close.
                     let left = w.deadline.saturating_duration_since(Instant::now());
-                    late.push(
-                        self.moving_for(&info, w.seq, left.as_secs(), w.to)
-                            .to_bytes(),
-                    );
+                    late.push(self.moving_for(&info, &w, left.as_secs()).to_bytes());
                 }
             }
         }
@@ -1397,9 +1246,15 @@ impl Inner {
     }
 
     /// `MOVING` addressed the way this connection asked.
-    fn moving_for(&self, c: &ClientInfo, seq: i64, time: u64, to: SocketAddr) -> Notification {
+    fn moving_for(&self, c: &ClientInfo, w: &MovingWindow, time: u64) -> Notification {
+        let (seq, to) = (w.seq, w.to);
         let endpoint = match c.maint {
             Some(EndpointType::None) => None,
+            Some(t) if t.is_fqdn() && w.name.is_some() => Some(format!(
+                "{}:{}",
+                w.name.as_deref().unwrap_or_default(),
+                to.port()
+            )),
             Some(t) if t.is_fqdn() => {
                 // An endpoint at a chosen address (another loopback IP,
                 // e.g. `SAME-PORT`) is not what the host name stands for:
@@ -1451,10 +1306,10 @@ impl Inner {
     /// A [`Moving::stay_open`] deadline: closes the connections on `from`
     /// that `w` covers (the old node's) and ends the window, unless a later
     /// `MOVING` replaced it; `from` keeps listening.
-    fn close_moved(&self, from: SocketAddr, w: MovingWindow) -> usize {
+    fn close_moved(&self, from: SocketAddr, w: &MovingWindow) -> usize {
         let mut st = self.lock();
         if let Some(e) = st.endpoints.iter_mut().find(|e| e.addr == from) {
-            if e.moving.is_some_and(|m| m.seq == w.seq) {
+            if e.moving.as_ref().is_some_and(|m| m.seq == w.seq) {
                 e.moving = None;
             }
         }
@@ -1483,6 +1338,10 @@ impl cluster::AddrMap for Inner {
             .find(|e| e.backend == server && !e.stop.is_cancelled())
             .map(|e| e.addr)
     }
+}
+
+fn lock_listener(l: &Mutex<Option<TcpListener>>) -> MutexGuard<'_, Option<TcpListener>> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A direct connection to a server, for the simulator's own work.

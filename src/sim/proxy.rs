@@ -86,6 +86,7 @@ pub(super) async fn serve(
     let down = downstream(
         &inner,
         h.id,
+        endpoint,
         br,
         cw,
         h.inject,
@@ -275,6 +276,7 @@ fn inspect(inner: &Inner, id: u64, frame: &Bytes, in_multi: &mut bool) -> Inspec
 async fn downstream(
     inner: &Inner,
     id: u64,
+    endpoint: SocketAddr,
     mut br: OwnedReadHalf,
     mut cw: OwnedWriteHalf,
     mut inject: mpsc::UnboundedReceiver<Bytes>,
@@ -327,11 +329,17 @@ async fn downstream(
                     let frame = if inner.cluster && frame.first() != Some(&b'>') {
                         match rewrite_next.take() {
                             Some(t) => rewrite(t, frame, inner),
-                            None => cluster::rewrite_redirect(&frame, inner).unwrap_or(frame),
+                            None => cluster::rewrite_redirect(&frame, inner, &|slot| {
+                                inner.ask_instead_of_moved(endpoint, slot)
+                            })
+                            .unwrap_or(frame),
                         }
                     } else {
                         frame
                     };
+                    if inner.cluster && inner.counters.reply(&frame) {
+                        tracing::debug!(target: "redis_layers::sim", event = "sim.moved", client = id, %endpoint, reply = %String::from_utf8_lossy(&frame).trim_end(), "MOVED to a client");
+                    }
                     pending.push_back((crate::time::after(Instant::now(), delay()), frame, effect));
                 }
                 Ok(None) => break,

@@ -61,8 +61,9 @@ def parse_args():
     return p.parse_args()
 
 
-def bootstrap(args):
-    """Creates the venv and installs redis-py into it, then re-runs there."""
+def bootstrap(args, script=None):
+    """Creates the venv and installs redis-py into it, then re-runs `script`
+    (default: this file) there."""
     if os.environ.get(IN_VENV) == "1":
         return
     py = os.path.join(args.venv, "bin", "python")
@@ -83,7 +84,7 @@ def bootstrap(args):
             timeout=300,
         )
     env = dict(os.environ, **{IN_VENV: "1"})
-    os.execve(py, [py, os.path.abspath(__file__)] + sys.argv[1:], env)
+    os.execve(py, [py, os.path.abspath(script or __file__)] + sys.argv[1:], env)
 
 
 class Failed(Exception):
@@ -128,11 +129,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_redis(binary, tmp):
+def start_redis(binary, tmp, extra=()):
     port = free_port()
     p = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", tmp, "--logfile", os.path.join(tmp, "redis.log")],
+         "--dir", tmp, "--logfile", os.path.join(tmp, f"redis-{port}.log"), *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     CHILDREN.append(p)

@@ -31,6 +31,15 @@ pub fn raw_connector() -> Connector {
         .expect("a valid config")
 }
 
+/// `CLIENT MAINT_NOTIFICATIONS ON moving-endpoint-type <t>`.
+pub fn opt_in(t: redis_layers::sim::EndpointType) -> redis_layers::Cmd {
+    redis_layers::cmd("CLIENT")
+        .arg("MAINT_NOTIFICATIONS")
+        .arg("ON")
+        .arg("moving-endpoint-type")
+        .arg(t.as_str())
+}
+
 /// One real redis-server with the simulator in front of it. Dropping it
 /// stops both.
 pub struct SimStandalone {

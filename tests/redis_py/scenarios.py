@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""redis-py against redis-maint-sim under load: the scenarios .ci/run checks
+for every third-party client (node-redis: tests/node_redis/accept.mjs).
+
+  window   MIGRATING and FAILING_OVER with every reply held 700 ms, past the
+           250 ms socket timeout: 0 timeouts with notifications on; the
+           control run with notifications off must time out.
+  moving   MOVING to a new port, 8 threads with a client each, then a new
+           client per thread after the deadline, configured with the address
+           the MOVING named: 0 failed. (redis-py 8.1 takes only the host from
+           MOVING and keeps its port: expected to fail; see --only.)
+  stay     MOVING SAME-PORT STAY-OPEN, 8 threads, then a new client per thread
+           after the deadline at the configured address: 0 failed.
+  cluster  SIM.SLOT-MIGRATE of 100 slots under 8 threads of RedisCluster:
+           0 failed commands and 0 MOVED forwarded by the simulator.
+
+It shares the venv and helpers of validate.py. Exit status 0 when every
+check of the selected scenarios passes.
+
+Usage:
+    python3 tests/redis_py/scenarios.py --sim-bin target/debug/redis-maint-sim [--only window,stay,cluster]
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import validate  # noqa: E402  (the venv bootstrap and process helpers)
+from validate import CHILDREN, as_entries, cleanup, start_redis, start_sim, watchdog  # noqa: E402
+
+RESULTS = []
+
+
+def check(cond, what):
+    print(f"{'ok' if cond else 'FAIL'}: {what}", flush=True)
+    RESULTS.append(bool(cond))
+
+
+class Tally:
+    """Counts SET-then-GET round trips from many threads."""
+
+    def __init__(self):
+        self.ok = self.failed = self.new = 0
+        self.errors = []
+        self.lock = threading.Lock()
+
+    def set_get(self, c, key, n):
+        try:
+            c.set(key, n)
+            if c.get(key) != str(n):
+                raise RuntimeError(f"{key}: read back wrong")
+            with self.lock:
+                self.ok += 1
+        except Exception as e:  # any failure is what this counts
+            with self.lock:
+                self.failed += 1
+                self.errors.append(f"{type(e).__name__}: {e}")
+
+    def summary(self):
+        return f"{self.ok} ok, {self.failed} failed {self.errors[:3] if self.errors else ''}"
+
+
+def admin_for(redis, addr):
+    return redis.Redis(host=addr[0], port=addr[1], protocol=2, decode_responses=True, socket_timeout=5)
+
+
+def stats(admin):
+    s = admin.execute_command("SIM.STATS")
+    return dict(zip(s[0::2], s[1::2])) if isinstance(s, list) else s
+
+
+def window(redis, config, args, tmp, log):
+    backend = start_redis(args.redis_server, tmp)
+    for kind, label in (("MIGRATE", "MIGRATING"), ("FAILOVER", "FAILING_OVER")):
+        for on in (True, False):
+            p, listen, admin_addr = start_sim(args.sim_bin, backend, log)
+            # No retries: a timeout must show, not be absorbed by a resend.
+            r = redis.Redis(host=listen[0], port=listen[1], protocol=3, decode_responses=True,
+                            socket_timeout=0.25, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+                            maint_notifications_config=config(enabled=on, relaxed_timeout=5))
+            r.set("w", "0")
+            admin_for(redis, admin_addr).execute_command(f"SIM.{kind}", 3000, "DELAY", 700)
+            ok = timeouts = 0
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                try:
+                    r.get("w")
+                    ok += 1
+                except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
+                    timeouts += 1
+            r.close()
+            p.kill()
+            if on:
+                check(ok > 0 and timeouts == 0,
+                      f"window: {label}, replies held 700 ms > 250 ms timeout, notifications on: {ok} ok, {timeouts} timeouts")
+            else:
+                check(timeouts > 0,
+                      f"window: control run, {label} with notifications off times out: {ok} ok, {timeouts} timeouts")
+
+
+def moving(redis, config, args, tmp, log, stay_open):
+    backend = start_redis(args.redis_server, tmp)
+    p, listen, admin_addr = start_sim(args.sim_bin, backend, log)
+    admin = admin_for(redis, admin_addr)
+    mk = lambda host, port: redis.Redis(host=host, port=port, protocol=3, decode_responses=True,
+                                        socket_timeout=5, maint_notifications_config=config(enabled=True))
+    clients = [mk(*listen) for _ in range(8)]
+    for c in clients:
+        c.ping()
+    how = ["SAME-PORT", "STAY-OPEN"] if stay_open else []
+    seq, to = admin.execute_command("SIM.MOVING", 2, *how)
+    deadline = time.monotonic() + 2
+    to_host, _, to_port = to.rpartition(":")
+    t = Tally()
+    cmd = lambda c, i, n: t.set_get(c, f"m:{i}", n)
+
+    def loop(i):
+        n = 0
+        while time.monotonic() < deadline + 0.5:
+            cmd(clients[i], i, n)
+            n += 1
+        # A new client after the deadline: at the configured address
+        # (STAY-OPEN: it leads to the new node), or at the one MOVING named.
+        fresh = mk(*listen) if stay_open else mk(to_host, int(to_port))
+        with t.lock:
+            t.new += 1
+        for _ in range(20):
+            cmd(fresh, i, n)
+            n += 1
+        fresh.close()
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for c in clients:
+        c.close()
+    p.kill()
+    label = f"stay: MOVING SAME-PORT STAY-OPEN (to {to})" if stay_open else f"moving: MOVING to a new port ({to})"
+    check(t.failed == 0 and t.ok > 0 and t.new == 8,
+          f"{label}, 8 threads, {t.new} new clients after the deadline: {t.summary()}")
+
+
+def crc16(data):
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def cluster(redis, config, args, tmp, log):
+    ports = [start_redis(args.redis_server, tmp, ("--cluster-enabled", "yes",
+                                                  "--cluster-config-file", f"nodes-{i}.conf"))
+             for i in range(3)]
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, timeout=60)
+    for _ in range(500):
+        if all(b"cluster_state:ok" in subprocess.run(["redis-cli", "-p", str(p), "CLUSTER", "INFO"],
+                                                    capture_output=True).stdout for p in ports):
+            break
+        time.sleep(0.05)
+    sim = subprocess.Popen([args.sim_bin, "--cluster-seed", f"127.0.0.1:{ports[0]}",
+                            "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
+    CHILDREN.append(sim)
+    lines = [sim.stdout.readline().split() for _ in range(5)]
+    eps = {l[1]: l[3] for l in lines if l[0] == "node"}
+    ep = lambda p: eps[f"127.0.0.1:{p}"]
+    admin_host, _, admin_port = next(l[1] for l in lines if l[0] == "admin").rpartition(":")
+    admin = admin_for(redis, (admin_host, int(admin_port)))
+    keys, seen, i = [], set(), 0
+    while len(keys) < 150:
+        k = f"c{i}"
+        s = crc16(k.encode()) % 16384
+        if (s < 100 and s not in seen) or (s >= 100 and i % 7 == 0 and len(keys) >= 100):
+            seen.add(s)
+            keys.append(k)
+        i += 1
+    h, _, p0 = ep(ports[0]).rpartition(":")
+    t = Tally()
+    stop = threading.Event()
+
+    def loop(l):
+        c = redis.RedisCluster(host=h, port=int(p0), protocol=3, decode_responses=True,
+                               maint_notifications_config=config(enabled=True))
+        n = 0
+        while not stop.is_set():
+            # Each thread its own keys, in the same slots (hash tags).
+            t.set_get(c, f"{{{keys[(l * 17 + n) % len(keys)]}}}:{l}", n)
+            n += 1
+        c.close()
+
+    threads = [threading.Thread(target=loop, args=(l,)) for l in range(8)]
+    for th in threads:
+        th.start()
+    time.sleep(0.5)
+    before = stats(admin)
+    admin.execute_command("SIM.SLOT-MIGRATE", "0-99", ep(ports[0]), ep(ports[1]))
+    after = before
+    for _ in range(600):
+        after = stats(admin)
+        if int(after["migrations-done"]) + int(after["migrations-failed"]) >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    stop.set()
+    for th in threads:
+        th.join()
+    after = stats(admin)
+    sim.kill()
+    check(int(after["migrations-done"]) == 1, f"cluster: SIM.SLOT-MIGRATE 0-99 done ({after})")
+    moved = int(after["moved"]) - int(before["moved"])
+    check(t.failed == 0 and t.ok > 0 and moved == 0,
+          f"cluster: 8 threads across the migration, {moved} MOVED forwarded: {t.summary()}")
+
+
+def main():
+    sys.argv, only = validate_args()
+    args = validate.parse_args()
+    validate.bootstrap(args, __file__)
+    import redis
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    watchdog(180)
+    print(f"redis-py {redis.__version__}", flush=True)
+    tmp = tempfile.mkdtemp(prefix="redis-py-scenarios-")
+    log = open(os.path.join(tmp, "sim.log"), "w")
+    try:
+        for name in only:
+            try:
+                if name == "window":
+                    window(redis, MaintNotificationsConfig, args, tmp, log)
+                elif name in ("moving", "stay"):
+                    moving(redis, MaintNotificationsConfig, args, tmp, log, name == "stay")
+                elif name == "cluster":
+                    cluster(redis, MaintNotificationsConfig, args, tmp, log)
+            except Exception as e:  # a broken scenario is a failed check
+                check(False, f"{name}: {type(e).__name__}: {e}")
+    finally:
+        cleanup()
+        log.close()
+        if not os.environ.get("KEEP_LOGS"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"redis-py scenarios: {sum(RESULTS)}/{len(RESULTS)} checks passed", flush=True)
+    return 0 if RESULTS and all(RESULTS) else 1
+
+
+def validate_args():
+    """Takes `--only a,b` out of argv (validate.parse_args does not know it)."""
+    argv, only = list(sys.argv), "window,stay,cluster"
+    if "--only" in argv:
+        i = argv.index("--only")
+        only = argv[i + 1]
+        del argv[i:i + 2]
+    os.environ["_REDIS_PY_SCENARIOS_ONLY"] = os.environ.get("_REDIS_PY_SCENARIOS_ONLY", only)
+    return argv, os.environ["_REDIS_PY_SCENARIOS_ONLY"].split(",")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
