@@ -977,3 +977,55 @@ async fn redirected_pipeline_commands_are_resent_whether_or_not_handed_back() {
     })
     .await;
 }
+
+/// Issue 20: a completed topology refresh wakes every waiter, even when
+/// another refresh was requested while it ran. A cold cluster `Client`
+/// behind the simulator, its seed answering 300 ms late: one caller starts
+/// the first refresh; once its connection is open the other 63 arrive and
+/// ask for another. With a 5 s refresh cooldown a caller left waiting for
+/// the second refresh would take over 5 s; every call must take under 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_client_wakes_every_caller_with_the_first_map() {
+    bounded(60, async {
+        let env = SimCluster::start().await;
+        let seed = env.endpoint(0);
+        env.sim.set_delay(
+            redis_layers::sim::Target::Endpoint(seed),
+            Duration::from_millis(300),
+        );
+        let client = redis_layers::client::ClientBuilder::new(support::sim::endpoint(seed))
+            .mode(redis_layers::client::ServerMode::Cluster)
+            .cluster_config(ClusterConfig::default().refresh_cooldown(Duration::from_secs(5)))
+            .build()
+            .await
+            .unwrap();
+        let call = |i: usize| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let t0 = std::time::Instant::now();
+                let v: Option<String> = client.get(format!("cold:{i}")).await.unwrap();
+                assert!(v.is_none());
+                t0.elapsed()
+            })
+        };
+        let first = call(0);
+        // The first refresh is under way: its connection to the seed is open.
+        support::within(
+            STEP,
+            "the refresh's connection",
+            env.sim.wait_for(|c| c.iter().any(|c| c.endpoint == seed)),
+        )
+        .await;
+        let rest: Vec<_> = (1..64).map(call).collect();
+        let mut slowest = first.await.unwrap();
+        for t in rest {
+            slowest = slowest.max(t.await.unwrap());
+        }
+        println!("cold client, 64 callers: slowest first call {slowest:?}");
+        assert!(
+            slowest < Duration::from_secs(2),
+            "slowest first call {slowest:?}"
+        );
+    })
+    .await
+}

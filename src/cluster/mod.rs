@@ -888,13 +888,17 @@ impl<N: NewNode> Shared<N> {
                 r.error = Some(e);
             }
         }
+        // Every waiter learns of this one, even when another is due at
+        // once: callers waiting for the first map must not wait a cooldown
+        // and a second refresh (issue 20: 253 ms for a cold client's first
+        // two callers).
+        for w in r.waiters.drain(..) {
+            w.wake();
+        }
         if r.again {
             return true;
         }
         r.running = false;
-        for w in r.waiters.drain(..) {
-            w.wake();
-        }
         false
     }
 
