@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 use redis_layers::handoff::{Handoff, HandoffLayer};
 use redis_layers::maint::{MaintEvent, MaintenanceConfig, Mode, Notification};
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
-use redis_layers::sim::Moving;
+use redis_layers::sim::MovingPlan;
 use redis_layers::{cmd, Cmd, Connector, Error, Request, Value};
 use support::sim::SimStandalone;
 use tokio::time::MissedTickBehavior;
@@ -297,7 +297,7 @@ async fn run(opts: &Options, env: &SimStandalone, sim_rt: &tokio::runtime::Handl
         let before_start = Instant::now();
         tokio::time::sleep(opts.phase).await;
         let before_end = Instant::now();
-        let mut m = Moving::new(opts.moving);
+        let mut m = MovingPlan::new(opts.moving);
         m.from = Some(from);
         // The simulator's tasks and listeners belong to its own runtime.
         let handle = {

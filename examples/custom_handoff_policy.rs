@@ -232,7 +232,7 @@ async fn run(port: u16) -> Result<bool, Box<dyn std::error::Error>> {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut m = sim::Moving::new(Duration::from_secs(1));
+    let mut m = sim::MovingPlan::new(Duration::from_secs(1));
     m.to = Some(announced);
     println!("simulator: MOVING to {announced}, 1 s to go");
     let moved = sim.moving(m).await?;

@@ -19,7 +19,7 @@ use redis_layers::handoff::{
 };
 use redis_layers::maint::{BreakerState, EndpointType, MaintEvent, MaintenanceConfig, Mode};
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
-use redis_layers::sim::{Moved, Moving};
+use redis_layers::sim::{Moved, MovingPlan};
 use redis_layers::{cmd, Connector, Endpoint, Error, Request, Value};
 use support::cluster::blocked_clients;
 use support::ledger::{self, Report};
@@ -131,8 +131,8 @@ fn succeeded(e: &MaintEvent) -> bool {
     matches!(e, MaintEvent::HandoffSucceeded { .. })
 }
 
-fn moving(from: Option<SocketAddr>, time: Duration) -> Moving {
-    let mut m = Moving::new(time);
+fn moving(from: Option<SocketAddr>, time: Duration) -> MovingPlan {
+    let mut m = MovingPlan::new(time);
     m.from = from;
     m
 }
@@ -361,7 +361,7 @@ async fn duplicate_moving_is_handled_once() {
             .unwrap();
         assert_eq!(handle.notified, 3);
         // The same frame once more on every old connection.
-        let again = redis_layers::sim::Notification::Moving {
+        let again = redis_layers::sim::Push::Moving {
             seq: handle.seq,
             time: 1,
             endpoint: Some(handle.to.to_string()),

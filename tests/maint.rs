@@ -14,7 +14,7 @@ use redis_layers::maint::{
     EndpointType as MaintType, Kind, MaintEvent, Maintained, MaintenanceConfig, Mode,
 };
 use redis_layers::relax::RelaxTimeoutLayer;
-use redis_layers::sim::{EndpointType, Notification, Target, Window};
+use redis_layers::sim::{EndpointType, Push, Target, Window};
 use redis_layers::{cmd, Connection, Connector, Error, Request, Value};
 use support::sim::SimStandalone;
 use support::{bounded, within, RedisServer};
@@ -194,7 +194,7 @@ async fn notifications_reach_the_state_not_the_push_channel() {
             .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
             .await;
 
-        let n = Notification::Migrating {
+        let n = Push::Migrating {
             seq: env.sim.next_seq(),
             time: 5,
             shard_ids: Some("1,2".into()),
@@ -373,7 +373,7 @@ async fn backstop_longer_timeouts_and_blocking_commands() {
         let started = Instant::now();
         env.sim.notify(
             Target::All,
-            &Notification::FailingOver {
+            &Push::FailingOver {
                 seq: env.sim.next_seq(),
                 time: 1,
                 shard_ids: None,
@@ -472,7 +472,7 @@ async fn relaxation_extends_requests_in_flight() {
         tokio::task::yield_now().await;
         env.sim.notify(
             Target::All,
-            &Notification::Migrating {
+            &Push::Migrating {
                 seq: env.sim.next_seq(),
                 time: 0,
                 shard_ids: None,
@@ -517,17 +517,17 @@ async fn the_end_of_a_relaxation_keeps_requests_in_flight_extended() {
         // A failover starts and ends while it waits, before its own 1 s
         // would have run out (checked: a slow machine fails clearly).
         for n in [
-            Notification::FailingOver {
+            Push::FailingOver {
                 seq: env.sim.next_seq(),
                 time: 0,
                 shard_ids: None,
             },
-            Notification::FailedOver {
+            Push::FailedOver {
                 seq: env.sim.next_seq(),
                 shard_ids: None,
             },
         ] {
-            let ending = matches!(n, Notification::FailedOver { .. });
+            let ending = matches!(n, Push::FailedOver { .. });
             env.sim.notify(Target::All, &n);
             loop {
                 match within(STEP, "event", events.recv()).await.unwrap() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis_layers::maint::{
     MaintEvent, Maintained, MaintenanceConfig, Mode, NOTIFICATIONS, RELAXED,
 };
-use redis_layers::sim::{Notification, Target};
+use redis_layers::sim::{Push, Target};
 use redis_layers::Connector;
 use support::metrics::counted;
 use support::sim::SimStandalone;
@@ -30,7 +30,7 @@ fn notifications_and_relaxations_are_counted() {
         env.sim
             .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
             .await;
-        let n = Notification::Migrating {
+        let n = Push::Migrating {
             seq: env.sim.next_seq(),
             time: 1,
             shard_ids: None,
@@ -83,7 +83,7 @@ fn handoffs_are_counted() {
             .wait_for(|cs| cs.iter().any(|c| c.maint.is_some()))
             .await;
         env.sim
-            .start_moving(redis_layers::sim::Moving::new(Duration::from_secs(1)))
+            .start_moving(redis_layers::sim::MovingPlan::new(Duration::from_secs(1)))
             .unwrap();
         loop {
             if let MaintEvent::HandoffSucceeded { .. } = events.recv().await.unwrap() {

@@ -19,7 +19,7 @@ use redis_layers::client::ClientBuilder;
 use redis_layers::handoff::{Handoff, MakeConnection};
 use redis_layers::maint::{MaintEvent, MaintenanceConfig, Mode};
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
-use redis_layers::sim::Moving;
+use redis_layers::sim::MovingPlan;
 use redis_layers::{cmd, Connector, Request, Value};
 use support::sim::SimStandalone;
 use support::{bounded, RedisServer};
@@ -97,7 +97,7 @@ async fn ordered_through_a_moving(pool: usize) {
         if i == BEFORE {
             moving = Some(
                 env.sim
-                    .start_moving(Moving::new(Duration::from_secs(5)))
+                    .start_moving(MovingPlan::new(Duration::from_secs(5)))
                     .unwrap(),
             );
         }

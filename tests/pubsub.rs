@@ -541,7 +541,7 @@ async fn a_flapping_server_sees_the_backoff_grow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_flow_across_a_moving_with_none_lost() {
     use redis_layers::maint::{MaintenanceConfig, Mode};
-    use redis_layers::sim::Moving;
+    use redis_layers::sim::MovingPlan;
     use support::sim::SimStandalone;
 
     bounded(60, async {
@@ -556,7 +556,7 @@ async fn messages_flow_across_a_moving_with_none_lost() {
             l.count("news") >= 20 && l.count("alerts.eu") >= 20
         })
         .await;
-        let moving = env.sim.moving(Moving::new(Duration::from_secs(1)));
+        let moving = env.sim.moving(MovingPlan::new(Duration::from_secs(1)));
         let moved = within(STEP, "MOVING", log.during(&mut sub, moving))
             .await
             .unwrap();
@@ -799,7 +799,7 @@ async fn resp2_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_handoff_falls_back_with_none_lost() {
     use redis_layers::maint::{MaintenanceConfig, Mode};
-    use redis_layers::sim::Moving;
+    use redis_layers::sim::MovingPlan;
     use support::sim::SimStandalone;
 
     bounded(60, async {
@@ -815,7 +815,7 @@ async fn a_failed_handoff_falls_back_with_none_lost() {
             .await;
         let target = env.sim.open_endpoint().await.unwrap();
         env.sim.refuse_connections(target, true);
-        let mut m = Moving::new(Duration::from_secs(2));
+        let mut m = MovingPlan::new(Duration::from_secs(2));
         m.to = Some(target);
         m.stay_open = true;
         let handle = env.sim.start_moving(m).unwrap();

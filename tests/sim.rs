@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis_layers::sim::{EndpointType, Moving, Notification, Simulator, SlotMove, Target, Window};
+use redis_layers::sim::{EndpointType, MovingPlan, Push, Simulator, SlotMove, Target, Window};
 use redis_layers::{cmd, Connection, Endpoint, Error, Pipeline, PushReceiver, Value};
 use support::{bounded, within, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -189,41 +189,41 @@ impl Raw {
     }
 }
 
-fn all_kinds(seq: i64) -> Vec<Notification> {
+fn all_kinds(seq: i64) -> Vec<Push> {
     vec![
-        Notification::Moving {
+        Push::Moving {
             seq,
             time: 30,
             endpoint: Some("10.0.0.2:12000".into()),
         },
-        Notification::Moving {
+        Push::Moving {
             seq: seq + 1,
             time: 30,
             endpoint: None,
         },
-        Notification::Migrating {
+        Push::Migrating {
             seq: seq + 2,
             time: 5,
             shard_ids: Some("1,2".into()),
         },
-        Notification::Migrated {
+        Push::Migrated {
             seq: seq + 3,
             shard_ids: Some("1,2".into()),
         },
-        Notification::FailingOver {
+        Push::FailingOver {
             seq: seq + 4,
             time: 2,
             shard_ids: None,
         },
-        Notification::FailedOver {
+        Push::FailedOver {
             seq: seq + 5,
             shard_ids: None,
         },
-        Notification::SMigrating {
+        Push::SMigrating {
             seq: seq + 6,
             slots: vec!["0-100,200".into(), "300".into()],
         },
-        Notification::SMigrated {
+        Push::SMigrated {
             seq: seq + 7,
             moves: vec![SlotMove {
                 src: "127.0.0.1:7001".into(),
@@ -231,13 +231,13 @@ fn all_kinds(seq: i64) -> Vec<Notification> {
                 slots: "0-100,200".into(),
             }],
         },
-        Notification::SMigratedFlat {
+        Push::SMigratedFlat {
             seq: seq + 8,
             src: "127.0.0.1:7001".into(),
             dst: "127.0.0.1:7002".into(),
             slots: vec!["5".into()],
         },
-        Notification::SMigratedLegacy {
+        Push::SMigratedLegacy {
             seq: seq + 9,
             dst: "127.0.0.1:7002".into(),
             slots: vec!["5-6".into()],
@@ -410,7 +410,7 @@ async fn every_kind_reaches_only_opted_in_connections() {
         assert_eq!(raw_out.frame().await, b"+PONG\r\n");
 
         // One connection, by id.
-        let n = Notification::Migrated {
+        let n = Push::Migrated {
             seq: sim.next_seq(),
             shard_ids: None,
         };
@@ -544,7 +544,7 @@ async fn moving_scenario() {
         let started = Instant::now();
         let scenario = tokio::spawn({
             let sim = sim.clone();
-            async move { sim.moving(Moving::new(Duration::from_secs(1))).await }
+            async move { sim.moving(MovingPlan::new(Duration::from_secs(1))).await }
         });
         let deadline = started + Duration::from_secs(1);
 
@@ -561,7 +561,7 @@ async fn moving_scenario() {
         assert_ne!(to, old);
         assert_eq!(
             next_push(&mut fqdn_pushes, "MOVING fqdn").await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 1,
                 endpoint: Some(format!("localhost:{}", to.port()))
@@ -570,7 +570,7 @@ async fn moving_scenario() {
         );
         assert_eq!(
             next_push(&mut none_pushes, "MOVING none").await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 1,
                 endpoint: None
@@ -588,7 +588,7 @@ async fn moving_scenario() {
             opted_in(&sim, old, "late", EndpointType::InternalIp).await;
         assert_eq!(
             next_push(&mut late_pushes, "late MOVING").await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 0,
                 endpoint: Some(to.to_string())
@@ -645,7 +645,10 @@ async fn moving_stay_open_keeps_the_address() {
     bounded(30, async {
         let (_server, sim) = sim().await;
         let old = sim.endpoint();
-        assert!(!Moving::new(Duration::from_secs(1)).stay_open, "default");
+        assert!(
+            !MovingPlan::new(Duration::from_secs(1)).stay_open,
+            "default"
+        );
         let (none, mut none_pushes, _) = opted_in(&sim, old, "none", EndpointType::None).await;
         let (ip, mut ip_pushes, _) = opted_in(&sim, old, "ip", EndpointType::InternalIp).await;
         let quiet = connect(old, "quiet").await;
@@ -655,7 +658,7 @@ async fn moving_stay_open_keeps_the_address() {
             .await;
         assert_eq!(send(&none, cmd("SET").arg("k").arg("kept")).await, ok());
 
-        let mut m = Moving::new(Duration::from_secs(1));
+        let mut m = MovingPlan::new(Duration::from_secs(1));
         m.stay_open = true;
         let h = sim.start_moving(m).unwrap();
         let (seq, to, deadline) = (h.seq, h.to, h.deadline.into_std());
@@ -664,7 +667,7 @@ async fn moving_stay_open_keeps_the_address() {
         assert!(sim.is_open(to) && sim.is_open(old));
         assert_eq!(
             next_push(&mut none_pushes, "MOVING none").await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 1,
                 endpoint: None
@@ -673,14 +676,14 @@ async fn moving_stay_open_keeps_the_address() {
         );
         assert_eq!(
             next_push(&mut ip_pushes, "MOVING ip").await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 1,
                 endpoint: Some(to.to_string())
             }
             .to_value()
         );
-        let told = Notification::Moving {
+        let told = Push::Moving {
             seq,
             time: 1,
             endpoint: Some(to.to_string()),
@@ -700,7 +703,7 @@ async fn moving_stay_open_keeps_the_address() {
         assert_eq!(send(&quiet, opt_in(EndpointType::InternalIp)).await, ok());
         assert_eq!(
             next_push(&mut quiet_pushes, "late opt-in").await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 0,
                 endpoint: Some(to.to_string())
@@ -778,24 +781,24 @@ async fn migrate_and_failover_windows() {
 
             let (o, c) = if migrate {
                 (
-                    Notification::Migrating {
+                    Push::Migrating {
                         seq: seqs.start,
                         time: 0,
                         shard_ids: Some("1".into()),
                     },
-                    Notification::Migrated {
+                    Push::Migrated {
                         seq: seqs.end,
                         shard_ids: Some("1".into()),
                     },
                 )
             } else {
                 (
-                    Notification::FailingOver {
+                    Push::FailingOver {
                         seq: seqs.start,
                         time: 0,
                         shard_ids: Some("1".into()),
                     },
-                    Notification::FailedOver {
+                    Push::FailedOver {
                         seq: seqs.end,
                         shard_ids: Some("1".into()),
                     },
@@ -865,7 +868,7 @@ async fn scenario_starters_return_at_once() {
         assert_eq!((w.endpoint, w.notified), (old, 2));
         assert_eq!(
             next_push(&mut pushes, "MIGRATING").await,
-            Notification::Migrating {
+            Push::Migrating {
                 seq: w.start,
                 time: 0,
                 shard_ids: Some("1".into())
@@ -879,7 +882,7 @@ async fn scenario_starters_return_at_once() {
         assert_eq!(seqs.start, start);
         assert_eq!(
             next_push(&mut pushes, "MIGRATED").await,
-            Notification::Migrated {
+            Push::Migrated {
                 seq: seqs.end,
                 shard_ids: Some("1".into())
             }
@@ -888,17 +891,17 @@ async fn scenario_starters_return_at_once() {
         next_push(&mut fqdn_pushes, "MIGRATED fqdn").await;
 
         // Bad moves fail at once.
-        let mut m = Moving::new(Duration::from_secs(1));
+        let mut m = MovingPlan::new(Duration::from_secs(1));
         m.to = Some(old);
         assert!(sim.start_moving(m).is_err(), "to itself");
-        let mut m = Moving::new(Duration::from_secs(1));
+        let mut m = MovingPlan::new(Duration::from_secs(1));
         m.from = Some("127.0.0.1:1".parse().unwrap());
         assert!(sim.start_moving(m).is_err(), "no such endpoint");
 
         // A move to an address that is no endpoint yet: opened by the move.
         let port = support::free_port();
         let at = SocketAddr::from(([127, 0, 0, 3], port));
-        let mut m = Moving::new(Duration::from_secs(1));
+        let mut m = MovingPlan::new(Duration::from_secs(1));
         m.to = Some(at);
         let t = Instant::now();
         let h = sim.start_moving(m).unwrap();
@@ -909,7 +912,7 @@ async fn scenario_starters_return_at_once() {
         let seq = h.seq;
         assert_eq!(
             next_push(&mut pushes, "MOVING").await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 1,
                 endpoint: Some(at.to_string())
@@ -919,7 +922,7 @@ async fn scenario_starters_return_at_once() {
         // An fqdn client is given the IP: the host name stands for 127.0.0.1.
         assert_eq!(
             next_push(&mut fqdn_pushes, "MOVING fqdn").await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 1,
                 endpoint: Some(at.to_string())
@@ -935,7 +938,7 @@ async fn scenario_starters_return_at_once() {
         assert!(!sim.is_open(old));
         assert!(sim.is_open(at));
         // A closed endpoint cannot move again.
-        let mut m = Moving::new(Duration::from_secs(1));
+        let mut m = MovingPlan::new(Duration::from_secs(1));
         m.from = Some(old);
         assert!(sim.start_moving(m).is_err(), "closed");
     })
@@ -1014,7 +1017,7 @@ async fn a_reused_address_replaces_the_closed_endpoint() {
                 1,
                 "one registry entry per address"
             );
-            let mut m = Moving::new(Duration::from_secs(1));
+            let mut m = MovingPlan::new(Duration::from_secs(1));
             m.from = Some(a);
             let h = sim.start_moving(m).expect("MOVING from the reused address");
             drop(h);
@@ -1040,7 +1043,7 @@ async fn moving_with_dns_lag() {
         let (_ip, mut ip_pushes, _) = opted_in(&sim, from, "ip", EndpointType::InternalIp).await;
         let dns = SimResolver::new();
         let lag = Duration::from_millis(1500);
-        let mut m = Moving::new(Duration::from_secs(3));
+        let mut m = MovingPlan::new(Duration::from_secs(3));
         m.to = Some("127.0.0.2:0".parse().unwrap());
         m.stay_open = true;
         m.dns = Some(DnsLag {
@@ -1054,7 +1057,7 @@ async fn moving_with_dns_lag() {
         assert_eq!(to.ip().to_string(), "127.0.0.2");
         assert_eq!(
             next_push(&mut fq_pushes, "MOVING (fqdn)").await,
-            Notification::Moving {
+            Push::Moving {
                 seq: h.seq,
                 time: 3,
                 endpoint: Some(format!("db.sim.test:{}", to.port())),
@@ -1063,7 +1066,7 @@ async fn moving_with_dns_lag() {
         );
         assert_eq!(
             next_push(&mut ip_pushes, "MOVING (ip)").await,
-            Notification::Moving {
+            Push::Moving {
                 seq: h.seq,
                 time: 3,
                 endpoint: Some(to.to_string()),

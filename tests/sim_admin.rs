@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis_layers::sim::admin::Admin;
-use redis_layers::sim::{EndpointType, Notification, Simulator, SlotMove};
+use redis_layers::sim::{EndpointType, Push, Simulator, SlotMove};
 use redis_layers::{cmd, Cmd, Connection, Connector, Endpoint, Error, Protocol, Value};
 use support::cluster::RedisCluster;
 use support::{bounded, within, RedisServer};
@@ -518,7 +518,7 @@ async fn moving_replies_at_once_and_plays_out() {
         let deadline = t + Duration::from_secs(1);
         assert_eq!(
             c.push().await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 1,
                 endpoint: Some(to.to_string())
@@ -578,7 +578,7 @@ async fn moving_replies_at_once_and_plays_out() {
         assert_ne!(to2, to);
         assert_eq!(
             c2.push().await,
-            Notification::Moving {
+            Push::Moving {
                 seq: seq2,
                 time: 0,
                 endpoint: Some(to2.to_string())
@@ -607,7 +607,7 @@ async fn moving_stay_open() {
         let (seq, to) = seq_and_addr(&r.run(&["SIM.MOVING", "1", "stay-open"]).await);
         assert_eq!(
             c.push().await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 1,
                 endpoint: Some(to.to_string())
@@ -659,7 +659,7 @@ async fn moving_to_a_chosen_address() {
         assert!(to.ip().is_loopback());
         assert_eq!(
             c.push().await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 5,
                 endpoint: Some(to.to_string())
@@ -668,7 +668,7 @@ async fn moving_to_a_chosen_address() {
         );
         assert_eq!(
             f.push().await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 5,
                 endpoint: Some(to.to_string())
@@ -774,24 +774,24 @@ async fn migrate_and_failover_windows() {
             assert!(end > seq);
             let (o, cl) = if migrate {
                 (
-                    Notification::Migrating {
+                    Push::Migrating {
                         seq,
                         time: 0,
                         shard_ids: Some("1".into()),
                     },
-                    Notification::Migrated {
+                    Push::Migrated {
                         seq: end,
                         shard_ids: Some("1".into()),
                     },
                 )
             } else {
                 (
-                    Notification::FailingOver {
+                    Push::FailingOver {
                         seq,
                         time: 3,
                         shard_ids: None,
                     },
-                    Notification::FailedOver {
+                    Push::FailedOver {
                         seq: end,
                         shard_ids: None,
                     },
@@ -809,7 +809,7 @@ async fn migrate_and_failover_windows() {
 // ===== injection =====
 
 /// `SIM.NOTIFY` builds every notification kind from arguments: the client
-/// receives exactly `Notification::to_value()` of it; `*` takes the next
+/// receives exactly `Push::to_value()` of it; `*` takes the next
 /// seq; targets `ALL`, `ENDPOINT` and `CLIENT` reach the right connections
 /// (opted-in ones only), and the reply counts them.
 #[tokio::test]
@@ -833,10 +833,10 @@ async fn notify_builds_every_kind() {
                 slots: "5".into(),
             },
         ];
-        let cases: Vec<(Vec<&str>, Notification)> = vec![
+        let cases: Vec<(Vec<&str>, Push)> = vec![
             (
                 vec!["MOVING", "15", "30", "10.0.0.2:12000"],
-                Notification::Moving {
+                Push::Moving {
                     seq: 15,
                     time: 30,
                     endpoint: Some("10.0.0.2:12000".into()),
@@ -844,7 +844,7 @@ async fn notify_builds_every_kind() {
             ),
             (
                 vec!["moving", "16", "30"],
-                Notification::Moving {
+                Push::Moving {
                     seq: 16,
                     time: 30,
                     endpoint: None,
@@ -852,7 +852,7 @@ async fn notify_builds_every_kind() {
             ),
             (
                 vec!["MOVING", "17", "2", "null"],
-                Notification::Moving {
+                Push::Moving {
                     seq: 17,
                     time: 2,
                     endpoint: None,
@@ -860,7 +860,7 @@ async fn notify_builds_every_kind() {
             ),
             (
                 vec!["MIGRATING", "18", "5", "1,2"],
-                Notification::Migrating {
+                Push::Migrating {
                     seq: 18,
                     time: 5,
                     shard_ids: Some("1,2".into()),
@@ -868,14 +868,14 @@ async fn notify_builds_every_kind() {
             ),
             (
                 vec!["MIGRATED", "19"],
-                Notification::Migrated {
+                Push::Migrated {
                     seq: 19,
                     shard_ids: None,
                 },
             ),
             (
                 vec!["FAILING_OVER", "20", "2"],
-                Notification::FailingOver {
+                Push::FailingOver {
                     seq: 20,
                     time: 2,
                     shard_ids: None,
@@ -883,14 +883,14 @@ async fn notify_builds_every_kind() {
             ),
             (
                 vec!["failed-over", "21", "3"],
-                Notification::FailedOver {
+                Push::FailedOver {
                     seq: 21,
                     shard_ids: Some("3".into()),
                 },
             ),
             (
                 vec!["SMIGRATING", "22", "0-100,200", "300"],
-                Notification::SMigrating {
+                Push::SMigrating {
                     seq: 22,
                     slots: vec!["0-100,200".into(), "300".into()],
                 },
@@ -906,7 +906,7 @@ async fn notify_builds_every_kind() {
                     "127.0.0.1:7004",
                     "5",
                 ],
-                Notification::SMigrated { seq: 23, moves },
+                Push::SMigrated { seq: 23, moves },
             ),
             (
                 vec![
@@ -917,7 +917,7 @@ async fn notify_builds_every_kind() {
                     "5",
                     "7-9",
                 ],
-                Notification::SMigratedFlat {
+                Push::SMigratedFlat {
                     seq: 24,
                     src: "127.0.0.1:7001".into(),
                     dst: "127.0.0.1:7002".into(),
@@ -926,7 +926,7 @@ async fn notify_builds_every_kind() {
             ),
             (
                 vec!["SMIGRATED_LEGACY", "25", "127.0.0.1:7002", "5-6"],
-                Notification::SMigratedLegacy {
+                Push::SMigratedLegacy {
                     seq: 25,
                     dst: "127.0.0.1:7002".into(),
                     slots: vec!["5-6".into()],
@@ -955,7 +955,7 @@ async fn notify_builds_every_kind() {
         assert!(seq > before);
         assert_eq!(
             c.push().await,
-            Notification::Migrated {
+            Push::Migrated {
                 seq,
                 shard_ids: Some("7".into())
             }
@@ -1177,7 +1177,7 @@ async fn redis_cli_drives_the_admin_port() {
         let seq: i64 = lines[0].parse().unwrap();
         assert_eq!(
             c.push().await,
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time: 2,
                 endpoint: Some(lines[1].into())
@@ -1292,7 +1292,7 @@ async fn binary_end_to_end() {
             let seq: i64 = lines[0].parse().unwrap();
             assert_eq!(
                 c.push().await,
-                Notification::Moving {
+                Push::Moving {
                     seq,
                     time: 1,
                     endpoint: Some(lines[1].into())
@@ -1468,7 +1468,7 @@ async fn slot_migrate_through_the_admin_port() {
         let seq = int(&items[0]);
         assert_eq!(
             c.push().await,
-            Notification::SMigrating {
+            Push::SMigrating {
                 seq,
                 slots: vec![slot.to_string()]
             }
@@ -1479,7 +1479,7 @@ async fn slot_migrate_through_the_admin_port() {
         assert!(end > seq);
         assert_eq!(
             done,
-            Notification::SMigrated {
+            Push::SMigrated {
                 seq: end,
                 moves: vec![SlotMove {
                     src: src.clone(),
@@ -1510,7 +1510,7 @@ async fn slot_migrate_through_the_admin_port() {
         };
         assert_eq!(
             c.push().await,
-            Notification::SMigrating {
+            Push::SMigrating {
                 seq: int(&items[0]),
                 slots: vec![list.clone()]
             }
@@ -1519,7 +1519,7 @@ async fn slot_migrate_through_the_admin_port() {
         let done = c.push().await;
         assert_eq!(
             done,
-            Notification::SMigrated {
+            Push::SMigrated {
                 seq: push_seq(&done),
                 moves: vec![SlotMove {
                     src: src.clone(),
@@ -1632,7 +1632,7 @@ async fn binary_cluster_mode() {
         let seq: i64 = out.parse().unwrap_or_else(|_| panic!("{out}"));
         assert_eq!(
             c.push().await,
-            Notification::SMigrating {
+            Push::SMigrating {
                 seq,
                 slots: vec![slot.to_string()]
             }
@@ -1641,7 +1641,7 @@ async fn binary_cluster_mode() {
         let done = c.push().await;
         assert_eq!(
             done,
-            Notification::SMigrated {
+            Push::SMigrated {
                 seq: push_seq(&done),
                 moves: vec![SlotMove {
                     src: src.to_string(),

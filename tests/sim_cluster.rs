@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis_layers::sim::{EndpointType, Notification, Simulator, SlotMigrate, SlotMove};
+use redis_layers::sim::{EndpointType, Push, Simulator, SlotMigrate, SlotMove};
 use redis_layers::{cmd, Connection, Endpoint, Error, PushReceiver, RedirectKind, Value};
 use support::cluster::RedisCluster;
 
@@ -168,7 +168,7 @@ async fn slot_migration_is_real_and_bracketed() {
         let seq = items[1].as_int().unwrap();
         assert_eq!(
             smigrating,
-            Notification::SMigrating {
+            Push::SMigrating {
                 seq,
                 slots: vec![slot.to_string()]
             }
@@ -186,7 +186,7 @@ async fn slot_migration_is_real_and_bracketed() {
         assert!(done.smigrated > seq);
         assert_eq!(
             next_push(&mut src_pushes, "SMIGRATED").await,
-            Notification::SMigrated {
+            Push::SMigrated {
                 seq: done.smigrated,
                 moves: vec![SlotMove {
                     src: eps[0].to_string(),

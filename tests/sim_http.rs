@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use redis_layers::sim::http::HttpControl;
-use redis_layers::sim::{EndpointType, Notification};
+use redis_layers::sim::{EndpointType, Push};
 use redis_layers::{Connection, PushReceiver, Value};
 use serde_json::{json, Value as Json};
 use support::sim::{SimCluster, SimStandalone};
@@ -120,7 +120,7 @@ async fn actions_on_a_standalone_server() {
         assert_eq!(status, 200);
         assert_eq!(conns.as_array().unwrap().len(), 1, "{conns}");
         assert_eq!(conns[0]["maint"], "internal-ip");
-        let frame = Notification::Migrated {
+        let frame = Push::Migrated {
             seq: 99,
             shard_ids: None,
         }

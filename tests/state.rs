@@ -145,7 +145,7 @@ async fn a_lease_allows_state_commands_and_is_not_reused_after_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_database_survives_a_moving() {
     use redis_layers::maint::{MaintenanceConfig, Mode};
-    use redis_layers::sim::Moving;
+    use redis_layers::sim::MovingPlan;
     use support::sim::SimStandalone;
 
     bounded(40, async {
@@ -181,7 +181,7 @@ async fn the_configured_database_survives_a_moving() {
             .await;
         let moved = env
             .sim
-            .moving(Moving::new(Duration::from_secs(1)))
+            .moving(MovingPlan::new(Duration::from_secs(1)))
             .await
             .unwrap();
         assert_eq!(moved.closed, 0);

@@ -318,7 +318,7 @@ fn bad_tls_settings_are_config_errors() {
 async fn moving_is_followed_over_tls_to_the_target_host_name() {
     use redis_layers::handoff::{DefaultPolicy, HandoffLayer, HandoffPolicyExt};
     use redis_layers::maint::Mode;
-    use redis_layers::sim::Moving;
+    use redis_layers::sim::MovingPlan;
     use support::sim::SimStandalone;
     use support::tls::Terminator;
     use tower::{Layer, Service, ServiceExt};
@@ -361,7 +361,7 @@ async fn moving_is_followed_over_tls_to_the_target_host_name() {
         )
         .await;
 
-        let mut m = Moving::new(Duration::from_secs(2));
+        let mut m = MovingPlan::new(Duration::from_secs(2));
         m.to = Some(announced);
         let moved = within(STEP, "MOVING", env.sim.moving(m)).await.unwrap();
         assert_eq!(moved.closed, 0, "the connection moved before the deadline");

@@ -25,7 +25,7 @@ use redis_layers::client::{ClientBuilder, ServerMode};
 use redis_layers::handoff::HandoffLayer;
 use redis_layers::maint::{CarryMaintenanceLayer, MaintenanceConfig, Mode};
 use redis_layers::relax::RelaxTimeoutLayer;
-use redis_layers::sim::{Moving, Window};
+use redis_layers::sim::{MovingPlan, Window};
 use redis_layers::{cmd, Client, Connector, Error, Request, Response, Value};
 use support::cluster::RedisCluster;
 use support::sim::SimStandalone;
@@ -141,7 +141,7 @@ async fn relaxes_and_hands_off(what: &str, env: &SimStandalone, svc: Boxed) {
     within(
         STEP,
         "moving",
-        env.sim.moving(Moving::new(Duration::from_secs(2))),
+        env.sim.moving(MovingPlan::new(Duration::from_secs(2))),
     )
     .await
     .expect("moving");

@@ -32,7 +32,7 @@
 //! address behind a load balancer that now leads to the new node (for
 //! clients told `MOVING` with a null endpoint, which reconnect there): only
 //! its connections from before the `MOVING` are closed at the deadline
-//! ([`super::Moving::stay_open`]).
+//! ([`super::MovingPlan::stay_open`]).
 //!
 //! For redis-py, move with `SIM.MOVING <secs> SAME-PORT STAY-OPEN`, not
 //! `SAME-PORT` alone: redis-py takes only the host from `MOVING` and keeps
@@ -74,7 +74,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::Simulator;
-use super::{Moving, Notification, SlotMigrate, SlotMove, Target, Window};
+use super::{MovingPlan, Push, SlotMigrate, SlotMove, Target, Window};
 use crate::resp::{Decoder, Limits, Value};
 
 const LOG: &str = "redis_layers::sim::admin";
@@ -801,7 +801,7 @@ fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
         None if same_port => Some(same_port_endpoint(shared, from)?),
         None => None,
     };
-    let m = Moving {
+    let m = MovingPlan {
         from: Some(from),
         time,
         to,
@@ -993,27 +993,27 @@ fn notify(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
         "MOVING" => {
             let time = args.u64("time")?;
             let endpoint = opt(args)?.filter(|e| !e.eq_ignore_ascii_case("NULL"));
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time,
                 endpoint,
             }
         }
-        "MIGRATING" => Notification::Migrating {
+        "MIGRATING" => Push::Migrating {
             seq,
             time: args.u64("time")?,
             shard_ids: opt(args)?,
         },
-        "FAILING-OVER" => Notification::FailingOver {
+        "FAILING-OVER" => Push::FailingOver {
             seq,
             time: args.u64("time")?,
             shard_ids: opt(args)?,
         },
-        "MIGRATED" => Notification::Migrated {
+        "MIGRATED" => Push::Migrated {
             seq,
             shard_ids: opt(args)?,
         },
-        "FAILED-OVER" => Notification::FailedOver {
+        "FAILED-OVER" => Push::FailedOver {
             seq,
             shard_ids: opt(args)?,
         },
@@ -1022,7 +1022,7 @@ fn notify(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
             if slots.is_empty() {
                 return Err(args.arity());
             }
-            Notification::SMigrating { seq, slots }
+            Push::SMigrating { seq, slots }
         }
         "SMIGRATED" => {
             let parts = rest(args)?;
@@ -1032,7 +1032,7 @@ fn notify(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
             if parts.iter().any(|p| p.contains(['\r', '\n'])) {
                 return Err("ERR SMIGRATED fields are simple strings: no CR or LF".into());
             }
-            Notification::SMigrated {
+            Push::SMigrated {
                 seq,
                 moves: parts
                     .chunks_exact(3)
@@ -1051,7 +1051,7 @@ fn notify(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
             if slots.is_empty() {
                 return Err(args.arity());
             }
-            Notification::SMigratedFlat {
+            Push::SMigratedFlat {
                 seq,
                 src,
                 dst,
@@ -1064,7 +1064,7 @@ fn notify(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
             if slots.is_empty() {
                 return Err(args.arity());
             }
-            Notification::SMigratedLegacy { seq, dst, slots }
+            Push::SMigratedLegacy { seq, dst, slots }
         }
         other => {
             return Err(format!(

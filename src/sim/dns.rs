@@ -6,7 +6,7 @@
 //! record changes that can be scheduled. Give it to a client under test as
 //! its resolver (it is a `tower::Service<String>` answering
 //! `Vec<SocketAddr>`, and has a plain [`SimResolver::lookup`]), and give it
-//! to a [`Moving`](super::Moving) with [`DnsLag`]: the `MOVING` then names
+//! to a [`MovingPlan`](super::MovingPlan) with [`DnsLag`]: the `MOVING` then names
 //! the endpoint by that host name, and the record moves from the old
 //! endpoint's IP to the new one's `lag` after the frame went out. Until
 //! then a client that resolves the name reaches the old node.
@@ -57,7 +57,7 @@ impl std::fmt::Debug for SimResolver {
 }
 
 /// A `MOVING` whose address is a host name that follows late; see
-/// [`Moving::dns`](super::Moving::dns).
+/// [`MovingPlan::dns`](super::MovingPlan::dns).
 #[derive(Debug, Clone)]
 pub struct DnsLag {
     /// The resolver that holds the record.

@@ -62,7 +62,7 @@ use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Moving, Simulator, SlotMigrate, Target, Window};
+use super::{MovingPlan, Simulator, SlotMigrate, Target, Window};
 
 const LOG: &str = "redis_layers::sim::http";
 
@@ -381,7 +381,7 @@ async fn start(state: &Arc<State>, v: &Json) -> Result<u64, String> {
             }))
         }
         "bind" | "moving" => {
-            let mut m = Moving::new(Duration::from_secs(p.u64("time_s", 5)?));
+            let mut m = MovingPlan::new(Duration::from_secs(p.u64("time_s", 5)?));
             m.from = Some(endpoint(&p)?);
             m.to = p.addr("to")?;
             m.stay_open = p.bool("stay_open")?;

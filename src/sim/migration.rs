@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use super::{admin_conn, join, slot_ranges, Notification, Simulator, SlotMove, Target};
+use super::{admin_conn, join, slot_ranges, Push, Simulator, SlotMove, Target};
 use crate::{cmd, Connection, Value};
 
 /// How long after `SMIGRATED` the source node gives the slots up (until
@@ -214,7 +214,7 @@ impl Simulator {
             })?;
 
         let ranges = slot_ranges(&slots);
-        let start = Notification::SMigrating {
+        let start = Push::SMigrating {
             seq: self.next_seq(),
             slots: vec![ranges.clone()],
         };
@@ -242,7 +242,7 @@ impl Simulator {
             let mut touched = Vec::new();
             let moved = plan.move_keys(&slots, fail_after, &mut touched).await;
             sim.end_announcement(src, &start);
-            let smigrated = |owner: SocketAddr| Notification::SMigrated {
+            let smigrated = |owner: SocketAddr| Push::SMigrated {
                 seq: sim.next_seq(),
                 moves: vec![SlotMove {
                     src: src.to_string(),
@@ -325,7 +325,7 @@ impl Simulator {
     }
 
     /// Late arrivals on `src` no longer get `start`.
-    fn end_announcement(&self, src: SocketAddr, start: &Notification) {
+    fn end_announcement(&self, src: SocketAddr, start: &Push) {
         self.with_endpoint(src, |e| e.active.retain(|n| n != start));
     }
 

@@ -6,7 +6,7 @@
 //! replies), answers the `CLIENT MAINT_NOTIFICATIONS` handshake itself, and
 //! injects notifications and faults:
 //!
-//! - any [`Notification`] (the exact wire forms of the
+//! - any [`Push`] (the exact wire forms of the
 //!   [maintenance contract](crate::docs::maintenance#2-wire-formats)) or raw bytes, to one connection,
 //!   every connection of an endpoint, or all of them ([`Target`]);
 //!   notifications go only to connections that opted in, as on the real
@@ -16,14 +16,14 @@
 //! - whole scenarios with increasing sequence numbers:
 //!   [`Simulator::moving`] (a second endpoint to the same server, `MOVING`,
 //!   and the old endpoint closed at the deadline; or, with
-//!   [`Moving::stay_open`], only the connections it had when `MOVING` went
+//!   [`MovingPlan::stay_open`], only the connections it had when `MOVING` went
 //!   out, the address staying valid as behind a load balancer),
 //!   [`Simulator::migrate`] and [`Simulator::failover`] (slow replies
 //!   between `MIGRATING`/`MIGRATED` or `FAILING_OVER`/`FAILED_OVER`); each
 //!   has a starter ([`Simulator::start_moving`], ...) that returns its
 //!   sequence number at once and plays the rest in a task;
 //! - endpoints at chosen addresses ([`Simulator::open_endpoint_at`], or
-//!   [`Moving::to`]), e.g. the same port on `127.0.0.2` for clients that
+//!   [`MovingPlan::to`]), e.g. the same port on `127.0.0.2` for clients that
 //!   take only the host from `MOVING`;
 //! - in front of a Redis Cluster ([`Builder::start_cluster`]): one endpoint
 //!   per node, node addresses in `MOVED`/`ASK` and `CLUSTER SLOTS|SHARDS|NODES`
@@ -42,13 +42,13 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use redis_layers::sim::{Moving, Simulator};
+//! use redis_layers::sim::{MovingPlan, Simulator};
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let sim = Simulator::start("127.0.0.1:6379".parse().unwrap()).await?;
 //! println!("clients connect to {}", sim.endpoint());
 //! // ... clients connect and opt in ...
-//! let moved = sim.moving(Moving::new(Duration::from_secs(2))).await?;
+//! let moved = sim.moving(MovingPlan::new(Duration::from_secs(2))).await?;
 //! println!("MOVING seq {} to {}", moved.seq, moved.to);
 //! # Ok(()) }
 //! ```
@@ -77,7 +77,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use dns::{DnsLag, SimResolver};
 pub use migration::{SlotMigrate, SlotMigration, SlotMigrationHandle};
-pub use notification::{EndpointType, Notification, SlotMove};
+pub use notification::{EndpointType, Push, SlotMove};
 
 /// A proxied client connection, as the simulator's registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +112,9 @@ pub enum Target {
 
 /// The `MOVING` scenario; see [`Simulator::moving`].
 #[derive(Debug, Clone)]
-pub struct Moving {
+pub struct MovingPlan {
     /// The endpoint that moves (default: the first one): it goes away at
-    /// the deadline, unless [`Moving::stay_open`].
+    /// the deadline, unless [`MovingPlan::stay_open`].
     pub from: Option<SocketAddr>,
     /// How long until it closes its connections, in whole seconds as the
     /// `time` field says (a fraction rounds up to the next second).
@@ -157,10 +157,10 @@ pub struct Moving {
     pub dns: Option<DnsLag>,
 }
 
-impl Moving {
+impl MovingPlan {
     /// A move of the first endpoint to a new one, closing in `time`.
     pub fn new(time: Duration) -> Self {
-        Moving {
+        MovingPlan {
             from: None,
             time,
             to: None,
@@ -175,17 +175,17 @@ impl Moving {
 pub struct Moved {
     /// The `MOVING` sequence number.
     pub seq: i64,
-    /// The endpoint that went away (with [`Moving::stay_open`]: whose old
+    /// The endpoint that went away (with [`MovingPlan::stay_open`]: whose old
     /// connections went away; it still listens).
     pub from: SocketAddr,
     /// The endpoint clients were sent to.
     pub to: SocketAddr,
     /// Connections that received `MOVING` when it started (connections
     /// that opted in on the old endpoint later received it too; with
-    /// [`Moving::stay_open`], only those made before it started).
+    /// [`MovingPlan::stay_open`], only those made before it started).
     pub notified: usize,
     /// Connections closed at the deadline: every one still on the old
-    /// endpoint; with [`Moving::stay_open`], those still open of the ones
+    /// endpoint; with [`MovingPlan::stay_open`], those still open of the ones
     /// it had when `MOVING` went out.
     pub closed: usize,
 }
@@ -240,7 +240,7 @@ pub struct EndpointInfo {
     /// The server it forwards to.
     pub backend: SocketAddr,
     /// Still listening: not closed by [`Simulator::close_endpoint`], a
-    /// `MOVING` deadline (unless [`Moving::stay_open`]) or
+    /// `MOVING` deadline (unless [`MovingPlan::stay_open`]) or
     /// [`Simulator::shutdown`].
     pub open: bool,
     /// Connections now proxied through it.
@@ -253,14 +253,14 @@ pub struct EndpointInfo {
 pub struct MovingHandle {
     /// The `MOVING` sequence number.
     pub seq: i64,
-    /// The endpoint that goes away (with [`Moving::stay_open`]: whose
+    /// The endpoint that goes away (with [`MovingPlan::stay_open`]: whose
     /// connections go away).
     pub from: SocketAddr,
     /// The endpoint clients are sent to (open already).
     pub to: SocketAddr,
     /// Connections that received `MOVING` at the start.
     pub notified: usize,
-    /// When `from` closes (with [`Moving::stay_open`]: when its connections
+    /// When `from` closes (with [`MovingPlan::stay_open`]: when its connections
     /// from before the `MOVING` close).
     pub deadline: Instant,
     task: JoinHandle<Moved>,
@@ -268,7 +268,7 @@ pub struct MovingHandle {
 
 impl MovingHandle {
     /// Waits for the deadline (the old endpoint closed, or with
-    /// [`Moving::stay_open`] its old connections): what
+    /// [`MovingPlan::stay_open`] its old connections): what
     /// [`Simulator::moving`] returns.
     pub async fn finished(self) -> io::Result<Moved> {
         join(self.task).await
@@ -434,7 +434,7 @@ struct EndpointState {
     moving: Option<MovingWindow>,
     /// Other notifications of an event under way (`SMIGRATING`), for late
     /// arrivals too.
-    active: Vec<Notification>,
+    active: Vec<Push>,
     /// Migrations away from this node: their slots' `MOVED` become `ASK`.
     ask: Vec<migration::AskGuard>,
 }
@@ -444,13 +444,13 @@ struct MovingWindow {
     seq: i64,
     deadline: Instant,
     to: SocketAddr,
-    /// [`Moving::stay_open`]: only connections up to `last_old` are the
+    /// [`MovingPlan::stay_open`]: only connections up to `last_old` are the
     /// old node's.
     stay_open: bool,
     /// The highest connection id registered when `MOVING` went out (ids
     /// only increase).
     last_old: u64,
-    /// [`Moving::dns`]: the name `*-fqdn` connections are given.
+    /// [`MovingPlan::dns`]: the name `*-fqdn` connections are given.
     name: Option<Arc<str>>,
 }
 
@@ -591,7 +591,7 @@ impl Simulator {
 
     /// Sends `n` to every opted-in connection of `target`; returns how many
     /// received it.
-    pub fn notify(&self, target: Target, n: &Notification) -> usize {
+    pub fn notify(&self, target: Target, n: &Push) -> usize {
         tracing::info!(target: "redis_layers::sim", event = "sim.notify", kind = n.name(), seq = n.seq(), ?target, "injecting notification");
         let bytes = n.to_bytes();
         self.inner.send_where(target, true, |_| Some(bytes.clone()))
@@ -662,12 +662,14 @@ impl Simulator {
     /// refused by the OS) and its connections are closed.
     pub fn close_endpoint(&self, endpoint: SocketAddr) -> usize {
         tracing::info!(target: "redis_layers::sim", event = "sim.close_endpoint", %endpoint, "endpoint goes away");
-        if let Some(e) = self
+        // Every entry at that address: a closed one whose task has not
+        // removed it yet may come before the open one that reuses it.
+        for e in self
             .inner
             .lock()
             .endpoints
             .iter()
-            .find(|e| e.addr == endpoint)
+            .filter(|e| e.addr == endpoint)
         {
             e.stop.cancel();
             lock_listener(&e.listener).take();
@@ -688,11 +690,11 @@ impl Simulator {
     /// gets null), sends it also to connections that opt in there during
     /// the window, and at the deadline closes the old endpoint: every
     /// connection still on it, and its listener. With
-    /// [`Moving::stay_open`] the old endpoint keeps listening, and only the
+    /// [`MovingPlan::stay_open`] the old endpoint keeps listening, and only the
     /// connections it had when `MOVING` went out are told and closed (see
     /// there). Returns after the deadline; [`Simulator::start_moving`]
     /// returns at once.
-    pub async fn moving(&self, m: Moving) -> io::Result<Moved> {
+    pub async fn moving(&self, m: MovingPlan) -> io::Result<Moved> {
         self.start_moving(m)?.finished().await
     }
 
@@ -701,7 +703,7 @@ impl Simulator {
     /// ([`MovingHandle::finished`] waits for it). Fails when `from` is not
     /// an open endpoint, `to` is `from` or a closed endpoint, or `to` cannot
     /// be bound. Must be called within a Tokio runtime.
-    pub fn start_moving(&self, m: Moving) -> io::Result<MovingHandle> {
+    pub fn start_moving(&self, m: MovingPlan) -> io::Result<MovingHandle> {
         let from = m.from.unwrap_or_else(|| self.endpoint());
         let not_found = |a: SocketAddr, what: &str| {
             io::Error::new(io::ErrorKind::NotFound, format!("endpoint {a} {what}"))
@@ -830,13 +832,13 @@ impl Simulator {
         let target = Target::Endpoint(endpoint);
         let seq = self.next_seq();
         let open = if migrate {
-            Notification::Migrating {
+            Push::Migrating {
                 seq,
                 time: w.starts_within,
                 shard_ids: w.shard_ids.clone(),
             }
         } else {
-            Notification::FailingOver {
+            Push::FailingOver {
                 seq,
                 time: w.starts_within,
                 shard_ids: w.shard_ids.clone(),
@@ -861,12 +863,12 @@ impl Simulator {
             sim.set_delay(target, Duration::from_nanos(before));
             let end = sim.next_seq();
             let close = if migrate {
-                Notification::Migrated {
+                Push::Migrated {
                     seq: end,
                     shard_ids: w.shard_ids,
                 }
             } else {
-                Notification::FailedOver {
+                Push::FailedOver {
                     seq: end,
                     shard_ids: w.shard_ids,
                 }
@@ -1225,12 +1227,7 @@ impl Inner {
                     .endpoints
                     .iter()
                     .find(|e| e.addr == info.endpoint)
-                    .map(|e| {
-                        e.active
-                            .iter()
-                            .map(Notification::to_bytes)
-                            .collect::<Vec<_>>()
-                    })
+                    .map(|e| e.active.iter().map(Push::to_bytes).collect::<Vec<_>>())
                     .unwrap_or_default();
                 late.extend(active);
                 if let Some(w) = window {
@@ -1246,7 +1243,7 @@ impl Inner {
     }
 
     /// `MOVING` addressed the way this connection asked.
-    fn moving_for(&self, c: &ClientInfo, w: &MovingWindow, time: u64) -> Notification {
+    fn moving_for(&self, c: &ClientInfo, w: &MovingWindow, time: u64) -> Push {
         let (seq, to) = (w.seq, w.to);
         let endpoint = match c.maint {
             Some(EndpointType::None) => None,
@@ -1271,7 +1268,7 @@ impl Inner {
             }
             _ => Some(to.to_string()),
         };
-        Notification::Moving {
+        Push::Moving {
             seq,
             time,
             endpoint,
@@ -1303,7 +1300,7 @@ impl Inner {
             .count()
     }
 
-    /// A [`Moving::stay_open`] deadline: closes the connections on `from`
+    /// A [`MovingPlan::stay_open`] deadline: closes the connections on `from`
     /// that `w` covers (the old node's) and ends the window, unless a later
     /// `MOVING` replaced it; `from` keeps listening.
     fn close_moved(&self, from: SocketAddr, w: &MovingWindow) -> usize {

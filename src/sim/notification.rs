@@ -31,14 +31,14 @@ pub struct SlotMove {
 /// `SMIGRATED` forms that clients must still accept.
 ///
 /// ```
-/// use redis_layers::sim::Notification;
-/// let n = Notification::Moving { seq: 15, time: 30, endpoint: Some("10.0.0.2:12000".into()) };
+/// use redis_layers::sim::Push;
+/// let n = Push::Moving { seq: 15, time: 30, endpoint: Some("10.0.0.2:12000".into()) };
 /// assert_eq!(&n.to_bytes()[..], &b">4\r\n$6\r\nMOVING\r\n:15\r\n:30\r\n$14\r\n10.0.0.2:12000\r\n"[..]);
-/// let n = Notification::Moving { seq: 16, time: 30, endpoint: None };
+/// let n = Push::Moving { seq: 16, time: 30, endpoint: None };
 /// assert_eq!(&n.to_bytes()[..], &b">4\r\n$6\r\nMOVING\r\n:16\r\n:30\r\n_\r\n"[..]);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notification {
+pub enum Push {
     /// `MOVING seq time endpoint`: this endpoint goes away within `time`
     /// seconds; reconnect to `endpoint` (`None`: null, reconnect to the
     /// known address).
@@ -119,34 +119,34 @@ pub enum Notification {
     },
 }
 
-impl Notification {
+impl Push {
     /// The notification's name as on the wire (`MOVING`, ...).
     pub fn name(&self) -> &'static str {
         match self {
-            Notification::Moving { .. } => "MOVING",
-            Notification::Migrating { .. } => "MIGRATING",
-            Notification::Migrated { .. } => "MIGRATED",
-            Notification::FailingOver { .. } => "FAILING_OVER",
-            Notification::FailedOver { .. } => "FAILED_OVER",
-            Notification::SMigrating { .. } => "SMIGRATING",
-            Notification::SMigrated { .. }
-            | Notification::SMigratedFlat { .. }
-            | Notification::SMigratedLegacy { .. } => "SMIGRATED",
+            Push::Moving { .. } => "MOVING",
+            Push::Migrating { .. } => "MIGRATING",
+            Push::Migrated { .. } => "MIGRATED",
+            Push::FailingOver { .. } => "FAILING_OVER",
+            Push::FailedOver { .. } => "FAILED_OVER",
+            Push::SMigrating { .. } => "SMIGRATING",
+            Push::SMigrated { .. } | Push::SMigratedFlat { .. } | Push::SMigratedLegacy { .. } => {
+                "SMIGRATED"
+            }
         }
     }
 
     /// Its sequence number.
     pub fn seq(&self) -> i64 {
         match self {
-            Notification::Moving { seq, .. }
-            | Notification::Migrating { seq, .. }
-            | Notification::Migrated { seq, .. }
-            | Notification::FailingOver { seq, .. }
-            | Notification::FailedOver { seq, .. }
-            | Notification::SMigrating { seq, .. }
-            | Notification::SMigrated { seq, .. }
-            | Notification::SMigratedFlat { seq, .. }
-            | Notification::SMigratedLegacy { seq, .. } => *seq,
+            Push::Moving { seq, .. }
+            | Push::Migrating { seq, .. }
+            | Push::Migrated { seq, .. }
+            | Push::FailingOver { seq, .. }
+            | Push::FailedOver { seq, .. }
+            | Push::SMigrating { seq, .. }
+            | Push::SMigrated { seq, .. }
+            | Push::SMigratedFlat { seq, .. }
+            | Push::SMigratedLegacy { seq, .. } => *seq,
         }
     }
 
@@ -158,7 +158,7 @@ impl Notification {
         let secs = |t: u64| Value::Integer(i64::try_from(t).unwrap_or(i64::MAX));
         let mut items = Vec::with_capacity(4);
         match self {
-            Notification::Moving {
+            Push::Moving {
                 seq,
                 time,
                 endpoint,
@@ -166,12 +166,12 @@ impl Notification {
                 items.extend([bulk("MOVING"), int(*seq), secs(*time)]);
                 items.push(endpoint.as_deref().map_or(Value::Null, bulk));
             }
-            Notification::Migrating {
+            Push::Migrating {
                 seq,
                 time,
                 shard_ids,
             }
-            | Notification::FailingOver {
+            | Push::FailingOver {
                 seq,
                 time,
                 shard_ids,
@@ -179,16 +179,15 @@ impl Notification {
                 items.extend([bulk(self.name()), int(*seq), secs(*time)]);
                 items.extend(shard_ids.as_deref().map(bulk));
             }
-            Notification::Migrated { seq, shard_ids }
-            | Notification::FailedOver { seq, shard_ids } => {
+            Push::Migrated { seq, shard_ids } | Push::FailedOver { seq, shard_ids } => {
                 items.extend([bulk(self.name()), int(*seq)]);
                 items.extend(shard_ids.as_deref().map(bulk));
             }
-            Notification::SMigrating { seq, slots } => {
+            Push::SMigrating { seq, slots } => {
                 items.extend([bulk("SMIGRATING"), int(*seq)]);
                 items.extend(slots.iter().map(|s| bulk(s)));
             }
-            Notification::SMigrated { seq, moves } => {
+            Push::SMigrated { seq, moves } => {
                 items.extend([simple("SMIGRATED"), int(*seq)]);
                 items.push(Value::Array(
                     moves
@@ -199,7 +198,7 @@ impl Notification {
                         .collect(),
                 ));
             }
-            Notification::SMigratedFlat {
+            Push::SMigratedFlat {
                 seq,
                 src,
                 dst,
@@ -208,7 +207,7 @@ impl Notification {
                 items.extend([bulk("SMIGRATED"), int(*seq), bulk(src), bulk(dst)]);
                 items.extend(slots.iter().map(|s| bulk(s)));
             }
-            Notification::SMigratedLegacy { seq, dst, slots } => {
+            Push::SMigratedLegacy { seq, dst, slots } => {
                 items.extend([bulk("SMIGRATED"), int(*seq), bulk(dst)]);
                 items.extend(slots.iter().map(|s| bulk(s)));
             }
@@ -229,9 +228,9 @@ mod tests {
     /// The example bytes of the [maintenance contract](crate::docs::maintenance), section 2, byte for byte.
     #[test]
     fn spec_examples() {
-        let cases: [(Notification, &[u8]); 6] = [
+        let cases: [(Push, &[u8]); 6] = [
             (
-                Notification::Moving {
+                Push::Moving {
                     seq: 15,
                     time: 30,
                     endpoint: Some("10.0.0.2:12000".into()),
@@ -239,7 +238,7 @@ mod tests {
                 b">4\r\n$6\r\nMOVING\r\n:15\r\n:30\r\n$14\r\n10.0.0.2:12000\r\n",
             ),
             (
-                Notification::Moving {
+                Push::Moving {
                     seq: 16,
                     time: 30,
                     endpoint: None,
@@ -247,7 +246,7 @@ mod tests {
                 b">4\r\n$6\r\nMOVING\r\n:16\r\n:30\r\n_\r\n",
             ),
             (
-                Notification::Migrating {
+                Push::Migrating {
                     seq: 17,
                     time: 5,
                     shard_ids: Some("1,2".into()),
@@ -255,21 +254,21 @@ mod tests {
                 b">4\r\n$9\r\nMIGRATING\r\n:17\r\n:5\r\n$3\r\n1,2\r\n",
             ),
             (
-                Notification::Migrated {
+                Push::Migrated {
                     seq: 18,
                     shard_ids: Some("1,2".into()),
                 },
                 b">3\r\n$8\r\nMIGRATED\r\n:18\r\n$3\r\n1,2\r\n",
             ),
             (
-                Notification::SMigrating {
+                Push::SMigrating {
                     seq: 19,
                     slots: vec!["0-100,200".into()],
                 },
                 b">3\r\n$10\r\nSMIGRATING\r\n:19\r\n$9\r\n0-100,200\r\n",
             ),
             (
-                Notification::SMigrated {
+                Push::SMigrated {
                     seq: 20,
                     moves: vec![SlotMove {
                         src: "127.0.0.1:7001".into(),
@@ -283,7 +282,7 @@ mod tests {
         for (n, wire) in cases {
             assert_eq!(&n.to_bytes()[..], wire, "{n:?}");
         }
-        let n = Notification::FailedOver {
+        let n = Push::FailedOver {
             seq: 3,
             shard_ids: None,
         };

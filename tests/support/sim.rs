@@ -4,7 +4,7 @@
 //! ```ignore
 //! let env = SimStandalone::start().await;
 //! let conn = Connector::new().connect(env.endpoint()).await?;
-//! env.sim.moving(Moving::new(Duration::from_secs(1))).await?;
+//! env.sim.moving(MovingPlan::new(Duration::from_secs(1))).await?;
 //! ```
 #![cfg(feature = "sim")]
 

@@ -14,11 +14,20 @@
 //!   new count;
 //! - `GET /hits/{page}`: the count, `0` for a page never visited;
 //! - `PUT /notes/{name}` with a text body: stores it for an hour;
-//! - `GET /notes/{name}`: the note, or 404.
+//! - `GET /notes/{name}`: the note, or 404;
+//! - `GET /guarded/sleep/{ms}`: a command that takes `ms` on the server
+//!   (`DEBUG SLEEP`, to show the failure modes) sent through tower's own
+//!   middleware over [`Client::service`]: `LoadShed` over a concurrency
+//!   limit (8 in [`app`]) shared by every request, and a 250 ms `Timeout`; their
+//!   `BoxError`s come back as [`Error`] with `Error::from`.
 //!
-//! A Redis failure is a `503 Service Unavailable` with the error's text (the
-//! client has retried what was safe to retry by then). `tests/axum.rs` (in
-//! this package) serves this router and sends it real HTTP requests.
+//! A Redis failure is an HTTP error with the error's text (the client has
+//! retried what was safe to retry by then): `504 Gateway Timeout` for
+//! [`Error::Timeout`] (the client's command timeout, or tower's `Timeout`),
+//! `503 Service Unavailable` with `Retry-After: 1` for
+//! [`Error::Overloaded`] (shed by `LoadShed`), and `503` for anything else
+//! (Redis unreachable, ...). `tests/axum.rs` (in this package) serves this
+//! router and sends it real HTTP requests.
 
 // Borrowed from the test support: starts a throwaway redis-server on a free
 // loopback port when REDIS_URL is unset, and stops it on exit.
@@ -29,24 +38,49 @@ pub mod support;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, Path, State};
+use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use redis_layers::client::{Expiry, SetOptions};
-use redis_layers::Client;
+use redis_layers::{cmd, Client, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{ServiceBuilder, ServiceExt};
 
 /// A Redis error as an HTTP answer.
-struct RedisError(redis_layers::Error);
+struct RedisError(Error);
 
 impl axum::response::IntoResponse for RedisError {
     fn into_response(self) -> axum::response::Response {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("redis: {}\n", self.0),
-        )
-            .into_response()
+        let text = format!("redis: {}\n", self.0);
+        match self.0 {
+            Error::Timeout => (StatusCode::GATEWAY_TIMEOUT, text).into_response(),
+            Error::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                text,
+            )
+                .into_response(),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, text).into_response(),
+        }
+    }
+}
+
+/// The app's state: the client, and the limit the guarded route's
+/// requests share.
+#[derive(Clone)]
+struct AppState {
+    redis: Client,
+    limit: GlobalConcurrencyLimitLayer,
+}
+
+impl FromRef<AppState> for Client {
+    fn from_ref(state: &AppState) -> Client {
+        state.redis.clone()
     }
 }
 
@@ -58,10 +92,44 @@ impl From<redis_layers::Error> for RedisError {
 
 /// The app: routes over a shared [`Client`].
 pub fn app(client: Client) -> Router {
+    app_with_limit(client, 8)
+}
+
+/// The app with `concurrent` guarded requests at most; those beyond are
+/// shed with a 503.
+pub fn app_with_limit(client: Client, concurrent: usize) -> Router {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrent));
+    let state = AppState {
+        redis: client,
+        limit: GlobalConcurrencyLimitLayer::with_semaphore(semaphore),
+    };
     Router::new()
         .route("/hits/{page}", get(hits).post(hit))
         .route("/notes/{name}", get(note).put(put_note))
-        .with_state(client)
+        .route("/guarded/sleep/{ms}", get(guarded_sleep))
+        .with_state(state)
+}
+
+/// `DEBUG SLEEP` through LoadShed, a shared concurrency limit and a 250 ms
+/// Timeout over the client's stack; `Error::from` brings tower's errors
+/// back (`Elapsed` is `Timeout`, `Overloaded` is `Overloaded`).
+async fn guarded_sleep(
+    State(state): State<AppState>,
+    Path(ms): Path<u64>,
+) -> Result<&'static str, RedisError> {
+    let svc = ServiceBuilder::new()
+        .load_shed()
+        .layer(state.limit.clone())
+        .timeout(Duration::from_millis(250))
+        .service(state.redis.service());
+    let secs = format!("{:.3}", ms as f64 / 1000.0);
+    // `map_err` on the result, not a `MapErr` layer: a fn item over
+    // `BoxError` inside the handler's future trips rustc's higher-ranked
+    // `Send` check ("FnOnce is not general enough").
+    svc.oneshot(cmd("DEBUG").arg("SLEEP").arg(secs).into())
+        .await
+        .map_err(Error::from)?;
+    Ok("done\n")
 }
 
 async fn hit(State(redis): State<Client>, Path(page): Path<String>) -> Result<String, RedisError> {

@@ -61,6 +61,34 @@ async fn the_axum_example_answers_real_http_requests() {
         let ttl = client.ttl("notes:a").await.unwrap();
         assert!((1..=3600).contains(&ttl), "ttl {ttl}");
 
+        // Through tower's own middleware: fast enough, then too slow for
+        // its 250 ms Timeout: a 504, and the client still serves.
+        assert_eq!(
+            example::http(addr, "GET", "/guarded/sleep/10", "")
+                .await
+                .unwrap(),
+            (200, "done\n".to_string())
+        );
+        let (status, body) = example::http(addr, "GET", "/guarded/sleep/600", "")
+            .await
+            .unwrap();
+        assert_eq!(status, 504, "{body}");
+        assert!(body.contains("timed out"), "{body}");
+        assert_eq!(client.get::<i64>("hits:home").await.unwrap(), 20);
+
+        // No room under the limit: LoadShed refuses at once, a 503.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let full = listener.local_addr().unwrap();
+        let shedding = tokio::spawn(
+            axum::serve(listener, example::app_with_limit(client.clone(), 0)).into_future(),
+        );
+        let (status, body) = example::http(full, "GET", "/guarded/sleep/10", "")
+            .await
+            .unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("overload"), "{body}");
+        shedding.abort();
+
         // Redis gone: a clear 503, not a hang or a panic.
         drop(server);
         let (status, body) = example::http(addr, "GET", "/hits/home", "").await.unwrap();

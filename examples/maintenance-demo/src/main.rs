@@ -456,7 +456,7 @@ async fn run(
             }
             ("MOVING", Some(s)) => {
                 let to = s.sim.open_endpoint().await?;
-                let mut m = sim::Moving::new(phase);
+                let mut m = sim::MovingPlan::new(phase);
                 m.to = Some(to);
                 let h = s.sim.start_moving(m)?;
                 moved_to = Some(to);
