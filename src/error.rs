@@ -242,6 +242,16 @@ impl std::error::Error for Error {
 ///   buffered service failed) is the error behind it;
 /// - an [`io::Error`] is [`Error::Io`]; anything else is [`Error::Other`].
 ///
+/// In axum, convert in the handler (`.await.map_err(Error::from)?`) or in
+/// `axum::error_handling::HandleErrorLayer`'s function, then answer
+/// [`Error::Timeout`] with `504 Gateway Timeout` and [`Error::Overloaded`]
+/// with `503 Service Unavailable` and a `Retry-After`; `examples/axum` does
+/// this with a route behind tower's `Timeout`, `LoadShed` and a concurrency
+/// limit. Inside an axum handler, prefer mapping the result to a `MapErr`
+/// layer built from `Error::from`: rustc's `Send` check of the handler's
+/// future rejects that fn item over `BoxError` ("implementation of `FnOnce`
+/// is not general enough").
+///
 /// ```
 /// use std::time::Duration;
 /// use redis_layers::Error;
@@ -441,6 +451,15 @@ pub enum ServerErrorKind {
     NoReplicas,
     /// `OOM`: the command was refused because of `maxmemory`.
     Oom,
+    /// `NOTSENT`: not from a server but in its place, for one command of a
+    /// pipeline that the cluster layer split across nodes, whose node's
+    /// part was never written (its node could not be reached): it did not
+    /// run, and may be sent again.
+    NotSent,
+    /// `INDETERMINATE`: like [`NotSent`](Self::NotSent), for a command whose
+    /// part was written but not answered (its connection failed or timed
+    /// out): it may have run.
+    Indeterminate,
     /// Any other code, as sent.
     Other(Box<str>),
 }
@@ -469,6 +488,8 @@ impl ServerErrorKind {
             "EXECABORT" => Self::ExecAbort,
             "NOREPLICAS" => Self::NoReplicas,
             "OOM" => Self::Oom,
+            "NOTSENT" => Self::NotSent,
+            "INDETERMINATE" => Self::Indeterminate,
             other => Self::Other(other.into()),
         }
     }
@@ -515,7 +536,7 @@ pub struct ServerError {
 struct Inner {
     kind: ServerErrorKind,
     line: Bytes,
-    /// The command a `MOVED`/`ASK` answered, handed back by the connection
+    /// The command a `MOVED`/`ASK` (or, alone, a `CLUSTERDOWN`/`TRYAGAIN`) answered, handed back by the connection
     /// so that a cluster router can resend it without keeping a copy of
     /// every command (see [`Maintained::RETURNS_REDIRECTED`]).
     ///

@@ -316,6 +316,7 @@ struct Counters {
     ask: AtomicU64,
     refreshes: AtomicU64,
     smigrated: AtomicU64,
+    waited: AtomicU64,
 }
 
 /// What a [`Cluster`] has done so far ([`Cluster::stats`]).
@@ -330,6 +331,10 @@ pub struct ClusterStats {
     pub refreshes: u64,
     /// `SMIGRATED` notifications applied (after dedup).
     pub smigrated: u64,
+    /// Requests that did not run because their slot's owner was out of
+    /// reach (a node down, `CLUSTERDOWN`, `TRYAGAIN`) and waited for it, or
+    /// for a new owner, within their deadline.
+    pub waited: u64,
     /// Node entries kept (live nodes and the room left by nodes that left,
     /// which new nodes reuse): bounded by the largest topology seen, not by
     /// how many addresses servers have named.
@@ -424,6 +429,7 @@ impl<N: NewNode> Cluster<N> {
             ask: c.ask.load(Ordering::Relaxed),
             refreshes: c.refreshes.load(Ordering::Relaxed),
             smigrated: c.smigrated.load(Ordering::Relaxed),
+            waited: c.waited.load(Ordering::Relaxed),
             node_entries: lock(&self.shared.topo).nodes.len(),
         }
     }
@@ -1240,12 +1246,132 @@ pub(super) fn needs_fixup(result: &Result<Response>) -> bool {
     match result {
         Ok(Response::Value(_)) => false,
         Err(Error::Server(e)) => {
-            e.redirect().is_some() || e.kind() == &ServerErrorKind::ClusterDown
+            e.redirect().is_some()
+                || matches!(
+                    e.kind(),
+                    ServerErrorKind::ClusterDown | ServerErrorKind::TryAgain
+                )
         }
         Err(e) => e.is_connection_error() || matches!(e, Error::Timeout),
         Ok(Response::Pipeline(v)) => v
             .iter()
             .any(|r| matches!(r, Err(e) if e.redirect().is_some())),
+    }
+}
+
+/// True for a failure that says the request did not run and the slot's
+/// owner is out of reach for now: a node that could not be reached, a
+/// cluster that says it is down (between a
+/// primary's failure and its replica's promotion) or a slot in the middle
+/// of a move. [`ride_out`] waits these out.
+///
+/// Only failures that come at once: the wait's clock starts when the
+/// failure is seen (the fast path reads no clock), so it may only follow a
+/// dial that failed with an I/O error (refused, unreachable, reset) or a
+/// refusal of the server. Not a dial or handshake that timed out, nor a
+/// request dropped unsent after waiting in a queue ([`Error::Closed`]):
+/// those may have spent the request's whole timeout already, and come back
+/// to the caller (or the retry layer) as they are.
+fn waits_out(e: &Error) -> bool {
+    match e {
+        Error::NotSent(n) => {
+            matches!(n.cause(), Error::Io(io) if io.kind() != std::io::ErrorKind::TimedOut)
+        }
+        Error::Server(s) => matches!(
+            s.kind(),
+            ServerErrorKind::ClusterDown | ServerErrorKind::TryAgain
+        ),
+        _ => false,
+    }
+}
+
+/// The longest pause between two tries of [`ride_out`]; the first is
+/// [`RIDE_OUT_FIRST`], doubled each time.
+const RIDE_OUT_MAX: Duration = Duration::from_millis(200);
+const RIDE_OUT_FIRST: Duration = Duration::from_millis(10);
+
+/// Waits out a failover for one request whose first try failed with `last`
+/// ([`waits_out`]): reads the topology again (from the surviving nodes
+/// first, paced by the refresh cooldown), then sends the request to the
+/// slot's owner in the new map, until it is answered or the request's
+/// deadline passes. A request only waits here when it did not run, so it
+/// is never applied twice; requests for other nodes never wait for it (the
+/// refresh runs on its own task, and the map in use is replaced only when
+/// a new one is in).
+///
+/// At the deadline the caller gets [`Error::NotSent`] of
+/// [`Error::Timeout`] when the last try was not sent, or the last refusal
+/// of the server (`CLUSTERDOWN`, `TRYAGAIN`): either way, not applied.
+///
+/// Boxed with its type written out: it may route through [`general`],
+/// which may come back here.
+fn ride_out<N: NewNode>(
+    shared: Arc<Shared<N>>,
+    req: Request,
+    last: Error,
+) -> Pin<Box<dyn Future<Output = Result<Response>> + Send>> {
+    Box::pin(ride_out_inner(shared, req, last))
+}
+
+async fn ride_out_inner<N: NewNode>(
+    shared: Arc<Shared<N>>,
+    req: Request,
+    last: Error,
+) -> Result<Response> {
+    let Some(deadline) = deadline_of(&req) else {
+        return Err(last);
+    };
+    shared.stats.waited.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(target: "redis_layers::cluster", event = "cluster.ride_out", error = %last, "waiting for the slot's owner");
+    let mut last = last;
+    let mut pause = RIDE_OUT_FIRST;
+    loop {
+        // A fresh map, and a pause that keeps a refused node from being
+        // dialled in a tight loop when refreshes fail at once.
+        let wait = async {
+            let _ = shared.refresh_now().await;
+            tokio::time::sleep(pause).await;
+        };
+        if tokio::time::timeout_at(deadline, wait).await.is_err() {
+            return Err(given_up(last));
+        }
+        pause = (pause * 2).min(RIDE_OUT_MAX);
+        let snap = shared.snapshot();
+        let node = match target(&shared, &snap, &req, &mut Default::default()) {
+            Ok(Target::Node(i)) => shared.node(i).ok_or_else(|| no_node(i)),
+            // Routed otherwise now (a learned command, ...): the general
+            // path, with what is left of the deadline.
+            Ok(_) => return general(shared, timed_until(req, deadline)?).await,
+            Err(e) => Err(e),
+        };
+        let result = match node {
+            Ok(node) => send(node, req.clone(), Some(deadline)).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e) if waits_out(&e) => last = e,
+            Err(Error::Timeout) if Instant::now() >= deadline => return Err(given_up(last)),
+            r @ Err(Error::Server(_)) if needs_fixup(&r) => {
+                return redirect_loop(shared, timed_until(req, deadline)?, r).await
+            }
+            r => return r,
+        }
+    }
+}
+
+/// What [`ride_out`] returns at the deadline after `last`.
+fn given_up(last: Error) -> Error {
+    match last {
+        e @ Error::Server(_) => e,
+        _ => Error::not_sent(Error::Timeout),
+    }
+}
+
+/// `req` with the time left until `deadline` as its timeout.
+fn timed_until(req: Request, deadline: Instant) -> Result<Request> {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(req.with_timeout(left)),
+        _ => Err(Error::not_sent(Error::Timeout)),
     }
 }
 
@@ -1260,7 +1386,12 @@ async fn fixup<N: NewNode>(
     // A node that fails or times out may have left: read the topology.
     if matches!(&first, Err(e) if !matches!(e, Error::Server(s) if s.redirect().is_some())) {
         shared.request_refresh();
-        return first;
+        return match first {
+            Err(e) if waits_out(&e) && deadline_of(&req).is_some() => {
+                ride_out(shared, req, e).await
+            }
+            first => first,
+        };
     }
     match (req.body(), first) {
         (Body::Cmd(_), first) => redirect_loop(shared, req, first).await,
@@ -1430,8 +1561,23 @@ fn partial(e: Error, several: bool) -> Error {
     }
 }
 
+/// The error in each command's place of a split pipeline's part that
+/// failed as a whole: the server's own error, `NOTSENT` when the part was
+/// never written ([`ServerErrorKind::NotSent`]), `INDETERMINATE` when it was
+/// and may have run ([`ServerErrorKind::Indeterminate`]).
+fn part_error(e: &Error) -> ServerError {
+    match e {
+        Error::Server(s) => s.clone(),
+        e if e.is_not_sent() => ServerError::parse(format!("NOTSENT {e}")),
+        e => ServerError::parse(format!("INDETERMINATE {e}")),
+    }
+}
+
 /// Splits a pipeline per node, sends the parts at once, and puts the
-/// replies back in order.
+/// replies back in order. When some parts ran and others failed as a
+/// whole, the caller gets the replies of those that ran and, in place of
+/// each command of a failed part, [`part_error`]; when no part was
+/// written, the first part's `NotSent`.
 async fn split<N: NewNode>(
     shared: Arc<Shared<N>>,
     snap: &Snapshot,
@@ -1509,13 +1655,36 @@ async fn split<N: NewNode>(
     let mut results: Vec<Option<std::result::Result<Value, ServerError>>> =
         (0..p.cmds().len()).map(|_| None).collect();
     let several = calls.len() > 1;
+    let mut failed = Vec::new();
     for (idx, call) in calls {
         let r = call
             .await
-            .map_err(|e| Error::config(format!("pipeline part failed: {e}")))?
-            .map_err(|e| partial(e, several))?;
-        for (i, v) in idx.into_iter().zip(r.into_pipeline()?) {
-            results[i] = Some(v);
+            .map_err(|e| Error::config(format!("pipeline part failed: {e}")))
+            .and_then(|r| r.and_then(Response::into_pipeline));
+        match r {
+            Ok(replies) => {
+                for (i, v) in idx.into_iter().zip(replies) {
+                    results[i] = Some(v);
+                }
+            }
+            // Alone, the part's error is the pipeline's, as for any request.
+            Err(e) if !several => return Err(e),
+            Err(e) => failed.push((idx, e)),
+        }
+    }
+    if !failed.is_empty() {
+        // Every part unsent: nothing ran, one error says so for all (and a
+        // retry layer may send the pipeline again).
+        if results.iter().all(Option::is_none) && failed.iter().all(|(_, e)| e.is_not_sent()) {
+            return Err(failed.swap_remove(0).1);
+        }
+        // Otherwise the replies of the parts that ran and, for each command
+        // of a part that failed, what became of it.
+        for (idx, e) in failed {
+            let part = part_error(&e);
+            for i in idx {
+                results[i] = Some(Err(part.clone()));
+            }
         }
     }
     Ok(Response::Pipeline(
@@ -1807,6 +1976,12 @@ impl<N: NewNode> Cluster<N> {
         let i = match target(&self.shared, &self.snapshot, &req, &mut self.memo) {
             Ok(Target::Node(i)) => i,
             Ok(_) => return ResponseFuture::boxed(Box::pin(general(self.shared.clone(), req))),
+            // No owner for now (a failed primary dropped from the map):
+            // wait for one.
+            Err(e) if waits_out(&e) && deadline_of(&req).is_some() => {
+                self.shared.request_refresh();
+                return ResponseFuture::boxed(ride_out(self.shared.clone(), req, e));
+            }
             Err(e) => return ResponseFuture::failed(e),
         };
         if self.node(i).is_none() {
@@ -1819,6 +1994,10 @@ impl<N: NewNode> Cluster<N> {
                 // The node cannot be reached: it may have left.
                 self.local[i as usize] = None;
                 self.shared.request_refresh();
+                let e = Error::not_sent(e);
+                if waits_out(&e) && deadline_of(&req).is_some() {
+                    return ResponseFuture::boxed(ride_out(self.shared.clone(), req, e));
+                }
                 ResponseFuture::failed(Error::not_sent_with(e, req))
             }
             Poll::Pending => {

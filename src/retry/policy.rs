@@ -47,7 +47,8 @@ pub enum Retryable {
 /// |---|---|
 /// | [`Error::Closed`], [`Error::NotSent`] (never written), [`Error::Overloaded`] (shed before sending) | [`NotApplied`](Retryable::NotApplied) |
 /// | [`Error::Server`] `TRYAGAIN`, `LOADING`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` | [`NotApplied`](Retryable::NotApplied): the server refused the command before running it |
-/// | [`Error::Io`] (reset, aborted, broken pipe, EOF, ...), [`Error::Timeout`] | [`MaybeApplied`](Retryable::MaybeApplied) |
+/// | a split pipeline's per-command `NOTSENT` ([`ServerErrorKind::NotSent`]) | [`NotApplied`](Retryable::NotApplied) |
+/// | [`Error::Io`] (reset, aborted, broken pipe, EOF, ...), [`Error::Timeout`], a split pipeline's per-command `INDETERMINATE` | [`MaybeApplied`](Retryable::MaybeApplied) |
 /// | anything else: other server errors (`WRONGTYPE`, `ERR`, `MOVED`/`ASK`, which the cluster layer handles, `NOSCRIPT`, `BUSY`, `OOM`, ...), [`Error::Protocol`] (a reply over the size limits fails the same way every time, and each failure closes the shared connection), [`Error::Auth`], [`Error::Config`], [`Error::Usage`], [`Error::Other`] | [`Never`](Retryable::Never) |
 pub fn classify(err: &Error) -> Retryable {
     match err {
@@ -57,7 +58,9 @@ pub fn classify(err: &Error) -> Retryable {
             | ServerErrorKind::Loading
             | ServerErrorKind::ClusterDown
             | ServerErrorKind::MasterDown
-            | ServerErrorKind::ReadOnly => Retryable::NotApplied,
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::NotSent => Retryable::NotApplied,
+            ServerErrorKind::Indeterminate => Retryable::MaybeApplied,
             _ => Retryable::Never,
         },
         Error::Io(_) | Error::Timeout => Retryable::MaybeApplied,

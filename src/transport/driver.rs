@@ -398,7 +398,7 @@ impl Pending {
             Pending::One { result, cmd, .. } => match result {
                 Some(Ok(v)) => Ok(Response::Value(v)),
                 Some(Err(e)) => Err(Error::Server(match cmd {
-                    Some(c) if is_redirect(&e) => e.with_returned(c),
+                    Some(c) if is_redirect(&e) || is_refusal(&e) => e.with_returned(c),
                     _ => e,
                 })),
                 None => Err(Error::Closed),
@@ -416,6 +416,16 @@ impl Pending {
 /// A `MOVED` or an `ASK`: its command is handed back.
 fn is_redirect(e: &ServerError) -> bool {
     matches!(e.kind(), ServerErrorKind::Moved | ServerErrorKind::Ask)
+}
+
+/// A cluster's refusal before running (`CLUSTERDOWN`, `TRYAGAIN`): a
+/// single command is handed back too, so that a router can send it again
+/// once the slot has an owner.
+fn is_refusal(e: &ServerError) -> bool {
+    matches!(
+        e.kind(),
+        ServerErrorKind::ClusterDown | ServerErrorKind::TryAgain
+    )
 }
 
 /// Puts each redirected command of a pipeline into its `MOVED`/`ASK`. Not
