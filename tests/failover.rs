@@ -445,3 +445,46 @@ async fn a_split_pipeline_reports_each_part_on_its_own() {
     })
     .await
 }
+
+/// Acceptance (issue 20): a cold cluster `Client` whose 64 first callers
+/// start together on an idle cluster: every one is answered with the first
+/// topology read (before, callers that came while it ran waited for a
+/// cooldown and a second read: 253 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_client_answers_its_first_64_callers_at_once() {
+    bounded(120, async {
+        let cluster = tokio::task::spawn_blocking(|| RedisCluster::builder().start())
+            .await
+            .unwrap();
+        let mut slowest = Vec::new();
+        for round in 0..3 {
+            let client = client_for(&cluster, Duration::from_secs(5)).await;
+            let start = Arc::new(tokio::sync::Barrier::new(64));
+            let calls: Vec<_> = (0..64)
+                .map(|i| {
+                    let (client, start) = (client.clone(), start.clone());
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        let t0 = Instant::now();
+                        let v: Option<String> =
+                            client.get(format!("cold:{round}:{i}")).await.unwrap();
+                        assert!(v.is_none());
+                        t0.elapsed()
+                    })
+                })
+                .collect();
+            let mut max = Duration::ZERO;
+            for c in calls {
+                max = max.max(c.await.unwrap());
+            }
+            slowest.push(max);
+        }
+        println!("cold client, 64 callers at once: slowest call per round {slowest:?}");
+        // 50 ms on a quiet machine; generous here for a loaded CI host.
+        assert!(
+            slowest.iter().all(|t| *t < Duration::from_millis(250)),
+            "{slowest:?}"
+        );
+    })
+    .await
+}

@@ -71,6 +71,7 @@ pub struct ClientBuilder {
     layers: Vec<LayerFn>,
     node_layers: Vec<LayerFn>,
     trust: Option<SharedPolicy>,
+    resolver: Option<crate::transport::Resolver>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -105,6 +106,7 @@ impl ClientBuilder {
             layers: Vec::new(),
             node_layers: Vec::new(),
             trust: None,
+            resolver: None,
         }
     }
 
@@ -290,6 +292,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Resolves host names with `resolver` (default: the system's): for
+    /// every dial, and to wait, after a `MOVING` that names a host (or has
+    /// a null endpoint), until DNS leads away from the node being retired
+    /// (see [DNS that lags behind `MOVING`](crate::handoff#dns-that-lags-behind-moving)).
+    ///
+    /// ```
+    /// use redis_layers::client::ClientBuilder;
+    /// use redis_layers::transport::system_resolver;
+    /// use redis_layers::Endpoint;
+    ///
+    /// let builder = ClientBuilder::new(Endpoint::tcp("db.example", 6379)).resolver(system_resolver());
+    /// # let _ = builder;
+    /// ```
+    pub fn resolver(mut self, resolver: crate::transport::Resolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
     /// How the cluster routes and refreshes (cluster mode only).
     pub fn cluster_config(mut self, config: ClusterConfig) -> Self {
         self.cluster = config;
@@ -376,10 +396,14 @@ impl ClientBuilder {
             settings = settings.trust(trust.clone());
             cluster_config = cluster_config.shared_policy(trust.clone());
         }
-        let connector = self
+        let mut connector = self
             .connector
             .clone()
             .maintenance(self.maintenance.clone())?;
+        if let Some(r) = &self.resolver {
+            settings = settings.resolver(Some(r.clone()));
+            connector = connector.resolver(r.clone());
+        }
         let cluster = match self.mode {
             ServerMode::Standalone => false,
             ServerMode::Cluster => true,

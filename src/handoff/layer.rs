@@ -39,6 +39,7 @@ pub struct HandoffLayer<P = DefaultPolicy> {
     push_capacity: usize,
     policy: P,
     trust: SharedPolicy,
+    resolver: Option<crate::transport::Resolver>,
 }
 
 impl HandoffLayer {
@@ -53,6 +54,7 @@ impl HandoffLayer {
             push_capacity: PushReceiver::DEFAULT_CAPACITY,
             policy: DefaultPolicy,
             trust: SharedPolicy::default(),
+            resolver: None,
         }
     }
 }
@@ -126,6 +128,7 @@ impl<P> HandoffLayer<P> {
             push_capacity: self.push_capacity,
             policy,
             trust: self.trust,
+            resolver: self.resolver,
         }
     }
 
@@ -147,6 +150,27 @@ impl<P> HandoffLayer<P> {
         self.trust = SharedPolicy::new(policy);
         self
     }
+
+    /// Resolves a `MOVING`'s host name (or the configured one, after a
+    /// `MOVING` with a null endpoint) with `resolver` rather than the
+    /// system's, to wait for DNS to follow the move (see
+    /// [DNS that lags behind `MOVING`](crate::handoff#dns-that-lags-behind-moving)).
+    /// Give the [`Connector`](crate::Connector) the same one
+    /// ([`Connector::resolver`](crate::Connector::resolver)), so that the
+    /// dial reaches what the check saw.
+    ///
+    /// ```
+    /// use redis_layers::handoff::HandoffLayer;
+    /// use redis_layers::transport::system_resolver;
+    /// use redis_layers::Endpoint;
+    ///
+    /// let layer = HandoffLayer::new(Endpoint::tcp("db.example", 6379)).resolver(system_resolver());
+    /// # let _ = layer;
+    /// ```
+    pub fn resolver(mut self, resolver: crate::transport::Resolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
 }
 
 impl<M, P> Layer<M> for HandoffLayer<P>
@@ -163,7 +187,8 @@ where
             Settings::new(&self.config, self.pool_size)
                 .idle_leases(self.idle_leases)
                 .trust(self.trust.clone())
-                .push_capacity(self.push_capacity),
+                .push_capacity(self.push_capacity)
+                .resolver(self.resolver.clone()),
             self.policy.clone(),
         )
     }

@@ -497,6 +497,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             &self.endpoint,
         );
         let mut attempt = 0;
+        self.await_dns(&job).await;
         let reason = loop {
             if let Err(why) = self.is_current(&job) {
                 self.failed(&job, why);
@@ -581,6 +582,52 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         };
         self.failed(&job, &reason);
         self.fall_back(&job).await;
+    }
+
+    /// Waits for DNS to follow the move: while the job's target is a host
+    /// name that still resolves to the IP of the connection being retired,
+    /// dialling would reach the node that is going away. Polls with a
+    /// backoff (100 ms doubling to 1 s) until the answer changes, or until
+    /// the time left before the `MOVING` deadline is what a dial needs
+    /// (a quarter of the `MOVING` time, at most the handoff timeout); then
+    /// the dial goes ahead whatever the answer.
+    async fn await_dns(&self, job: &Job) {
+        let Endpoint::Tcp { host, port, .. } = &job.target else {
+            return;
+        };
+        if crate::transport::resolve::is_ip_literal(host) {
+            return;
+        }
+        let Some(old) = self.conn_of(&job.slot).and_then(|c| c.peer_addr()) else {
+            return;
+        };
+        let margin = (job.time / 4).min(self.settings.handoff_timeout);
+        let stop = job.deadline.checked_sub(margin).unwrap_or(job.start);
+        let mut wait = Duration::from_millis(100);
+        let began = Instant::now();
+        loop {
+            let answer =
+                crate::transport::resolve::resolve(self.settings.resolver.as_ref(), host, *port)
+                    .await;
+            let stale = match &answer {
+                Ok(addrs) => addrs.iter().all(|a| a.ip() == old.ip()),
+                // No answer yet: the dial would fail the same way.
+                Err(_) => true,
+            };
+            if !stale {
+                if began.elapsed() > Duration::ZERO && wait > Duration::from_millis(100) {
+                    tracing::info!(target: "redis_layers::handoff", event = "handoff.dns_followed", seq = job.seq, to = %job.target, waited_ms = began.elapsed().as_millis() as u64, "DNS now leads away from the retiring node");
+                }
+                return;
+            }
+            if crate::time::after(Instant::now(), wait) >= stop {
+                tracing::info!(target: "redis_layers::handoff", event = "handoff.dns_stale", seq = job.seq, to = %job.target, old = %old, "DNS still leads to the retiring node; dialling anyway before the deadline");
+                return;
+            }
+            tracing::debug!(target: "redis_layers::handoff", event = "handoff.dns_wait", seq = job.seq, to = %job.target, old = %old, wait_ms = wait.as_millis() as u64, "DNS still leads to the retiring node; waiting");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// After a failed handoff the old connection serves until just before
@@ -744,6 +791,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         successor: Option<(M::Connection, Vec<crate::Cmd>)>,
         hold: Option<Hold>,
     ) {
+        // From now on a MOVING read on it is stale.
+        conn.retire();
         let push_tx = self.push_tx.clone();
         tokio::spawn(async move {
             let handed_over = successor.is_some() || hold.is_some();

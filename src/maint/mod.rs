@@ -16,6 +16,7 @@
 
 mod config;
 mod notification;
+mod stale;
 mod state;
 mod tower_impls;
 
@@ -27,6 +28,7 @@ pub use notification::{
     Dedup, Kind, MovingEndpoint, Notification, ParseError, SlotMove, SlotSet,
     MAX_NOTIFICATION_TIME, SLOT_COUNT,
 };
+pub use stale::StaleGuard;
 pub use state::{
     BreakerState, MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED,
 };

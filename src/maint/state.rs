@@ -192,6 +192,32 @@ struct Inner {
     /// The last `MOVING` handled by default, and its deadline.
     moving: Option<(Notification, Instant)>,
     backstop_generation: u64,
+    /// Recent `SMIGRATED`s read on this endpoint's connections: sequence
+    /// number, the slots they moved, when (at most [`RECENT_SMIGRATED`]).
+    smigrated: std::collections::VecDeque<(i64, Vec<super::SlotSet>, Instant)>,
+}
+
+/// `SMIGRATED`s remembered per endpoint to tell a stale `SMIGRATING`.
+const RECENT_SMIGRATED: usize = 64;
+
+impl Inner {
+    /// True when every slot of an `SMIGRATING seq slots` was reported moved
+    /// by a later `SMIGRATED` (within the de-duplication time-to-live).
+    fn overtaken(&self, seq: i64, slots: &super::SlotSet, now: Instant) -> bool {
+        let ttl = self.dedup.ttl();
+        let later: Vec<&Vec<super::SlotSet>> = self
+            .smigrated
+            .iter()
+            .filter(|(s, _, at)| *s > seq && now.saturating_duration_since(*at) < ttl)
+            .map(|(_, sets, _)| sets)
+            .collect();
+        !later.is_empty()
+            && slots.iter().all(|slot| {
+                later
+                    .iter()
+                    .any(|sets| sets.iter().any(|s| s.contains(slot)))
+            })
+    }
 }
 
 impl fmt::Debug for MaintenanceState {
@@ -388,6 +414,22 @@ impl MaintenanceState {
         {
             tracing::debug!(target: "redis_layers::maint", event = "maint.duplicate", kind = n.kind().as_str(), seq = n.seq(), "duplicate notification ignored");
             return;
+        }
+        match &n {
+            Notification::SMigrated { seq, moves } => {
+                if inner.smigrated.len() == RECENT_SMIGRATED {
+                    inner.smigrated.pop_front();
+                }
+                let sets = moves.iter().map(|m| m.slots.clone()).collect();
+                inner.smigrated.push_back((*seq, sets, now));
+            }
+            // Its slots have moved already: relaxing again would last
+            // until the backstop (see `maint::StaleGuard`).
+            Notification::SMigrating { seq, slots } if inner.overtaken(*seq, slots, now) => {
+                tracing::debug!(target: "redis_layers::maint", event = "maint.stale", kind = "SMIGRATING", seq, "SMIGRATING overtaken by a later SMIGRATED dropped");
+                return;
+            }
+            _ => {}
         }
         let hook = inner.hook.clone();
         drop(inner);

@@ -25,6 +25,11 @@ pub(crate) struct Shared {
     /// Used by one caller at a time: state commands are allowed (see
     /// `guard.rs`). True during the handshake, which sends them.
     dedicated: AtomicBool,
+    /// A handoff moved away from this connection: it only drains, and a
+    /// `MOVING` read on it is stale (see `maint::StaleGuard`).
+    pub(crate) retired: AtomicBool,
+    /// The address dialled (TCP only).
+    peer: OnceLock<std::net::SocketAddr>,
     protocol: AtomicU8,
     pushes: Mutex<Option<PushReceiver>>,
     info: OnceLock<ConnectionInfo>,
@@ -110,6 +115,8 @@ impl Connection {
             closed_notify: Notify::new(),
             tls: AtomicBool::new(false),
             dedicated: AtomicBool::new(true),
+            retired: AtomicBool::new(false),
+            peer: OnceLock::new(),
             protocol: AtomicU8::new(Protocol::Resp3 as u8),
             pushes: Mutex::new(Some(push_rx)),
             info: OnceLock::new(),
@@ -326,6 +333,34 @@ impl Connection {
         self.shared.dedicated.store(true, Ordering::Relaxed);
     }
 
+    /// Marks the connection as retired: a handoff has moved its callers to
+    /// another connection, and it only drains what it has in flight. A
+    /// `MOVING` read on it afterwards is stale and dropped (see
+    /// [`StaleGuard`](crate::maint::StaleGuard)).
+    ///
+    /// ```no_run
+    /// # use redis_layers::{Connector, Endpoint};
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// let conn = Connector::new().connect(Endpoint::tcp("127.0.0.1", 6379)).await?;
+    /// conn.retire();
+    /// assert!(conn.is_retired());
+    /// # Ok(()) }
+    /// ```
+    pub fn retire(&self) {
+        self.shared.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// The address this connection dialled (`None` for a Unix socket): the
+    /// node behind a host name when it was made.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.shared.peer.get().copied()
+    }
+
+    /// True once [`retire`](Self::retire) was called.
+    pub fn is_retired(&self) -> bool {
+        self.shared.retired.load(Ordering::Relaxed)
+    }
+
     /// A connection handed out to share: the handshake is done.
     pub(crate) fn share(&self) {
         self.shared.dedicated.store(false, Ordering::Relaxed);
@@ -334,6 +369,12 @@ impl Connection {
     /// True when the connection runs over TLS.
     pub fn is_tls(&self) -> bool {
         self.shared.tls.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_peer(&self, peer: Option<std::net::SocketAddr>) {
+        if let Some(p) = peer {
+            let _ = self.shared.peer.set(p);
+        }
     }
 
     #[cfg(feature = "tls")]
@@ -444,5 +485,13 @@ impl super::Lifecycle for Connection {
 
     fn dedicate(&self) {
         Connection::dedicate(self)
+    }
+
+    fn retire(&self) {
+        Connection::retire(self)
+    }
+
+    fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        Connection::peer_addr(self)
     }
 }

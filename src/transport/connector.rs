@@ -64,6 +64,8 @@ pub(crate) struct Config {
     /// TLS for TCP endpoints (`None`: plain text).
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<super::tls::TlsConnector>,
+    /// Host names to addresses (`None`: the system's).
+    pub(crate) resolver: Option<super::Resolver>,
 }
 
 impl Config {
@@ -97,6 +99,7 @@ impl Default for Connector {
                 maint: Resolved::default(),
                 #[cfg(feature = "tls")]
                 tls: None,
+                resolver: None,
             }),
             states: Arc::default(),
         }
@@ -362,6 +365,28 @@ impl Connector {
         Arc::make_mut(&mut self.config)
     }
 
+    /// Resolves host names with `resolver` rather than the system's
+    /// ([`tokio::net::lookup_host`]); the addresses are tried in the order
+    /// given. Give the same one to
+    /// [`HandoffLayer::resolver`](crate::handoff::HandoffLayer::resolver),
+    /// which uses it to wait for DNS to follow a `MOVING`.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use redis_layers::transport::Resolver;
+    /// use redis_layers::Connector;
+    ///
+    /// let dns = Resolver::new(tower::service_fn(|_name: String| async {
+    ///     Ok::<_, std::io::Error>(vec!["127.0.0.1:6379".parse::<SocketAddr>().unwrap()])
+    /// }));
+    /// let connector = Connector::new().resolver(dns);
+    /// # let _ = connector;
+    /// ```
+    pub fn resolver(mut self, resolver: super::Resolver) -> Self {
+        self.config_mut().resolver = Some(resolver);
+        self
+    }
+
     /// Bound on dialling plus the handshake (default 5 s; at most
     /// [`MAX_TIMEOUT`](crate::MAX_TIMEOUT), a longer one is clamped to it).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -525,9 +550,10 @@ async fn connect(
     };
     let conn = match &endpoint {
         Endpoint::Tcp { host, port, .. } => {
-            let stream = TcpStream::connect((host.as_str(), *port))
+            let stream = dial_tcp(&config, host, *port)
                 .await
                 .map_err(|e| naming(&endpoint, e))?;
+            let peer = stream.peer_addr().ok();
             // Batches are coalesced by the driver; Nagle would only add latency.
             stream.set_nodelay(true)?;
             // The driver is generic over the stream: a TLS connection gets
@@ -539,9 +565,13 @@ async fn connect(
                 let conn =
                     Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint);
                 conn.set_tls();
+                conn.set_peer(peer);
                 return finish(conn, &config).await;
             }
-            Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint)
+            let conn =
+                Connection::spawn(stream, endpoint.clone(), config.queue_size, driver, maint);
+            conn.set_peer(peer);
+            conn
         }
         #[cfg(unix)]
         Endpoint::Unix(path) => {
@@ -554,6 +584,27 @@ async fn connect(
         Endpoint::Unix(_) => return Err(Error::config("Unix sockets need a Unix platform")),
     };
     finish(conn, &config).await
+}
+
+/// Dials `host:port`: an IP literal, or a name through the configured
+/// resolver (each address in turn; the last failure is the error). Without
+/// a resolver, tokio's own lookup and connect.
+async fn dial_tcp(config: &Config, host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let Some(resolver) = config
+        .resolver
+        .as_ref()
+        .filter(|_| !super::resolve::is_ip_literal(host))
+    else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let mut last = None;
+    for addr in super::resolve::resolve(Some(resolver), host, port).await? {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound)))
 }
 
 /// A dial error that names where it dialled (same kind, so retry

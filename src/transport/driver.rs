@@ -480,6 +480,9 @@ pub(crate) struct Driver<T> {
     pushes: PushSender,
     config: DriverConfig,
     shared: Arc<Shared>,
+    /// This connection's sequence watermarks: overtaken notifications are
+    /// dropped.
+    stale: crate::maint::StaleGuard,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -524,6 +527,7 @@ where
             turn_now: None,
             pushes,
             config,
+            stale: crate::maint::StaleGuard::new(crate::maint::Dedup::<()>::DEFAULT_TTL),
             shared,
         }
     }
@@ -704,7 +708,12 @@ where
             };
             match parsed {
                 Some(Ok(n)) => {
-                    self.shared.maint.on_notification(n);
+                    let retired = self.shared.retired.load(Ordering::Relaxed);
+                    if self.stale.admit(&n, retired, Instant::now()) {
+                        self.shared.maint.on_notification(n);
+                    } else {
+                        tracing::debug!(target: "redis_layers::maint", event = "maint.stale", kind = n.kind().as_str(), seq = n.seq(), retired, "stale notification dropped");
+                    }
                     return Ok(());
                 }
                 Some(Err(e)) => {

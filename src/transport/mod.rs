@@ -56,6 +56,7 @@ pub mod future;
 mod guard;
 mod handshake;
 mod push;
+pub(crate) mod resolve;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -66,6 +67,7 @@ pub(crate) use driver::{returns_pipeline, RETURN_MAX};
 pub use endpoint::Endpoint;
 pub(crate) use push::{channel as push_channel, PushItem, PushSender};
 pub use push::{PushReceiver, PUSHES_DROPPED};
+pub use resolve::{system_resolver, Resolver};
 /// The rustls this crate is built with (feature `tls`), for
 /// [`TlsConfig::from_rustls`] and matching on [`TlsError::rustls_error`].
 #[cfg(feature = "tls")]
@@ -116,6 +118,15 @@ pub trait Lifecycle {
     /// Marks the connection as used by one caller at a time (see
     /// [`Connection::dedicate`]); leases call it.
     fn dedicate(&self) {}
+    /// Marks the connection as retired by a handoff: it only drains, and
+    /// a `MOVING` read on it is stale (see [`Connection::retire`]).
+    fn retire(&self) {}
+    /// The address the connection dialled, if known (see
+    /// [`Connection::peer_addr`]); the handoff layer compares it with what
+    /// a `MOVING`'s host name resolves to.
+    fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 /// The RESP version a connection speaks.

@@ -1,0 +1,147 @@
+//! DNS that lags behind `MOVING` (issue 20): the `MOVING` names the new
+//! endpoint by a host name whose record still leads to the node being
+//! retired for a while (Redis Enterprise: 4.4 to 9.7 s). The handoff waits
+//! for the record to change before it dials, so no connection goes to the
+//! retiring node, and no command fails.
+#![cfg(feature = "sim")]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis_layers::handoff::HandoffLayer;
+use redis_layers::maint::{EndpointType, MaintenanceConfig, Mode};
+use redis_layers::relax::RelaxTimeoutLayer;
+use redis_layers::sim::{DnsLag, MovingPlan, SimResolver};
+use redis_layers::transport::Resolver;
+use redis_layers::trust::AllowSuffix;
+use redis_layers::{Connection, Connector, Endpoint, Error};
+use support::sim::SimStandalone;
+use support::{bounded, ledger, within};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+/// Every connection made, with when and to which address.
+type Dials = Arc<Mutex<Vec<(Instant, Option<SocketAddr>)>>>;
+
+/// The MOVING's time and the record's lag, as in the acceptance.
+const TIME: Duration = Duration::from_secs(15);
+const LAG: Duration = Duration::from_secs(5);
+
+async fn moving_with_lagging_dns(
+    wait_for_dns: bool,
+) -> (
+    Vec<(Instant, Option<SocketAddr>)>,
+    Instant,
+    SocketAddr,
+    ledger::Report,
+) {
+    let env = SimStandalone::start().await;
+    let from = env.sim.endpoint();
+    let dns = SimResolver::new();
+    let config = MaintenanceConfig::default()
+        .mode(Mode::Enabled)
+        .endpoint_type(EndpointType::InternalFqdn)
+        .relaxed_timeout(Duration::from_secs(2));
+    let mut connector = Connector::new().maintenance(config.clone()).unwrap();
+    connector = connector.resolver(Resolver::new(dns.clone()));
+    let dials: Dials = Arc::default();
+    let maker = {
+        let dials = dials.clone();
+        tower::service_fn(move |ep: Endpoint| {
+            let (mut connector, dials) = (connector.clone(), dials.clone());
+            async move {
+                let conn: Connection = connector.ready().await?.call(ep).await?;
+                dials
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), conn.peer_addr()));
+                Ok::<_, Error>(conn)
+            }
+        })
+    };
+    let mut handoff = HandoffLayer::new(support::sim::endpoint(from))
+        .maintenance(&config)
+        .unwrap()
+        .pool_size(4)
+        .unwrap()
+        // The simulated name is no neighbour of the loopback address the
+        // pool was configured with: allowed by name.
+        .target_policy(AllowSuffix::new("sim.test"));
+    if wait_for_dns {
+        handoff = handoff.resolver(Resolver::new(dns.clone()));
+    } else {
+        // A check that always sees another node: the handoff dials at
+        // once, as a client without the check would.
+        handoff = handoff.resolver(Resolver::new(tower::service_fn(|_: String| async {
+            Ok::<_, std::io::Error>(vec!["192.0.2.1:1".parse::<SocketAddr>().unwrap()])
+        })));
+    }
+    let svc = RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(handoff.layer(maker));
+    let load = ledger::start(&svc, 16, "dns");
+    load.run_for(500).await;
+    // The new endpoint: the same port on another loopback IP, so that the
+    // lagging record (old IP, announced port) leads to the old endpoint.
+    let mut m = MovingPlan::new(TIME);
+    m.from = Some(from);
+    m.to = Some(SocketAddr::new("127.0.0.2".parse().unwrap(), from.port()));
+    m.dns = Some(DnsLag {
+        resolver: dns.clone(),
+        name: "db.sim.test".into(),
+        lag: LAG,
+    });
+    let sent = Instant::now();
+    let h = env.sim.start_moving(m).unwrap();
+    within(TIME + Duration::from_secs(10), "moving", h.finished())
+        .await
+        .unwrap();
+    load.run_for(500).await;
+    let report = load.finish().await;
+    let dials = dials.lock().unwrap().clone();
+    (dials, sent, from, report)
+}
+
+/// Acceptance: a 15 s `MOVING` whose name lags 5 s: 0 connections to the
+/// retiring node after the `MOVING`, 0 failed commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_waits_for_dns_to_follow_the_moving() {
+    bounded(60, async {
+        let (dials, sent, from, report) = moving_with_lagging_dns(true).await;
+        let to_old: Vec<_> = dials
+            .iter()
+            .filter(|(at, peer)| *at >= sent && peer.map(|p| p.ip()) == Some(from.ip()))
+            .collect();
+        let after: Vec<_> = dials.iter().filter(|(at, _)| *at >= sent).collect();
+        let first = after.iter().map(|(at, _)| *at - sent).min();
+        println!(
+            "DNS lag {LAG:?}: {} dials after MOVING, {} to the retiring node, first after {first:?}; {} errors",
+            after.len(),
+            to_old.len(),
+            report.errors.len()
+        );
+        println!("errors: {:?}", report.errors.iter().take(3).collect::<Vec<_>>());
+        assert!(!after.is_empty(), "the pool moved");
+        assert_eq!(to_old.len(), 0, "dials to the retiring node: {to_old:?}");
+        assert!(first.unwrap() >= LAG, "dialled before DNS changed: {first:?}");
+        report.assert_no_failures();
+    })
+    .await
+}
+
+/// Without the check (one that always sees another node), the handoff dials at
+/// once and reaches the retiring node: the case above guards against this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_check_a_handoff_dials_the_retiring_node() {
+    bounded(60, async {
+        let (dials, sent, from, _report) = moving_with_lagging_dns(false).await;
+        let to_old = dials
+            .iter()
+            .filter(|(at, peer)| *at >= sent && peer.map(|p| p.ip()) == Some(from.ip()))
+            .count();
+        println!("without the DNS check: {to_old} dials to the retiring node after MOVING");
+        assert!(to_old > 0);
+    })
+    .await
+}
