@@ -28,7 +28,8 @@ pub use notification::{
     MAX_NOTIFICATION_TIME, SLOT_COUNT,
 };
 pub use state::{
-    BreakerState, MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED,
+    BreakerState, LastNotification, MaintEvent, MaintStatus, Maintained, MaintenanceState, OptIn,
+    Verdict, NOTIFICATIONS, RELAXED,
 };
 pub use tower_impls::{
     CarryMaintenanceLayer, MaintenanceHandle, WithMaintenance, WithMaintenanceLayer,
