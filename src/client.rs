@@ -174,6 +174,9 @@ pub struct Client {
     /// The timeout given to requests on dedicated connections (they do not
     /// go through RelaxTimeout).
     timeout: Option<Duration>,
+    /// The stack's connector, for the endpoints' maintenance status
+    /// (`None` for a client made with `from_service`).
+    connector: Option<Connector>,
 }
 
 impl std::fmt::Debug for Client {
@@ -422,6 +425,7 @@ impl Client {
             dedicated: Dedicated::None,
             pubsub: None,
             timeout: None,
+            connector: None,
         }
     }
 
@@ -545,6 +549,34 @@ impl Client {
     /// The stack, as a tower service (a clone; it shares the connections).
     pub fn service(&self) -> BoxService {
         self.svc.service().clone()
+    }
+
+    /// The maintenance status of every endpoint the client has a
+    /// maintenance state for (its nodes, handoff targets in use) or whose
+    /// server refused the opt-in, sorted by endpoint: whether the endpoint
+    /// sends maintenance notifications and why, the last notification, the
+    /// handoffs away from it, and until when timeouts are relaxed. See
+    /// [`Connector::maintenance_status`]. Empty for a client made with
+    /// [`Client::from_service`] (its stack is not known); read
+    /// [`Maintained::maintenance`](crate::maint::Maintained::maintenance)
+    /// on the nodes of such a stack instead.
+    ///
+    /// ```no_run
+    /// use redis_layers::maint::OptIn;
+    ///
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// let client = redis_layers::Client::open("redis://127.0.0.1:6379").await?;
+    /// for (endpoint, status) in client.maintenance_status() {
+    ///     if let OptIn::Refused { error, .. } = &status.opt_in {
+    ///         println!("{endpoint}: no maintenance notifications ({error})");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn maintenance_status(&self) -> Vec<(Endpoint, crate::maint::MaintStatus)> {
+        self.connector
+            .as_ref()
+            .map_or_else(Vec::new, Connector::maintenance_status)
     }
 
     /// True when this client routes over a Redis Cluster.

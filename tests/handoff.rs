@@ -17,7 +17,9 @@ use std::time::Duration;
 use redis_layers::handoff::{
     DefaultPolicy, Handoff, HandoffLayer, HandoffPolicy, HandoffPolicyExt, MakeConnection,
 };
-use redis_layers::maint::{BreakerState, EndpointType, MaintEvent, MaintenanceConfig, Mode};
+use redis_layers::maint::{
+    BreakerState, EndpointType, Kind, MaintEvent, Maintained, MaintenanceConfig, Mode,
+};
 use redis_layers::relax::{RelaxTimeout, RelaxTimeoutLayer};
 use redis_layers::sim::{Moved, MovingPlan};
 use redis_layers::{cmd, Connector, Endpoint, Error, Request, Value};
@@ -323,6 +325,7 @@ async fn idle_connections_are_handed_off() {
             Value::SimpleString("OK".into())
         );
         opted_in(&env, 2).await;
+        let from = svc.get_ref().maintenance().clone();
         let moved = env
             .sim
             .moving(moving(None, Duration::from_secs(1)))
@@ -331,6 +334,10 @@ async fn idle_connections_are_handed_off() {
         assert_eq!(moved.notified, 2);
         assert_eq!(moved.closed, 0, "idle connections were left behind");
         assert_eq!(events.count(succeeded), 2, "{:?}", events.all());
+        // Counted on the endpoint left.
+        let status = from.status();
+        assert_eq!((status.handoffs_succeeded, status.handoffs_failed), (2, 0));
+        assert_eq!(status.last_notification.map(|n| n.kind), Some(Kind::Moving));
         let before = env.sim.clients().len();
         assert_eq!(before, 2);
         assert_eq!(clients_on(&env, moved.to), 2);
@@ -513,11 +520,16 @@ async fn refused_target_retries_opens_the_breaker_and_recovers() {
         let mut m = moving(None, Duration::from_secs(3));
         m.to = Some(target);
         m.stay_open = true;
+        // The state of the endpoint the pool is on (this clone has sent
+        // nothing, so it follows the pool through its handle).
+        let from = svc.get_ref().maintenance_handle().current();
         let handle = env.sim.start_moving(m).unwrap();
         let failed = events.wait("handoff gave up", |e| {
             matches!(e, MaintEvent::HandoffFailed { .. })
         })
         .await;
+        assert_eq!(from.status().handoffs_failed, 1);
+        assert_eq!(from.status().handoffs_succeeded, 0);
         let retries = events.count(|e| matches!(e, MaintEvent::HandoffRetried { .. }));
         assert_eq!(retries, 2, "3 dials, 2 retries, then the breaker: {:?}", events.all());
         assert!(format!("{failed:?}").contains("circuit breaker"), "{failed:?}");

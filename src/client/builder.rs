@@ -410,6 +410,7 @@ impl ClientBuilder {
             ServerMode::Auto if self.seeds.len() > 1 => true,
             ServerMode::Auto => is_cluster(&connector, &self.seeds[0], self.timeout).await?,
         };
+        let stack_connector = connector.clone();
         let (svc, dedicated) = if cluster {
             let maker = NodeMaker {
                 connector: connector.clone(),
@@ -465,6 +466,7 @@ impl ClientBuilder {
             dedicated,
             pubsub,
             timeout: self.timeout,
+            connector: Some(stack_connector),
         })
     }
 

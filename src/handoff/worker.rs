@@ -15,7 +15,9 @@ use super::policy::{HandoffPolicy, Moving};
 use super::pool::{Entry, Pool, Restore, Slot};
 use super::{lock, MakeConnection, Shared};
 use crate::error::{Error, Result};
-use crate::maint::{BreakerState, MaintEvent, Maintained, MovingEndpoint, Notification};
+use crate::maint::{
+    BreakerState, MaintEvent, Maintained, MaintenanceState, MovingEndpoint, Notification,
+};
 use crate::pubsub::Kind;
 use crate::transport::{Endpoint, Lifecycle, PushItem};
 
@@ -32,6 +34,8 @@ struct Job {
     target: Endpoint,
     start: Instant,
     deadline: Instant,
+    /// The state of the endpoint left, which counts the handoff.
+    from_state: Option<Arc<MaintenanceState>>,
 }
 
 /// Gives back a queue place when a job ends, however it ends.
@@ -454,6 +458,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             .collect();
         let count = slots.len();
         for (k, slot) in slots.into_iter().enumerate() {
+            // Not under the pool's lock here.
+            let from_state = self.conn_of(&slot).map(|c| c.maintenance().clone());
             let job = Job {
                 epoch: slot.handoff_epoch.fetch_add(1, SeqCst) + 1,
                 slot,
@@ -464,6 +470,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 target: target.clone(),
                 start: crate::time::after(now, self.policy.delay(&m, k, count)),
                 deadline,
+                from_state,
             };
             if self.queued.fetch_add(1, SeqCst) >= self.settings.queue_size {
                 self.queued.fetch_sub(1, SeqCst);
@@ -767,6 +774,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             );
         }
         self.prune_watches();
+        if let Some(state) = &job.from_state {
+            state.count_handoff(true);
+        }
         tracing::info!(target: "redis_layers::handoff", event = "handoff.succeeded", seq = job.seq, from = %job.from, to = %job.target, "handoff succeeded");
         self.step(
             "succeeded",
@@ -831,6 +841,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     }
 
     fn failed(&self, job: &Job, reason: &str) {
+        if let Some(state) = &job.from_state {
+            state.count_handoff(false);
+        }
         tracing::warn!(target: "redis_layers::handoff", event = "handoff.failed", seq = job.seq, from = %job.from, to = %job.target, reason, "handoff failed");
         self.step(
             "failed",

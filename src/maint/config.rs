@@ -17,7 +17,25 @@ use std::time::Duration;
 /// |---|---|---|
 /// | `Disabled` | not sent | - |
 /// | `Enabled` | sent | connection setup fails |
-/// | `Auto` (default) | sent | the connection works without maintenance handling |
+/// | `Auto` (default) | sent once per endpoint and server version | the connection works without maintenance handling |
+///
+/// # Auto: one probe per endpoint and server version
+///
+/// Redis Open Source and Valkey refuse the opt-in (`ERR unknown
+/// subcommand`). In mode `Auto` that refusal is expected: it is logged at
+/// debug level only, trips no circuit breaker and causes no retry. The
+/// [`Connector`](crate::Connector) remembers it per endpoint for its
+/// lifetime (and its clones'), and later connections and reconnects to
+/// that endpoint do not ask again, as long as their `HELLO` reply names
+/// the same `server` and `version` as the connection that was refused. A
+/// different name or version (the server was upgraded, or the address now
+/// leads to another product) is asked once more, so a rolling upgrade to a
+/// server with the feature turns notifications on at the next reconnect,
+/// without a restart of the application. Connections whose handshakes run
+/// while the first answer is still on its way ask too (the opt-in costs no
+/// extra round trip: it is pipelined with the handshake). A RESP2
+/// connection never asks. Why an endpoint sends no notifications is in
+/// [`MaintenanceState::status`](super::MaintenanceState::status).
 ///
 /// ```
 /// use redis_layers::maint::Mode;
@@ -31,7 +49,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// Send the handshake; if the server refuses it, carry on without
-    /// maintenance handling for that endpoint.
+    /// maintenance handling for that endpoint, and do not send it there
+    /// again while the server's name and version stay the same (see
+    /// above).
     #[default]
     Auto,
     /// Send the handshake; if the server refuses it, fail the connection.

@@ -30,7 +30,8 @@ pub use notification::{
 };
 pub use stale::StaleGuard;
 pub use state::{
-    BreakerState, MaintEvent, Maintained, MaintenanceState, Verdict, NOTIFICATIONS, RELAXED,
+    BreakerState, LastNotification, MaintEvent, MaintStatus, Maintained, MaintenanceState, OptIn,
+    Verdict, NOTIFICATIONS, RELAXED,
 };
 pub use tower_impls::{
     CarryMaintenanceLayer, MaintenanceHandle, WithMaintenance, WithMaintenanceLayer,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{Dedup, Kind, Notification};
+use super::{Dedup, Kind, Mode, Notification, ResolvedEndpointType};
 use crate::transport::Endpoint;
 
 /// What the [hook](MaintenanceState::set_hook) decides for a notification.
@@ -143,6 +143,154 @@ impl BreakerState {
     }
 }
 
+/// Why an endpoint does or does not send maintenance notifications: the
+/// outcome of the opt-in (`CLIENT MAINT_NOTIFICATIONS ON
+/// moving-endpoint-type T`) on the endpoint's latest handshake, or the
+/// configuration that kept it from being sent.
+///
+/// ```
+/// use redis_layers::maint::OptIn;
+///
+/// let why = OptIn::Refused { error: "ERR unknown subcommand".into(), server: Some("redis".into()), version: Some("7.0.15".into()) };
+/// assert_eq!(why.as_str(), "refused");
+/// assert!(!why.is_enabled());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OptIn {
+    /// No handshake with the endpoint has got this far yet.
+    NotProbed,
+    /// Opted in: the server sends notifications, with endpoints of this type.
+    Enabled {
+        /// The `moving-endpoint-type` sent.
+        endpoint_type: ResolvedEndpointType,
+    },
+    /// The server refused the opt-in (Redis Open Source and Valkey answer
+    /// `ERR unknown subcommand`). In mode `Auto` the connection carries on
+    /// without, and later connections to the endpoint do not ask again
+    /// while `HELLO` names the same server and version (see
+    /// [`Mode::Auto`](super::Mode::Auto)); in mode `Enabled` the connection
+    /// failed.
+    Refused {
+        /// The server's error text.
+        error: String,
+        /// `server` from the `HELLO` reply of the refused connection.
+        server: Option<String>,
+        /// `version` from the `HELLO` reply of the refused connection.
+        version: Option<String>,
+    },
+    /// Mode [`Disabled`](super::Mode::Disabled): never asked.
+    DisabledByConfig,
+    /// Not applicable: the connection speaks RESP2 (configured, or the
+    /// server refused `HELLO 3`), and notifications are RESP3 push frames.
+    Resp2,
+}
+
+impl OptIn {
+    /// `not-probed`, `enabled`, `refused`, `disabled` or `resp2` (for logs
+    /// and metric labels).
+    ///
+    /// ```
+    /// assert_eq!(redis_layers::maint::OptIn::DisabledByConfig.as_str(), "disabled");
+    /// ```
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OptIn::NotProbed => "not-probed",
+            OptIn::Enabled { .. } => "enabled",
+            OptIn::Refused { .. } => "refused",
+            OptIn::DisabledByConfig => "disabled",
+            OptIn::Resp2 => "resp2",
+        }
+    }
+
+    /// True when the endpoint sends notifications.
+    ///
+    /// ```
+    /// use redis_layers::maint::{OptIn, ResolvedEndpointType};
+    /// assert!(OptIn::Enabled { endpoint_type: ResolvedEndpointType::InternalIp }.is_enabled());
+    /// assert!(!OptIn::NotProbed.is_enabled());
+    /// ```
+    pub fn is_enabled(&self) -> bool {
+        matches!(self, OptIn::Enabled { .. })
+    }
+}
+
+/// The last maintenance notification an endpoint received (after dedup).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use redis_layers::maint::{Kind, MaintenanceState, Notification};
+///
+/// let state = Arc::new(MaintenanceState::new(Duration::from_secs(10), Duration::from_secs(30)));
+/// state.on_notification(Notification::FailingOver { seq: 4, time: Duration::from_secs(2), shard_ids: vec![] });
+/// let last = state.status().last_notification.unwrap();
+/// assert_eq!((last.kind, last.seq), (Kind::FailingOver, 4));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LastNotification {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its sequence number.
+    pub seq: i64,
+    /// When it arrived.
+    pub at: Instant,
+    /// The [hook](MaintenanceState::set_hook) vetoed its default handling.
+    pub vetoed: bool,
+}
+
+/// An endpoint's maintenance status, from
+/// [`MaintenanceState::status`]: whether it sends notifications and why,
+/// what arrived last, the handoffs away from it, and how long timeouts stay
+/// relaxed.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_layers::maint::{MaintenanceConfig, MaintenanceState, Mode, OptIn};
+///
+/// let off = MaintenanceConfig::default().mode(Mode::Disabled).validate().unwrap();
+/// let status = MaintenanceState::from_config(&off).status();
+/// assert_eq!(status.opt_in, OptIn::DisabledByConfig);
+/// assert!(!status.is_enabled());
+/// assert_eq!(status.relaxed_until, None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintStatus {
+    /// Whether notifications are on, and why (the endpoint's latest
+    /// handshake).
+    pub opt_in: OptIn,
+    /// The `moving-endpoint-type` sent by the latest opt-in, accepted or
+    /// refused (`None`: none sent yet).
+    pub endpoint_type: Option<ResolvedEndpointType>,
+    /// The last notification received.
+    pub last_notification: Option<LastNotification>,
+    /// Connections handed off from this endpoint
+    /// ([`MaintEvent::HandoffSucceeded`]), by the crate's handoff layer.
+    pub handoffs_succeeded: u64,
+    /// Handoffs from this endpoint that gave up
+    /// ([`MaintEvent::HandoffFailed`]).
+    pub handoffs_failed: u64,
+    /// Timeouts are relaxed until then (`None`: not relaxed now). An open
+    /// window's backstop: an end notification ends it sooner.
+    pub relaxed_until: Option<Instant>,
+}
+
+impl MaintStatus {
+    /// True when the endpoint sends notifications.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redis_layers::maint::MaintenanceState;
+    /// let state = MaintenanceState::new(Duration::from_secs(10), Duration::from_secs(30));
+    /// assert!(!state.status().is_enabled());
+    /// ```
+    pub fn is_enabled(&self) -> bool {
+        self.opt_in.is_enabled()
+    }
+}
+
 type Hook = Arc<dyn Fn(&Notification) -> Verdict + Send + Sync>;
 
 /// Counter (feature `metrics`): maintenance notifications received, by
@@ -195,6 +343,11 @@ struct Inner {
     /// Recent `SMIGRATED`s read on this endpoint's connections: sequence
     /// number, the slots they moved, when (at most [`RECENT_SMIGRATED`]).
     smigrated: std::collections::VecDeque<(i64, Vec<super::SlotSet>, Instant)>,
+    opt_in: Option<OptIn>,
+    endpoint_type: Option<ResolvedEndpointType>,
+    last: Option<LastNotification>,
+    handoffs_succeeded: u64,
+    handoffs_failed: u64,
 }
 
 /// `SMIGRATED`s remembered per endpoint to tell a stale `SMIGRATING`.
@@ -362,8 +515,83 @@ impl MaintenanceState {
     /// and dedup memory.
     pub fn from_config(config: &super::Resolved) -> Self {
         let state = Self::new(config.relaxed_timeout(), config.relaxed_window_max());
-        state.lock().dedup = Dedup::new(config.dedup_ttl());
+        let mut inner = state.lock();
+        inner.dedup = Dedup::new(config.dedup_ttl());
+        if config.mode() == Mode::Disabled {
+            inner.opt_in = Some(OptIn::DisabledByConfig);
+        }
+        drop(inner);
         state
+    }
+
+    /// The endpoint's status: whether it sends notifications and why, the
+    /// last notification, the handoffs away from it, and until when
+    /// timeouts are relaxed. Made of copies; cheap enough for a health
+    /// endpoint, not for every command.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use redis_layers::maint::{MaintenanceState, OptIn};
+    ///
+    /// let state = Arc::new(MaintenanceState::new(Duration::from_secs(10), Duration::from_secs(30)));
+    /// assert_eq!(state.status().opt_in, OptIn::NotProbed);
+    /// state.relax_for("post-handoff", Duration::from_secs(20));
+    /// assert!(state.status().relaxed_until.is_some());
+    /// ```
+    pub fn status(&self) -> MaintStatus {
+        let until = self.relaxed_until.load(Ordering::Acquire);
+        let relaxed_until = (until != 0 && self.now_ms() < until)
+            .then(|| self.base + Duration::from_millis(until - 1));
+        let inner = self.lock();
+        MaintStatus {
+            opt_in: inner.opt_in.clone().unwrap_or(OptIn::NotProbed),
+            endpoint_type: inner.endpoint_type,
+            last_notification: inner.last,
+            handoffs_succeeded: inner.handoffs_succeeded,
+            handoffs_failed: inner.handoffs_failed,
+            relaxed_until,
+        }
+    }
+
+    /// Records the opt-in's outcome on a handshake (`sent`: the endpoint
+    /// type it sent, if it sent one).
+    pub(crate) fn set_opt_in(&self, opt_in: OptIn, sent: Option<ResolvedEndpointType>) {
+        let mut inner = self.lock();
+        inner.opt_in = Some(opt_in);
+        if sent.is_some() {
+            inner.endpoint_type = sent;
+        }
+    }
+
+    /// The error text of a refused opt-in, when the refusing server had
+    /// this `HELLO` name and version: the same server would refuse again.
+    pub(crate) fn refused_by(&self, server: Option<&str>, version: Option<&str>) -> Option<String> {
+        match &self.lock().opt_in {
+            Some(OptIn::Refused {
+                error,
+                server: s,
+                version: v,
+            }) if s.as_deref() == server && v.as_deref() == version => Some(error.clone()),
+            _ => None,
+        }
+    }
+
+    /// The opt-in outcome recorded, if any (the connector keeps refusals
+    /// beyond the life of the state).
+    pub(crate) fn opt_in(&self) -> Option<(OptIn, Option<ResolvedEndpointType>)> {
+        let inner = self.lock();
+        inner.opt_in.clone().map(|o| (o, inner.endpoint_type))
+    }
+
+    /// Counts a handoff away from this endpoint.
+    pub(crate) fn count_handoff(&self, succeeded: bool) {
+        let mut inner = self.lock();
+        if succeeded {
+            inner.handoffs_succeeded += 1;
+        } else {
+            inner.handoffs_failed += 1;
+        }
     }
 
     /// Subscribes to this endpoint's maintenance events (a lagging
@@ -438,6 +666,12 @@ impl MaintenanceState {
         #[cfg(feature = "metrics")]
         metrics::counter!(NOTIFICATIONS, "kind" => n.kind().as_str()).increment(1);
         let kind = n.kind();
+        self.lock().last = Some(LastNotification {
+            kind,
+            seq: n.seq(),
+            at: now,
+            vetoed,
+        });
         if let (false, Some(time)) = (vetoed, n.time().filter(|_| kind == Kind::Moving)) {
             self.lock().moving = Some((n.clone(), crate::time::after(now, time)));
         }
@@ -553,5 +787,52 @@ impl MaintenanceState {
     fn event(&self, e: MaintEvent) {
         // No subscriber is fine.
         let _ = self.events.send(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal holds for the server that gave it: another name or
+    /// version (an upgrade) is asked again.
+    #[test]
+    fn a_refusal_holds_for_the_same_server_and_version() {
+        let state = MaintenanceState::new(Duration::from_secs(1), Duration::from_secs(2));
+        assert_eq!(state.refused_by(Some("redis"), Some("7.0.15")), None);
+        let refused = OptIn::Refused {
+            error: "ERR unknown subcommand".into(),
+            server: Some("redis".into()),
+            version: Some("7.0.15".into()),
+        };
+        state.set_opt_in(refused.clone(), Some(ResolvedEndpointType::InternalIp));
+        assert_eq!(
+            state.refused_by(Some("redis"), Some("7.0.15")).as_deref(),
+            Some("ERR unknown subcommand")
+        );
+        assert_eq!(state.refused_by(Some("redis"), Some("8.2.0")), None);
+        assert_eq!(state.refused_by(Some("valkey"), Some("7.0.15")), None);
+        assert_eq!(state.refused_by(None, None), None);
+        let status = state.status();
+        assert_eq!(status.opt_in, refused);
+        assert_eq!(status.endpoint_type, Some(ResolvedEndpointType::InternalIp));
+        // Accepted after an upgrade: nothing refused any more.
+        state.set_opt_in(
+            OptIn::Enabled {
+                endpoint_type: ResolvedEndpointType::InternalIp,
+            },
+            Some(ResolvedEndpointType::InternalIp),
+        );
+        assert_eq!(state.refused_by(Some("redis"), Some("7.0.15")), None);
+    }
+
+    #[test]
+    fn handoffs_are_counted() {
+        let state = MaintenanceState::new(Duration::from_secs(1), Duration::from_secs(2));
+        state.count_handoff(true);
+        state.count_handoff(true);
+        state.count_handoff(false);
+        let s = state.status();
+        assert_eq!((s.handoffs_succeeded, s.handoffs_failed), (2, 1));
     }
 }

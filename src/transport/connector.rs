@@ -12,7 +12,10 @@ use tower_service::Service;
 use super::driver::DriverConfig;
 use super::{handshake, Connection, Endpoint, Protocol};
 use crate::error::{Error, Result};
-use crate::maint::{MaintenanceConfig, MaintenanceState, Resolved};
+use crate::maint::{
+    MaintStatus, Maintained, MaintenanceConfig, MaintenanceState, OptIn, Resolved,
+    ResolvedEndpointType,
+};
 use crate::resp::{Cmd, Limits};
 use std::collections::HashMap;
 use std::sync::{Mutex, Weak};
@@ -45,7 +48,18 @@ pub struct Connector {
     /// One maintenance state per endpoint, shared by every connection this
     /// connector (and its clones) makes there.
     states: Arc<Mutex<HashMap<Endpoint, Weak<MaintenanceState>>>>,
+    /// Endpoints whose server refused the maintenance opt-in, and the
+    /// type sent: a state lives only as long as a connection uses it, the
+    /// refusal as long as the connector (see `Mode::Auto`).
+    refusals: Arc<Mutex<HashMap<Endpoint, Refusal>>>,
 }
+
+/// A refused opt-in, and the endpoint type it sent.
+type Refusal = (OptIn, Option<ResolvedEndpointType>);
+
+/// How many refusals a connector remembers; beyond, one is forgotten (its
+/// endpoint is asked once more).
+const MAX_REFUSALS: usize = 4096;
 
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -102,6 +116,7 @@ impl Default for Connector {
                 resolver: None,
             }),
             states: Arc::default(),
+            refusals: Arc::default(),
         }
     }
 }
@@ -349,16 +364,73 @@ impl Connector {
     }
 
     /// The maintenance state of `endpoint`, shared by every connection this
-    /// connector makes there (made on first use).
+    /// connector makes there (made on first use). A state lives as long as
+    /// something uses it (a connection, a layer); a refused opt-in is
+    /// remembered as long as the connector, and a new state starts with it.
     pub fn maintenance_state(&self, endpoint: &Endpoint) -> Arc<MaintenanceState> {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = crate::lock(&self.states);
         if let Some(s) = states.get(endpoint).and_then(Weak::upgrade) {
             return s;
         }
         states.retain(|_, w| w.strong_count() > 0);
         let s = Arc::new(MaintenanceState::from_config(&self.config.maint));
+        if let Some((opt_in, sent)) = crate::lock(&self.refusals).get(endpoint) {
+            s.set_opt_in(opt_in.clone(), *sent);
+        }
         states.insert(endpoint.clone(), Arc::downgrade(&s));
         s
+    }
+
+    /// The [`MaintStatus`] of every endpoint this connector (or a clone)
+    /// has a maintenance state for, and of those whose server refused the
+    /// opt-in, sorted by endpoint.
+    ///
+    /// ```
+    /// use redis_layers::maint::OptIn;
+    /// use redis_layers::{Connector, Endpoint};
+    ///
+    /// let connector = Connector::new();
+    /// let state = connector.maintenance_state(&Endpoint::tcp("10.0.0.5", 6379));
+    /// let all = connector.maintenance_status();
+    /// assert_eq!(all.len(), 1);
+    /// assert_eq!(all[0].1.opt_in, OptIn::NotProbed);
+    /// # drop(state);
+    /// ```
+    pub fn maintenance_status(&self) -> Vec<(Endpoint, MaintStatus)> {
+        let mut endpoints: Vec<Endpoint> = crate::lock(&self.states)
+            .iter()
+            .filter(|(_, w)| w.strong_count() > 0)
+            .map(|(e, _)| e.clone())
+            .collect();
+        endpoints.extend(crate::lock(&self.refusals).keys().cloned());
+        endpoints.sort_by_key(|e| e.to_string());
+        endpoints.dedup();
+        endpoints
+            .into_iter()
+            .map(|e| {
+                let status = self.maintenance_state(&e).status();
+                (e, status)
+            })
+            .collect()
+    }
+
+    /// Keeps a refused opt-in beyond the state's life; forgets it once the
+    /// endpoint accepts.
+    fn remember_opt_in(&self, endpoint: &Endpoint, state: &MaintenanceState) {
+        let mut refusals = crate::lock(&self.refusals);
+        match state.opt_in() {
+            Some(r @ (OptIn::Refused { .. }, _)) => {
+                if refusals.len() >= MAX_REFUSALS && !refusals.contains_key(endpoint) {
+                    let forget = refusals.keys().next().cloned();
+                    forget.map(|e| refusals.remove(&e));
+                }
+                refusals.insert(endpoint.clone(), r);
+            }
+            Some((OptIn::Enabled { .. }, _)) => {
+                refusals.remove(endpoint);
+            }
+            _ => {}
+        }
     }
 
     fn config_mut(&mut self) -> &mut Config {
@@ -511,7 +583,12 @@ impl Connector {
             .max();
         let timeout = relaxed.map_or(config.connect_timeout, |r| r.max(config.connect_timeout));
         let what = endpoint.to_string();
-        match tokio::time::timeout(timeout, connect(config, endpoint, maint)).await {
+        let at = endpoint.clone();
+        let r = tokio::time::timeout(timeout, connect(config, endpoint, maint)).await;
+        if let Ok(Ok(conn)) = &r {
+            self.remember_opt_in(&at, conn.maintenance());
+        }
+        match r {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -7,7 +7,10 @@
 //! 3. The maintenance opt-in, `CLIENT MAINT_NOTIFICATIONS ON
 //!    moving-endpoint-type T` (the maintenance contract, section 1): RESP3 only. Its place is
 //!    marked below; it has its own error rules (mode `Auto` tolerates a
-//!    refusal), so it is not one of the user's `on_connect` commands.
+//!    refusal), so it is not one of the user's `on_connect` commands. In
+//!    mode `Auto` it is not sent to an endpoint whose server, with the same
+//!    `HELLO` name and version, refused it before. The outcome goes to the
+//!    endpoint's [`MaintenanceState`](crate::maint::MaintenanceState).
 //! 4. The user's `on_connect` commands.
 //!
 //! Steps 2 to 4 go out as one pipeline: one round trip whatever their number.
@@ -15,7 +18,7 @@
 use super::connector::Config;
 use super::{Connection, ConnectionInfo, Endpoint, MaintSupport, Protocol};
 use crate::error::{Error, Result};
-use crate::maint::Mode;
+use crate::maint::{Maintained, Mode, OptIn};
 use crate::resp::{cmd, Pipeline, Value};
 
 pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<ConnectionInfo> {
@@ -80,14 +83,34 @@ pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<Connection
     // Step 3, the maintenance opt-in (RESP3 connections only: notifications
     // are push frames).
     let mode = config.maint.mode();
+    let state = conn.maintenance();
     let mut maint_at = None;
     if resp2 && mode.requires_support() {
+        state.set_opt_in(OptIn::Resp2, None);
         return Err(Error::config(format!(
             "maintenance notifications are Enabled, but {} refused HELLO 3 and they need RESP3",
             conn.endpoint()
         )));
     }
-    if !resp2 {
+    if mode == Mode::Disabled {
+        state.set_opt_in(OptIn::DisabledByConfig, None);
+    } else if resp2 {
+        state.set_opt_in(OptIn::Resp2, None);
+    } else if let Some(error) = (mode == Mode::Auto)
+        .then(|| state.refused_by(info.server.as_deref(), info.version.as_deref()))
+        .flatten()
+    {
+        // Asked before, and this server (same name and version) said no:
+        // not again (see `Mode::Auto`).
+        tracing::debug!(
+            target: "redis_layers::handshake",
+            event = "handshake.maint_skipped",
+            endpoint = %conn.endpoint(),
+            reason = %error,
+            "maintenance opt-in refused before by this server; not asking again"
+        );
+        info.maintenance = MaintSupport::Unsupported(error);
+    } else {
         let host = match conn.endpoint() {
             Endpoint::Tcp { host, .. } => host.as_str(),
             // A local socket: the server is on this machine.
@@ -118,9 +141,18 @@ pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<Connection
     let results = conn.send(pipeline).await?.into_pipeline()?;
     for (i, r) in results.into_iter().enumerate() {
         if let Some((_, t)) = maint_at.filter(|(at, _)| *at == i) {
+            let refused = |e: &crate::error::ServerError| OptIn::Refused {
+                error: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                server: info.server.clone(),
+                version: info.version.clone(),
+            };
             info.maintenance = match r {
-                Ok(_) => MaintSupport::Enabled(t),
+                Ok(_) => {
+                    state.set_opt_in(OptIn::Enabled { endpoint_type: t }, Some(t));
+                    MaintSupport::Enabled(t)
+                }
                 Err(e) if mode == Mode::Auto => {
+                    state.set_opt_in(refused(&e), Some(t));
                     // Expected on servers without the feature: quiet.
                     tracing::debug!(
                         target: "redis_layers::handshake",
@@ -132,11 +164,12 @@ pub(crate) async fn run(conn: &Connection, config: &Config) -> Result<Connection
                     MaintSupport::Unsupported(String::from_utf8_lossy(e.as_bytes()).into_owned())
                 }
                 Err(e) => {
+                    state.set_opt_in(refused(&e), Some(t));
                     return Err(Error::config(format!(
                         "maintenance notifications are Enabled, but {} refused \
                          CLIENT MAINT_NOTIFICATIONS ON moving-endpoint-type {t}: {e}",
                         conn.endpoint()
-                    )))
+                    )));
                 }
             };
             continue;
