@@ -204,10 +204,13 @@ struct LazyPubSub {
     config: crate::maint::MaintenanceConfig,
 }
 
+/// The maker under the client's Handoffs: the connector, dials limited.
+type Maker = crate::dial::DialLimit<Connector>;
+
 /// Where dedicated connections come from.
 #[derive(Clone)]
 enum Dedicated {
-    Standalone(Arc<Handoff<Connector>>),
+    Standalone(Arc<Handoff<Maker>>),
     Cluster(Arc<ClusterHandle>),
     None,
 }
@@ -215,12 +218,14 @@ enum Dedicated {
 struct ClusterHandle {
     cluster: AnyCluster,
     connector: Connector,
+    /// The client's dial limiter, for the dedicated connections too.
+    dials: crate::dial::DialLimitLayer,
     table: CommandTable,
     /// For each node's dedicated connections.
     settings: crate::handoff::Settings,
     /// Each node's dedicated connections: leases of a Handoff of its own
     /// (made on first use), which keeps the clean ones for the next.
-    leases: std::sync::Mutex<std::collections::HashMap<Endpoint, Arc<Handoff<Connector>>>>,
+    leases: std::sync::Mutex<std::collections::HashMap<Endpoint, Arc<Handoff<Maker>>>>,
 }
 
 impl ClusterHandle {
@@ -271,12 +276,12 @@ impl ClusterHandle {
     }
 
     /// Where the dedicated connections to `endpoint` come from.
-    fn leases(&self, endpoint: &Endpoint) -> Arc<Handoff<Connector>> {
+    fn leases(&self, endpoint: &Endpoint) -> Arc<Handoff<Maker>> {
         crate::lock(&self.leases)
             .entry(endpoint.clone())
             .or_insert_with(|| {
                 let h = Handoff::with_settings(
-                    self.connector.clone(),
+                    tower::Layer::layer(&self.dials, self.connector.clone()),
                     endpoint.clone(),
                     self.settings.clone(),
                     DefaultPolicy,
@@ -293,8 +298,8 @@ impl ClusterHandle {
 /// cluster node's. Given back clean (see [`Leased`]), it serves the next.
 #[derive(Debug)]
 struct DedicatedConn {
-    lease: Leased<Connector, DefaultPolicy>,
-    from: Arc<Handoff<Connector>>,
+    lease: Leased<Maker, DefaultPolicy>,
+    from: Arc<Handoff<Maker>>,
     /// Taken from the idle ones, and not used yet.
     reused: bool,
 }
@@ -310,7 +315,7 @@ const STALE_TRIES: usize = 64;
 const STALE_WINDOW: Duration = Duration::from_secs(1);
 
 impl DedicatedConn {
-    async fn leased(from: &Arc<Handoff<Connector>>) -> Result<DedicatedConn> {
+    async fn leased(from: &Arc<Handoff<Maker>>) -> Result<DedicatedConn> {
         let lease = from.lease().await?;
         // Nobody reads a dedicated connection's pushes (invalidations of
         // `CLIENT TRACKING` from `on_connect`, say): discarded as they

@@ -9,7 +9,8 @@
 //!     Cluster     slot routing, MOVED/ASK, SMIGRATED, topology          cluster
 //!       RelaxTimeout  per-command deadline, relaxed during maintenance  relax
 //!         Handoff     the endpoint's connections; moves them on MOVING  handoff
-//!           Connector RESP3 transport: dial, handshake, Connection      transport
+//!           DialLimit at most N dials at once, R starts per second      dial
+//!             Connector RESP3 transport: dial, handshake, Connection    transport
 //! ```
 //!
 //! Every box is a tower `Layer` and `Service` that can be reordered,
@@ -25,7 +26,8 @@
 //!   many tasks; TLS with the `tls` feature.
 //! - [`maint`]: maintenance notifications (`MOVING`, `MIGRATING`,
 //!   `FAILING_OVER`, `SMIGRATING`, ...), their configuration and state;
-//!   [`relax`], [`handoff`], [`cluster`], [`retry`]: the layers.
+//!   [`relax`], [`handoff`], [`cluster`], [`retry`]: the layers;
+//!   [`dial`]: the dial limiter under Handoff (no reconnect storms).
 //! - [`trust`]: which server-named endpoints are followed;
 //!   [`guarantees`]: the trust model and what one caller can do to
 //!   another.
@@ -62,6 +64,7 @@
 pub mod builder;
 pub mod client;
 pub mod cluster;
+pub mod dial;
 pub mod error;
 pub mod handoff;
 pub mod maint;

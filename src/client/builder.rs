@@ -8,6 +8,7 @@ use tower::{Layer, Service};
 use super::{BoxService, Client, ClusterHandle, Dedicated, FromValue, LazyPubSub};
 use crate::cluster::keys::CommandTable;
 use crate::cluster::{Cluster, ClusterConfig, NewNode, NodeRole};
+use crate::dial::{DialLimit, DialLimitLayer};
 use crate::error::{Error, Result};
 use crate::handoff::{DefaultPolicy, Handoff, Settings};
 use crate::maint::{Maintained, MaintenanceConfig, WithMaintenance};
@@ -40,7 +41,8 @@ type LayerFn = Arc<dyn Fn(BoxService) -> BoxService + Send + Sync>;
 ///
 /// Defaults: [`ServerMode::Auto`], a 5 s command timeout (relaxed during
 /// maintenance), the default [`MaintenanceConfig`], one multiplexed
-/// connection per endpoint, the default [`ClusterConfig`].
+/// connection per endpoint, the default [`ClusterConfig`], a default dial
+/// limiter ([`dial_limit`](Self::dial_limit)).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -72,6 +74,8 @@ pub struct ClientBuilder {
     node_layers: Vec<LayerFn>,
     trust: Option<SharedPolicy>,
     resolver: Option<crate::transport::Resolver>,
+    /// `None`: a default limiter of its own for each client built.
+    dials: Option<DialLimitLayer>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -86,6 +90,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("retry", &self.retry)
             .field("layers", &self.layers.len())
             .field("node_layers", &self.node_layers.len())
+            .field("dial_limit", &self.dials)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +112,7 @@ impl ClientBuilder {
             node_layers: Vec::new(),
             trust: None,
             resolver: None,
+            dials: None,
         }
     }
 
@@ -310,6 +316,42 @@ impl ClientBuilder {
         self
     }
 
+    /// The dial limiter under every Handoff of the client (see
+    /// [`dial`](crate::dial)): on by default, each client with a
+    /// [`DialLimitLayer::new`] of its own (16 dials in progress, 200 starts
+    /// per second after a burst of 16, 5 s of queueing at most). These
+    /// limits cost nothing to a client that dials a few connections, and
+    /// keep one that re-dials hundreds at once (a pool after a mass
+    /// connection loss or a `MOVING`) from storming the server. One
+    /// limiter serves the whole client: the standalone endpoint, or every
+    /// node of a cluster, command connections and dedicated ones alike
+    /// (pub/sub connections are not limited).
+    ///
+    /// `None` turns the limits off ([`DialLimitLayer::unlimited`]). A
+    /// layer given here is shared with the clients built with it: keep a
+    /// clone to read its [`stats`](DialLimitLayer::stats), and give each
+    /// client a layer of its own for separate limits.
+    ///
+    /// ```no_run
+    /// use redis_layers::client::ClientBuilder;
+    /// use redis_layers::dial::DialLimitLayer;
+    ///
+    /// # async fn run() -> Result<(), redis_layers::Error> {
+    /// let dials = DialLimitLayer::new().concurrency(64).rate(1_000);
+    /// let client = ClientBuilder::from_url("redis://127.0.0.1:6379")?
+    ///     .pool_size(256)
+    ///     .dial_limit(dials.clone())
+    ///     .build()
+    ///     .await?;
+    /// client.ping().await?;
+    /// println!("{:?}", dials.stats());
+    /// # Ok(()) }
+    /// ```
+    pub fn dial_limit(mut self, limit: impl Into<Option<DialLimitLayer>>) -> Self {
+        self.dials = Some(limit.into().unwrap_or_else(DialLimitLayer::unlimited));
+        self
+    }
+
     /// How the cluster routes and refreshes (cluster mode only).
     pub fn cluster_config(mut self, config: ClusterConfig) -> Self {
         self.cluster = config;
@@ -411,9 +453,11 @@ impl ClientBuilder {
             ServerMode::Auto => is_cluster(&connector, &self.seeds[0], self.timeout).await?,
         };
         let stack_connector = connector.clone();
+        let dials = self.dials.clone().unwrap_or_default();
         let (svc, dedicated) = if cluster {
             let maker = NodeMaker {
                 connector: connector.clone(),
+                dials: dials.clone(),
                 settings: settings.clone(),
                 timeout: self.timeout,
             };
@@ -431,14 +475,19 @@ impl ClientBuilder {
             let handle = ClusterHandle {
                 cluster,
                 connector,
+                dials,
                 table: CommandTable::default(),
                 settings,
                 leases: Default::default(),
             };
             (svc, Dedicated::Cluster(Arc::new(handle)))
         } else {
-            let handoff =
-                Handoff::with_settings(connector, self.seeds[0].clone(), settings, DefaultPolicy);
+            let handoff = Handoff::with_settings(
+                dials.layer(connector),
+                self.seeds[0].clone(),
+                settings,
+                DefaultPolicy,
+            );
             // Nobody reads the command stack's pushes (pub/sub has its own
             // connection): dropped, they are discarded as they arrive.
             drop(handoff.take_pushes());
@@ -516,24 +565,30 @@ async fn is_cluster(
 }
 
 /// The default per-node stack of a cluster client: RelaxTimeout over
-/// Handoff over the connector (`READONLY` on replicas).
+/// Handoff over the dial limiter (one for all nodes) over the connector
+/// (`READONLY` on replicas).
 #[derive(Clone)]
 pub(super) struct NodeMaker {
     connector: Connector,
+    dials: DialLimitLayer,
     settings: Settings,
     timeout: Option<Duration>,
 }
 
 impl NewNode for NodeMaker {
-    type Node = RelaxTimeout<Handoff<Connector>>;
+    type Node = RelaxTimeout<Handoff<DialLimit<Connector>>>;
 
     fn new_node(&self, endpoint: Endpoint, role: NodeRole) -> Self::Node {
         let connector = match role {
             NodeRole::Primary => self.connector.clone(),
             NodeRole::Replica => self.connector.clone().on_connect(cmd("READONLY")),
         };
-        let handoff =
-            Handoff::with_settings(connector, endpoint, self.settings.clone(), DefaultPolicy);
+        let handoff = Handoff::with_settings(
+            self.dials.layer(connector),
+            endpoint,
+            self.settings.clone(),
+            DefaultPolicy,
+        );
         // Nobody reads a node's pushes: discarded as they arrive.
         drop(handoff.take_pushes());
         RelaxTimeout::new(handoff, self.timeout)
