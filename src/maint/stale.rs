@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use super::{Kind, Notification};
 
 /// A connection's memory of the sequence numbers it has read, by pair of
-/// kinds; see the [module docs](self).
+/// kinds; see [stale events](crate::docs::maintenance) in the maintenance
+/// contract.
 ///
 /// ```
 /// use std::time::Duration;
