@@ -341,8 +341,9 @@ struct Inner {
     moving: Option<(Notification, Instant)>,
     backstop_generation: u64,
     /// Recent `SMIGRATED`s read on this endpoint's connections: sequence
-    /// number, the slots they moved, when (at most [`RECENT_SMIGRATED`]).
-    smigrated: std::collections::VecDeque<(i64, Vec<super::SlotSet>, Instant)>,
+    /// number, the slots they moved (one bit per slot: 2 KiB, however
+    /// many moves a server lists), when (at most [`RECENT_SMIGRATED`]).
+    smigrated: std::collections::VecDeque<(i64, Box<SlotBits>, Instant)>,
     opt_in: Option<OptIn>,
     endpoint_type: Option<ResolvedEndpointType>,
     last: Option<LastNotification>,
@@ -351,25 +352,56 @@ struct Inner {
 }
 
 /// `SMIGRATED`s remembered per endpoint to tell a stale `SMIGRATING`.
-const RECENT_SMIGRATED: usize = 64;
+const RECENT_SMIGRATED: usize = 16;
+
+/// One bit per cluster slot.
+const WORDS: usize = super::SLOT_COUNT as usize / 64;
+type SlotBits = [u64; WORDS];
+
+/// The slots of `sets`, as bits. Bounded work: each set's ranges are
+/// disjoint, so a set sets at most every slot once.
+fn slot_bits<'a>(sets: impl IntoIterator<Item = &'a super::SlotSet>) -> Box<SlotBits> {
+    let mut bits = Box::new([0u64; WORDS]);
+    for set in sets {
+        for r in set.ranges() {
+            for slot in r.clone() {
+                // `get_mut`: a slot is below 16,384 by construction, and
+                // a server's number never panics here regardless.
+                if let Some(w) = bits.get_mut(usize::from(slot) / 64) {
+                    *w |= 1 << (slot % 64);
+                }
+            }
+        }
+    }
+    bits
+}
 
 impl Inner {
     /// True when every slot of an `SMIGRATING seq slots` was reported moved
     /// by a later `SMIGRATED` (within the de-duplication time-to-live).
+    /// At most [`RECENT_SMIGRATED`] bit sets and 16,384 slots are looked at,
+    /// whatever the server sends.
     fn overtaken(&self, seq: i64, slots: &super::SlotSet, now: Instant) -> bool {
         let ttl = self.dedup.ttl();
-        let later: Vec<&Vec<super::SlotSet>> = self
+        let mut moved = [0u64; WORDS];
+        let mut any = false;
+        for (_, bits, _) in self
             .smigrated
             .iter()
             .filter(|(s, _, at)| *s > seq && now.saturating_duration_since(*at) < ttl)
-            .map(|(_, sets, _)| sets)
-            .collect();
-        !later.is_empty()
-            && slots.iter().all(|slot| {
-                later
-                    .iter()
-                    .any(|sets| sets.iter().any(|s| s.contains(slot)))
+        {
+            any = true;
+            for (m, b) in moved.iter_mut().zip(bits.iter()) {
+                *m |= b;
+            }
+        }
+        any && slots.ranges().iter().all(|r| {
+            r.clone().all(|slot| {
+                moved
+                    .get(usize::from(slot) / 64)
+                    .is_some_and(|w| w & (1 << (slot % 64)) != 0)
             })
+        })
     }
 }
 
@@ -648,8 +680,8 @@ impl MaintenanceState {
                 if inner.smigrated.len() == RECENT_SMIGRATED {
                     inner.smigrated.pop_front();
                 }
-                let sets = moves.iter().map(|m| m.slots.clone()).collect();
-                inner.smigrated.push_back((*seq, sets, now));
+                let bits = slot_bits(moves.iter().map(|m| &m.slots));
+                inner.smigrated.push_back((*seq, bits, now));
             }
             // Its slots have moved already: relaxing again would last
             // until the backstop (see `maint::StaleGuard`).
