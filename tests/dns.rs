@@ -26,12 +26,23 @@ use tower::{Layer, Service, ServiceExt};
 /// Every connection made, with when and to which address.
 type Dials = Arc<Mutex<Vec<(Instant, Option<SocketAddr>)>>>;
 
+/// What the handoff's DNS check asks.
+#[derive(Clone, Copy)]
+enum Check {
+    /// The simulated DNS, as the connector does.
+    Dns,
+    /// A resolver that always names another node: no wait.
+    Off,
+    /// A resolver that never answers.
+    Hangs,
+}
+
 /// The MOVING's time and the record's lag, as in the acceptance.
 const TIME: Duration = Duration::from_secs(15);
 const LAG: Duration = Duration::from_secs(5);
 
 async fn moving_with_lagging_dns(
-    wait_for_dns: bool,
+    check: Check,
 ) -> (
     Vec<(Instant, Option<SocketAddr>)>,
     Instant,
@@ -70,15 +81,17 @@ async fn moving_with_lagging_dns(
         // The simulated name is no neighbour of the loopback address the
         // pool was configured with: allowed by name.
         .target_policy(AllowSuffix::new("sim.test"));
-    if wait_for_dns {
-        handoff = handoff.resolver(Resolver::new(dns.clone()));
-    } else {
+    handoff = match check {
+        Check::Dns => handoff.resolver(Resolver::new(dns.clone())),
         // A check that always sees another node: the handoff dials at
         // once, as a client without the check would.
-        handoff = handoff.resolver(Resolver::new(tower::service_fn(|_: String| async {
+        Check::Off => handoff.resolver(Resolver::new(tower::service_fn(|_: String| async {
             Ok::<_, std::io::Error>(vec!["192.0.2.1:1".parse::<SocketAddr>().unwrap()])
-        })));
-    }
+        }))),
+        Check::Hangs => handoff.resolver(Resolver::new(tower::service_fn(|_: String| {
+            std::future::pending::<std::io::Result<Vec<SocketAddr>>>()
+        }))),
+    };
     let svc = RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(handoff.layer(maker));
     let load = ledger::start(&svc, 16, "dns");
     load.run_for(500).await;
@@ -108,7 +121,7 @@ async fn moving_with_lagging_dns(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_waits_for_dns_to_follow_the_moving() {
     bounded(60, async {
-        let (dials, sent, from, report) = moving_with_lagging_dns(true).await;
+        let (dials, sent, from, report) = moving_with_lagging_dns(Check::Dns).await;
         let to_old: Vec<_> = dials
             .iter()
             .filter(|(at, peer)| *at >= sent && peer.map(|p| p.ip()) == Some(from.ip()))
@@ -135,13 +148,33 @@ async fn a_handoff_waits_for_dns_to_follow_the_moving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_check_a_handoff_dials_the_retiring_node() {
     bounded(60, async {
-        let (dials, sent, from, _report) = moving_with_lagging_dns(false).await;
+        let (dials, sent, from, _report) = moving_with_lagging_dns(Check::Off).await;
         let to_old = dials
             .iter()
             .filter(|(at, peer)| *at >= sent && peer.map(|p| p.ip()) == Some(from.ip()))
             .count();
         println!("without the DNS check: {to_old} dials to the retiring node after MOVING");
         assert!(to_old > 0);
+    })
+    .await
+}
+
+/// A resolver that never answers holds no handoff past the point where it
+/// must dial (a quarter of the `MOVING` time before the deadline): the pool
+/// still moves in time, and no command fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_that_never_answers_delays_the_dial_only_so_long() {
+    bounded(60, async {
+        let (dials, sent, _from, report) = moving_with_lagging_dns(Check::Hangs).await;
+        let after: Vec<_> = dials
+            .iter()
+            .filter(|(at, _)| *at >= sent)
+            .map(|(at, _)| *at - sent)
+            .collect();
+        println!("hanging resolver: dials after MOVING at {after:?}");
+        assert!(!after.is_empty(), "the pool moved");
+        assert!(after.iter().all(|t| *t < TIME), "{after:?}");
+        report.assert_no_failures();
     })
     .await
 }

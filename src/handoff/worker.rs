@@ -613,13 +613,18 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         let mut wait = Duration::from_millis(100);
         let began = Instant::now();
         loop {
-            let answer =
-                crate::transport::resolve::resolve(self.settings.resolver.as_ref(), host, *port)
-                    .await;
+            // Bounded: a resolver that never answers must not hold the
+            // handoff past the point where it has to dial.
+            let answer = tokio::time::timeout_at(
+                stop,
+                crate::transport::resolve::resolve(self.settings.resolver.as_ref(), host, *port),
+            )
+            .await;
             let stale = match &answer {
-                Ok(addrs) => addrs.iter().all(|a| a.ip() == old.ip()),
+                Ok(Ok(addrs)) => addrs.iter().all(|a| a.ip() == old.ip()),
                 // No answer yet: the dial would fail the same way.
-                Err(_) => true,
+                Ok(Err(_)) => true,
+                Err(_) => return,
             };
             if !stale {
                 if began.elapsed() > Duration::ZERO && wait > Duration::from_millis(100) {
