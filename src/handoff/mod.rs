@@ -68,7 +68,8 @@
 //! address is that node's IP (or the name does not resolve), it polls
 //! again after 100 ms, doubling to 1 s, until the answer changes or only a
 //! quarter of the `MOVING` time (at most `handoff_timeout`) is left, and
-//! then dials whatever the answer. IP targets are dialled at once. Give the
+//! then dials whatever the answer (a resolver that does not answer by then
+//! is given up on). IP targets are dialled at once. Give the
 //! [`Connector`](crate::Connector) the same resolver
 //! ([`Connector::resolver`](crate::Connector::resolver); the `Client`
 //! builder's [`resolver`](crate::client::ClientBuilder::resolver) sets both).
