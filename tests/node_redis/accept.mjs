@@ -230,7 +230,12 @@ const slotOf = (k) => crc16(Buffer.from(k)) % 16384;
 
 async function clusterScenario() {
   const ports = [];
-  for (let i = 0; i < 3; i++) ports.push(await startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${i}.conf`]));
+  // The bus port explicitly: the default (port + 10000) is above 65535 for
+  // ports over 55535, and the node would not start.
+  for (let i = 0; i < 3; i++) {
+    const bus = await freePort();
+    ports.push(await startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${i}.conf`, '--cluster-port', String(bus)]));
+  }
   execFileSync('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-yes'], { stdio: 'ignore' });
   for (let i = 0; i < 500; i++) {
     const ok = ports.every((p) => execFileSync('redis-cli', ['-p', String(p), 'CLUSTER', 'INFO']).toString().includes('cluster_state:ok'));

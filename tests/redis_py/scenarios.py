@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import validate  # noqa: E402  (the venv bootstrap and process helpers)
-from validate import CHILDREN, as_entries, cleanup, start_redis, start_sim, watchdog  # noqa: E402
+from validate import CHILDREN, as_entries, cleanup, free_port, start_redis, start_sim, watchdog  # noqa: E402
 
 RESULTS = []
 
@@ -157,8 +157,12 @@ def crc16(data):
 
 
 def cluster(redis, config, args, tmp, log):
+    # The bus port explicitly: the default (port + 10000) is above 65535 for
+    # ports over 55535, a fifth of the ephemeral range, and the node fails
+    # to start (seen in CI: "redis-server on port 56869 did not start").
     ports = [start_redis(args.redis_server, tmp, ("--cluster-enabled", "yes",
-                                                  "--cluster-config-file", f"nodes-{i}.conf"))
+                                                  "--cluster-config-file", f"nodes-{i}.conf",
+                                                  "--cluster-port", str(free_port())))
              for i in range(3)]
     subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                     "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, timeout=60)
