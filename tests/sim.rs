@@ -961,17 +961,27 @@ async fn weak_handle() {
         assert!(weak.upgrade().is_none());
         within(STEP, "closed", c.closed()).await;
         // The listener goes away with its task.
-        let mut refused = false;
-        for _ in 0..50 {
-            if tokio::net::TcpStream::connect(ep).await.is_err() {
-                refused = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(refused, "still listening");
+        assert!(
+            refused_within(ep, Duration::from_millis(500)).await,
+            "still listening"
+        );
     })
     .await
+}
+
+/// True once a connection to `addr` is refused, trying every 5 ms for up
+/// to `limit`.
+async fn refused_within(addr: SocketAddr, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Issue 19, defect 3: an endpoint opened at the address of one that was
@@ -1003,16 +1013,8 @@ async fn a_reused_address_replaces_the_closed_endpoint() {
             // of every descriptor between its fork and its exec (seen in CI
             // twice in ~10 runs: a connect accepted into that copy's
             // backlog); it goes with the exec, so allow a moment.
-            let mut refused = false;
-            for _ in 0..100 {
-                if tokio::net::TcpStream::connect(a).await.is_err() {
-                    refused = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
             assert!(
-                refused,
+                refused_within(a, Duration::from_millis(500)).await,
                 "round {round}: {a} still listening 500 ms after close_endpoint"
             );
             assert!(!sim.is_open(a));

@@ -1043,10 +1043,7 @@ where
         Err(e) => return Err(Error::not_sent_with(e, req)),
     }
     let req = match deadline {
-        Some(at) => match at.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => req.with_timeout(left),
-            _ => return Err(Error::Timeout),
-        },
+        Some(at) => timed_until(req, at).ok_or(Error::Timeout)?,
         None => req,
     };
     svc.call(req).await
@@ -1316,14 +1313,13 @@ fn ride_out<N: NewNode>(
 async fn ride_out_inner<N: NewNode>(
     shared: Arc<Shared<N>>,
     req: Request,
-    last: Error,
+    mut last: Error,
 ) -> Result<Response> {
     let Some(deadline) = deadline_of(&req) else {
         return Err(last);
     };
     shared.stats.waited.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(target: "redis_layers::cluster", event = "cluster.ride_out", error = %last, "waiting for the slot's owner");
-    let mut last = last;
     let mut pause = RIDE_OUT_FIRST;
     loop {
         // A fresh map, and a pause that keeps a refused node from being
@@ -1341,7 +1337,7 @@ async fn ride_out_inner<N: NewNode>(
             Ok(Target::Node(i)) => shared.node(i).ok_or_else(|| no_node(i)),
             // Routed otherwise now (a learned command, ...): the general
             // path, with what is left of the deadline.
-            Ok(_) => return general(shared, timed_until(req, deadline)?).await,
+            Ok(_) => return general(shared, timed_until(req, deadline).ok_or_else(unsent)?).await,
             Err(e) => Err(e),
         };
         let result = match node {
@@ -1352,7 +1348,8 @@ async fn ride_out_inner<N: NewNode>(
             Err(e) if waits_out(&e) => last = e,
             Err(Error::Timeout) if Instant::now() >= deadline => return Err(given_up(last)),
             r @ Err(Error::Server(_)) if needs_fixup(&r) => {
-                return redirect_loop(shared, timed_until(req, deadline)?, r).await
+                return redirect_loop(shared, timed_until(req, deadline).ok_or_else(unsent)?, r)
+                    .await
             }
             r => return r,
         }
@@ -1363,15 +1360,21 @@ async fn ride_out_inner<N: NewNode>(
 fn given_up(last: Error) -> Error {
     match last {
         e @ Error::Server(_) => e,
-        _ => Error::not_sent(Error::Timeout),
+        _ => unsent(),
     }
 }
 
-/// `req` with the time left until `deadline` as its timeout.
-fn timed_until(req: Request, deadline: Instant) -> Result<Request> {
+/// A request that ran out of time before it was sent.
+fn unsent() -> Error {
+    Error::not_sent(Error::Timeout)
+}
+
+/// `req` with the time left until `deadline` as its timeout; `None` once it
+/// has passed.
+fn timed_until(req: Request, deadline: Instant) -> Option<Request> {
     match deadline.checked_duration_since(Instant::now()) {
-        Some(left) if !left.is_zero() => Ok(req.with_timeout(left)),
-        _ => Err(Error::not_sent(Error::Timeout)),
+        Some(left) if !left.is_zero() => Some(req.with_timeout(left)),
+        _ => None,
     }
 }
 

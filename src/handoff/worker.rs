@@ -610,7 +610,8 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         };
         let margin = (job.time / 4).min(self.settings.handoff_timeout);
         let stop = job.deadline.checked_sub(margin).unwrap_or(job.start);
-        let mut wait = Duration::from_millis(100);
+        let first = Duration::from_millis(100);
+        let mut wait = first;
         let began = Instant::now();
         loop {
             // Bounded: a resolver that never answers must not hold the
@@ -627,7 +628,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 Err(_) => return,
             };
             if !stale {
-                if began.elapsed() > Duration::ZERO && wait > Duration::from_millis(100) {
+                // Only when it waited: an answer that changed at once is
+                // no news.
+                if wait > first {
                     tracing::info!(target: "redis_layers::handoff", event = "handoff.dns_followed", seq = job.seq, to = %job.target, waited_ms = began.elapsed().as_millis() as u64, "DNS now leads away from the retiring node");
                 }
                 return;
