@@ -504,13 +504,21 @@ async fn pipelines(c: &Client, o: &Oracle, p: &str) {
     o.q(&["HSET", &h, "f", "v"]);
     let mut pipe = c.pipeline();
     pipe.incr(&h).get(&keys[1]);
-    let raw: Vec<Value> = pipe.query().await.unwrap();
+    let raw: Vec<Value> = pipe.clone().query().await.unwrap();
     assert!(matches!(raw[0], Value::Error(_)), "{raw:?}");
     assert_eq!(raw[1], Value::BulkString("1".into()));
     match pipe.query::<(i64, String)>().await {
         Err(Error::Server(e)) => assert_eq!(e.kind(), &ServerErrorKind::WrongType),
         other => panic!("{other:?}"),
     }
+    // The commands moved into the request: the batch is empty, with no
+    // ignored flag left behind, and takes new commands.
+    assert!(pipe.is_empty());
+    let empty: Vec<Value> = pipe.query().await.unwrap();
+    assert!(empty.is_empty());
+    pipe.set(&keys[0], "again").ignore().ignore().get(&keys[0]);
+    let (again,): (String,) = pipe.query().await.unwrap();
+    assert_eq!(again, "again");
     let empty: Vec<Value> = c.pipeline().query().await.unwrap();
     assert!(empty.is_empty());
 }

@@ -30,7 +30,9 @@ use crate::resp::{cmd, Cmd, Pipeline, Value};
 pub struct Batch {
     client: Client,
     cmds: Pipeline,
-    ignored: Vec<bool>,
+    /// Positions of the commands whose replies are left out, ascending
+    /// (usually none: no allocation, and no pass over the replies).
+    ignored: Vec<usize>,
     atomic: bool,
 }
 
@@ -46,7 +48,6 @@ impl Batch {
 
     pub(super) fn push(&mut self, c: Cmd) -> &mut Self {
         self.cmds.push(c);
-        self.ignored.push(false);
         self
     }
 
@@ -58,8 +59,10 @@ impl Batch {
     /// Leaves the reply of the last command queued out of the result of
     /// [`Batch::query`] (an error reply still fails the query).
     pub fn ignore(&mut self) -> &mut Self {
-        if let Some(last) = self.ignored.last_mut() {
-            *last = true;
+        if let Some(last) = self.cmds.len().checked_sub(1) {
+            if self.ignored.last() != Some(&last) {
+                self.ignored.push(last);
+            }
         }
         self
     }
@@ -80,15 +83,33 @@ impl Batch {
     }
 
     /// Sends the commands and converts the replies not ignored, as one
-    /// array, into `T` (e.g. a tuple). The batch stays as it is and can be
-    /// sent again.
+    /// array, into `T` (e.g. a tuple).
+    ///
+    /// The commands are moved into the request, not copied, so the batch is
+    /// empty afterwards (whatever the outcome), ready for the next commands.
+    /// To send the same commands again, send a [clone](Clone) of the batch
+    /// (it copies each command shorter than 1 KiB; longer ones share their
+    /// buffer once sent).
+    ///
+    /// ```no_run
+    /// # async fn run(client: redis_layers::client::Client) -> Result<(), redis_layers::Error> {
+    /// let mut p = client.pipeline();
+    /// p.incr("hits").get("greeting");
+    /// let (hits, again): ((i64, String), (i64, String)) = (p.clone().query().await?, p.query().await?);
+    /// assert_eq!(again.0, hits.0 + 1);
+    /// assert!(p.is_empty());
+    /// # Ok(()) }
+    /// ```
     ///
     /// A command's error reply fails the conversion with [`Error::Server`]
     /// (unless `T` keeps raw values: `Vec<Value>`). In a transaction, a
     /// command the server refused to queue fails the whole transaction
     /// with that command's error, and nothing is applied.
-    pub async fn query<T: FromValue>(&self) -> Result<T> {
-        if self.cmds.is_empty() {
+    pub async fn query<T: FromValue>(&mut self) -> Result<T> {
+        let cmds = std::mem::take(&mut self.cmds);
+        let ignored = std::mem::take(&mut self.ignored);
+        let sent = cmds.len();
+        if cmds.is_empty() {
             return T::from_value(Value::Array(Vec::new()));
         }
         let replies = if self.atomic {
@@ -96,7 +117,7 @@ impl Batch {
             // layer sends a transaction to the node of its slot in one piece.
             let replies = exec_reply(
                 self.client
-                    .send(self.transaction())
+                    .send(transaction(cmds.into_cmds().into_iter()))
                     .await?
                     .into_pipeline()?,
             )?;
@@ -105,46 +126,50 @@ impl Batch {
             })?
         } else {
             self.client
-                .send(self.cmds.clone())
+                .send(cmds)
                 .await?
                 .into_pipeline()?
                 .into_iter()
                 .map(|r| r.unwrap_or_else(error_value))
                 .collect()
         };
-        T::from_value(Value::Array(self.kept(replies)?))
+        T::from_value(Value::Array(kept(&ignored, sent, replies)?))
     }
+}
 
-    /// `MULTI`, the commands, `EXEC`.
-    fn transaction(&self) -> Pipeline {
-        let mut p = Pipeline::with_capacity(self.cmds.len() + 2);
-        p.push(cmd("MULTI"));
-        for c in self.cmds.cmds() {
-            p.push(c.clone());
-        }
-        p.push(cmd("EXEC"));
-        p
-    }
+/// `MULTI`, the commands, `EXEC`.
+fn transaction(cmds: impl ExactSizeIterator<Item = Cmd>) -> Pipeline {
+    let mut p = Pipeline::with_capacity(cmds.len() + 2);
+    p.push(cmd("MULTI"));
+    cmds.for_each(|c| {
+        p.push(c);
+    });
+    p.push(cmd("EXEC"));
+    p
+}
 
-    /// The replies not ignored; an ignored error reply is still an error.
-    fn kept(&self, replies: Vec<Value>) -> Result<Vec<Value>> {
-        if replies.len() != self.ignored.len() {
-            return Err(Error::Type(format!(
-                "expected {} replies, got {}",
-                self.ignored.len(),
-                replies.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(replies.len());
-        for (v, ignored) in replies.into_iter().zip(&self.ignored) {
-            if !ignored {
-                out.push(v);
-            } else if let Value::Error(e) = v {
-                return Err(Error::Server(ServerError::parse(e)));
-            }
-        }
-        Ok(out)
+/// The replies not ignored (`ignored`: positions, ascending), of `sent`
+/// commands; an ignored error reply is still an error.
+fn kept(ignored: &[usize], sent: usize, replies: Vec<Value>) -> Result<Vec<Value>> {
+    if replies.len() != sent {
+        return Err(Error::Type(format!(
+            "expected {sent} replies, got {}",
+            replies.len()
+        )));
     }
+    if ignored.is_empty() {
+        return Ok(replies);
+    }
+    let mut out = Vec::with_capacity(sent.saturating_sub(ignored.len()));
+    let mut skip = ignored.iter().peekable();
+    for (i, v) in replies.into_iter().enumerate() {
+        if skip.next_if_eq(&&i).is_none() {
+            out.push(v);
+        } else if let Value::Error(e) = v {
+            return Err(Error::Server(ServerError::parse(e)));
+        }
+    }
+    Ok(out)
 }
 
 fn error_value(e: ServerError) -> Value {
@@ -246,7 +271,9 @@ impl Watch {
                 )));
             }
         }
-        let req = self.client.timed(tx.transaction());
+        let req = self
+            .client
+            .timed(transaction(tx.cmds.cmds().iter().cloned()));
         let replies = exec_reply(self.conn.send(req).await?.into_pipeline()?);
         // `EXEC` ran (applied, or aborted by a watched key): the
         // transaction and the watch are over, and the connection can serve
@@ -257,7 +284,9 @@ impl Watch {
             self.conn.mark_clean();
         }
         match replies? {
-            Some(replies) => T::from_value(Value::Array(tx.kept(replies)?)).map(Some),
+            Some(replies) => {
+                T::from_value(Value::Array(kept(&tx.ignored, tx.len(), replies)?)).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -273,6 +302,29 @@ mod tests {
 
     fn queued() -> Result<Value, ServerError> {
         Ok(Value::SimpleString("QUEUED".into()))
+    }
+
+    #[test]
+    fn kept_replies() {
+        let v = |i| Value::Integer(i);
+        let replies = || vec![v(0), v(1), v(2), v(3)];
+        assert_eq!(kept(&[], 4, replies()).unwrap(), replies());
+        assert_eq!(kept(&[0, 2], 4, replies()).unwrap(), vec![v(1), v(3)]);
+        assert_eq!(kept(&[3], 4, replies()).unwrap(), vec![v(0), v(1), v(2)]);
+        assert!(kept(&[0, 1, 2, 3], 4, replies()).unwrap().is_empty());
+        // A reply more or less than commands sent: a type error, not a shift.
+        assert!(matches!(kept(&[], 3, replies()), Err(Error::Type(_))));
+        assert!(matches!(kept(&[1], 5, replies()), Err(Error::Type(_))));
+        // An ignored error reply still fails; a kept one is a value.
+        let with_error = vec![v(0), Value::Error("ERR no".into())];
+        assert!(matches!(
+            kept(&[1], 2, with_error.clone()),
+            Err(Error::Server(_))
+        ));
+        assert_eq!(
+            kept(&[0], 2, with_error.clone()).unwrap(),
+            vec![with_error[1].clone()]
+        );
     }
 
     #[test]
