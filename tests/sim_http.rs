@@ -159,8 +159,9 @@ async fn actions_on_a_standalone_server() {
             ),
         ] {
             let (status, v) = http(api, "POST", "/action", body.to_string().as_bytes()).await;
-            assert_eq!(status, 400, "{body}");
+            assert_eq!(status, 422, "{body}");
             assert!(v["error"].as_str().unwrap().contains(what), "{body} -> {v}");
+            assert_eq!(v["detail"], v["error"]);
         }
         let (status, _) = http(api, "POST", "/action", b"{not json").await;
         assert_eq!(status, 400);
@@ -190,12 +191,14 @@ async fn slot_migrate_effects_on_a_cluster() {
             env.cluster.node_for_slot(slot)
         };
         let (status, v) = http(api, "GET", "/slot-migrate?effect=teleport", b"").await;
-        assert_eq!(status, 400, "{v}");
+        assert_eq!(status, 422, "{v}");
 
         for effect in ["remove-add", "add", "slot-shuffle", "remove"] {
             let (status, desc) =
                 http(api, "GET", &format!("/slot-migrate?effect={effect}"), b"").await;
             assert_eq!(status, 200, "{desc}");
+            assert_eq!(desc["triggers"][0]["name"], "migrate", "{desc}");
+            assert!(desc["triggers"][0]["requirements"][0]["dbconfig"]["name"].is_string());
             let mut action = desc["action"].clone();
             action["parameters"]["src"] = json!(src.to_string());
             action["parameters"]["dst"] = json!(dst.to_string());
@@ -218,6 +221,162 @@ async fn slot_migrate_effects_on_a_cluster() {
         assert_eq!(owner(0), 1);
         assert_eq!(env.sim.stats().migrations_done, 5);
         assert_eq!(env.sim.stats().moved, 0);
+    })
+    .await
+}
+
+/// The fault injector's other action types, on a standalone server:
+/// `GET /action` lists them; `network_failure` cuts the connections and
+/// closes new ones until its delay is over; `dmc_restart` closes them;
+/// `execute_rladmin_command status` lists the endpoints; a
+/// `sequence_of_actions` plays its steps in order and reports the step
+/// that failed; `topology_change_standalone` effects send their
+/// notifications; out-of-range, nested and Enterprise-only requests get
+/// 422 and start nothing.
+#[tokio::test]
+async fn fault_injector_actions_on_a_standalone_server() {
+    bounded(90, async {
+        let env = SimStandalone::start().await;
+        let control = HttpControl::bind(env.sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let api = control.local_addr();
+        let ep = env.sim.endpoint();
+
+        let (status, list) = http(api, "GET", "/action", b"").await;
+        assert_eq!(status, 200);
+        let types: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["type"].as_str().unwrap())
+            .collect();
+        for t in ["network_failure", "dmc_restart", "sequence_of_actions", "reshard"] {
+            assert!(types.contains(&t), "{list}");
+        }
+
+        // network_failure: the connection is cut at once, a new one is
+        // closed before it can answer, and after the delay one works.
+        let (conn, _p) = opted_in(ep).await;
+        let id = post_action(
+            api,
+            &json!({"type": "network_failure", "parameters": {"bdb_id": "1", "delay": 1, "cluster_index": 0}}),
+        )
+        .await;
+        within(STEP, "the connection cut", conn.closed()).await;
+        let refused = support::sim::raw_connector()
+            .connect(support::sim::endpoint(ep))
+            .await;
+        assert!(refused.is_err(), "a connection during the failure was served");
+        let done = finished(api, &id).await;
+        assert_eq!(done["status"], "success", "{done}");
+        assert!(done["output"].as_str().unwrap().contains("1 connections cut"), "{done}");
+        let (conn, _p) = opted_in(ep).await;
+
+        // dmc_restart: every connection closed; then served again.
+        let id = post_action(api, &json!({"type": "dmc_restart", "parameters": {"down_ms": 50}})).await;
+        within(STEP, "the restart", conn.closed()).await;
+        assert_eq!(finished(api, &id).await["status"], "success");
+        let (conn, mut pushes) = opted_in(ep).await;
+        assert!(!conn.is_closed());
+
+        // rladmin status: the endpoint listed, in the fault injector's
+        // nested output.
+        let id = post_action(
+            api,
+            &json!({"type": "execute_rladmin_command", "parameters": {"rladmin_command": "status", "bdb_id": 1}}),
+        )
+        .await;
+        let done = finished(api, &id).await;
+        assert!(
+            done["output"]["output"].as_str().unwrap().contains(&ep.to_string()),
+            "{done}"
+        );
+
+        // A sequence, in order; then one whose second step fails.
+        let id = post_action(
+            api,
+            &json!({"type": "sequence_of_actions", "parameters": {"actions": [
+                {"type": "migrate", "parameters": {"duration_ms": 100, "delay_ms": 0}},
+                {"type": "failover", "parameters": {"duration_ms": 100, "delay_ms": 0}},
+            ]}}),
+        )
+        .await;
+        for name in ["MIGRATING", "MIGRATED", "FAILING_OVER", "FAILED_OVER"] {
+            assert_eq!(push_name(&mut pushes).await, name);
+        }
+        let done = finished(api, &id).await;
+        assert_eq!(done["status"], "success", "{done}");
+        assert_eq!(done["output"].as_array().unwrap().len(), 2, "{done}");
+        let id = post_action(
+            api,
+            &json!({"type": "sequence_of_actions", "parameters": {"actions": [
+                {"type": "migrate", "parameters": {"duration_ms": 50, "delay_ms": 0}},
+                {"type": "migrate", "parameters": {"endpoint": "127.0.0.1:1"}},
+            ]}}),
+        )
+        .await;
+        let done = finished(api, &id).await;
+        assert_eq!(done["status"], "failed", "{done}");
+        assert!(done["error"].as_str().unwrap().starts_with("action 1:"), "{done}");
+        assert_eq!(push_name(&mut pushes).await, "MIGRATING");
+        assert_eq!(push_name(&mut pushes).await, "MIGRATED");
+
+        // topology_change_standalone: as GET describes it.
+        let (status, desc) = http(
+            api,
+            "GET",
+            "/topology-change-standalone?effect=data_movement_conn_drop&cluster_index=0",
+            b"",
+        )
+        .await;
+        assert_eq!(status, 200, "{desc}");
+        let mut action = desc["action"].clone();
+        action["parameters"]["time_s"] = json!(1);
+        let id = post_action(api, &action).await;
+        for name in ["MIGRATING", "MIGRATED", "MOVING"] {
+            assert_eq!(push_name(&mut pushes).await, name);
+        }
+        let done = finished(api, &id).await;
+        assert_eq!(done["status"], "success", "{done}");
+        within(STEP, "the old endpoint's connection closed", conn.closed()).await;
+        assert!(!env.sim.is_open(ep));
+
+        let nested = json!({"type": "sequence_of_actions", "parameters": {"actions": [
+            {"type": "sequence_of_actions", "parameters": {"actions": []}}]}});
+        let too_many = json!({"type": "sequence_of_actions", "parameters": {
+            "actions": vec![json!({"type": "migrate"}); 17]}});
+        for (body, what) in [
+            (nested, "cannot contain"),
+            (too_many, "1 to 16"),
+            (
+                json!({"type": "migrate", "parameters": {"duration_ms": u64::MAX}}),
+                "more than",
+            ),
+            (
+                json!({"type": "bind", "parameters": {"time_s": 86_401}}),
+                "more than",
+            ),
+            (json!({"type": "execute_rlutil_command"}), "not simulated"),
+            (
+                json!({"type": "execute_rladmin_command", "parameters": {"rladmin_command": "tune db"}}),
+                "not simulated",
+            ),
+            (
+                json!({"type": "topology_change_standalone", "parameters": {"effect": "dns_resolution_change"}}),
+                "DnsLag",
+            ),
+            (
+                json!({"type": "slot_migrate", "parameters": {"effect": "add", "trigger": "reboot"}}),
+                "trigger",
+            ),
+            (json!({"type": "migrate", "parameters": [1]}), "object"),
+        ] {
+            let (status, v) = http(api, "POST", "/action", body.to_string().as_bytes()).await;
+            assert_eq!(status, 422, "{body} -> {v}");
+            assert!(v["error"].as_str().unwrap().contains(what), "{body} -> {v}");
+        }
+        assert_eq!(env.sim.stats().migrations_started, 0);
     })
     .await
 }
