@@ -8,7 +8,8 @@
 // Scenarios (each with its own redis-server(s) and simulator):
 //   window   MIGRATING and FAILING_OVER with every reply held 700 ms, past the
 //            250 ms command timeout: 0 timeouts with notifications on; the
-//            control run with notifications off must time out.
+//            control run with notifications off must time out. Started through
+//            the HTTP control API (`migrate`, `failover` actions).
 //   moving   MOVING to a new port, 8 concurrent loops, each opening a new
 //            connection after the deadline (client.duplicate(), which follows
 //            the move): 0 failed commands.
@@ -93,22 +94,40 @@ async function startRedis(extra = []) {
   return port;
 }
 
-// Starts redis-maint-sim; resolves with the `key value` lines it prints.
-async function startSim(simArgs, wantLines) {
+// Starts redis-maint-sim; resolves with the `key value` lines it prints
+// (all of them: the `http` line comes last).
+async function startSim(simArgs) {
   const log = fs.openSync(path.join(tmp, `sim-${children.length}.log`), 'w');
-  const p = spawn(SIM_BIN, [...simArgs, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+  const p = spawn(SIM_BIN, [...simArgs, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--http', '127.0.0.1:0'],
     { stdio: ['ignore', 'pipe', log] });
   children.push(p);
   const lines = [];
   const rl = readline.createInterface({ input: p.stdout });
   for await (const line of rl) {
     lines.push(line.trim().split(' '));
-    if (lines.length >= wantLines) break;
+    if (lines.at(-1)[0] === 'http') break;
   }
   const get = (k) => lines.find((l) => l[0] === k)?.[1];
   const admin = createClient({ socket: { host: '127.0.0.1', port: Number(get('admin').split(':')[1]) } });
   await admin.connect();
   return { proc: p, lines, get, admin };
+}
+
+// The HTTP control API, as Redis's client suites speak to their fault
+// injector: POST /action, then GET /action/{id} until it is done.
+async function faultInjector(sim, type, parameters) {
+  const base = `http://${sim.get('http')}`;
+  const r = await fetch(`${base}/action`, { method: 'POST', body: JSON.stringify({ type, parameters }), headers: { 'Content-Type': 'application/json' } });
+  if (r.status !== 200) throw new Error(`POST /action ${type}: ${r.status} ${await r.text()}`);
+  const { action_id: id } = await r.json();
+  return async () => {
+    for (let i = 0; i < 600; i++) {
+      const status = await (await fetch(`${base}/action/${id}`)).json();
+      if (status.status !== 'running' && status.status !== 'pending') return status;
+      await sleep(100);
+    }
+    throw new Error(`action ${id} (${type}) still running after 60 s`);
+  };
 }
 
 const hostPort = (s) => ({ host: s.slice(0, s.lastIndexOf(':')), port: Number(s.slice(s.lastIndexOf(':') + 1)) });
@@ -132,15 +151,17 @@ function client(addr, notifications, extra = {}) {
 }
 
 // ---- window: MIGRATING / FAILING_OVER, replies held past the timeout ----
+// Started through the HTTP control API (the fault injector's `migrate` and
+// `failover` actions); the action must report success.
 async function windowScenario() {
   const backend = await startRedis();
-  for (const kind of ['MIGRATE', 'FAILOVER']) {
+  for (const kind of ['migrate', 'failover']) {
     for (const notifications of [true, false]) {
-      const sim = await startSim(['--backend', `127.0.0.1:${backend}`], 3);
+      const sim = await startSim(['--backend', `127.0.0.1:${backend}`]);
       const c = client(sim.get('listen'), notifications, { commandOptions: { timeout: 250, rejectInFlight: true } });
       await c.connect();
       await c.set('w', '0');
-      await sim.admin.sendCommand(['SIM.' + kind, '3000', 'DELAY', '700']);
+      const result = await faultInjector(sim, kind, { bdb_id: '1', duration_ms: 3000, delay_ms: 700 });
       // The notification is on the wire before the admin's reply; give the
       // client's socket a turn to read it before the first held command.
       await sleep(200);
@@ -149,10 +170,12 @@ async function windowScenario() {
       while (Date.now() < end) {
         try { await c.get('w'); ok++; } catch (e) { timeouts++; }
       }
+      const status = await result();
       c.destroy();
       sim.admin.destroy();
       sim.proc.kill();
-      const label = kind === 'MIGRATE' ? 'MIGRATING' : 'FAILING_OVER';
+      const label = kind === 'migrate' ? 'MIGRATING' : 'FAILING_OVER';
+      check(status.status === 'success', `window: ${kind} over HTTP reported ${JSON.stringify(status)}`);
       if (notifications) {
         check(ok > 0 && timeouts === 0, `window: ${label}, replies held 700 ms > 250 ms timeout, notifications on: ${ok} ok, ${timeouts} timeouts`);
       } else {
@@ -165,7 +188,7 @@ async function windowScenario() {
 // ---- moving / stay: 8 loops across MOVING, new connections after it ----
 async function movingScenario(stayOpen) {
   const backend = await startRedis();
-  const sim = await startSim(['--backend', `127.0.0.1:${backend}`], 3);
+  const sim = await startSim(['--backend', `127.0.0.1:${backend}`]);
   const listen = sim.get('listen');
   const clients = [];
   for (let i = 0; i < 8; i++) {
@@ -242,7 +265,7 @@ async function clusterScenario() {
     if (ok) break;
     await sleep(50);
   }
-  const sim = await startSim(['--cluster-seed', `127.0.0.1:${ports[0]}`], 5);
+  const sim = await startSim(['--cluster-seed', `127.0.0.1:${ports[0]}`]);
   const nodes = sim.lines.filter((l) => l[0] === 'node').map((l) => [l[1], l[3]]);
   const ep = (p) => nodes.find(([server]) => server === `127.0.0.1:${p}`)[1];
   // 100 slots of node 0 move to node 1; one key in each, and keys elsewhere.

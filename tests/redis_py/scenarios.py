@@ -11,16 +11,24 @@ for every third-party client (node-redis: tests/node_redis/accept.mjs).
            MOVING and keeps its port: expected to fail; see --only.)
   stay     MOVING SAME-PORT STAY-OPEN, 8 threads, then a new client per thread
            after the deadline at the configured address: 0 failed.
-  cluster  SIM.SLOT-MIGRATE of 100 slots under 8 threads of RedisCluster:
-           0 failed commands and 0 MOVED forwarded by the simulator.
+  cluster  a slot migration of 100 slots under 8 threads of RedisCluster,
+           started through the HTTP control API (`slot_migrate`, effect
+           remove-add, as the fault injector takes it): 0 failed commands and
+           0 MOVED forwarded by the simulator.
+  http     the fault injector's `sequence_of_actions` over HTTP: a MIGRATING
+           and a FAILING_OVER window with replies held 700 ms (socket timeout
+           250 ms), then a MOVING SAME-PORT STAY-OPEN, under 8 threads; new
+           clients after it at the configured address: 0 failed, the action
+           reported `success`.
 
 It shares the venv and helpers of validate.py. Exit status 0 when every
 check of the selected scenarios passes.
 
 Usage:
-    python3 tests/redis_py/scenarios.py --sim-bin target/debug/redis-maint-sim [--only window,stay,cluster]
+    python3 tests/redis_py/scenarios.py --sim-bin target/debug/redis-maint-sim [--only window,stay,cluster,http]
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import validate  # noqa: E402  (the venv bootstrap and process helpers)
@@ -69,9 +78,43 @@ def admin_for(redis, addr):
     return redis.Redis(host=addr[0], port=addr[1], protocol=2, decode_responses=True, socket_timeout=5)
 
 
-def stats(admin):
-    s = admin.execute_command("SIM.STATS")
-    return dict(zip(s[0::2], s[1::2])) if isinstance(s, list) else s
+class FaultInjector:
+    """The HTTP API in the shape redis-py's own suite speaks to its fault
+    injector: POST /action, then GET /action/{id} until it is done."""
+
+    def __init__(self, addr):
+        self.base = f"http://{addr}"
+
+    def request(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, method=method, data=data,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read().decode())
+
+    def trigger(self, kind, parameters):
+        return self.request("POST", "/action", {"type": kind, "parameters": parameters})["action_id"]
+
+    def result(self, action_id, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            status = self.request("GET", f"/action/{action_id}")
+            if status["status"] not in ("pending", "running"):
+                return status
+            time.sleep(0.1)
+        raise validate.Failed(f"action {action_id} still running after {timeout} s")
+
+
+def sim_lines(proc, want):
+    """The simulator's address lines, as {kind: [values]}, until `want` is seen."""
+    lines = {}
+    while want not in lines:
+        line = proc.stdout.readline()
+        if not line:
+            raise validate.Failed(f"redis-maint-sim exited ({proc.wait()}) before printing '{want}'")
+        kind, _, value = line.strip().partition(" ")
+        lines.setdefault(kind, []).append(value)
+    return lines
 
 
 def window(redis, config, args, tmp, log):
@@ -147,6 +190,63 @@ def moving(redis, config, args, tmp, log, stay_open):
           f"{label}, 8 threads, {t.new} new clients after the deadline: {t.summary()}")
 
 
+def http(redis, config, args, tmp, log):
+    backend = start_redis(args.redis_server, tmp)
+    sim = subprocess.Popen([args.sim_bin, "--backend", f"127.0.0.1:{backend}", "--listen", "127.0.0.1:0",
+                            "--admin", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
+    CHILDREN.append(sim)
+    lines = sim_lines(sim, "http")
+    host, _, port = lines["listen"][0].rpartition(":")
+    fi = FaultInjector(lines["http"][0])
+    # Retries off: a timeout must show, not be absorbed by a resend.
+    mk = lambda: redis.Redis(host=host, port=int(port), protocol=3, decode_responses=True,
+                             socket_timeout=0.25, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+                             maint_notifications_config=config(enabled=True, relaxed_timeout=5))
+    clients = [mk() for _ in range(8)]
+    for c in clients:
+        c.ping()
+    action = fi.trigger("sequence_of_actions", {"bdb_id": "1", "actions": [
+        {"type": "migrate", "parameters": {"duration_ms": 1500, "delay_ms": 700}},
+        {"type": "failover", "parameters": {"duration_ms": 1500, "delay_ms": 700}},
+        {"type": "bind", "parameters": {"time_s": 2, "same_port": True, "stay_open": True}},
+    ]})
+    done = threading.Event()
+    t = Tally()
+
+    def loop(i):
+        n = 0
+        while not done.is_set():
+            t.set_get(clients[i], f"h:{i}", n)
+            n += 1
+        # After the MOVING's deadline: a new client at the configured address.
+        fresh = mk()
+        with t.lock:
+            t.new += 1
+        for _ in range(20):
+            t.set_get(fresh, f"h:{i}", n)
+            n += 1
+        fresh.close()
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    try:
+        status = fi.result(action)
+    finally:
+        done.set()
+        for th in threads:
+            th.join()
+    for c in clients:
+        c.close()
+    sim.kill()
+    check(status["status"] == "success" and len(status["output"]) == 3,
+          f"http: sequence_of_actions (migrate, failover, bind) reported {status}")
+    check(t.failed == 0 and t.ok > 0 and t.new == 8,
+          f"http: 8 threads across MIGRATING, FAILING_OVER (replies held 700 ms > 250 ms timeout) and MOVING, "
+          f"{t.new} new clients after it: {t.summary()}")
+
+
 def crc16(data):
     crc = 0
     for b in data:
@@ -172,14 +272,14 @@ def cluster(redis, config, args, tmp, log):
             break
         time.sleep(0.05)
     sim = subprocess.Popen([args.sim_bin, "--cluster-seed", f"127.0.0.1:{ports[0]}",
-                            "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+                            "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http", "127.0.0.1:0"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
     CHILDREN.append(sim)
-    lines = [sim.stdout.readline().split() for _ in range(5)]
-    eps = {l[1]: l[3] for l in lines if l[0] == "node"}
+    lines = sim_lines(sim, "http")
+    eps = dict(l.split(" -> ") for l in lines["node"])
     ep = lambda p: eps[f"127.0.0.1:{p}"]
-    admin_host, _, admin_port = next(l[1] for l in lines if l[0] == "admin").rpartition(":")
-    admin = admin_for(redis, (admin_host, int(admin_port)))
+    fi = FaultInjector(lines["http"][0])
+    stats = lambda: fi.request("GET", "/stats")
     keys, seen, i = [], set(), 0
     while len(keys) < 150:
         k = f"c{i}"
@@ -206,22 +306,24 @@ def cluster(redis, config, args, tmp, log):
     for th in threads:
         th.start()
     time.sleep(0.5)
-    before = stats(admin)
-    admin.execute_command("SIM.SLOT-MIGRATE", "0-99", ep(ports[0]), ep(ports[1]))
-    after = before
-    for _ in range(600):
-        after = stats(admin)
-        if int(after["migrations-done"]) + int(after["migrations-failed"]) >= 1:
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)
-    stop.set()
-    for th in threads:
-        th.join()
-    after = stats(admin)
+    before = stats()
+    try:
+        effect = fi.request("GET", "/slot-migrate?effect=remove-add&cluster_index=0")
+        action = fi.trigger("slot_migrate", {
+            "bdb_id": "1", "cluster_index": 0, "effect": "remove-add",
+            "trigger": effect["triggers"][0]["name"], "slots": "0-99",
+            "source_node": ep(ports[0]), "target_node": ep(ports[1])})
+        status = fi.result(action)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    after = stats()
     sim.kill()
-    check(int(after["migrations-done"]) == 1, f"cluster: SIM.SLOT-MIGRATE 0-99 done ({after})")
-    moved = int(after["moved"]) - int(before["moved"])
+    check(status["status"] == "success" and after["migrations_done"] == 1,
+          f"cluster: slot_migrate 0-99 over HTTP: {status}, {after}")
+    moved = after["moved"] - before["moved"]
     check(t.failed == 0 and t.ok > 0 and moved == 0,
           f"cluster: 8 threads across the migration, {moved} MOVED forwarded: {t.summary()}")
 
@@ -246,6 +348,8 @@ def main():
                     moving(redis, MaintNotificationsConfig, args, tmp, log, name == "stay")
                 elif name == "cluster":
                     cluster(redis, MaintNotificationsConfig, args, tmp, log)
+                elif name == "http":
+                    http(redis, MaintNotificationsConfig, args, tmp, log)
             except Exception as e:  # a broken scenario is a failed check
                 check(False, f"{name}: {type(e).__name__}: {e}")
     finally:
@@ -259,7 +363,7 @@ def main():
 
 def validate_args():
     """Takes `--only a,b` out of argv (validate.parse_args does not know it)."""
-    argv, only = list(sys.argv), "window,stay,cluster"
+    argv, only = list(sys.argv), "window,stay,cluster,http"
     if "--only" in argv:
         i = argv.index("--only")
         only = argv[i + 1]
