@@ -199,7 +199,7 @@ struct LazyPubSub {
     /// A cluster's shard pub/sub: a connection per node, each made on
     /// first use (see `shard`).
     shard: std::sync::Mutex<Option<PubSub>>,
-    connector: Connector,
+    dialer: crate::pubsub::Dialer,
     endpoint: Endpoint,
     config: crate::maint::MaintenanceConfig,
 }
@@ -459,7 +459,8 @@ impl Client {
         if let Some(p) = &*cell {
             return Ok(p.clone());
         }
-        let p = PubSub::with_config(lazy.connector.clone(), lazy.endpoint.clone(), &lazy.config)?;
+        let handoff = PubSub::handoff(&lazy.dialer, lazy.endpoint.clone(), &lazy.config)?;
+        let p = PubSub::from_handoff(&handoff)?;
         *cell = Some(p.clone());
         Ok(p)
     }
@@ -541,7 +542,7 @@ impl Client {
             cell.get_or_insert_with(|| {
                 shard::pubsub(
                     cluster.clone(),
-                    lazy.connector.clone(),
+                    lazy.dialer.clone(),
                     lazy.config.clone(),
                     lazy.endpoint.clone(),
                 )

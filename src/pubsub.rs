@@ -134,11 +134,12 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::dial::{DialLimit, DialLimitLayer};
 use crate::error::{Error, Result};
 use crate::handoff::{Handoff, HandoffLayer, HandoffPolicy, MakeConnection};
 use crate::lock;
 use crate::maint::MaintenanceConfig;
-use crate::transport::{Endpoint, PushItem, PushReceiver};
+use crate::transport::{Endpoint, PushItem, PushReceiver, Resolver};
 use crate::{Cmd, Connector, Request, ServerError, ServerErrorKind, Value};
 
 /// Messages a [`Subscription`] buffers by default before it drops new
@@ -353,6 +354,16 @@ impl fmt::Debug for PubSub {
     }
 }
 
+/// How a client's pub/sub connections are made: as its other connections
+/// are, through its dial limiter and with its resolver (for the dial, and
+/// for the DNS check of a handoff).
+#[derive(Clone)]
+pub(crate) struct Dialer {
+    pub(crate) connector: Connector,
+    pub(crate) dials: DialLimitLayer,
+    pub(crate) resolver: Option<Resolver>,
+}
+
 impl PubSub {
     /// Pub/sub on a connection of its own to `endpoint`, made by
     /// `connector`, with the default maintenance configuration.
@@ -389,7 +400,12 @@ impl PubSub {
         endpoint: Endpoint,
         config: &MaintenanceConfig,
     ) -> Result<PubSub> {
-        let handoff = PubSub::handoff(connector, endpoint, config)?;
+        let dialer = Dialer {
+            connector,
+            dials: DialLimitLayer::unlimited(),
+            resolver: None,
+        };
+        let handoff = PubSub::handoff(&dialer, endpoint, config)?;
         let pushes = handoff.take_pushes().expect("a new Handoff's pushes");
         Ok(PubSub::build(handoff, pushes))
     }
@@ -397,15 +413,19 @@ impl PubSub {
     /// The one-connection [`Handoff`] a pub/sub connection to `endpoint`
     /// runs on.
     pub(crate) fn handoff(
-        connector: Connector,
+        dialer: &Dialer,
         endpoint: Endpoint,
         config: &MaintenanceConfig,
-    ) -> Result<Handoff<Connector>> {
-        let connector = connector.maintenance(config.clone())?;
-        Ok(HandoffLayer::new(endpoint)
+    ) -> Result<Handoff<DialLimit<Connector>>> {
+        let mut connector = dialer.connector.clone().maintenance(config.clone())?;
+        let mut layer = HandoffLayer::new(endpoint)
             .maintenance(config)?
-            .push_capacity(connector.config.push_capacity)
-            .layer(connector))
+            .push_capacity(connector.config.push_capacity);
+        if let Some(r) = &dialer.resolver {
+            connector = connector.resolver(r.clone());
+            layer = layer.resolver(r.clone());
+        }
+        Ok(layer.layer(dialer.dials.layer(connector)))
     }
 
     /// Pub/sub whose commands go through `send`, which routes them (to

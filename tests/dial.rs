@@ -359,6 +359,14 @@ async fn a_cluster_client_has_one_limiter_for_all_nodes() {
             "one dial per primary at least: {stats:?}"
         );
         assert_eq!(stats.rejected, 0);
+        // A shard subscription's connection to its node: through it too.
+        let _sub = client.ssubscribe(["shard-news"]).await.unwrap();
+        assert_eq!(
+            dials.stats().started,
+            stats.started + 1,
+            "{:?}",
+            dials.stats()
+        );
     })
     .await
 }
@@ -497,4 +505,60 @@ mod handoff {
         })
         .await
     }
+}
+
+/// Pub/sub connections are the client's too: they dial through its
+/// limiter and its resolver (before, they used neither: a subscriber
+/// pool re-dialled outside the limits, and past a test's or a service
+/// mesh's resolver), on first use and on every reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_dials_through_the_client_limiter_and_resolver() {
+    use futures::StreamExt;
+    use redis_layers::pubsub::Event;
+    bounded(30, async {
+        let server = support::RedisServer::start();
+        let port = server.endpoint().port().expect("a TCP endpoint");
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let counted = lookups.clone();
+        let resolver =
+            redis_layers::transport::Resolver::new(tower::service_fn(move |name: String| {
+                counted.fetch_add(1, SeqCst);
+                async move {
+                    assert!(name.starts_with("redis.test:"), "{name}");
+                    let port = name.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+                    Ok::<_, std::io::Error>(vec![std::net::SocketAddr::from((
+                        [127, 0, 0, 1],
+                        port,
+                    ))])
+                }
+            }));
+        let dials = DialLimitLayer::new();
+        let client = redis_layers::ClientBuilder::new(Endpoint::tcp("redis.test", port))
+            .resolver(resolver)
+            .dial_limit(dials.clone())
+            .build()
+            .await
+            .unwrap();
+        client.set("k", "v").await.unwrap();
+        let (started, looked_up) = (dials.stats().started, lookups.load(SeqCst));
+        let mut sub = client.subscribe(["news"]).await.unwrap();
+        assert_eq!(dials.stats().started, started + 1, "{:?}", dials.stats());
+        assert!(
+            lookups.load(SeqCst) > looked_up,
+            "the pub/sub dial used the resolver"
+        );
+
+        // A reconnect dials through them again.
+        server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        loop {
+            match support::within(Duration::from_secs(10), "the reconnect", sub.next()).await {
+                Some(Event::Reconnected { .. }) => break,
+                Some(_) => continue,
+                None => panic!("the subscription ended"),
+            }
+        }
+        assert_eq!(dials.stats().started, started + 2, "{:?}", dials.stats());
+        client.publish("news", "still here").await.unwrap();
+    })
+    .await
 }

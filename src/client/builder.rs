@@ -324,8 +324,8 @@ impl ClientBuilder {
     /// keep one that re-dials hundreds at once (a pool after a mass
     /// connection loss or a `MOVING`) from storming the server. One
     /// limiter serves the whole client: the standalone endpoint, or every
-    /// node of a cluster, command connections and dedicated ones alike
-    /// (pub/sub connections are not limited).
+    /// node of a cluster, command, dedicated and pub/sub connections
+    /// alike.
     ///
     /// `None` turns the limits off ([`DialLimitLayer::unlimited`]). A
     /// layer given here is shared with the clients built with it: keep a
@@ -454,6 +454,7 @@ impl ClientBuilder {
         };
         let stack_connector = connector.clone();
         let dials = self.dials.clone().unwrap_or_default();
+        let dials_for_pubsub = dials.clone();
         let (svc, dedicated) = if cluster {
             let maker = NodeMaker {
                 connector: connector.clone(),
@@ -506,7 +507,11 @@ impl ClientBuilder {
         let pubsub = Some(Arc::new(LazyPubSub {
             cell: Default::default(),
             shard: Default::default(),
-            connector: self.connector.clone(),
+            dialer: crate::pubsub::Dialer {
+                connector: self.connector.clone(),
+                dials: dials_for_pubsub,
+                resolver: self.resolver.clone(),
+            },
             endpoint: self.seeds[0].clone(),
             config: self.maintenance.clone(),
         }));

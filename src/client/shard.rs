@@ -34,11 +34,12 @@ use tower::{Service, ServiceExt};
 use super::ClusterHandle;
 use crate::cluster::redirect_endpoint;
 use crate::cluster::slot::key_slot;
+use crate::dial::DialLimit;
 use crate::error::{Error, Result};
 use crate::handoff::Handoff;
 use crate::lock;
 use crate::maint::MaintenanceConfig;
-use crate::pubsub::{server_sunsubscribe, Kind, PubSub, SendFuture};
+use crate::pubsub::{server_sunsubscribe, Dialer, Kind, PubSub, SendFuture};
 use crate::resp::Cmd;
 use crate::transport::{push_channel, Connector, Endpoint, PushItem, PushReceiver, PushSender};
 use crate::trust::Source;
@@ -80,12 +81,12 @@ struct State {
 
 struct Router {
     cluster: Arc<ClusterHandle>,
-    connector: Connector,
+    dialer: Dialer,
     config: MaintenanceConfig,
     /// Where channels and patterns (not sharded) are subscribed: `PUBLISH`
     /// reaches every node.
     home: Endpoint,
-    nodes: Mutex<HashMap<Endpoint, Handoff<Connector>>>,
+    nodes: Mutex<HashMap<Endpoint, Handoff<DialLimit<Connector>>>>,
     state: Arc<Mutex<State>>,
     tx: PushSender,
     /// Nodes whose connection was just lost, to [`follow_failovers`].
@@ -95,15 +96,18 @@ struct Router {
 /// The cluster's sharded [`PubSub`]; see the [module docs](self).
 pub(super) fn pubsub(
     cluster: Arc<ClusterHandle>,
-    connector: Connector,
+    dialer: Dialer,
     config: MaintenanceConfig,
     home: Endpoint,
 ) -> PubSub {
-    let (tx, rx) = push_channel(connector.config.push_capacity, "cluster shard pub/sub");
+    let (tx, rx) = push_channel(
+        dialer.connector.config.push_capacity,
+        "cluster shard pub/sub",
+    );
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
     let router = Arc::new(Router {
         cluster,
-        connector,
+        dialer,
         config,
         home,
         nodes: Mutex::new(HashMap::new()),
@@ -311,12 +315,12 @@ impl Router {
 
     /// The connection to `endpoint`, made (with its forwarding task) on
     /// first use.
-    fn node(&self, endpoint: &Endpoint) -> Result<Handoff<Connector>> {
+    fn node(&self, endpoint: &Endpoint) -> Result<Handoff<DialLimit<Connector>>> {
         let mut nodes = lock(&self.nodes);
         if let Some(h) = nodes.get(endpoint) {
             return Ok(h.clone());
         }
-        let h = PubSub::handoff(self.connector.clone(), endpoint.clone(), &self.config)?;
+        let h = PubSub::handoff(&self.dialer, endpoint.clone(), &self.config)?;
         let pushes = h.take_pushes().expect("a new Handoff's pushes");
         tokio::spawn(forward(
             endpoint.clone(),
@@ -337,7 +341,7 @@ fn sunsubscribe_cmd(channels: &[Bytes]) -> Cmd {
 }
 
 /// Sends one command on a node's connection.
-async fn call_one(mut node: Handoff<Connector>, c: Cmd) -> Result<Value> {
+async fn call_one(mut node: Handoff<DialLimit<Connector>>, c: Cmd) -> Result<Value> {
     node.ready()
         .await?
         .call(Request::from(c))

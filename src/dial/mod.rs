@@ -23,7 +23,8 @@
 //! Every service a [`DialLimitLayer`] makes, and every clone of them, share
 //! one limiter: the layer *is* the limiter. Give a client one layer (the
 //! [`ClientBuilder`](crate::ClientBuilder) does: one for every node of a
-//! cluster) and its dials are limited together.
+//! cluster, for its command, dedicated and pub/sub connections) and its
+//! dials are limited together.
 //!
 //! **Never stuck.** `poll_ready` waits only for the maker; the wait for a
 //! permit and a slot happens in the response future, and is bounded: a dial
