@@ -380,3 +380,28 @@ async fn fault_injector_actions_on_a_standalone_server() {
     })
     .await
 }
+
+/// A client posting in a loop does not grow the simulator without bound:
+/// the last 1,000 finished actions are remembered, older ids answer 404.
+#[tokio::test]
+async fn finished_actions_are_forgotten_after_a_thousand() {
+    bounded(60, async {
+        let env = SimStandalone::start().await;
+        let control = HttpControl::bind(env.sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let api = control.local_addr();
+        let status =
+            json!({"type": "execute_rladmin_command", "parameters": {"rladmin_command": "status"}});
+        let first = post_action(api, &status).await;
+        assert_eq!(finished(api, &first).await["status"], "success");
+        let mut last = first.clone();
+        for _ in 0..1000 {
+            last = post_action(api, &status).await;
+        }
+        let (code, _) = http(api, "GET", &format!("/action/{first}"), b"").await;
+        assert_eq!(code, 404, "the oldest of 1,001 is forgotten");
+        assert_eq!(finished(api, &last).await["status"], "success");
+    })
+    .await
+}

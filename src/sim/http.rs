@@ -3,7 +3,8 @@
 //! (`redis-maint-sim --http IP:PORT`, or [`HttpControl::bind`]).
 //!
 //! Actions run in the background; `POST /action` answers at once with an
-//! id, and `GET /action/{id}` tells how it went:
+//! id, and `GET /action/{id}` tells how it went (for the last 1,000
+//! finished actions and every running one; older ids answer 404):
 //!
 //! | Request | Body / query | Answer |
 //! |---|---|---|
@@ -96,6 +97,10 @@ use tokio_util::sync::CancellationToken;
 use super::{MovingPlan, Simulator, SlotMigrate, Target, Window};
 
 const LOG: &str = "redis_layers::sim::http";
+
+/// Finished actions remembered for `GET /action/{id}` (the older ones
+/// answer 404).
+const KEPT_ACTIONS: u64 = 1000;
 
 /// Largest request body read.
 const MAX_BODY: usize = 1024 * 1024;
@@ -200,17 +205,23 @@ impl State {
             .cloned()
     }
 
-    /// Registers an action as running and records how `work` ends.
+    /// Registers an action as running and records how `work` ends. Only
+    /// the last [`KEPT_ACTIONS`] finished ones are remembered, so a client
+    /// posting in a loop does not grow the simulator without bound.
     fn spawn(self: &Arc<Self>, output: Json, work: Rest) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.set(
-            id,
-            Action {
-                status: "running",
-                error: None,
-                output,
-            },
-        );
+        {
+            let mut actions = self.actions.lock().unwrap_or_else(|p| p.into_inner());
+            actions.retain(|&k, a| k + KEPT_ACTIONS > id || a.status == "running");
+            actions.insert(
+                id,
+                Action {
+                    status: "running",
+                    error: None,
+                    output,
+                },
+            );
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let a = match work.await {
