@@ -59,6 +59,16 @@ async fn finished(addr: SocketAddr, id: &str) -> Json {
     .await
 }
 
+/// A simulator in front of a fresh redis-server, and its HTTP API.
+async fn standalone_api() -> (SimStandalone, HttpControl, SocketAddr) {
+    let env = SimStandalone::start().await;
+    let control = HttpControl::bind(env.sim.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let api = control.local_addr();
+    (env, control, api)
+}
+
 async fn opted_in(addr: SocketAddr) -> (Connection, PushReceiver) {
     let conn = support::sim::raw_connector()
         .connect(support::sim::endpoint(addr))
@@ -89,11 +99,7 @@ async fn push_name(p: &mut PushReceiver) -> String {
 #[tokio::test]
 async fn actions_on_a_standalone_server() {
     bounded(60, async {
-        let env = SimStandalone::start().await;
-        let control = HttpControl::bind(env.sim.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let api = control.local_addr();
+        let (env, _control, api) = standalone_api().await;
         let (_conn, mut pushes) = opted_in(env.sim.endpoint()).await;
 
         for (kind, open, close) in [
@@ -236,11 +242,7 @@ async fn slot_migrate_effects_on_a_cluster() {
 #[tokio::test]
 async fn fault_injector_actions_on_a_standalone_server() {
     bounded(90, async {
-        let env = SimStandalone::start().await;
-        let control = HttpControl::bind(env.sim.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let api = control.local_addr();
+        let (env, _control, api) = standalone_api().await;
         let ep = env.sim.endpoint();
 
         let (status, list) = http(api, "GET", "/action", b"").await;
@@ -386,11 +388,7 @@ async fn fault_injector_actions_on_a_standalone_server() {
 #[tokio::test]
 async fn finished_actions_are_forgotten_after_a_thousand() {
     bounded(60, async {
-        let env = SimStandalone::start().await;
-        let control = HttpControl::bind(env.sim.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let api = control.local_addr();
+        let (_env, _control, api) = standalone_api().await;
         let status =
             json!({"type": "execute_rladmin_command", "parameters": {"rladmin_command": "status"}});
         let first = post_action(api, &status).await;
