@@ -984,13 +984,55 @@ async fn refused_within(addr: SocketAddr, limit: Duration) -> bool {
     }
 }
 
+/// A closed endpoint refuses connections at once even while another
+/// thread spawns child processes, each of which holds a copy of every
+/// descriptor between its fork and its exec: the listener is shut down,
+/// not only dropped (dropped alone, about 3 in 1,000 closed listeners
+/// still accepted a connection here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_endpoint_refuses_while_processes_are_spawned() {
+    bounded(60, async {
+        let (_server, sim) = sim().await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spawner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut accepted = 0;
+        for _ in 0..2000 {
+            let a = sim
+                .open_endpoint_at("127.0.0.31:0".parse().unwrap())
+                .await
+                .unwrap();
+            sim.close_endpoint(a);
+            if tokio::net::TcpStream::connect(a).await.is_ok() {
+                accepted += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let spawned = spawner.join().unwrap();
+        assert!(spawned > 0);
+        assert_eq!(
+            accepted, 0,
+            "closed endpoints that accepted a connection ({spawned} processes spawned meanwhile)"
+        );
+    })
+    .await
+}
+
 /// Issue 19, defect 3: an endpoint opened at the address of one that was
 /// closed (the OS hands recently used ports out again) is the one lookups
 /// find: new connections through it work, `start_moving` from it succeeds,
 /// and the registry has one entry for the address. And a closed endpoint
 /// refuses connections once `close_endpoint` returns (the listener is
-/// closed then, not when its accept task next runs; a child process being
-/// spawned by a concurrent test may hold a copy for a moment).
+/// shut down then, not when its accept task next runs).
 #[tokio::test]
 async fn a_reused_address_replaces_the_closed_endpoint() {
     bounded(30, async {
@@ -1008,14 +1050,14 @@ async fn a_reused_address_replaces_the_closed_endpoint() {
                 Value::SimpleString("PONG".into())
             );
             sim.close_endpoint(a);
-            // The listener is closed when close_endpoint returns, but a
-            // child process that a concurrent test is spawning holds a copy
-            // of every descriptor between its fork and its exec (seen in CI
-            // twice in ~10 runs: a connect accepted into that copy's
-            // backlog); it goes with the exec, so allow a moment.
+            // Refused at once, also while a concurrent test spawns a child
+            // process (which holds a copy of every descriptor between its
+            // fork and its exec): the listener is shut down, not only
+            // dropped. Before that, CI saw a connect accepted here twice in
+            // about 10 runs.
             assert!(
-                refused_within(a, Duration::from_millis(500)).await,
-                "round {round}: {a} still listening 500 ms after close_endpoint"
+                tokio::net::TcpStream::connect(a).await.is_err(),
+                "round {round}: {a} still listening after close_endpoint"
             );
             assert!(!sim.is_open(a));
 

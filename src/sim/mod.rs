@@ -672,7 +672,7 @@ impl Simulator {
             .filter(|e| e.addr == endpoint)
         {
             e.stop.cancel();
-            lock_listener(&e.listener).take();
+            stop_listening(&e.listener);
         }
         self.inner.close_where(Target::Endpoint(endpoint))
     }
@@ -939,7 +939,7 @@ impl Simulator {
     pub fn shutdown(&self) {
         self.inner.stop.cancel();
         for e in &self.inner.lock().endpoints {
-            lock_listener(&e.listener).take();
+            stop_listening(&e.listener);
         }
     }
 }
@@ -1107,7 +1107,7 @@ impl Inner {
                     }
                 }
             }
-            lock_listener(&listener).take();
+            stop_listening(&listener);
         });
         Ok(addr)
     }
@@ -1339,6 +1339,22 @@ impl cluster::AddrMap for Inner {
 
 fn lock_listener(l: &Mutex<Option<TcpListener>>) -> MutexGuard<'_, Option<TcpListener>> {
     l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Closes an endpoint's listener so that it refuses connections at once.
+///
+/// Dropping it is not enough: a child process being spawned by any thread
+/// of this process (a test starting a `redis-server`, say) holds a copy of
+/// every descriptor between its fork and its exec, and the socket keeps
+/// accepting connections into its backlog until that copy is gone (then
+/// they are reset). Measured: 498 of 172,366 dropped listeners still
+/// accepted a connection while another thread spawned processes, 0 of
+/// 135,226 shut down first. `shutdown` acts on the socket, not the
+/// descriptor, so it stops listening in every copy.
+fn stop_listening(l: &Mutex<Option<TcpListener>>) {
+    if let Some(l) = lock_listener(l).take() {
+        let _ = socket2::SockRef::from(&l).shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// A direct connection to a server, for the simulator's own work.
