@@ -419,6 +419,61 @@ async fn sixteen_mib_value_roundtrips() {
     .await
 }
 
+/// Long commands are written from their own buffers (a vectored write)
+/// between short ones copied into the write buffer: 16 tasks, each
+/// sending values from 15 KiB to 200 KiB (across the 16 KiB threshold)
+/// interleaved with short commands and pipelines holding a long one,
+/// all unawaited in bursts; every value reads back byte for byte and
+/// every reply reaches its caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_short_commands_interleave_on_the_wire() {
+    bounded(60, async {
+        let server = RedisServer::start();
+        let conn = connect(&server).await;
+        let value = |task: usize, round: usize| -> Bytes {
+            let len = 15 * 1024 + (task * 7919 + round * 104_729) % (185 * 1024);
+            (0..len)
+                .map(|i| ((i * 31 + task * 17 + round) % 251) as u8)
+                .collect::<Vec<u8>>()
+                .into()
+        };
+        let tasks: Vec<_> = (0..16)
+            .map(|task| {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    for round in 0..20 {
+                        let key = format!("long:{task}");
+                        let v = value(task, round);
+                        let (set, n, p) = futures::future::join3(
+                            conn.send_cmd(cmd("SET").arg(&key).arg(v.clone())),
+                            conn.send_cmd(cmd("INCR").arg(format!("n:{task}"))),
+                            conn.send(redis_layers::Request::from(
+                                redis_layers::Pipeline::new()
+                                    .cmd(cmd("SET").arg(format!("p:{task}")).arg(v.clone()))
+                                    .cmd(cmd("STRLEN").arg(format!("p:{task}"))),
+                            )),
+                        )
+                        .await;
+                        assert_eq!(set.unwrap(), ok());
+                        assert_eq!(n.unwrap(), Value::Integer(round as i64 + 1));
+                        let p = p.unwrap().into_pipeline().unwrap();
+                        assert_eq!(p[1], Ok(Value::Integer(v.len() as i64)));
+                        let got = conn.send_cmd(cmd("GET").arg(&key)).await.unwrap();
+                        assert!(
+                            got == Value::BulkString(v),
+                            "task {task} round {round}: value differs"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await
+}
+
 /// Acceptance: a 10,000-command `Pipeline` comes back as 10,000 results, each
 /// the reply of its own command, in order (an error reply in the middle
 /// included).

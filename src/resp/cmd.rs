@@ -47,6 +47,15 @@ enum Buf {
     Shared(std::sync::Arc<Vec<u8>>),
 }
 
+/// A shared command buffer as the owner of [`Bytes`].
+struct SharedArgs(std::sync::Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedArgs {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl Default for Buf {
     fn default() -> Self {
         Buf::Own(Vec::new())
@@ -295,6 +304,21 @@ impl Cmd {
         out.put_slice(n);
         out.put_slice(b"\r\n");
         out.put_slice(&self.buf);
+    }
+
+    /// Appends `*N\r\n` alone to `out`, and returns the arguments as
+    /// [`Bytes`] sharing this command's buffer, when it is shared (a long
+    /// command made a request): the connection writes them from there
+    /// instead of copying them into its write buffer.
+    pub(crate) fn write_shared_to(&self, out: &mut BytesMut) -> Option<Bytes> {
+        let Buf::Shared(b) = &self.buf else {
+            return None;
+        };
+        let mut n = itoa::Buffer::new();
+        out.put_u8(b'*');
+        out.put_slice(n.format(self.argc).as_bytes());
+        out.put_slice(b"\r\n");
+        Some(Bytes::from_owner(SharedArgs(b.clone())))
     }
 
     /// The RESP encoding of this command.
