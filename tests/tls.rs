@@ -114,6 +114,37 @@ async fn rediss_with_a_custom_root_works() {
         }
         assert_eq!(get(&conn, "n").await.as_deref(), Some("1600"));
 
+        // Long values (written from their own buffers, encrypted from
+        // there) between short commands, from 8 callers: each reads back
+        // byte for byte.
+        let mut tasks = Vec::new();
+        for t in 0..8usize {
+            let conn = conn.clone();
+            tasks.push(tokio::spawn(async move {
+                for round in 0..5usize {
+                    let len = 16 * 1024 + t * 9_973 + round * 31_337;
+                    let v: bytes::Bytes = (0..len)
+                        .map(|i| ((i * 7 + t + round) % 253) as u8)
+                        .collect::<Vec<u8>>()
+                        .into();
+                    let key = format!("long:{t}");
+                    let (set, incr) = futures::future::join(
+                        conn.send_cmd(cmd("SET").arg(&key).arg(v.clone())),
+                        conn.send_cmd(cmd("INCR").arg("m")),
+                    )
+                    .await;
+                    set.unwrap();
+                    incr.unwrap();
+                    let got = conn.send_cmd(cmd("GET").arg(&key)).await.unwrap();
+                    assert!(got == redis_layers::Value::BulkString(v), "{t}/{round}");
+                }
+            }));
+        }
+        for t in tasks {
+            within(STEP, "long values", t).await.unwrap();
+        }
+        assert_eq!(get(&conn, "m").await.as_deref(), Some("40"));
+
         // Push frames over TLS: a subscription on the same connection.
         let mut pushes = conn.take_pushes().unwrap();
         within(STEP, "SUBSCRIBE", conn.send_cmd(cmd("SUBSCRIBE").arg("ch")))

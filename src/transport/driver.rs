@@ -461,7 +461,8 @@ pub(crate) struct Driver<T> {
     /// are instead of copied (see [`VECTORED_MIN`]).
     chunks: VecDeque<Bytes>,
     chunks_len: usize,
-    /// The socket writes several buffers at once (TCP, Unix; not TLS).
+    /// The stream writes several buffers at once (tokio's TCP and Unix
+    /// streams, and tokio-rustls's, which encrypts from them).
     vectored: bool,
     needs_flush: bool,
     /// This batch already yielded once to let more callers join it.
