@@ -459,8 +459,7 @@ impl Client {
         if let Some(p) = &*cell {
             return Ok(p.clone());
         }
-        let handoff = PubSub::handoff(&lazy.dialer, lazy.endpoint.clone(), &lazy.config)?;
-        let p = PubSub::from_handoff(&handoff)?;
+        let p = PubSub::dialled(&lazy.dialer, lazy.endpoint.clone(), &lazy.config)?;
         *cell = Some(p.clone());
         Ok(p)
     }

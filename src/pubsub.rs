@@ -405,7 +405,16 @@ impl PubSub {
             dials: DialLimitLayer::unlimited(),
             resolver: None,
         };
-        let handoff = PubSub::handoff(&dialer, endpoint, config)?;
+        PubSub::dialled(&dialer, endpoint, config)
+    }
+
+    /// Pub/sub on a connection of its own to `endpoint`, made by `dialer`.
+    pub(crate) fn dialled(
+        dialer: &Dialer,
+        endpoint: Endpoint,
+        config: &MaintenanceConfig,
+    ) -> Result<PubSub> {
+        let handoff = PubSub::handoff(dialer, endpoint, config)?;
         let pushes = handoff.take_pushes().expect("a new Handoff's pushes");
         Ok(PubSub::build(handoff, pushes))
     }

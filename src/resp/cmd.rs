@@ -297,13 +297,17 @@ impl Cmd {
 
     /// Appends the RESP encoding (`*N\r\n` and the arguments) to `out`.
     pub fn write_to(&self, out: &mut BytesMut) {
-        let mut n = itoa::Buffer::new();
-        let n = n.format(self.argc).as_bytes();
-        out.reserve(n.len() + 3 + self.buf.len());
-        out.put_u8(b'*');
-        out.put_slice(n);
-        out.put_slice(b"\r\n");
+        // `*`, at most 20 digits, CRLF: no need to format the count twice.
+        out.reserve(self.buf.len() + 23);
+        self.write_head(out);
         out.put_slice(&self.buf);
+    }
+
+    /// `*N\r\n`: what comes before the arguments.
+    fn write_head(&self, out: &mut BytesMut) {
+        out.put_u8(b'*');
+        out.put_slice(itoa::Buffer::new().format(self.argc).as_bytes());
+        out.put_slice(b"\r\n");
     }
 
     /// Appends `*N\r\n` alone to `out`, and returns the arguments as
@@ -314,10 +318,7 @@ impl Cmd {
         let Buf::Shared(b) = &self.buf else {
             return None;
         };
-        let mut n = itoa::Buffer::new();
-        out.put_u8(b'*');
-        out.put_slice(n.format(self.argc).as_bytes());
-        out.put_slice(b"\r\n");
+        self.write_head(out);
         Some(Bytes::from_owner(SharedArgs(b.clone())))
     }
 

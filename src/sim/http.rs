@@ -702,15 +702,8 @@ impl Plan {
                 } => slot_migrate(sim, effect, src, dst, slots).await,
                 Plan::Cut { endpoint, down } => {
                     let e = open(endpoint)?;
-                    sim.refuse_connections(e, true);
-                    let cut = sim.close(Target::Endpoint(e));
-                    let sim = sim.clone();
-                    let rest: Rest = Box::pin(async move {
-                        tokio::time::sleep(down).await;
-                        sim.refuse_connections(e, false);
-                        Ok(json!(format!(
-                            "network at {e} down for {down:?}: {cut} connections cut"
-                        )))
+                    let rest = outage(sim, vec![e], down, move |cut| {
+                        format!("network at {e} down for {down:?}: {cut} connections cut")
                     });
                     Ok((json!(format!("network at {e} down")), rest))
                 }
@@ -724,21 +717,9 @@ impl Plan {
                             .map(|e| e.addr)
                             .collect(),
                     };
-                    let mut closed = 0;
-                    for &e in &eps {
-                        sim.refuse_connections(e, true);
-                        closed += sim.close(Target::Endpoint(e));
-                    }
-                    let sim = sim.clone();
-                    let rest: Rest = Box::pin(async move {
-                        tokio::time::sleep(down).await;
-                        for &e in &eps {
-                            sim.refuse_connections(e, false);
-                        }
-                        Ok(json!(format!(
-                            "proxy restarted on {} endpoints: {closed} connections closed",
-                            eps.len()
-                        )))
+                    let n = eps.len();
+                    let rest = outage(sim, eps, down, move |closed| {
+                        format!("proxy restarted on {n} endpoints: {closed} connections closed")
                     });
                     Ok((json!("restarting"), rest))
                 }
@@ -771,6 +752,30 @@ impl Plan {
             }
         })
     }
+}
+
+/// Cuts every connection of `eps` at once and closes new ones for `down`
+/// (`network_failure`, `dmc_restart`); the rest reports, through `done`,
+/// how many connections were cut.
+fn outage(
+    sim: &Simulator,
+    eps: Vec<SocketAddr>,
+    down: Duration,
+    done: impl FnOnce(usize) -> String + Send + 'static,
+) -> Rest {
+    let mut cut = 0;
+    for &e in &eps {
+        sim.refuse_connections(e, true);
+        cut += sim.close(Target::Endpoint(e));
+    }
+    let sim = sim.clone();
+    Box::pin(async move {
+        tokio::time::sleep(down).await;
+        for &e in &eps {
+            sim.refuse_connections(e, false);
+        }
+        Ok(json!(done(cut)))
+    })
 }
 
 /// The action types `POST /action` takes, and their parameters (`GET

@@ -564,9 +564,9 @@ where
         self.chunks_len + self.write_buf.len()
     }
 
-    /// Writes the chunks (and the write buffer after them) with one
-    /// vectored write; false when the socket is full.
-    fn poll_write_chunks(&mut self, cx: &mut Context<'_>) -> Result<bool, Error> {
+    /// Writes what is queued: the chunks, then the write buffer, with one
+    /// (vectored) write; false when the socket is full.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Result<bool, Error> {
         let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
         let mut k = 0;
         for c in self.chunks.iter().take(MAX_SLICES - 1) {
@@ -930,25 +930,12 @@ where
         self.batch_yielded = false;
 
         // 2. Write what we have, without waiting for any reply.
-        while !self.chunks.is_empty() {
-            if !self.poll_write_chunks(cx)? {
+        while self.unwritten() > 0 {
+            if !self.poll_write_out(cx)? {
                 break;
             }
             self.needs_flush = true;
             progress = true;
-        }
-        while self.chunks.is_empty() && !self.write_buf.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.write_buf) {
-                Poll::Ready(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                Poll::Ready(Ok(n)) => {
-                    self.write_buf.advance(n);
-                    self.written += n as u64;
-                    self.needs_flush = true;
-                    progress = true;
-                }
-                Poll::Ready(Err(e)) => return Err(e.into()),
-                Poll::Pending => break,
-            }
         }
         if self.write_buf.is_empty() {
             // Let the next batch reuse the buffer from its start.
