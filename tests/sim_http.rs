@@ -43,6 +43,15 @@ async fn post_action(addr: SocketAddr, body: &Json) -> String {
     v["action_id"].as_str().unwrap().to_string()
 }
 
+/// `POST /action` with `body` is refused with 422, an `error` naming
+/// `what`, and the same text as `detail`.
+async fn refused(addr: SocketAddr, body: &Json, what: &str) {
+    let (status, v) = http(addr, "POST", "/action", body.to_string().as_bytes()).await;
+    assert_eq!(status, 422, "{body} -> {v}");
+    assert!(v["error"].as_str().unwrap().contains(what), "{body} -> {v}");
+    assert_eq!(v["detail"], v["error"]);
+}
+
 /// Polls `GET /action/{id}` (the API's own contract) until it is no longer
 /// running; returns the final status object.
 async fn finished(addr: SocketAddr, id: &str) -> Json {
@@ -164,10 +173,7 @@ async fn actions_on_a_standalone_server() {
                 "not an open endpoint",
             ),
         ] {
-            let (status, v) = http(api, "POST", "/action", body.to_string().as_bytes()).await;
-            assert_eq!(status, 422, "{body}");
-            assert!(v["error"].as_str().unwrap().contains(what), "{body} -> {v}");
-            assert_eq!(v["detail"], v["error"]);
+            refused(api, &body, what).await;
         }
         let (status, _) = http(api, "POST", "/action", b"{not json").await;
         assert_eq!(status, 400);
@@ -266,10 +272,10 @@ async fn fault_injector_actions_on_a_standalone_server() {
         )
         .await;
         within(STEP, "the connection cut", conn.closed()).await;
-        let refused = support::sim::raw_connector()
+        let during = support::sim::raw_connector()
             .connect(support::sim::endpoint(ep))
             .await;
-        assert!(refused.is_err(), "a connection during the failure was served");
+        assert!(during.is_err(), "a connection during the failure was served");
         let done = finished(api, &id).await;
         assert_eq!(done["status"], "success", "{done}");
         assert!(done["output"].as_str().unwrap().contains("1 connections cut"), "{done}");
@@ -374,9 +380,7 @@ async fn fault_injector_actions_on_a_standalone_server() {
             ),
             (json!({"type": "migrate", "parameters": [1]}), "object"),
         ] {
-            let (status, v) = http(api, "POST", "/action", body.to_string().as_bytes()).await;
-            assert_eq!(status, 422, "{body} -> {v}");
-            assert!(v["error"].as_str().unwrap().contains(what), "{body} -> {v}");
+            refused(api, &body, what).await;
         }
         assert_eq!(env.sim.stats().migrations_started, 0);
     })

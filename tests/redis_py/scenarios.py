@@ -117,6 +117,26 @@ def sim_lines(proc, want):
     return lines
 
 
+def start_sim_http(args, log, *front):
+    """redis-maint-sim in front of `front` (`--backend ...` or
+    `--cluster-seed ...`) with its HTTP API: its address lines and a
+    FaultInjector for that API."""
+    sim = subprocess.Popen([args.sim_bin, *front, "--listen", "127.0.0.1:0",
+                            "--admin", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
+    CHILDREN.append(sim)
+    lines = sim_lines(sim, "http")
+    return sim, lines, FaultInjector(lines["http"][0])
+
+
+def start_threads(loop, n=8):
+    """n threads running loop(i), started."""
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    return threads
+
+
 def window(redis, config, args, tmp, log):
     backend = start_redis(args.redis_server, tmp)
     for kind, label in (("MIGRATE", "MIGRATING"), ("FAILOVER", "FAILING_OVER")):
@@ -177,9 +197,7 @@ def moving(redis, config, args, tmp, log, stay_open):
             n += 1
         fresh.close()
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(8)]
-    for th in threads:
-        th.start()
+    threads = start_threads(loop)
     for th in threads:
         th.join()
     for c in clients:
@@ -192,13 +210,8 @@ def moving(redis, config, args, tmp, log, stay_open):
 
 def http(redis, config, args, tmp, log):
     backend = start_redis(args.redis_server, tmp)
-    sim = subprocess.Popen([args.sim_bin, "--backend", f"127.0.0.1:{backend}", "--listen", "127.0.0.1:0",
-                            "--admin", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
-    CHILDREN.append(sim)
-    lines = sim_lines(sim, "http")
+    sim, lines, fi = start_sim_http(args, log, "--backend", f"127.0.0.1:{backend}")
     host, _, port = lines["listen"][0].rpartition(":")
-    fi = FaultInjector(lines["http"][0])
     # Retries off: a timeout must show, not be absorbed by a resend.
     mk = lambda: redis.Redis(host=host, port=int(port), protocol=3, decode_responses=True,
                              socket_timeout=0.25, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
@@ -228,9 +241,7 @@ def http(redis, config, args, tmp, log):
             n += 1
         fresh.close()
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(8)]
-    for th in threads:
-        th.start()
+    threads = start_threads(loop)
     try:
         status = fi.result(action)
     finally:
@@ -271,14 +282,9 @@ def cluster(redis, config, args, tmp, log):
                                                     capture_output=True).stdout for p in ports):
             break
         time.sleep(0.05)
-    sim = subprocess.Popen([args.sim_bin, "--cluster-seed", f"127.0.0.1:{ports[0]}",
-                            "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--http", "127.0.0.1:0"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True)
-    CHILDREN.append(sim)
-    lines = sim_lines(sim, "http")
+    sim, lines, fi = start_sim_http(args, log, "--cluster-seed", f"127.0.0.1:{ports[0]}")
     eps = dict(l.split(" -> ") for l in lines["node"])
     ep = lambda p: eps[f"127.0.0.1:{p}"]
-    fi = FaultInjector(lines["http"][0])
     stats = lambda: fi.request("GET", "/stats")
     keys, seen, i = [], set(), 0
     while len(keys) < 150:
@@ -302,9 +308,7 @@ def cluster(redis, config, args, tmp, log):
             n += 1
         c.close()
 
-    threads = [threading.Thread(target=loop, args=(l,)) for l in range(8)]
-    for th in threads:
-        th.start()
+    threads = start_threads(loop)
     time.sleep(0.5)
     before = stats()
     try:
