@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis_layers::handoff::HandoffLayer;
 use redis_layers::maint::{EndpointType, MaintenanceConfig, Mode};
 use redis_layers::relax::RelaxTimeoutLayer;
-use redis_layers::sim::{DnsLag, MovingPlan, SimResolver};
+use redis_layers::sim::{DnsLag, MovingPlan, SimResolver, Target};
 use redis_layers::transport::Resolver;
 use redis_layers::trust::AllowSuffix;
 use redis_layers::{Connection, Connector, Endpoint, Error};
@@ -35,6 +35,9 @@ enum Check {
     Off,
     /// A resolver that never answers.
     Hangs,
+    /// The simulated DNS, and one pooled connection cut during the lag:
+    /// its reconnect must not reach the retiring node either.
+    DnsCut,
 }
 
 /// The MOVING's time and the record's lag, as in the acceptance.
@@ -95,8 +98,21 @@ async fn moving_with_lagging_dns(check: Check) -> Run {
         // The simulated name is no neighbour of the loopback address the
         // pool was configured with: allowed by name.
         .target_policy(AllowSuffix::new("sim.test"));
+    // Told when the handoff first asks for the moved name: the MOVING has
+    // been handled.
+    let asked = Arc::new(tokio::sync::Notify::new());
     handoff = match check {
         Check::Dns => handoff.resolver(Resolver::new(dns.clone())),
+        Check::DnsCut => {
+            let (dns, asked) = (dns.clone(), asked.clone());
+            handoff.resolver(Resolver::new(tower::service_fn(move |name: String| {
+                let dns = dns.clone();
+                if name.starts_with("db.sim.test") {
+                    asked.notify_one();
+                }
+                async move { dns.lookup(&name).await }
+            })))
+        }
         // A check that always sees another node: the handoff dials at
         // once, as a client without the check would.
         Check::Off => handoff.resolver(Resolver::new(tower::service_fn(|_: String| async {
@@ -121,6 +137,12 @@ async fn moving_with_lagging_dns(check: Check) -> Run {
     });
     let sent = Instant::now();
     let h = env.sim.start_moving(m).unwrap();
+    if matches!(check, Check::DnsCut) {
+        within(Duration::from_secs(5), "MOVING handled", asked.notified()).await;
+        let cut = env.sim.clients().into_iter().find(|c| c.endpoint == from);
+        let cut = cut.expect("a pooled connection on the retiring endpoint");
+        assert_eq!(env.sim.close(Target::Client(cut.id)), 1);
+    }
     within(TIME + Duration::from_secs(10), "moving", h.finished())
         .await
         .unwrap();
@@ -158,6 +180,29 @@ async fn a_handoff_waits_for_dns_to_follow_the_moving() {
         assert_eq!(to_old.len(), 0, "dials to the retiring node: {to_old:?}");
         assert!(first.unwrap() >= LAG, "dialled before DNS changed: {first:?}");
         run.report.assert_no_failures();
+    })
+    .await
+}
+
+/// A pooled connection lost during the lag reconnects to where the pool
+/// goes, by the moved name: that dial waits for the record to change too,
+/// or it would reach the node being retired (and lose its commands at the
+/// deadline). The commands in flight on the cut connection fail (it was
+/// cut); no other does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_during_the_lag_waits_for_dns_too() {
+    bounded(60, async {
+        let run = moving_with_lagging_dns(Check::DnsCut).await;
+        let to_old = run.to_retiring();
+        println!(
+            "DNS lag {LAG:?}, one connection cut: {} dials after MOVING, {} to the retiring node; {} errors",
+            run.dials.len(),
+            to_old.len(),
+            run.report.errors.len()
+        );
+        assert_eq!(to_old.len(), 0, "dials to the retiring node: {to_old:?}");
+        // At most the cut connection's share of the 16 tasks.
+        assert!(run.report.errors.len() <= 16, "{:?}", run.report.errors);
     })
     .await
 }

@@ -230,8 +230,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             lease.reused = true;
             return Ok(lease);
         }
-        let dial = lock(&self.maker).make_connection(current.clone());
-        let conn = dial.await?;
+        let conn = self.dial(current.clone()).await?;
         self.watch_state(&conn, &current);
         let slot = Slot::new(
             self.next_id

@@ -65,17 +65,23 @@
 //! Before it dials a name, a handoff resolves it (with
 //! [`HandoffLayer::resolver`], by default the system's) and compares the
 //! answer with the address of the connection being retired: while every
-//! address is that node's IP (or the name does not resolve), it polls
-//! again after 100 ms, doubling to 1 s, until the answer changes or only a
-//! quarter of the `MOVING` time (at most `handoff_timeout`) is left, and
-//! then dials whatever the answer (a resolver that does not answer by then
-//! is given up on). IP targets are dialled at once. Give the
+//! address is that endpoint's (same IP and port; or the name does not
+//! resolve), it polls again after 100 ms, doubling to 1 s, until the answer
+//! changes or only a quarter of the `MOVING` time (at most
+//! `handoff_timeout`) is left, and then dials whatever the answer (a
+//! resolver that does not answer by then is given up on). IP targets are
+//! dialled at once. The other dials to that name until then wait the same
+//! way: a pooled connection lost during the lag and dialled again, a
+//! dedicated (leased) connection; the first answer that moved ends the wait
+//! for all of them. Give the
 //! [`Connector`](crate::Connector) the same resolver
 //! ([`Connector::resolver`](crate::Connector::resolver); the `Client`
 //! builder's [`resolver`](crate::client::ClientBuilder::resolver) sets both).
 //! Measured (`tests/dns.rs`, pool of 4 under 16 tasks, 15 s `MOVING`, record
 //! 5 s late): 0 dials to the retiring node (6 without the check), first
-//! dial 5.5 s after the `MOVING`, 0 failed commands.
+//! dial 5.5 s after the `MOVING`, 0 failed commands; with one pooled
+//! connection cut during the lag, its reconnect waited too (it reached the
+//! retiring node 2 ms after the `MOVING` before).
 //!
 //! Whether, where, when and how to retry is the [`HandoffPolicy`]'s call.
 //! Every step is reported as a [`MaintEvent`] ([`Handoff::subscribe`]), as
@@ -341,6 +347,10 @@ pub(crate) struct Shared<M: MakeConnection, P> {
     /// Counts subscriptions restored on a new connection (an old one left
     /// after a failed handoff waits for it).
     restored: tokio::sync::watch::Sender<u64>,
+    /// A name a `MOVING` sent the pool to whose record still led to the
+    /// node being retired: every dial to it waits for the record to move
+    /// (handoffs, reconnects, leases), until the watch's end.
+    dns_watch: Mutex<Option<worker::DnsWatch>>,
     /// Whether the connections run TLS (learnt from the first one made):
     /// the default target policy follows any target then, verified against
     /// the configured name.
@@ -444,6 +454,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Handoff<M, P> {
             push_rx: Mutex::new(Some(push_rx)),
             idle: Mutex::new(Vec::new()),
             restored: tokio::sync::watch::channel(0).0,
+            dns_watch: Mutex::new(None),
             tls: Default::default(),
             pool: Mutex::new(Pool::new(settings.pool_size, endpoint.clone())),
             endpoint,

@@ -2,7 +2,9 @@
 //! connections and their endpoints' events, and runs handoff jobs on a
 //! bounded worker set with a bounded queue.
 
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -57,7 +59,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             .as_ref()
             .map(|r| r.cmds.clone())
             .unwrap_or_default();
-        let dial = lock(&self.maker).make_connection(endpoint.clone());
+        let dial = self.dial(endpoint.clone());
         let weak = Arc::downgrade(self);
         let started = Instant::now();
         let limit = self.settings.handoff_timeout;
@@ -338,7 +340,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         let Some(target) = self.target(from, n) else {
             return;
         };
-        let slots: Vec<Arc<Slot>> = {
+        let (slots, old): (Vec<Arc<Slot>>, _) = {
             let mut pool = lock(&self.pool);
             // New connections go where the pool goes (a refused target is
             // a null endpoint: the pool stays).
@@ -346,14 +348,24 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             if followed && pool.current == *from {
                 pool.current = target.clone();
             }
-            pool.entries
+            let mut old = None;
+            let slots = pool
+                .entries
                 .iter()
                 .filter_map(|e| match e {
-                    Entry::Ready { slot, .. } if slot.endpoint == *from => Some(slot.clone()),
+                    Entry::Ready { slot, conn } if slot.endpoint == *from => {
+                        old = old.or_else(|| conn.peer_addr());
+                        Some(slot.clone())
+                    }
                     _ => None,
                 })
-                .collect()
+                .collect();
+            (slots, old)
         };
+        if let (Some(old), Notification::Moving { time, .. }) = (old, n) {
+            let stop = self.dns_stop(*time, deadline, Instant::now());
+            self.watch_dns(&target, old, stop);
+        }
         self.schedule(from, n, deadline, target, slots);
     }
 
@@ -591,57 +603,80 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         self.fall_back(&job).await;
     }
 
-    /// Waits for DNS to follow the move: while the job's target is a host
-    /// name that still resolves to the IP of the connection being retired,
-    /// dialling would reach the node that is going away. Polls with a
-    /// backoff (100 ms doubling to 1 s) until the answer changes, or until
-    /// the time left before the `MOVING` deadline is what a dial needs
-    /// (a quarter of the `MOVING` time, at most the handoff timeout); then
-    /// the dial goes ahead whatever the answer.
+    /// Waits for DNS to follow the move before a handoff's dial: while
+    /// the job's target is a host name that still resolves to the IP of
+    /// the connection being retired, dialling would reach the node that is
+    /// going away. See [`wait_for_dns`].
     async fn await_dns(&self, job: &Job) {
-        let Endpoint::Tcp { host, port, .. } = &job.target else {
-            return;
-        };
-        if crate::transport::resolve::is_ip_literal(host) {
-            return;
-        }
         let Some(old) = self.conn_of(&job.slot).and_then(|c| c.peer_addr()) else {
             return;
         };
-        let margin = (job.time / 4).min(self.settings.handoff_timeout);
-        let stop = job.deadline.checked_sub(margin).unwrap_or(job.start);
-        let first = Duration::from_millis(100);
-        let mut wait = first;
-        let began = Instant::now();
-        loop {
-            // Bounded: a resolver that never answers must not hold the
-            // handoff past the point where it has to dial.
-            let answer = tokio::time::timeout_at(
+        let stop = self.dns_stop(job.time, job.deadline, job.start);
+        let resolver = self.settings.resolver.clone();
+        if wait_for_dns(resolver, &job.target, old, stop, Some(job.seq)).await {
+            self.dns_followed(&job.target);
+        }
+    }
+
+    /// When a dial must go ahead whatever DNS says: the time left before
+    /// the `MOVING` deadline is what a dial needs (a quarter of the
+    /// `MOVING` time, at most the handoff timeout).
+    fn dns_stop(&self, time: Duration, deadline: Instant, floor: Instant) -> Instant {
+        let margin = (time / 4).min(self.settings.handoff_timeout);
+        deadline.checked_sub(margin).unwrap_or(floor).max(floor)
+    }
+
+    /// Remembers, for the dials that are not handoffs (a pooled
+    /// connection lost during the lag and dialled again, a lease), that
+    /// `target` (a host name: where the pool goes after a `MOVING`) must
+    /// not lead to `old` until `stop`.
+    fn watch_dns(&self, target: &Endpoint, old: SocketAddr, stop: Instant) {
+        if dns_name(target).is_some() {
+            *lock(&self.dns_watch) = Some(DnsWatch {
+                target: target.clone(),
+                old,
                 stop,
-                crate::transport::resolve::resolve(self.settings.resolver.as_ref(), host, *port),
-            )
-            .await;
-            let stale = match &answer {
-                Ok(Ok(addrs)) => addrs.iter().all(|a| a.ip() == old.ip()),
-                // No answer yet: the dial would fail the same way.
-                Ok(Err(_)) => true,
-                Err(_) => return,
-            };
-            if !stale {
-                // Only when it waited: an answer that changed at once is
-                // no news.
-                if wait > first {
-                    tracing::info!(target: "redis_layers::handoff", event = "handoff.dns_followed", seq = job.seq, to = %job.target, waited_ms = began.elapsed().as_millis() as u64, "DNS now leads away from the retiring node");
+            });
+        }
+    }
+
+    /// DNS led away from the retiring node: the other dials need not ask.
+    fn dns_followed(&self, target: &Endpoint) {
+        let mut w = lock(&self.dns_watch);
+        if w.as_ref().is_some_and(|w| w.target == *target) {
+            *w = None;
+        }
+    }
+
+    /// Dials `endpoint` for the pool or a lease; while a `MOVING`'s DNS
+    /// watch covers it, first waits as a handoff does for the record to
+    /// leave the node being retired. Holds no strong reference while it
+    /// waits.
+    pub(super) fn dial(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+    ) -> impl Future<Output = Result<M::Connection>> + Send + 'static {
+        let watch = {
+            let mut w = lock(&self.dns_watch);
+            if w.as_ref().is_some_and(|w| Instant::now() >= w.stop) {
+                *w = None;
+            }
+            w.as_ref()
+                .filter(|w| w.target == endpoint)
+                .map(|w| (w.old, w.stop))
+        };
+        let dial = lock(&self.maker).make_connection(endpoint.clone());
+        let resolver = self.settings.resolver.clone();
+        let weak = Arc::downgrade(self);
+        async move {
+            if let Some((old, stop)) = watch {
+                if wait_for_dns(resolver, &endpoint, old, stop, None).await {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.dns_followed(&endpoint);
+                    }
                 }
-                return;
             }
-            if crate::time::after(Instant::now(), wait) >= stop {
-                tracing::info!(target: "redis_layers::handoff", event = "handoff.dns_stale", seq = job.seq, to = %job.target, old = %old, "DNS still leads to the retiring node; dialling anyway before the deadline");
-                return;
-            }
-            tracing::debug!(target: "redis_layers::handoff", event = "handoff.dns_wait", seq = job.seq, to = %job.target, old = %old, wait_ms = wait.as_millis() as u64, "DNS still leads to the retiring node; waiting");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(1));
+            dial.await
         }
     }
 
@@ -1015,4 +1050,125 @@ where
 /// The kind of subscription subscribe command `c` makes.
 fn subscribe_kind(c: &crate::Cmd) -> Option<Kind> {
     Kind::ALL.into_iter().find(|k| c.is(k.subscribe()))
+}
+
+/// Polls `resolver` with a backoff (100 ms doubling to 1 s) while `target`
+/// (a host name; an IP literal returns at once) leads only to `old`, the
+/// address of the endpoint being retired (IP and port: a move to another
+/// port of the same host is no lag),
+/// until the answer changes or `stop`; then the dial goes ahead whatever
+/// the answer. True if the answer moved after a wait. `seq` is the
+/// handoff's `MOVING` (none for a reconnect or a lease), for the log.
+async fn wait_for_dns(
+    resolver: Option<crate::transport::Resolver>,
+    target: &Endpoint,
+    old: SocketAddr,
+    stop: Instant,
+    seq: Option<i64>,
+) -> bool {
+    let Some((host, port)) = dns_name(target) else {
+        return false;
+    };
+    let first = Duration::from_millis(100);
+    let mut wait = first;
+    let began = Instant::now();
+    loop {
+        // Bounded: a resolver that never answers must not hold the dial
+        // past the point where it has to go ahead.
+        let answer = tokio::time::timeout_at(
+            stop,
+            crate::transport::resolve::resolve(resolver.as_ref(), host, port),
+        )
+        .await;
+        let stale = match &answer {
+            Ok(Ok(addrs)) => addrs.iter().all(|a| *a == old),
+            // No answer yet: the dial would fail the same way.
+            Ok(Err(_)) => true,
+            Err(_) => return false,
+        };
+        if !stale {
+            // Only when it waited: an answer that changed at once is no
+            // news.
+            if wait > first {
+                tracing::info!(target: "redis_layers::handoff", event = "handoff.dns_followed", seq, to = %target, waited_ms = began.elapsed().as_millis() as u64, "DNS now leads away from the retiring node");
+            }
+            return true;
+        }
+        if crate::time::after(Instant::now(), wait) >= stop {
+            tracing::info!(target: "redis_layers::handoff", event = "handoff.dns_stale", seq, to = %target, %old, "DNS still leads to the retiring node; dialling anyway before the deadline");
+            return false;
+        }
+        tracing::debug!(target: "redis_layers::handoff", event = "handoff.dns_wait", seq, to = %target, %old, wait_ms = wait.as_millis() as u64, "DNS still leads to the retiring node; waiting");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// See `Shared::dns_watch`.
+pub(super) struct DnsWatch {
+    target: Endpoint,
+    old: SocketAddr,
+    stop: Instant,
+}
+
+/// The host name and port of `e`, if it is a name (not an IP literal) to
+/// resolve.
+fn dns_name(e: &Endpoint) -> Option<(&str, u16)> {
+    match e {
+        Endpoint::Tcp { host, port, .. } if !crate::transport::resolve::is_ip_literal(host) => {
+            Some((host, *port))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Resolver;
+
+    /// A resolver that leads every name to `ip`, on the port asked for.
+    fn answers(ip: &'static str) -> Option<Resolver> {
+        Some(Resolver::new(tower::service_fn(
+            move |name: String| async move {
+                let port: u16 = name.rsplit_once(':').unwrap().1.parse().unwrap();
+                Ok::<_, io::Error>(vec![SocketAddr::new(ip.parse().unwrap(), port)])
+            },
+        )))
+    }
+
+    /// How long (virtual time) `wait_for_dns` waits, and what it says.
+    async fn waited(resolver: Option<Resolver>, target: Endpoint) -> (Duration, bool) {
+        let began = Instant::now();
+        let stop = began + Duration::from_secs(10);
+        let old: SocketAddr = "10.0.0.1:12000".parse().unwrap();
+        let moved = wait_for_dns(resolver, &target, old, stop, None).await;
+        (began.elapsed(), moved)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_still_on_the_retiring_endpoint_waits_until_the_stop() {
+        let (took, moved) = waited(answers("10.0.0.1"), Endpoint::tcp("db.test", 12000)).await;
+        assert!(!moved);
+        // The last poll falls due before the stop; none after it.
+        assert!(
+            took >= Duration::from_secs(9) && took <= Duration::from_secs(10),
+            "{took:?}"
+        );
+    }
+
+    /// The same host on another port is another endpoint: no lag to wait for.
+    #[tokio::test(start_paused = true)]
+    async fn a_move_to_another_port_of_the_same_host_does_not_wait() {
+        let (took, moved) = waited(answers("10.0.0.1"), Endpoint::tcp("db.test", 12001)).await;
+        assert!(moved);
+        assert_eq!(took, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ip_target_never_waits() {
+        let (took, moved) = waited(answers("10.0.0.1"), Endpoint::tcp("10.0.0.1", 12000)).await;
+        assert!(!moved);
+        assert_eq!(took, Duration::ZERO);
+    }
 }
