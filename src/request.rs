@@ -198,6 +198,7 @@ pub enum Response {
 
 impl Response {
     /// The value of a single-command reply; an error for a pipeline reply.
+    #[inline]
     pub fn into_value(self) -> Result<Value, Error> {
         match self {
             Response::Value(v) => Ok(v),

@@ -94,7 +94,17 @@ fn describe(v: &Value) -> String {
 }
 
 /// Strips attributes and turns an error reply into [`Error::Server`].
+/// Inlined: every typed reply passes here, nearly always unchanged.
+#[inline]
 fn plain(v: Value) -> Result<Value> {
+    match v {
+        Value::Attribute { .. } | Value::Error(_) | Value::BlobError(_) => unwrap_reply(v),
+        v => Ok(v),
+    }
+}
+
+/// [`plain`]'s rare cases.
+fn unwrap_reply(v: Value) -> Result<Value> {
     match v {
         Value::Attribute { value, .. } => plain(*value),
         Value::Error(e) | Value::BlobError(e) => Err(Error::Server(ServerError::parse(e))),
@@ -115,6 +125,7 @@ impl FromValue for () {
 }
 
 impl FromValue for Bytes {
+    #[inline]
     fn from_value(v: Value) -> Result<Self> {
         match plain(v)? {
             Value::SimpleString(b) | Value::BulkString(b) => Ok(b),
@@ -220,6 +231,7 @@ impl FromValue for bool {
 }
 
 impl<T: FromValue> FromValue for Option<T> {
+    #[inline]
     fn from_value(v: Value) -> Result<Self> {
         match v {
             Value::Null => Ok(None),
