@@ -211,9 +211,10 @@ async fn a_client_reconnects_without_asking_again() {
 }
 
 /// Through the simulator: an opted-in endpoint's status (the type sent,
-/// the last notification, the relaxation's end), and a refusal that the
-/// next connections remember even once the server would accept (same
-/// server and version).
+/// the last notification, the relaxation's end), a refusal that the next
+/// connections remember even once the server would accept (same server and
+/// version), and asked again once the server is upgraded (another version
+/// in its `HELLO`).
 #[cfg(feature = "sim")]
 #[tokio::test]
 async fn enabled_and_remembered_through_the_simulator() {
@@ -289,6 +290,38 @@ async fn enabled_and_remembered_through_the_simulator() {
         assert_eq!(asked, 1);
         assert_eq!(conns[5].maintenance().status().opt_in.as_str(), "refused");
         assert!(!conns[5].info().unwrap().maintenance.is_enabled());
+
+        // The server is upgraded (its HELLO names another version) and
+        // now has the feature: the next connection asks again and gets
+        // notifications, without a new connector.
+        env.sim.set_server_version(Some("8.2.0".into()));
+        let upgraded = within(STEP, "upgraded", c.connect(env.endpoint()))
+            .await
+            .unwrap();
+        let status = upgraded.maintenance().status();
+        assert!(status.is_enabled(), "{status:?}");
+        env.sim
+            .wait_for(|cs| {
+                let ours = cs.iter().filter(|c| c.name.as_deref() == Some("refused"));
+                asked = ours.map(|c| c.maint_requests).sum::<u32>();
+                asked == 2
+            })
+            .await;
+        let n = Push::Migrating {
+            seq: env.sim.next_seq(),
+            time: 5,
+            shard_ids: None,
+        };
+        let mut events = upgraded.maintenance().subscribe();
+        env.sim.notify(Target::All, &n);
+        loop {
+            let ev = within(STEP, "event after the upgrade", events.recv())
+                .await
+                .unwrap();
+            if matches!(ev, MaintEvent::Relaxed { .. }) {
+                break;
+            }
+        }
     })
     .await
 }

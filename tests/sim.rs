@@ -331,6 +331,53 @@ async fn handshake_is_answered_in_order_and_registered() {
     .await
 }
 
+/// A server upgrade as clients see it: `HELLO` names the version set, in
+/// RESP3 (a map) and RESP2 (an array of pairs), and the server's own again
+/// once unset; everything else in the reply is the server's.
+#[tokio::test]
+async fn hello_names_the_version_set() {
+    bounded(30, async {
+        let (_server, sim) = sim().await;
+        let addr = sim.endpoint();
+        let info = || async move { connect(addr, "v").await.info().unwrap().clone() };
+        let own = info().await;
+        // The real server's, whatever it is; not the one set below.
+        let real = own.version.clone().expect("the server's version");
+        assert_ne!(real, "8.2.0");
+        sim.set_server_version(Some("8.2.0".into()));
+        let i = info().await;
+        assert_eq!(i.version.as_deref(), Some("8.2.0"));
+        assert_eq!(
+            (i.server.as_deref(), &i.mode, &i.role),
+            (Some("redis"), &own.mode, &own.role)
+        );
+        // RESP2 (our connector sends no HELLO there): by hand.
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let named = b"$7\r\nversion\r\n$5\r\n8.2.0\r\n";
+        while !reply.windows(named.len()).any(|w| w == named) {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(STEP, raw.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("got {:?}", String::from_utf8_lossy(&reply)))
+                .unwrap();
+            assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&reply));
+            reply.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            reply.starts_with(b"*"),
+            "an array: {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        sim.set_server_version(None);
+        assert_eq!(info().await.version, own.version);
+    })
+    .await
+}
+
 /// Issue 3: "answers ... with an error when configured to (to test
 /// Auto/Enabled modes)", word for word as open-source Redis would; and a
 /// RESP2 connection cannot opt in (pushes need RESP3).

@@ -344,6 +344,7 @@ async fn protocol_and_errors() {
             "SIM.CLOSE ",
             "SIM.CLOSE-ENDPOINT",
             "SIM.HANDSHAKE-ERROR",
+            "SIM.SERVER-VERSION",
             "SIM.CLIENTS",
             "SIM.ENDPOINTS",
             "SIM.SEQ",
@@ -400,6 +401,9 @@ async fn protocol_and_errors() {
             &["SIM.CLOSE-ENDPOINT", "127.0.0.1:1"],
             &["SIM.HANDSHAKE-ERROR"],
             &["SIM.HANDSHAKE-ERROR", "ERR two\r\nlines"],
+            &["SIM.SERVER-VERSION"],
+            &["SIM.SERVER-VERSION", "8.2.0", "extra"],
+            &["SIM.SERVER-VERSION", "8.2\r\n"],
             &["SIM.CLIENTS", "x"],
             &["SIM.ENDPOINTS", "x"],
             &["HELLO", "4"],
@@ -1091,7 +1095,8 @@ async fn refuse_and_close() {
 }
 
 /// `SIM.HANDSHAKE-ERROR` makes the opt-in fail with exactly that text, `OFF`
-/// restores it; `SIM.CLIENTS` reports id, endpoint, peer, name, RESP3, the
+/// restores it; `SIM.SERVER-VERSION` sets the version `HELLO` names;
+/// `SIM.CLIENTS` reports id, endpoint, peer, name, RESP3, the
 /// maintenance type and the number of opt-in requests of each connection.
 #[tokio::test]
 async fn handshake_error_and_clients() {
@@ -1109,6 +1114,15 @@ async fn handshake_error_and_clients() {
         assert_eq!(r.run(&["SIM.HANDSHAKE-ERROR", "off"]).await, ok());
         let ok_ = hs.request(&opt_in(EndpointType::ExternalFqdn)).await;
         assert_eq!(ok_, b"+OK\r\n");
+        // `SIM.SERVER-VERSION`: the version HELLO replies name, until OFF.
+        let names = |reply: &[u8], v: &str| {
+            let want = format!("$7\r\nversion\r\n${}\r\n{v}\r\n", v.len());
+            reply.windows(want.len()).any(|w| w == want.as_bytes())
+        };
+        assert_eq!(r.run(&["SIM.SERVER-VERSION", "8.2.0"]).await, ok());
+        assert!(names(&hs.request(&cmd("HELLO").arg("3")).await, "8.2.0"));
+        assert_eq!(r.run(&["SIM.SERVER-VERSION", "OFF"]).await, ok());
+        assert!(!names(&hs.request(&cmd("HELLO").arg("3")).await, "8.2.0"));
         let _old = Raw::connect_resp2(r.sim.endpoint(), "old").await;
         let raw = Raw::connect(r.sim.endpoint(), "raw").await;
         let raw_peer = raw.sock.local_addr().unwrap();

@@ -31,7 +31,8 @@ use std::time::Duration;
 /// different name or version (the server was upgraded, or the address now
 /// leads to another product) is asked once more, so a rolling upgrade to a
 /// server with the feature turns notifications on at the next reconnect,
-/// without a restart of the application. Connections whose handshakes run
+/// without a restart of the application (tested end to end with the
+/// simulator's `set_server_version`). Connections whose handshakes run
 /// while the first answer is still on its way ask too (the opt-in costs no
 /// extra round trip: it is pipelined with the handshake). A RESP2
 /// connection never asks. Why an endpoint sends no notifications is in

@@ -636,6 +636,7 @@ async fn execute(shared: &Arc<Shared>, session: &mut Session, argv: Vec<Bytes>) 
         "SIM.CLOSE" => close(shared, &mut args),
         "SIM.CLOSE-ENDPOINT" => close_endpoint(shared, &mut args),
         "SIM.HANDSHAKE-ERROR" => handshake_error(shared, &mut args),
+        "SIM.SERVER-VERSION" => server_version(shared, &mut args),
         "SIM.CLIENTS" => args.end().map(|_| clients(shared)),
         "SIM.ENDPOINTS" => args.end().map(|_| endpoints(shared)),
         "SIM.SEQ" => args.end().map(|_| Value::Integer(shared.sim.next_seq())),
@@ -684,6 +685,7 @@ const HELP: &[&str] = &[
     "SIM.CLOSE <target> -> connections closed.",
     "SIM.CLOSE-ENDPOINT <ip:port> -> connections closed; the endpoint stops listening.",
     "SIM.HANDSHAKE-ERROR <error text...>|OFF -> OK. How CLIENT MAINT_NOTIFICATIONS is answered.",
+    "SIM.SERVER-VERSION <version>|OFF -> OK. The version HELLO replies name (OFF: the server's).",
     "SIM.CLIENTS -> one entry per proxied connection: id endpoint peer name resp3 maint maint-requests",
     "SIM.ENDPOINTS -> one entry per endpoint: endpoint backend clients state current",
     "SIM.SEQ -> the next sequence number (taken: later ones are higher).",
@@ -1137,6 +1139,18 @@ fn handshake_error(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
     let error = (!text.eq_ignore_ascii_case("OFF")).then_some(text);
     tracing::info!(target: LOG, event = "sim.admin.handshake_error", error = ?error, "maintenance handshake answer");
     shared.sim.set_handshake_error(error);
+    ok()
+}
+
+fn server_version(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
+    let v = args.text()?;
+    args.end()?;
+    if v.is_empty() || v.contains(['\r', '\n']) {
+        return Err("ERR a version is one non-empty line".into());
+    }
+    let version = (!v.eq_ignore_ascii_case("OFF")).then_some(v);
+    tracing::info!(target: LOG, event = "sim.admin.server_version", version = ?version, "HELLO version");
+    shared.sim.set_server_version(version);
     ok()
 }
 

@@ -418,6 +418,7 @@ struct State {
     clients: BTreeMap<u64, ClientState>,
     next_client: u64,
     handshake_error: Option<String>,
+    server_version: Option<String>,
 }
 
 struct EndpointState {
@@ -682,6 +683,15 @@ impl Simulator {
     /// as open-source Redis answers), or succeed again with `None`.
     pub fn set_handshake_error(&self, error: Option<String>) {
         self.inner.lock().handshake_error = error;
+    }
+
+    /// Makes every later `HELLO` reply name `version` instead of the
+    /// server's own (`None`: the server's again): a server upgrade as a
+    /// client sees it. With [`Simulator::set_handshake_error`]`(None)` this
+    /// is a server that gained the feature; a client that remembers a
+    /// refusal per server version asks again.
+    pub fn set_server_version(&self, version: Option<String>) {
+        self.inner.lock().server_version = version;
     }
 
     /// Plays a `MOVING`: opens the target endpoint (unless given), sends
@@ -1203,6 +1213,10 @@ impl Inner {
 
     fn handshake_error(&self) -> Option<String> {
         self.lock().handshake_error.clone()
+    }
+
+    fn server_version(&self) -> Option<String> {
+        self.lock().server_version.clone()
     }
 
     /// Records an opt-in (or out) and returns the notifications of events

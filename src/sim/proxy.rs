@@ -41,12 +41,14 @@ pub(super) struct Local {
 }
 
 /// What a local reply changes once it is on its way to the client.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum Effect {
     /// Opted in with this endpoint type, or out (`None`).
     Maint(Option<EndpointType>),
     /// The next reply is this topology: rewrite its addresses.
     Rewrite(Topology),
+    /// The next reply is a `HELLO` reply: name this version in it.
+    Version(String),
 }
 
 /// The per-connection handles that the registry keeps.
@@ -137,7 +139,7 @@ async fn upstream(
                             continue;
                         }
                         Inspected::Answer { reply, effect } => (Some(reply), effect, false),
-                        Inspected::Rewrite(t) => (None, Some(Effect::Rewrite(t)), true),
+                        Inspected::Rewrite(effect) => (None, Some(effect), true),
                     };
                     markers += 1;
                     let marker = format!("{}{markers}", inner.token);
@@ -183,8 +185,9 @@ enum Inspected {
         reply: Bytes,
         effect: Option<Effect>,
     },
-    /// Forward, and rewrite the addresses in its reply.
-    Rewrite(Topology),
+    /// Forward, and rewrite its reply (an `Effect::Rewrite` or
+    /// `Effect::Version`).
+    Rewrite(Effect),
 }
 
 /// Looks at a client command: the maintenance handshake is answered here;
@@ -215,7 +218,10 @@ fn inspect(inner: &Inner, id: u64, frame: &Bytes, in_multi: &mut bool) -> Inspec
                 i += 1;
             }
         }
-        return Inspected::Forward;
+        return match inner.server_version() {
+            Some(v) => Inspected::Rewrite(Effect::Version(v)),
+            None => Inspected::Forward,
+        };
     }
     if is(0, "CLIENT") && is(1, "SETNAME") {
         inner.note_name(id, arg(2));
@@ -231,7 +237,7 @@ fn inspect(inner: &Inner, id: u64, frame: &Bytes, in_multi: &mut bool) -> Inspec
     }
     if inner.cluster {
         if let Some(t) = Topology::of(&arg(0).unwrap_or_default(), &arg(1).unwrap_or_default()) {
-            return Inspected::Rewrite(t);
+            return Inspected::Rewrite(Effect::Rewrite(t));
         }
     }
     if !(is(0, "CLIENT") && is(1, "MAINT_NOTIFICATIONS")) {
@@ -291,6 +297,7 @@ async fn downstream(
     // Frames read, waiting for their release time.
     let mut pending: VecDeque<(Instant, Bytes, Option<Effect>)> = VecDeque::new();
     let mut rewrite_next = None;
+    let mut version_next: Option<String> = None;
     let delay = || {
         let d = conn_delay.load(Ordering::Relaxed);
         let d = if d == NO_DELAY_SET {
@@ -317,6 +324,10 @@ async fn downstream(
                                     rewrite_next = Some(t);
                                     continue;
                                 }
+                                (None, Some(Effect::Version(v))) => {
+                                    version_next = Some(v);
+                                    continue;
+                                }
                                 (None, _) => continue,
                             },
                             _ => {
@@ -325,6 +336,10 @@ async fn downstream(
                             }
                         },
                         None => (frame, None),
+                    };
+                    let frame = match version_next.take_if(|_| frame.first() != Some(&b'>')) {
+                        Some(v) => with_version(frame, &v),
+                        None => frame,
                     };
                     let frame = if inner.cluster && frame.first() != Some(&b'>') {
                         match rewrite_next.take() {
@@ -389,6 +404,34 @@ async fn downstream(
 fn rewrite(t: Topology, frame: Bytes, inner: &Inner) -> Bytes {
     match Decoder::new().decode(&mut BytesMut::from(&frame[..])) {
         Ok(Some(v)) => cluster::rewrite_topology(t, v, inner).to_bytes(),
+        _ => frame,
+    }
+}
+
+/// A `HELLO` reply (a map in RESP3, pairs in an array in RESP2) naming
+/// `version`; anything else as it is.
+fn with_version(frame: Bytes, version: &str) -> Bytes {
+    let is_version = |k: &Value| k.as_bytes() == Some(b"version");
+    let v = Value::BulkString(Bytes::copy_from_slice(version.as_bytes()));
+    match Decoder::new().decode(&mut BytesMut::from(&frame[..])) {
+        Ok(Some(Value::Map(mut pairs))) => {
+            for (k, val) in &mut pairs {
+                if is_version(k) {
+                    *val = v.clone();
+                }
+            }
+            Value::Map(pairs).to_bytes()
+        }
+        Ok(Some(Value::Array(mut items))) => {
+            for pair in items.chunks_mut(2) {
+                if let [k, val] = pair {
+                    if is_version(k) {
+                        *val = v.clone();
+                    }
+                }
+            }
+            Value::Array(items).to_bytes()
+        }
         _ => frame,
     }
 }
