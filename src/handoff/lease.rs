@@ -230,7 +230,10 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             lease.reused = true;
             return Ok(lease);
         }
-        let conn = self.dial(current.clone()).await?;
+        // Not made to wait for DNS: its caller waits on it (see the
+        // module docs on leases during a `MOVING`).
+        let dial = lock(&self.maker).make_connection(current.clone());
+        let conn = dial.await?;
         self.watch_state(&conn, &current);
         let slot = Slot::new(
             self.next_id

@@ -70,18 +70,24 @@
 //! changes or only a quarter of the `MOVING` time (at most
 //! `handoff_timeout`) is left, and then dials whatever the answer (a
 //! resolver that does not answer by then is given up on). IP targets are
-//! dialled at once. The other dials to that name until then wait the same
-//! way: a pooled connection lost during the lag and dialled again, a
-//! dedicated (leased) connection; the first answer that moved ends the wait
-//! for all of them. Give the
+//! dialled at once. A pooled connection lost during the lag and dialled
+//! again waits the same way while another connection of the pool serves;
+//! the first answer that moved ends the wait for all. With no other
+//! connection, waiting would stall every command: it dials at once and is
+//! handed off like the rest once the record moves, whether or not the
+//! server tells it of the `MOVING`. A dedicated (leased) connection is
+//! dialled at once: its caller waits on it. Give the
 //! [`Connector`](crate::Connector) the same resolver
 //! ([`Connector::resolver`](crate::Connector::resolver); the `Client`
 //! builder's [`resolver`](crate::client::ClientBuilder::resolver) sets both).
 //! Measured (`tests/dns.rs`, pool of 4 under 16 tasks, 15 s `MOVING`, record
 //! 5 s late): 0 dials to the retiring node (6 without the check), first
-//! dial 5.5 s after the `MOVING`, 0 failed commands; with one pooled
-//! connection cut during the lag, its reconnect waited too (it reached the
-//! retiring node 2 ms after the `MOVING` before).
+//! dial 5.5 s after the `MOVING`, 0 failed commands. One pooled connection
+//! cut during the lag: its reconnect waited too (it reached the retiring
+//! node 2 ms after the `MOVING` before). A pool of one cut during the lag:
+//! reconnected at once, handed off 5.5 s after the `MOVING`; only the 16
+//! commands in flight on the cut connection failed (39, and the move at
+//! the deadline, against a server that tells a `MOVING` once, before).
 //!
 //! Whether, where, when and how to retry is the [`HandoffPolicy`]'s call.
 //! Every step is reported as a [`MaintEvent`] ([`Handoff::subscribe`]), as

@@ -59,7 +59,11 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             .as_ref()
             .map(|r| r.cmds.clone())
             .unwrap_or_default();
-        let dial = self.dial(endpoint.clone());
+        let others = pool
+            .entries
+            .iter()
+            .any(|e| matches!(e, Entry::Ready { .. }));
+        let dial = self.dial(endpoint.clone(), others);
         let weak = Arc::downgrade(self);
         let started = Instant::now();
         let limit = self.settings.handoff_timeout;
@@ -134,6 +138,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
                 drop(pool);
                 self.watch(&slot, &conn);
                 self.catch_up(&slot, &conn, started);
+                self.catch_up_dns(&slot, &conn);
             }
             Err(e) => {
                 tracing::debug!(target: "redis_layers::handoff", event = "handoff.connect_failed", %endpoint, error = %e, "connect failed");
@@ -363,8 +368,15 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
             (slots, old)
         };
         if let (Some(old), Notification::Moving { time, .. }) = (old, n) {
-            let stop = self.dns_stop(*time, deadline, Instant::now());
-            self.watch_dns(&target, old, stop);
+            if dns_name(&target).is_some() {
+                *lock(&self.dns_watch) = Some(DnsWatch {
+                    target: target.clone(),
+                    old,
+                    stop: self.dns_stop(*time, deadline, Instant::now()),
+                    moving: n.clone(),
+                    deadline,
+                });
+            }
         }
         self.schedule(from, n, deadline, target, slots);
     }
@@ -604,7 +616,7 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
     }
 
     /// Waits for DNS to follow the move before a handoff's dial: while
-    /// the job's target is a host name that still resolves to the IP of
+    /// the job's target is a host name that still leads to the address of
     /// the connection being retired, dialling would reach the node that is
     /// going away. See [`wait_for_dns`].
     async fn await_dns(&self, job: &Job) {
@@ -626,17 +638,34 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         deadline.checked_sub(margin).unwrap_or(floor).max(floor)
     }
 
-    /// Remembers, for the dials that are not handoffs (a pooled
-    /// connection lost during the lag and dialled again, a lease), that
-    /// `target` (a host name: where the pool goes after a `MOVING`) must
-    /// not lead to `old` until `stop`.
-    fn watch_dns(&self, target: &Endpoint, old: SocketAddr, stop: Instant) {
-        if dns_name(target).is_some() {
-            *lock(&self.dns_watch) = Some(DnsWatch {
-                target: target.clone(),
-                old,
-                stop,
-            });
+    /// The retiring address and the watch's end, while a DNS watch covers
+    /// `endpoint`.
+    fn dns_watched(&self, endpoint: &Endpoint) -> Option<(SocketAddr, Instant)> {
+        let mut w = lock(&self.dns_watch);
+        if w.as_ref().is_some_and(|w| Instant::now() >= w.stop) {
+            *w = None;
+        }
+        w.as_ref()
+            .filter(|w| w.target == *endpoint)
+            .map(|w| (w.old, w.stop))
+    }
+
+    /// A pooled connection dialled at once under a DNS watch, that reached
+    /// the node being retired: handed off as its `MOVING` asks, its job
+    /// waiting for the record to move while the connection serves.
+    fn catch_up_dns(self: &Arc<Self>, slot: &Arc<Slot>, conn: &M::Connection) {
+        let watched = {
+            let w = lock(&self.dns_watch);
+            w.as_ref()
+                .filter(|w| w.target == slot.endpoint && Instant::now() < w.stop)
+                .filter(|w| conn.peer_addr() == Some(w.old))
+                .map(|w| (w.moving.clone(), w.deadline))
+        };
+        let Some((n, deadline)) = watched else {
+            return;
+        };
+        if let Some(target) = self.target(&slot.endpoint, &n) {
+            self.schedule(&slot.endpoint, &n, deadline, target, vec![slot.clone()]);
         }
     }
 
@@ -648,23 +677,18 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         }
     }
 
-    /// Dials `endpoint` for the pool or a lease; while a `MOVING`'s DNS
-    /// watch covers it, first waits as a handoff does for the record to
-    /// leave the node being retired. Holds no strong reference while it
-    /// waits.
+    /// Dials `endpoint` for the pool. While a `MOVING`'s DNS watch covers
+    /// it and `may_wait` (other connections serve meanwhile), first waits
+    /// as a handoff does for the record to leave the node being retired.
+    /// Without another connection, waiting would stall every command: it
+    /// dials at once, and [`Shared::catch_up_dns`] hands the connection off
+    /// once the record moves. Holds no strong reference while it waits.
     pub(super) fn dial(
         self: &Arc<Self>,
         endpoint: Endpoint,
+        may_wait: bool,
     ) -> impl Future<Output = Result<M::Connection>> + Send + 'static {
-        let watch = {
-            let mut w = lock(&self.dns_watch);
-            if w.as_ref().is_some_and(|w| Instant::now() >= w.stop) {
-                *w = None;
-            }
-            w.as_ref()
-                .filter(|w| w.target == endpoint)
-                .map(|w| (w.old, w.stop))
-        };
+        let watch = may_wait.then(|| self.dns_watched(&endpoint)).flatten();
         let dial = lock(&self.maker).make_connection(endpoint.clone());
         let resolver = self.settings.resolver.clone();
         let weak = Arc::downgrade(self);
@@ -1055,10 +1079,10 @@ fn subscribe_kind(c: &crate::Cmd) -> Option<Kind> {
 /// Polls `resolver` with a backoff (100 ms doubling to 1 s) while `target`
 /// (a host name; an IP literal returns at once) leads only to `old`, the
 /// address of the endpoint being retired (IP and port: a move to another
-/// port of the same host is no lag),
-/// until the answer changes or `stop`; then the dial goes ahead whatever
-/// the answer. True if the answer moved after a wait. `seq` is the
-/// handoff's `MOVING` (none for a reconnect or a lease), for the log.
+/// port of the same host is no lag), until the answer changes or `stop`;
+/// then the dial goes ahead whatever the answer. True if the answer leads
+/// away from `old`. `seq` is the handoff's `MOVING` (none for a
+/// reconnect), for the log.
 async fn wait_for_dns(
     resolver: Option<crate::transport::Resolver>,
     target: &Endpoint,
@@ -1109,6 +1133,10 @@ pub(super) struct DnsWatch {
     target: Endpoint,
     old: SocketAddr,
     stop: Instant,
+    /// The `MOVING` and its deadline: a connection that could not wait
+    /// (and reached `old`) is handed off as if it had been told.
+    moving: Notification,
+    deadline: Instant,
 }
 
 /// The host name and port of `e`, if it is a name (not an IP literal) to

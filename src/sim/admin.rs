@@ -803,13 +803,10 @@ fn moving(shared: &Arc<Shared>, args: &mut Args<'_>) -> Reply {
         None if same_port => Some(same_port_endpoint(shared, from)?),
         None => None,
     };
-    let m = MovingPlan {
-        from: Some(from),
-        time,
-        to,
-        stay_open,
-        dns: None,
-    };
+    let mut m = MovingPlan::new(time);
+    m.from = Some(from);
+    m.to = to;
+    m.stay_open = stay_open;
     let h = shared.sim.start_moving(m).map_err(|e| match to {
         Some(t) => format!("ERR cannot open an endpoint at {t}: {e}"),
         None => format!("ERR {e}"),

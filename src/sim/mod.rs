@@ -155,6 +155,12 @@ pub struct MovingPlan {
     /// one's. Give `to` another IP than `from` (e.g. `127.0.0.2:0`, or the
     /// same port there) for the lag to matter; see [`SimResolver`].
     pub dns: Option<DnsLag>,
+    /// Whether connections of `from` that opt in during the window are told
+    /// too, with the time left (default `true`). `false` plays a server
+    /// that announces a move once, to the connections opted in at that
+    /// moment: one made during the window is closed at the deadline
+    /// without a word (unless [`MovingPlan::stay_open`] spares it).
+    pub tell_late: bool,
 }
 
 impl MovingPlan {
@@ -166,6 +172,7 @@ impl MovingPlan {
             to: None,
             stay_open: false,
             dns: None,
+            tell_late: true,
         }
     }
 }
@@ -453,6 +460,8 @@ struct MovingWindow {
     last_old: u64,
     /// [`MovingPlan::dns`]: the name `*-fqdn` connections are given.
     name: Option<Arc<str>>,
+    /// [`MovingPlan::tell_late`].
+    tell_late: bool,
 }
 
 impl MovingWindow {
@@ -752,6 +761,7 @@ impl Simulator {
                 stay_open: m.stay_open,
                 last_old: st.next_client,
                 name: m.dns.as_ref().map(|d| Arc::from(d.name.as_str())),
+                tell_late: m.tell_late,
             };
             if let Some(e) = st.endpoints.iter_mut().find(|e| e.addr == from) {
                 e.moving = Some(window.clone());
@@ -1236,7 +1246,7 @@ impl Inner {
                     .iter()
                     .find(|e| e.addr == info.endpoint)
                     .and_then(|e| e.moving.clone())
-                    .filter(|w| w.covers(info.id));
+                    .filter(|w| w.tell_late && w.covers(info.id));
                 let active = st
                     .endpoints
                     .iter()
