@@ -76,7 +76,11 @@ impl Ready {
                 id = THREADS.fetch_add(1, Ordering::Relaxed);
             }
             t.set((id, n.wrapping_add(1)));
-            id * self.spread + n % self.spread
+            // No division for the default pool of one: it is on every call.
+            match self.spread {
+                1 => id,
+                spread => id * spread + n % spread,
+            }
         });
         &self.slots[i % SLOTS].0
     }
