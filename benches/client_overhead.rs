@@ -38,9 +38,9 @@ const CALLS: usize = 640_000;
 
 /// A stack that answers every request at once with a 64-byte value.
 #[derive(Clone)]
-struct Instant(Bytes);
+struct AtOnce(Bytes);
 
-impl Service<Request> for Instant {
+impl Service<Request> for AtOnce {
     type Response = Response;
     type Error = redis_layers::Error;
     type Future = std::future::Ready<redis_layers::Result<Response>>;
@@ -110,7 +110,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = Client::from_service(BoxService::new(Instant(Bytes::from_static(&[b'v'; 64]))));
+        let client = Client::from_service(BoxService::new(AtOnce(Bytes::from_static(&[b'v'; 64]))));
         if let Ok(v) = std::env::var("BENCH_PROFILE") {
             let via = match v.as_str() {
                 "client" => Via::Client,

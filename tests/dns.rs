@@ -70,9 +70,18 @@ impl Run {
 
     /// The dials after the `MOVING` that reached the retiring node.
     fn to_retiring(&self) -> Vec<Duration> {
+        self.dials_where(|ip| ip == self.from.ip())
+    }
+
+    /// The dials after the `MOVING` that reached another node.
+    fn to_others(&self) -> Vec<Duration> {
+        self.dials_where(|ip| ip != self.from.ip())
+    }
+
+    fn dials_where(&self, reached: impl Fn(std::net::IpAddr) -> bool) -> Vec<Duration> {
         self.dials
             .iter()
-            .filter(|(_, peer)| peer.map(|p| p.ip()) == Some(self.from.ip()))
+            .filter(|(_, peer)| peer.is_some_and(|p| reached(p.ip())))
             .map(|(at, _)| *at)
             .collect()
     }
@@ -136,6 +145,7 @@ async fn moving_with_lagging_dns(check: Check, pool: usize) -> Run {
         }))),
     };
     let svc = RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(handoff.layer(maker));
+    let cut = matches!(check, Check::DnsCut | Check::DnsCutToldOnce);
     let load = ledger::start(&svc, 16, "dns");
     load.run_for(500).await;
     // The new endpoint: the same port on another loopback IP, so that the
@@ -151,7 +161,7 @@ async fn moving_with_lagging_dns(check: Check, pool: usize) -> Run {
     m.tell_late = !matches!(check, Check::DnsCutToldOnce);
     let sent = Instant::now();
     let h = env.sim.start_moving(m).unwrap();
-    if matches!(check, Check::DnsCut | Check::DnsCutToldOnce) {
+    if cut {
         within(Duration::from_secs(5), "MOVING handled", asked.notified()).await;
         let cut = env.sim.clients().into_iter().find(|c| c.endpoint == from);
         let cut = cut.expect("a pooled connection on the retiring endpoint");
@@ -245,27 +255,20 @@ async fn a_lone_reconnect_that_is_not_told_moves_too() {
 }
 
 async fn lone_reconnect(check: Check) {
-    {
-        let run = moving_with_lagging_dns(check, 1).await;
-        let to_old = run.to_retiring();
-        let to_new: Vec<Duration> = run
-            .dials
-            .iter()
-            .filter(|(_, peer)| peer.is_some_and(|p| p.ip() != run.from.ip()))
-            .map(|(at, _)| *at)
-            .collect();
-        println!(
-            "DNS lag {LAG:?}, the only connection cut: to the retiring node at {to_old:?}, to the new one at {to_new:?}; {} failed",
-            run.failed().len()
-        );
-        assert_eq!(to_old.len(), 1, "the reconnect, at once: {to_old:?}");
-        assert!(to_old[0] < LAG, "{to_old:?}");
-        assert!(
-            to_new.iter().any(|t| *t >= LAG && *t < TIME),
-            "handed off after the record moved, before the deadline: {to_new:?}"
-        );
-        assert!(run.failed().len() <= 16, "{:?}", run.report.errors);
-    }
+    let run = moving_with_lagging_dns(check, 1).await;
+    let to_old = run.to_retiring();
+    let to_new = run.to_others();
+    println!(
+        "DNS lag {LAG:?}, the only connection cut: to the retiring node at {to_old:?}, to the new one at {to_new:?}; {} failed",
+        run.failed().len()
+    );
+    assert_eq!(to_old.len(), 1, "the reconnect, at once: {to_old:?}");
+    assert!(to_old[0] < LAG, "{to_old:?}");
+    assert!(
+        to_new.iter().any(|t| *t >= LAG && *t < TIME),
+        "handed off after the record moved, before the deadline: {to_new:?}"
+    );
+    assert!(run.failed().len() <= 16, "{:?}", run.report.errors);
 }
 
 /// Without the check (one that always sees another node), the handoff dials at

@@ -638,30 +638,24 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         deadline.checked_sub(margin).unwrap_or(floor).max(floor)
     }
 
-    /// The retiring address and the watch's end, while a DNS watch covers
-    /// `endpoint`.
-    fn dns_watched(&self, endpoint: &Endpoint) -> Option<(SocketAddr, Instant)> {
+    /// `f` of the DNS watch, while one covers `endpoint` (an expired watch
+    /// is dropped here: the one place that reads it).
+    fn dns_watch_of<R>(&self, endpoint: &Endpoint, f: impl FnOnce(&DnsWatch) -> R) -> Option<R> {
         let mut w = lock(&self.dns_watch);
         if w.as_ref().is_some_and(|w| Instant::now() >= w.stop) {
             *w = None;
         }
-        w.as_ref()
-            .filter(|w| w.target == *endpoint)
-            .map(|w| (w.old, w.stop))
+        w.as_ref().filter(|w| w.target == *endpoint).map(f)
     }
 
     /// A pooled connection dialled at once under a DNS watch, that reached
     /// the node being retired: handed off as its `MOVING` asks, its job
     /// waiting for the record to move while the connection serves.
     fn catch_up_dns(self: &Arc<Self>, slot: &Arc<Slot>, conn: &M::Connection) {
-        let watched = {
-            let w = lock(&self.dns_watch);
-            w.as_ref()
-                .filter(|w| w.target == slot.endpoint && Instant::now() < w.stop)
-                .filter(|w| conn.peer_addr() == Some(w.old))
-                .map(|w| (w.moving.clone(), w.deadline))
-        };
-        let Some((n, deadline)) = watched else {
+        let watched = self.dns_watch_of(&slot.endpoint, |w| {
+            (conn.peer_addr() == Some(w.old)).then(|| (w.moving.clone(), w.deadline))
+        });
+        let Some((n, deadline)) = watched.flatten() else {
             return;
         };
         if let Some(target) = self.target(&slot.endpoint, &n) {
@@ -688,7 +682,9 @@ impl<M: MakeConnection, P: HandoffPolicy> Shared<M, P> {
         endpoint: Endpoint,
         may_wait: bool,
     ) -> impl Future<Output = Result<M::Connection>> + Send + 'static {
-        let watch = may_wait.then(|| self.dns_watched(&endpoint)).flatten();
+        let watch = may_wait
+            .then(|| self.dns_watch_of(&endpoint, |w| (w.old, w.stop)))
+            .flatten();
         let dial = lock(&self.maker).make_connection(endpoint.clone());
         let resolver = self.settings.resolver.clone();
         let weak = Arc::downgrade(self);
