@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis_layers::handoff::HandoffLayer;
 use redis_layers::maint::{EndpointType, MaintenanceConfig, Mode};
 use redis_layers::relax::RelaxTimeoutLayer;
+use redis_layers::retry::RetryLayer;
 use redis_layers::sim::{DnsLag, MovingPlan, SimResolver, Target};
 use redis_layers::transport::Resolver;
 use redis_layers::trust::AllowSuffix;
@@ -146,7 +147,14 @@ async fn moving_with_lagging_dns(check: Check, pool: usize) -> Run {
     };
     let svc = RelaxTimeoutLayer::new(Duration::from_secs(1)).layer(handoff.layer(maker));
     let cut = matches!(check, Check::DnsCut | Check::DnsCutToldOnce);
-    let load = ledger::start(&svc, 16, "dns");
+    // With a connection cut, commands that meet it before the pool has
+    // noticed are refused unsent (`Closed`); Retry resends those, as in a
+    // `Client`, so that only the cut's commands in flight can fail.
+    let load = if cut {
+        ledger::start(&RetryLayer::new().layer(svc), 16, "dns")
+    } else {
+        ledger::start(&svc, 16, "dns")
+    };
     load.run_for(500).await;
     // The new endpoint: the same port on another loopback IP, so that the
     // lagging record (old IP, announced port) leads to the old endpoint.
