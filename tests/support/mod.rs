@@ -225,7 +225,12 @@ impl RedisServer {
                     std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
                 ));
             }
-            if ping(self.port) {
+            // Our server is the one answering only once its own log says it
+            // bound the port: between `free_port` and the bind another test's
+            // server may take the port, and a PING alone would then reach
+            // that server (seen in CI: a cluster formed with another
+            // cluster's node) while ours exits with "Address already in use".
+            if self.log_says_ready() && ping(self.port) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -240,6 +245,13 @@ impl RedisServer {
 }
 
 impl RedisServer {
+    /// True once the server's log has the line Redis writes after it has
+    /// bound every listener ("Ready to accept connections", Redis 6 to 7.4).
+    fn log_says_ready(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("redis.log"))
+            .is_ok_and(|log| log.contains("Ready to accept connections"))
+    }
+
     /// Kills the server process now (SIGKILL: no shutdown, no goodbye to
     /// clients or cluster peers), as a crash would.
     pub fn kill(&mut self) {
