@@ -407,10 +407,13 @@ impl Service<Request> for Connection {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let sender = self.sender.clone();
+        // The sender is cloned once per clone, not per call: a clone and
+        // its drop are four atomic operations on the channel's counters,
+        // which every caller of the connection shares.
+        let sender = &self.sender;
         let ps = self
             .poll_sender
-            .get_or_insert_with(|| PollSender::new(sender));
+            .get_or_insert_with(|| PollSender::new(sender.clone()));
         let r = ps.poll_reserve(cx).map_err(|_| Error::Closed);
         self.reserved = matches!(r, Poll::Ready(Ok(())));
         r
