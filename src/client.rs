@@ -137,6 +137,7 @@ pub use batch::{Batch, Watch};
 pub use builder::{ClientBuilder, ServerMode};
 pub use commands::{BitOp, Expiry, ListEnd, SetOptions, StreamEntry, StreamReads};
 pub use from_value::FromValue;
+pub use ready::{Call, TypedCall};
 pub use scan::{Scan, ScanStream};
 pub use script::Script;
 
@@ -589,9 +590,18 @@ impl Client {
         matches!(self.dedicated, Dedicated::Cluster(_))
     }
 
-    /// Sends a request (a command or a pipeline) through the stack.
-    pub async fn send(&self, req: impl Into<Request>) -> Result<Response> {
-        self.svc.call(req.into()).await
+    /// Sends a request (a command or a pipeline) through the stack. The
+    /// request is taken now; the returned [`Call`] sends it when first
+    /// polled.
+    ///
+    /// ```no_run
+    /// use redis_layers::{client::Client, cmd, Response};
+    /// # async fn run(client: Client) -> Result<(), redis_layers::Error> {
+    /// let reply: Response = client.send(cmd("PING")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send(&self, req: impl Into<Request>) -> Call<'_> {
+        self.svc.call(req.into())
     }
 
     /// Sends any command and converts its reply: the escape hatch for
@@ -603,8 +613,8 @@ impl Client {
     /// let n: usize = client.cmd(cmd("DBSIZE")).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn cmd<T: FromValue>(&self, c: Cmd) -> Result<T> {
-        T::from_value(self.send(c).await?.into_value()?)
+    pub fn cmd<T: FromValue>(&self, c: Cmd) -> TypedCall<'_, T> {
+        TypedCall::new(self.svc.call(c.into()))
     }
 
     /// A pipeline: commands collected, sent as one request, replies

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::from_value::type_error;
-use super::{Batch, Client, FromValue};
+use super::{Batch, Client, FromValue, TypedCall};
 use crate::error::Result;
 use crate::resp::{cmd, ArgWriter, ToArg, ToArgs, Value};
 
@@ -225,9 +225,8 @@ macro_rules! commands {
         impl Client {
             $(
                 $(#[$doc])*
-                pub async fn $name<$($gen)*>(&self, $($arg: $ty),*) -> Result<$ret> {
-                    let c = $body;
-                    self.cmd(c).await
+                pub fn $name<$($gen)*>(&self, $($arg: $ty),*) -> TypedCall<'_, $ret> {
+                    self.cmd($body)
                 }
             )*
         }

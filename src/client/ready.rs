@@ -9,10 +9,15 @@
 //! request is handed over (the response future owns what it needs), so
 //! the next call on that thread finds it warm.
 //!
-//! The slots are `Mutex`es only ever `try_lock`ed: a call never waits for
-//! one, and one taken by another thread (or empty) just means a fresh
-//! clone, as before. Each thread uses its own run of slots, so on a
-//! runtime's worker threads the slots are uncontended.
+//! The slots are only ever tried, never waited for: one taken by another
+//! thread (or empty) just means a fresh clone, as before. Each thread uses
+//! its own run of slots, so on a runtime's worker threads the slots are
+//! uncontended. They are [`TryLock`]s (the `try-lock` crate) rather than
+//! `Mutex`es: taking one is one atomic swap and giving it back a plain
+//! store, where a `Mutex` takes two atomic read-modify-writes, which were
+//! 44% of this module's time per call (in-memory stack, `perf`). A clone
+//! is out of its slot while it runs, so a layer that panics costs the
+//! slot its clone, not its use (what a `Mutex`'s poisoning gave).
 //!
 //! Order is unchanged: a clone keeps its requests in order (see
 //! [`handoff`](crate::handoff)), so calls that share one are, if anything,
@@ -20,14 +25,17 @@
 //! still not promised any order.
 
 use std::cell::Cell;
+use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, TryLockError};
 use std::task::{Context, Poll};
 
 use tower::Service;
+use try_lock::TryLock;
 
-use super::BoxService;
+use super::{BoxService, FromValue};
 use crate::error::Result;
 use crate::request::{Request, Response};
 
@@ -46,8 +54,7 @@ thread_local! {
 /// One warm clone, on a cache line of its own: threads taking and putting
 /// back theirs do not write to each other's line.
 #[repr(align(64))]
-#[derive(Default)]
-struct Slot(Mutex<Option<BoxService>>);
+struct Slot(TryLock<Option<BoxService>>);
 
 /// One client's stack and its warm clones, shared by the client's clones.
 pub(super) struct Ready {
@@ -64,12 +71,12 @@ impl Ready {
     pub(super) fn new(svc: BoxService, pool_size: usize) -> Ready {
         Ready {
             svc,
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            slots: (0..SLOTS).map(|_| Slot(TryLock::new(None))).collect(),
             spread: pool_size.clamp(1, 8),
         }
     }
 
-    fn slot(&self) -> &Mutex<Option<BoxService>> {
+    fn slot(&self) -> &TryLock<Option<BoxService>> {
         let i = THREAD.with(|t| {
             let (mut id, n) = t.get();
             if id == usize::MAX {
@@ -106,12 +113,89 @@ impl Ready {
     }
 }
 
-/// The future of [`Ready::call`]. Written out rather than an `async fn`:
-/// it is on every `Client` call, and a state machine of its own moves less
-/// (measured by `benches/client_overhead.rs`).
-pub(super) struct Call<'a> {
+/// The future of [`Client::send`](super::Client::send): the reply to one
+/// request (a command or a pipeline).
+///
+/// Written out rather than an `async fn`: it is on every `Client` call,
+/// and a state machine of its own moves less (measured by
+/// `benches/client_overhead.rs`). It borrows the client, not the request:
+/// the request is built and handed to it when the call is made.
+///
+/// ```no_run
+/// use redis_layers::{client::{Call, Client}, cmd};
+/// # async fn run(client: Client) -> Result<(), redis_layers::Error> {
+/// let call: Call<'_> = client.send(cmd("PING"));
+/// let reply = call.await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct Call<'a> {
     ready: &'a Ready,
     state: State<'a>,
+}
+
+impl fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Start(_) => "not polled",
+            State::Waiting { .. } => "waiting for the stack to be ready",
+            State::Sent(_) => "sent",
+            State::Done => "done",
+        };
+        f.debug_struct("Call").field("state", &state).finish()
+    }
+}
+
+/// The future of [`Client::cmd`](super::Client::cmd) and of every typed
+/// helper ([`Client::get`](super::Client::get), ...): the reply converted
+/// to `T` with [`FromValue`].
+///
+/// The helpers build their command when they are called, so the future
+/// borrows only the client, not the arguments:
+///
+/// ```no_run
+/// use redis_layers::client::{Client, TypedCall};
+/// # async fn run(client: Client) -> Result<(), redis_layers::Error> {
+/// let call: TypedCall<'_, Option<String>> = {
+///     let key = format!("user:{}", 42);
+///     client.get(&key) // `key` may go before the call is awaited
+/// };
+/// let name = call.await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct TypedCall<'a, T> {
+    call: Call<'a>,
+    reply: PhantomData<fn() -> T>,
+}
+
+impl<'a, T> TypedCall<'a, T> {
+    pub(super) fn new(call: Call<'a>) -> Self {
+        TypedCall {
+            call,
+            reply: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for TypedCall<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedCall")
+            .field("call", &self.call)
+            .field("reply", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+impl<T: FromValue> Future for TypedCall<'_, T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let call = &mut self.get_mut().call;
+        Pin::new(call)
+            .poll(cx)
+            .map(|r| r.and_then(|resp| T::from_value(resp.into_value()?)))
+    }
 }
 
 enum State<'a> {
@@ -121,7 +205,7 @@ enum State<'a> {
     /// fresh when the slot was empty or busy; back there after the call.
     Waiting {
         own: BoxService,
-        slot: &'a Mutex<Option<BoxService>>,
+        slot: &'a TryLock<Option<BoxService>>,
         req: Request,
     },
     /// The request is handed over.
@@ -129,40 +213,33 @@ enum State<'a> {
     Done,
 }
 
-type BoxFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
 
 impl Future for Call<'_> {
     type Output = Result<Response>;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         loop {
             match std::mem::replace(&mut this.state, State::Done) {
                 State::Start(req) => {
                     let slot = this.ready.slot();
                     let own = match slot.try_lock() {
-                        Ok(mut warm) => match warm.as_mut().map(|s| (s.poll_ready(cx), s)) {
-                            Some((Poll::Ready(Ok(())), s)) => {
+                        // Out of the slot while it runs: if a layer panics,
+                        // the unwinding drops it and the slot is empty.
+                        Some(mut warm) => match warm.take().map(|mut s| (s.poll_ready(cx), s)) {
+                            Some((Poll::Ready(Ok(())), mut s)) => {
                                 this.state = State::Sent(s.call(req));
+                                *warm = Some(s);
                                 continue;
                             }
-                            Some((Poll::Pending, _)) => warm.take(),
+                            Some((Poll::Pending, s)) => Some(s),
                             // Dropped, as a clone that fails readiness
                             // always was.
-                            Some((Poll::Ready(Err(e)), _)) => {
-                                *warm = None;
-                                return Poll::Ready(Err(e));
-                            }
+                            Some((Poll::Ready(Err(e)), _)) => return Poll::Ready(Err(e)),
                             None => None,
                         },
-                        // A layer panicked in the slot's clone: that clone
-                        // goes, the slot serves again.
-                        Err(TryLockError::Poisoned(p)) => {
-                            *p.into_inner() = None;
-                            slot.clear_poison();
-                            None
-                        }
-                        Err(TryLockError::WouldBlock) => None,
+                        None => None,
                     };
                     let own = own.unwrap_or_else(|| this.ready.svc.clone());
                     this.state = State::Waiting { own, slot, req };
@@ -178,7 +255,7 @@ impl Future for Call<'_> {
                         // Back for the next call; a slot filled meanwhile
                         // keeps its own. (A call dropped before this drops
                         // its clone, half-ready or not.)
-                        if let Ok(mut free) = slot.try_lock() {
+                        if let Some(mut free) = slot.try_lock() {
                             if free.is_none() {
                                 *free = Some(own);
                             }
