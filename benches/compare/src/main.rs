@@ -37,7 +37,7 @@
 //! Options: `--workers N` (tokio worker threads, default 2), `--only NAME`
 //! (workloads whose name contains NAME), `--profile CLIENT,WORKLOAD,SECS`
 //! (one client alone for a profiler, e.g. `Client,get1,10`; workloads get1,
-//! get64, get512, pipeline, set).
+//! get64, get512, pipeline, set, mget).
 
 // The one unsafe piece is the counting allocator (benches/common).
 #![deny(unsafe_code)]
@@ -773,7 +773,8 @@ fn main() {
             "get512" => WORKLOADS[2],
             "pipeline" => WORKLOADS[3],
             "set" => WORKLOADS[4],
-            _ => panic!("profile workloads: get1, get64, get512, pipeline, set"),
+            "mget" => WORKLOADS[5],
+            _ => panic!("profile workloads: get1, get64, get512, pipeline, set, mget"),
         };
         let m = rt
             .block_on(clients.measure(i, w, &plain, Duration::from_secs(*secs)))
