@@ -35,7 +35,8 @@
 //! ```
 //!
 //! Options: `--workers N` (tokio worker threads, default 2), `--only NAME`
-//! (workloads whose name contains NAME), `--profile CLIENT,WORKLOAD,SECS`
+//! (workloads whose name contains NAME), `--rounds N` (default 7, 3 with
+//! `--quick`; more rounds, a tighter median), `--profile CLIENT,WORKLOAD,SECS`
 //! (one client alone for a profiler, e.g. `Client,get1,10`; workloads get1,
 //! get64, get512, pipeline, set, mget).
 
@@ -450,6 +451,8 @@ struct Options {
     quick: bool,
     workers: usize,
     only: Option<String>,
+    /// Rounds instead of the plan's (more for a tighter median).
+    rounds: Option<usize>,
     profile: Option<(String, String, u64)>,
 }
 
@@ -464,6 +467,9 @@ fn options() -> Options {
         quick: args.iter().any(|a| a == "--quick"),
         workers: value("--workers").and_then(|w| w.parse().ok()).unwrap_or(2),
         only: value("--only"),
+        rounds: value("--rounds")
+            .and_then(|r| r.parse().ok())
+            .filter(|&r| r > 0),
         profile: value("--profile").and_then(|p| {
             let mut it = p.split(',');
             Some((
@@ -728,6 +734,10 @@ fn main() {
             window: Duration::from_secs(1),
             bench_requests: 1_000_000,
         }
+    };
+    let plan = Plan {
+        rounds: o.rounds.unwrap_or(plan.rounds),
+        ..plan
     };
     let (rounds, window) = (plan.rounds, plan.window);
     let load_start = load_average();
