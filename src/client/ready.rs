@@ -269,7 +269,7 @@ impl Future for Call<'_> {
                     }
                     return r;
                 }
-                State::Done => panic!("Ready::call polled after it completed"),
+                State::Done => panic!("client::Call polled after it completed"),
             }
         }
     }

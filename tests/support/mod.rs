@@ -246,7 +246,8 @@ impl RedisServer {
 
 impl RedisServer {
     /// True once the server's log has the line Redis writes after it has
-    /// bound every listener ("Ready to accept connections", Redis 6 to 7.4).
+    /// bound every listener ("Ready to accept connections", as Redis 6 and 7
+    /// write it).
     fn log_says_ready(&self) -> bool {
         std::fs::read_to_string(self.dir.join("redis.log"))
             .is_ok_and(|log| log.contains("Ready to accept connections"))
