@@ -130,7 +130,10 @@ impl FromValue for Bytes {
         // The string cases first, straight from `v`: through `plain` each
         // element of an MGET reply was moved twice more, with store
         // forwarding stalls (the `Client` took 1.6-1.9 us more CPU per MGET
-        // of 100 keys than its untyped stack; 0.4-0.8 us after).
+        // of 100 keys than its untyped stack; 0.4-0.8 us after). The rare
+        // cases repeat the string arms after `plain` instead of calling this
+        // function again on its result: the recursive form is not inlined
+        // and cost 12 ns per element instead of 1.7 (in-process loop).
         match v {
             Value::SimpleString(b) | Value::BulkString(b) => Ok(b),
             Value::VerbatimString { text, .. } => Ok(text),
